@@ -1,0 +1,74 @@
+import http2, { type Http2Session, type IncomingHttpHeaders, type ServerHttp2Stream } from 'node:http2';
+import type { Duplex } from 'node:stream';
+import { GUEST_ROUTES, parseOrThrow, ShutdownRequest, WarrenError } from '@warren/protocol';
+import { handleExec } from './exec.ts';
+import { handleList, handleMkdir, handleRead, handleRemove, handleStat, handleWrite } from './files.ts';
+import { health } from './health.ts';
+import { readJsonBody, sendError, sendJson } from './respond.ts';
+
+export interface AgentOptions {
+  /** Called after a shutdown request was answered. */
+  onShutdown(action: 'poweroff' | 'reboot'): void;
+}
+
+type Handler = (stream: ServerHttp2Stream, query: URLSearchParams) => Promise<void> | void;
+
+export function createAgentServer(options: AgentOptions): http2.Http2Server {
+  const routes: Record<string, Handler> = {
+    [`GET ${GUEST_ROUTES.health}`]: async (s) => sendJson(s, 200, await health()),
+    [`POST ${GUEST_ROUTES.exec}`]: (s) => handleExec(s),
+    [`GET ${GUEST_ROUTES.fileContent}`]: handleRead,
+    [`PUT ${GUEST_ROUTES.fileContent}`]: handleWrite,
+    [`GET ${GUEST_ROUTES.fileStat}`]: handleStat,
+    [`GET ${GUEST_ROUTES.fileList}`]: handleList,
+    [`POST ${GUEST_ROUTES.mkdir}`]: (s) => handleMkdir(s),
+    [`POST ${GUEST_ROUTES.remove}`]: (s) => handleRemove(s),
+    [`POST ${GUEST_ROUTES.shutdown}`]: async (s) => {
+      const req = parseOrThrow(ShutdownRequest, await readJsonBody(s));
+      s.on('close', () => options.onShutdown(req.action));
+      sendJson(s, 202, { accepted: req.action });
+    },
+  };
+
+  const server = http2.createServer({ settings: { maxConcurrentStreams: 256 } });
+  server.setTimeout(0);
+  server.on('stream', (stream: ServerHttp2Stream, headers: IncomingHttpHeaders) => {
+    const url = new URL(String(headers[':path'] ?? '/'), 'http://guest');
+    const handler = routes[`${headers[':method']} ${url.pathname}`];
+    stream.on('error', () => {
+      // A reset stream is the host cancelling; handlers clean up on 'close'.
+    });
+    if (!handler) {
+      sendError(stream, new WarrenError('NOT_FOUND', `no route ${headers[':method']} ${url.pathname}`));
+      return;
+    }
+    Promise.resolve()
+      .then(() => handler(stream, url.searchParams))
+      .catch((e) => sendError(stream, e));
+  });
+  return server;
+}
+
+/** Serves one HTTP/2 session over `channel`; resolves when the session ends. */
+export function serveChannel(server: http2.Http2Server, channel: Duplex): Promise<void> {
+  return new Promise((resolve) => {
+    let session: Http2Session | undefined;
+    const onSession = (s: Http2Session) => {
+      session = s;
+      s.on('error', () => {});
+      s.once('close', () => {
+        server.off('session', onSession);
+        resolve();
+      });
+    };
+    server.on('session', onSession);
+    channel.once('close', () => {
+      if (!session) {
+        server.off('session', onSession);
+        resolve();
+      }
+    });
+    channel.on('error', () => channel.destroy());
+    server.emit('connection', channel);
+  });
+}

@@ -1,0 +1,352 @@
+import http2, { type ClientHttp2Session, type ClientHttp2Stream, type IncomingHttpHeaders } from 'node:http2';
+import { Readable } from 'node:stream';
+import type { z } from 'zod';
+import {
+  type ExecExit,
+  ExecExit as ExecExitSchema,
+  type ExecRequest,
+  encodeFrame,
+  FileList,
+  FileStat,
+  FrameDecoder,
+  FrameType,
+  GUEST_ROUTES,
+  Health,
+  MAX_FRAME_PAYLOAD,
+  MAX_GUEST_JSON_BYTES,
+  type MkdirRequest,
+  parseOrThrow,
+  type RemoveRequest,
+  WarrenError,
+  WriteResult,
+} from '@warren/protocol';
+import type { GuestTransport } from './transport.ts';
+
+export interface ExecOptions {
+  /** Data for the command's stdin; when absent stdin is /dev/null. */
+  stdin?: Readable | Buffer | string;
+  onStdout?: (chunk: Buffer) => void;
+  onStderr?: (chunk: Buffer) => void;
+  /** Aborting kills the command in the guest. */
+  signal?: AbortSignal;
+}
+
+export interface ExecResult extends ExecExit {}
+
+/** Extra time the host waits beyond an exec's own timeout before giving up on the guest. */
+const HOST_TIMEOUT_GRACE_MS = 10_000;
+const DEFAULT_REQUEST_TIMEOUT_MS = 30_000;
+
+/**
+ * The host's client of one guest agent: one HTTP/2 session over a transport.
+ *
+ * Everything the guest sends is untrusted: JSON bodies are size-capped and schema-checked,
+ * exec frames are length-checked before they are buffered, and every call has a deadline,
+ * so a hostile or hung guest can only fail its own requests.
+ */
+export class GuestClient {
+  readonly #session: ClientHttp2Session;
+
+  private constructor(session: ClientHttp2Session) {
+    this.#session = session;
+  }
+
+  static async connect(transport: GuestTransport, timeoutMs = 10_000): Promise<GuestClient> {
+    const socket = await transport.connect(timeoutMs);
+    const session = http2.connect('http://warren-guest', {
+      createConnection: () => socket,
+      maxSessionMemory: 64,
+      maxHeaderListPairs: 64,
+      settings: { maxHeaderListSize: 64 * 1024, enablePush: false },
+    });
+    session.on('error', () => {});
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        session.destroy();
+        reject(new WarrenError('GUEST_UNAVAILABLE', `guest agent did not answer within ${timeoutMs} ms`));
+      }, timeoutMs);
+      session.once('remoteSettings', () => {
+        clearTimeout(timer);
+        resolve();
+      });
+      session.once('close', () => {
+        clearTimeout(timer);
+        reject(new WarrenError('GUEST_UNAVAILABLE', 'guest channel closed during the handshake'));
+      });
+    });
+    return new GuestClient(session);
+  }
+
+  get closed(): boolean {
+    return this.#session.closed || this.#session.destroyed;
+  }
+
+  onClose(listener: () => void): void {
+    this.#session.once('close', listener);
+  }
+
+  close(): void {
+    this.#session.destroy();
+  }
+
+  health(timeoutMs = DEFAULT_REQUEST_TIMEOUT_MS): Promise<Health> {
+    return this.#json('GET', GUEST_ROUTES.health, Health, undefined, timeoutMs);
+  }
+
+  stat(path: string): Promise<FileStat> {
+    return this.#json('GET', withPath(GUEST_ROUTES.fileStat, path), FileStat);
+  }
+
+  async list(path: string): Promise<FileStat[]> {
+    return (await this.#json('GET', withPath(GUEST_ROUTES.fileList, path), FileList)).entries;
+  }
+
+  mkdir(req: MkdirRequest): Promise<FileStat> {
+    return this.#json('POST', GUEST_ROUTES.mkdir, FileStat, req);
+  }
+
+  async remove(req: RemoveRequest): Promise<void> {
+    await this.#json('POST', GUEST_ROUTES.remove, null, req);
+  }
+
+  async shutdown(action: 'poweroff' | 'reboot' = 'poweroff'): Promise<void> {
+    await this.#json('POST', GUEST_ROUTES.shutdown, null, { action });
+  }
+
+  /** Streams `data` into a file in the guest, atomically replaced when complete. */
+  async writeFile(
+    path: string,
+    data: Readable | Buffer | string,
+    options: { mode?: number; parents?: boolean; timeoutMs?: number } = {},
+  ): Promise<z.infer<typeof WriteResult>> {
+    let route = withPath(GUEST_ROUTES.fileContent, path);
+    if (options.mode !== undefined) route += `&mode=${options.mode.toString(8)}`;
+    if (options.parents) route += '&parents=true';
+    const stream = this.#request('PUT', route, options.timeoutMs ?? 10 * 60_000);
+    const source = typeof data === 'string' || Buffer.isBuffer(data) ? Readable.from([Buffer.from(data)]) : data;
+    source.on('error', (e) => stream.destroy(e));
+    source.pipe(stream);
+    const { headers, body } = await this.#response(stream);
+    return this.#parseJson(headers, body, WriteResult);
+  }
+
+  /**
+   * Reads a file from the guest as a stream. `maxBytes` caps what the host will accept:
+   * the guest's own size claim is not trusted, the byte count is.
+   */
+  async readFile(path: string, options: { maxBytes?: number; timeoutMs?: number } = {}): Promise<Readable> {
+    const maxBytes = options.maxBytes ?? Number.MAX_SAFE_INTEGER;
+    const stream = this.#request('GET', withPath(GUEST_ROUTES.fileContent, path), options.timeoutMs ?? 10 * 60_000);
+    stream.end();
+    const headers = await waitForHeaders(stream);
+    if (headers[':status'] !== 200) {
+      const { body } = await this.#response(stream, headers);
+      throw this.#errorFrom(body);
+    }
+    let seen = 0;
+    const limited = new Readable({ read() {} });
+    stream.on('data', (chunk: Buffer) => {
+      seen += chunk.length;
+      if (seen > maxBytes) {
+        stream.destroy();
+        limited.destroy(new WarrenError('PAYLOAD_TOO_LARGE', `file ${path} is larger than ${maxBytes} bytes`));
+        return;
+      }
+      if (!limited.push(chunk)) stream.pause();
+    });
+    limited._read = () => stream.resume();
+    stream.on('end', () => limited.push(null));
+    stream.on('error', (e) => limited.destroy(guestError(e)));
+    stream.on('close', () => {
+      if (!stream.readableEnded && !limited.destroyed) limited.destroy(new WarrenError('GUEST_UNAVAILABLE', 'file stream cut'));
+    });
+    return limited;
+  }
+
+  async readFileBuffer(path: string, maxBytes = 64 * 1024 * 1024): Promise<Buffer> {
+    const chunks: Buffer[] = [];
+    for await (const chunk of await this.readFile(path, { maxBytes })) chunks.push(chunk as Buffer);
+    return Buffer.concat(chunks);
+  }
+
+  /** Runs a command in the guest, streaming its output to the callbacks. */
+  exec(spec: ExecRequest, options: ExecOptions = {}): Promise<ExecResult> {
+    const hostDeadline = spec.timeoutMs === undefined ? 0 : spec.timeoutMs + HOST_TIMEOUT_GRACE_MS;
+    const stream = this.#request('POST', GUEST_ROUTES.exec, hostDeadline);
+    const wantsStdin = options.stdin !== undefined;
+    stream.write(encodeFrame(FrameType.Spec, JSON.stringify({ ...spec, stdin: wantsStdin })));
+    if (wantsStdin) pipeStdin(options.stdin!, stream);
+    else stream.end();
+
+    return new Promise<ExecResult>((resolve, reject) => {
+      let settled = false;
+      const settle = (fn: () => void) => {
+        if (settled) return;
+        settled = true;
+        options.signal?.removeEventListener('abort', onAbort);
+        fn();
+      };
+      const onAbort = () => {
+        stream.close(http2.constants.NGHTTP2_CANCEL);
+        settle(() => reject(new WarrenError('CONFLICT', 'exec cancelled by the caller')));
+      };
+      if (options.signal?.aborted) onAbort();
+      options.signal?.addEventListener('abort', onAbort, { once: true });
+
+      stream.once('response', (headers) => {
+        if (headers[':status'] !== 200) {
+          this.#response(stream, headers).then(
+            ({ body }) => settle(() => reject(this.#errorFrom(body))),
+            (e) => settle(() => reject(e)),
+          );
+          return;
+        }
+        const decoder = new FrameDecoder();
+        stream.on('data', (chunk: Buffer) => {
+          let frames: ReturnType<FrameDecoder['push']>;
+          try {
+            frames = decoder.push(chunk);
+          } catch (e) {
+            stream.close(http2.constants.NGHTTP2_PROTOCOL_ERROR);
+            settle(() => reject(new WarrenError('GUEST_PROTOCOL', (e as Error).message)));
+            return;
+          }
+          for (const frame of frames) {
+            if (frame.type === FrameType.Stdout) options.onStdout?.(frame.payload);
+            else if (frame.type === FrameType.Stderr) options.onStderr?.(frame.payload);
+            else if (frame.type === FrameType.Exit) {
+              try {
+                const exit = parseOrThrow(ExecExitSchema, JSON.parse(frame.payload.toString('utf8')), 'GUEST_PROTOCOL');
+                settle(() => resolve(exit));
+              } catch (e) {
+                settle(() => reject(e instanceof WarrenError ? e : new WarrenError('GUEST_PROTOCOL', 'exit frame is not JSON')));
+              }
+            } else if (frame.type === FrameType.Error) {
+              settle(() => reject(this.#errorFrom(frame.payload)));
+            } else {
+              stream.close(http2.constants.NGHTTP2_PROTOCOL_ERROR);
+              settle(() => reject(new WarrenError('GUEST_PROTOCOL', `unknown frame type ${frame.type}`)));
+            }
+          }
+        });
+      });
+      stream.once('timeout', () => {
+        stream.close(http2.constants.NGHTTP2_CANCEL);
+        settle(() =>
+          resolve({ exitCode: null, signal: null, timedOut: true, durationMs: hostDeadline }),
+        );
+      });
+      stream.once('close', () =>
+        settle(() => reject(new WarrenError('GUEST_UNAVAILABLE', 'exec stream closed before the command ended'))),
+      );
+      stream.once('error', (e) => settle(() => reject(guestError(e))));
+    });
+  }
+
+  #request(method: string, path: string, timeoutMs: number): ClientHttp2Stream {
+    if (this.closed) throw new WarrenError('GUEST_UNAVAILABLE', 'guest channel is closed');
+    const stream = this.#session.request({ ':method': method, ':path': path }, { endStream: false });
+    if (timeoutMs > 0) stream.setTimeout(timeoutMs);
+    stream.on('error', () => {});
+    return stream;
+  }
+
+  async #json<S extends z.ZodType>(
+    method: string,
+    path: string,
+    schema: S | null,
+    body?: unknown,
+    timeoutMs = DEFAULT_REQUEST_TIMEOUT_MS,
+  ): Promise<z.output<S>> {
+    const stream = this.#request(method, path, timeoutMs);
+    stream.end(body === undefined ? undefined : JSON.stringify(body));
+    const { headers, body: raw } = await this.#response(stream);
+    return this.#parseJson(headers, raw, schema);
+  }
+
+  #parseJson<S extends z.ZodType>(headers: IncomingHttpHeaders, raw: Buffer, schema: S | null): z.output<S> {
+    const status = Number(headers[':status']);
+    if (status < 200 || status > 299) throw this.#errorFrom(raw);
+    if (schema === null) return undefined as z.output<S>;
+    let value: unknown;
+    try {
+      value = JSON.parse(raw.toString('utf8'));
+    } catch {
+      throw new WarrenError('GUEST_PROTOCOL', 'guest answered with invalid JSON');
+    }
+    return parseOrThrow(schema, value, 'GUEST_PROTOCOL');
+  }
+
+  #errorFrom(raw: Buffer): WarrenError {
+    try {
+      return WarrenError.fromBody(JSON.parse(raw.toString('utf8')), 'GUEST_PROTOCOL');
+    } catch {
+      return new WarrenError('GUEST_PROTOCOL', 'guest sent an error that is not JSON');
+    }
+  }
+
+  async #response(
+    stream: ClientHttp2Stream,
+    known?: IncomingHttpHeaders,
+  ): Promise<{ headers: IncomingHttpHeaders; body: Buffer }> {
+    const headers = known ?? (await waitForHeaders(stream));
+    const body = await readCapped(stream, MAX_GUEST_JSON_BYTES);
+    return { headers, body };
+  }
+}
+
+function withPath(route: string, path: string): string {
+  return `${route}?path=${encodeURIComponent(path)}`;
+}
+
+function guestError(e: unknown): WarrenError {
+  return e instanceof WarrenError ? e : new WarrenError('GUEST_UNAVAILABLE', `guest stream failed: ${(e as Error).message}`);
+}
+
+function waitForHeaders(stream: ClientHttp2Stream): Promise<IncomingHttpHeaders> {
+  return new Promise((resolve, reject) => {
+    stream.once('response', resolve);
+    stream.once('timeout', () => {
+      stream.close(http2.constants.NGHTTP2_CANCEL);
+      reject(new WarrenError('TIMEOUT', 'guest agent did not answer in time'));
+    });
+    stream.once('close', () => reject(new WarrenError('GUEST_UNAVAILABLE', 'guest stream closed without an answer')));
+    stream.once('error', (e) => reject(guestError(e)));
+  });
+}
+
+function readCapped(stream: ClientHttp2Stream, limit: number): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    stream.on('data', (chunk: Buffer) => {
+      size += chunk.length;
+      if (size > limit) {
+        stream.close(http2.constants.NGHTTP2_CANCEL);
+        reject(new WarrenError('GUEST_PROTOCOL', `guest reply over ${limit} bytes`));
+        return;
+      }
+      chunks.push(chunk);
+    });
+    stream.once('end', () => resolve(Buffer.concat(chunks)));
+    stream.once('timeout', () => {
+      stream.close(http2.constants.NGHTTP2_CANCEL);
+      reject(new WarrenError('TIMEOUT', 'guest agent did not finish its answer in time'));
+    });
+    stream.once('close', () => reject(new WarrenError('GUEST_UNAVAILABLE', 'guest stream closed early')));
+  });
+}
+
+function pipeStdin(input: Readable | Buffer | string, stream: ClientHttp2Stream) {
+  const source = typeof input === 'string' || Buffer.isBuffer(input) ? Readable.from([Buffer.from(input)]) : input;
+  source.on('data', (chunk: Buffer) => {
+    for (let off = 0; off < chunk.length; off += MAX_FRAME_PAYLOAD) {
+      if (!stream.write(encodeFrame(FrameType.Stdin, chunk.subarray(off, off + MAX_FRAME_PAYLOAD)))) {
+        source.pause();
+        stream.once('drain', () => source.resume());
+      }
+    }
+  });
+  source.once('end', () => stream.end());
+  source.once('error', () => stream.close(http2.constants.NGHTTP2_CANCEL));
+}

@@ -1,0 +1,152 @@
+/**
+ * The one registry of Warren's error codes. Every error that crosses a process boundary
+ * (guest agent -> host, host agent -> CLI) carries one of these codes; `docs/errors.md`
+ * documents each with how to fix it. Codes are stable: add new ones, never rename.
+ *
+ * `fault` says who has to act: `user` (bad input or request), `platform` (Warren or the
+ * machine it runs on), `guest` (the tenant's VM misbehaved or said something invalid).
+ */
+export type ErrorFault = 'user' | 'platform' | 'guest';
+
+interface ErrorDefinition {
+  status: number;
+  fault: ErrorFault;
+  /** One sentence that tells the reader what to do about it. */
+  fix: string;
+}
+
+export const ERROR_CODES = {
+  INVALID_ARGUMENT: {
+    status: 400,
+    fault: 'user',
+    fix: 'Correct the named field; the message says which value was refused and why.',
+  },
+  NOT_FOUND: { status: 404, fault: 'user', fix: 'Check the id or path; list the collection to see what exists.' },
+  CONFLICT: {
+    status: 409,
+    fault: 'user',
+    fix: 'The resource is in a state that does not allow this; read its status and retry after it changes.',
+  },
+  PAYLOAD_TOO_LARGE: {
+    status: 413,
+    fault: 'user',
+    fix: 'Send less data per request, or stream large files in parts.',
+  },
+  TIMEOUT: {
+    status: 504,
+    fault: 'user',
+    fix: 'The operation ran past its time limit; raise the timeout or make the work shorter.',
+  },
+  IMAGE_NOT_FOUND: {
+    status: 404,
+    fault: 'user',
+    fix: 'Run `warren image list` to see the images on this host, or build one with `warren image build`.',
+  },
+  IMAGE_INTEGRITY: {
+    status: 500,
+    fault: 'platform',
+    fix: 'A file of the image no longer matches its digest: rebuild the image (`warren image build --force`) and investigate who changed the file.',
+  },
+  IMAGE_BUILD_FAILED: {
+    status: 500,
+    fault: 'platform',
+    fix: 'Read the failed step in the build output; most often a package could not be downloaded or a tool is missing (run `npm test` or `npm start` once to install host packages).',
+  },
+  VM_NOT_FOUND: { status: 404, fault: 'user', fix: 'List VMs with `GET /v1/vms` to see which exist on this host.' },
+  VM_NOT_RUNNING: { status: 409, fault: 'user', fix: 'Start the VM first.' },
+  VM_BOOT_FAILED: {
+    status: 500,
+    fault: 'platform',
+    fix: "The VM did not come up in time; its console log (named in the message) shows the guest kernel's last words.",
+  },
+  VM_EXITED: {
+    status: 500,
+    fault: 'platform',
+    fix: 'The VM process ended unexpectedly; the message gives the exit reason and the log to read.',
+  },
+  HOST_UNSUPPORTED: {
+    status: 500,
+    fault: 'platform',
+    fix: 'This host lacks something the VM needs (the message names it); install it or change the setting.',
+  },
+  GUEST_UNAVAILABLE: {
+    status: 503,
+    fault: 'guest',
+    fix: 'The guest agent does not answer; wait for the VM to finish booting, or restart the VM.',
+  },
+  GUEST_PROTOCOL: {
+    status: 502,
+    fault: 'guest',
+    fix: 'The guest agent sent something invalid; the guest may be compromised or run an incompatible agent. Restart the VM from a verified image.',
+  },
+  EXEC_FAILED: {
+    status: 400,
+    fault: 'user',
+    fix: 'The command could not be started in the guest (not found, not executable, bad cwd or user); check argv[0] and cwd.',
+  },
+  FILE_ERROR: {
+    status: 400,
+    fault: 'user',
+    fix: 'The guest refused the file operation (the message has the errno code, e.g. ENOENT or EISDIR); check the path.',
+  },
+  INTERNAL: {
+    status: 500,
+    fault: 'platform',
+    fix: 'An unexpected error: report it with the log lines around it.',
+  },
+} as const satisfies Record<string, ErrorDefinition>;
+
+export type ErrorCode = keyof typeof ERROR_CODES;
+
+export function isErrorCode(value: unknown): value is ErrorCode {
+  return typeof value === 'string' && Object.hasOwn(ERROR_CODES, value);
+}
+
+/** The JSON shape of an error on every wire Warren speaks. */
+export interface ErrorBody {
+  error: { code: ErrorCode; message: string; fix: string; details?: Record<string, unknown> };
+}
+
+export class WarrenError extends Error {
+  readonly code: ErrorCode;
+  readonly details: Record<string, unknown> | undefined;
+
+  constructor(code: ErrorCode, message: string, options?: { details?: Record<string, unknown>; cause?: unknown }) {
+    super(message, options?.cause === undefined ? undefined : { cause: options.cause });
+    this.name = 'WarrenError';
+    this.code = code;
+    this.details = options?.details;
+  }
+
+  get status(): number {
+    return ERROR_CODES[this.code].status;
+  }
+
+  get fault(): ErrorFault {
+    return ERROR_CODES[this.code].fault;
+  }
+
+  get fix(): string {
+    return ERROR_CODES[this.code].fix;
+  }
+
+  toBody(): ErrorBody {
+    return {
+      error: {
+        code: this.code,
+        message: this.message,
+        fix: this.fix,
+        ...(this.details ? { details: this.details } : {}),
+      },
+    };
+  }
+
+  /** Rebuilds an error received over a wire; unknown or malformed bodies become `fallback`. */
+  static fromBody(body: unknown, fallback: ErrorCode = 'INTERNAL'): WarrenError {
+    const e = (body as ErrorBody | undefined)?.error;
+    if (e && isErrorCode(e.code) && typeof e.message === 'string') {
+      return new WarrenError(e.code, e.message.slice(0, 4096), { details: e.details });
+    }
+    return new WarrenError(fallback, 'malformed error body');
+  }
+}

@@ -1,0 +1,120 @@
+/**
+ * The contract between the host and the in-guest agent. Both sides import these schemas:
+ * the guest validates what the host asks, and the host validates everything the guest
+ * answers, because code running as root in the guest can forge any reply.
+ *
+ * Transport: one HTTP/2 session over a byte stream (virtio-serial here, vsock where the
+ * host has it). The guest agent is the HTTP/2 server; the host is the client. Every
+ * operation is one HTTP/2 stream, so many run at once and each gets its own flow control.
+ */
+import { z } from 'zod';
+
+export const GUEST_API_VERSION = 1;
+/** Name of the virtio-serial port the guest agent listens on. */
+export const AGENT_PORT_NAME = 'org.warren.agent.0';
+
+export const MAX_PATH_BYTES = 4096;
+export const MAX_ARGV = 4096;
+export const MAX_ARG_BYTES = 128 * 1024;
+/** Upper bound for JSON the host accepts from the guest (stat lists, health, errors). */
+export const MAX_GUEST_JSON_BYTES = 4 * 1024 * 1024;
+export const MAX_EXEC_TIMEOUT_MS = 24 * 60 * 60 * 1000;
+
+const noNul = (s: string) => !s.includes('\0');
+
+export const GuestPath = z
+  .string()
+  .min(1)
+  .max(MAX_PATH_BYTES)
+  .refine((s) => s.startsWith('/'), 'must be an absolute path')
+  .refine(noNul, 'must not contain NUL');
+
+export const ExecRequest = z.strictObject({
+  argv: z.array(z.string().max(MAX_ARG_BYTES).refine(noNul, 'must not contain NUL')).min(1).max(MAX_ARGV),
+  env: z
+    .record(
+      z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, 'environment names are letters, digits and _'),
+      z.string().max(MAX_ARG_BYTES).refine(noNul, 'must not contain NUL'),
+    )
+    .optional(),
+  cwd: GuestPath.optional(),
+  /** A user name or numeric uid in the guest; root when absent. */
+  user: z.union([z.string().regex(/^[a-z_][a-z0-9_-]{0,31}$/), z.number().int().min(0).max(2 ** 31 - 1)]).optional(),
+  timeoutMs: z.number().int().positive().max(MAX_EXEC_TIMEOUT_MS).optional(),
+  /** When false the command's stdin is /dev/null; when true the request body carries it. */
+  stdin: z.boolean().default(false),
+});
+export type ExecRequest = z.input<typeof ExecRequest>;
+
+export const ExecExit = z.strictObject({
+  exitCode: z.number().int().min(0).max(255).nullable(),
+  signal: z.string().max(32).nullable(),
+  timedOut: z.boolean(),
+  durationMs: z.number().nonnegative(),
+});
+export type ExecExit = z.infer<typeof ExecExit>;
+
+export const FileStat = z.strictObject({
+  name: z.string().max(MAX_PATH_BYTES),
+  path: GuestPath,
+  type: z.enum(['file', 'directory', 'symlink', 'other']),
+  size: z.number().int().nonnegative(),
+  mode: z.number().int().nonnegative(),
+  uid: z.number().int().nonnegative(),
+  gid: z.number().int().nonnegative(),
+  mtimeMs: z.number(),
+});
+export type FileStat = z.infer<typeof FileStat>;
+
+export const FileList = z.strictObject({ entries: z.array(FileStat).max(100_000) });
+export type FileList = z.infer<typeof FileList>;
+
+export const WriteResult = z.strictObject({
+  size: z.number().int().nonnegative(),
+  sha256: z.string().regex(/^[0-9a-f]{64}$/),
+});
+export type WriteResult = z.infer<typeof WriteResult>;
+
+export const MkdirRequest = z.strictObject({
+  path: GuestPath,
+  parents: z.boolean().default(false),
+  mode: z.number().int().min(0).max(0o7777).optional(),
+});
+export type MkdirRequest = z.input<typeof MkdirRequest>;
+
+export const RemoveRequest = z.strictObject({ path: GuestPath, recursive: z.boolean().default(false) });
+export type RemoveRequest = z.input<typeof RemoveRequest>;
+
+export const ShutdownRequest = z.strictObject({ action: z.enum(['poweroff', 'reboot']).default('poweroff') });
+export type ShutdownRequest = z.input<typeof ShutdownRequest>;
+
+export const Health = z.strictObject({
+  apiVersion: z.number().int(),
+  agentVersion: z.string().max(128),
+  kernelRelease: z.string().max(256),
+  uptimeSec: z.number().nonnegative(),
+  load: z.tuple([z.number(), z.number(), z.number()]),
+  memory: z.strictObject({ totalBytes: z.number().nonnegative(), availableBytes: z.number().nonnegative() }),
+  disks: z
+    .array(
+      z.strictObject({
+        mount: z.string().max(MAX_PATH_BYTES),
+        totalBytes: z.number().nonnegative(),
+        freeBytes: z.number().nonnegative(),
+      }),
+    )
+    .max(64),
+});
+export type Health = z.infer<typeof Health>;
+
+/** Routes of the guest agent (HTTP/2 :path values). */
+export const GUEST_ROUTES = {
+  health: '/v1/health',
+  exec: '/v1/exec',
+  fileContent: '/v1/files/content',
+  fileStat: '/v1/files/stat',
+  fileList: '/v1/files/list',
+  mkdir: '/v1/files/mkdir',
+  remove: '/v1/files/remove',
+  shutdown: '/v1/shutdown',
+} as const;
