@@ -1,0 +1,138 @@
+import { existsSync } from 'node:fs';
+import { rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { WarrenError } from '@warren/protocol';
+import { canonicalJson, sha256 } from './digest.ts';
+import type { ImageManifest, Profile } from './manifest.ts';
+import { run } from './run.ts';
+import { bundleGuestAgent, guestNode } from './steps/guest-agent.ts';
+import { buildInitramfs } from './steps/initramfs.ts';
+import { fetchKernel, resolveKernelPackage } from './steps/kernel.ts';
+import { buildMinimalTree, buildStandardTree, hostDebianMirror, makeExt4, STANDARD_PACKAGES } from './steps/rootfs.ts';
+import type { ImageStore } from './store.ts';
+
+/**
+ * Bump when the builder's output changes for the same inputs (new init script, new
+ * layout): old cache entries then stop matching and images are rebuilt.
+ */
+export const RECIPE_VERSION = 1;
+
+export interface BuildOptions {
+  profile: Profile;
+  /** Debian kernel package or metapackage. */
+  kernelPackage?: string;
+  /** Rebuild even when the recipe is cached. */
+  force?: boolean;
+  /** Directory for downloads kept between builds. */
+  cacheDir: string;
+  debianSuite?: string;
+  debianMirror?: string;
+  busyboxPath?: string;
+  onProgress?: (event: BuildProgress) => void;
+}
+
+export interface BuildProgress {
+  step: number;
+  steps: number;
+  title: string;
+  /** A line of a long-running tool's output, if any. */
+  detail?: string;
+}
+
+export interface BuildResult {
+  imageId: string;
+  cached: boolean;
+  manifest?: ImageManifest;
+  recipeDigest: string;
+}
+
+const KERNEL_CMDLINE = 'root=/dev/vda rw panic=-1 reboot=t i8042.noaux i8042.nomux i8042.nopnp quiet loglevel=4';
+
+export async function buildImage(store: ImageStore, options: BuildOptions): Promise<BuildResult> {
+  const steps = 6;
+  const progress = (step: number, title: string, detail?: string) =>
+    options.onProgress?.({ step, steps, title, ...(detail === undefined ? {} : { detail }) });
+  const busybox = options.busyboxPath ?? '/bin/busybox';
+  if (!existsSync(busybox)) {
+    throw new WarrenError('IMAGE_BUILD_FAILED', `${busybox} is missing; install the busybox-static package`);
+  }
+
+  progress(1, 'resolving recipe inputs');
+  const kernelPkg = await resolveKernelPackage(options.kernelPackage ?? 'linux-image-cloud-amd64');
+  const agent = await bundleGuestAgent();
+  const node = await guestNode();
+  const busyboxVersion = (await run(busybox, ['--help']).catch(() => '')).split('\n')[0] ?? '';
+  const suite = options.debianSuite ?? 'bookworm';
+  const recipe = {
+    recipeVersion: RECIPE_VERSION,
+    profile: options.profile,
+    kernel: kernelPkg,
+    busybox: busyboxVersion,
+    node: node.version,
+    guestAgent: agent.digest,
+    cmdline: KERNEL_CMDLINE,
+    ...(options.profile === 'standard' ? { debian: { suite, packages: STANDARD_PACKAGES } } : {}),
+  };
+  const recipeDigest = sha256(canonicalJson(recipe));
+  if (!options.force) {
+    const cached = await store.lookupRecipe(recipeDigest);
+    if (cached) return { imageId: cached, cached: true, recipeDigest };
+  }
+
+  const work = await store.tempDir(`build-${options.profile}`);
+  try {
+    progress(2, `fetching kernel ${kernelPkg.name} ${kernelPkg.version}`);
+    const kernel = await fetchKernel(options.cacheDir, kernelPkg, (l) => progress(2, 'fetching kernel', l));
+
+    progress(3, 'building initramfs');
+    const initrdFile = join(work, 'initrd.img');
+    await buildInitramfs(kernel, busybox, work, initrdFile);
+
+    progress(4, `building ${options.profile} root filesystem tree`);
+    const tree = join(work, 'rootfs');
+    const agentFile = join(work, 'guest-agent.mjs');
+    await writeFile(agentFile, agent.code);
+    const runtime = { busybox, node: node.path, agentBundle: agentFile, agentVersion: agent.version };
+    if (options.profile === 'minimal') {
+      await buildMinimalTree(tree, runtime);
+    } else {
+      const mirror = options.debianMirror ?? (await hostDebianMirror());
+      if (!mirror) {
+        throw new WarrenError('IMAGE_BUILD_FAILED', 'no Debian mirror configured; set WARREN_DEBIAN_MIRROR');
+      }
+      await buildStandardTree(tree, runtime, {
+        suite,
+        mirror,
+        cacheDir: join(options.cacheDir, 'debootstrap'),
+        log: (l) => progress(4, 'debootstrap', l),
+      });
+    }
+
+    progress(5, 'making ext4 root filesystem');
+    const rootfsFile = join(work, 'rootfs.ext4');
+    await makeExt4(tree, rootfsFile, options.profile === 'minimal' ? 64 : 512);
+
+    progress(6, 'storing content-addressed artifacts');
+    const kernelCopy = join(work, 'vmlinuz');
+    await run('cp', [kernel.vmlinuz, kernelCopy]);
+    const kernelBlob = await store.putBlob(kernelCopy);
+    const initrdBlob = await store.putBlob(initrdFile);
+    const rootfsBlob = await store.putBlob(rootfsFile);
+    const manifest: ImageManifest = {
+      schemaVersion: 1,
+      profile: options.profile,
+      recipe: { version: RECIPE_VERSION, digest: recipeDigest },
+      kernel: { ...kernelBlob, release: kernel.release, package: `${kernelPkg.name}=${kernelPkg.version}` },
+      initrd: initrdBlob,
+      rootfs: { ...rootfsBlob, format: 'ext4' },
+      guestAgent: { version: agent.version, digest: agent.digest },
+      node: { version: node.version },
+      cmdline: KERNEL_CMDLINE,
+    };
+    const imageId = await store.putManifest(manifest);
+    await store.recordRecipe(recipeDigest, imageId);
+    return { imageId, cached: false, manifest, recipeDigest };
+  } finally {
+    await rm(work, { recursive: true, force: true });
+  }
+}
