@@ -32,7 +32,8 @@ export function handleExec(stream: ServerHttp2Stream): void {
     finished = true;
     killGroup(child);
     if (stream.destroyed) return;
-    if (!stream.headersSent) stream.respond({ ':status': 200, 'content-type': 'application/x-warren-frames' });
+    if (!stream.headersSent)
+      stream.respond({ ':status': 200, 'content-type': 'application/x-warren-frames' });
     stream.end(encodeFrame(FrameType.Error, JSON.stringify(toWarrenError(error).toBody())));
   };
 
@@ -125,7 +126,9 @@ export function handleExec(stream: ServerHttp2Stream): void {
     proc.once('error', (err) => {
       clearTimeout(timer);
       const e = err as NodeJS.ErrnoException;
-      fail(new WarrenError('EXEC_FAILED', `cannot run ${JSON.stringify(spec.argv[0])}: ${e.code ?? e.message}`));
+      fail(
+        new WarrenError('EXEC_FAILED', `cannot run ${JSON.stringify(spec.argv[0])}: ${e.code ?? e.message}`),
+      );
     });
     proc.once('spawn', () => {
       if (finished) {
@@ -155,7 +158,10 @@ export function handleExec(stream: ServerHttp2Stream): void {
     });
   }
 
-  function pipeOutput(source: NodeJS.ReadableStream, type: typeof FrameType.Stdout | typeof FrameType.Stderr) {
+  function pipeOutput(
+    source: NodeJS.ReadableStream,
+    type: typeof FrameType.Stdout | typeof FrameType.Stderr,
+  ) {
     source.on('data', (chunk: Buffer) => {
       if (stream.destroyed) return;
       for (let off = 0; off < chunk.length; off += MAX_FRAME_PAYLOAD) {

@@ -57,7 +57,10 @@ export async function handleRead(stream: ServerHttp2Stream, query: URLSearchPara
     const st = await handle.stat();
     if (!st.isFile()) throw new WarrenError('FILE_ERROR', `EISDIR: ${path} is not a regular file`);
     stream.respond({ ':status': 200, 'content-type': 'application/octet-stream', 'content-length': st.size });
-    await pipeline(createReadStream('', { fd: handle.fd, autoClose: false, highWaterMark: 256 * 1024 }), stream);
+    await pipeline(
+      createReadStream('', { fd: handle.fd, autoClose: false, highWaterMark: 256 * 1024 }),
+      stream,
+    );
   } finally {
     await handle.close();
   }

@@ -6,7 +6,7 @@
  * development machine without a VM. In that mode a shutdown request only ends the agent.
  */
 import { execFile } from 'node:child_process';
-import { closeSync, createReadStream, createWriteStream, openSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { closeSync, createReadStream, openSync, readdirSync, readFileSync, rmSync, write } from 'node:fs';
 import { createServer } from 'node:net';
 import { Duplex } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -41,29 +41,61 @@ function findPort(): string | undefined {
 /**
  * A virtio-serial port is a character device, which libuv treats as a file: reads go
  * through the thread pool. A read returns 0 (end of stream) whenever the host side is
- * not connected, so each host connection is one open/serve/close cycle.
+ * not connected, so each host connection is one open/serve/close cycle. After that end,
+ * writes are dropped: bytes of a finished session must never reach the next host
+ * connection, which expects a fresh HTTP/2 preface.
  */
-function openPort(path: string): Duplex {
-  const fd = openSync(path, 'r+');
-  const readable = createReadStream('', { fd, autoClose: false, highWaterMark: 256 * 1024 });
-  const writable = createWriteStream('', { fd, autoClose: false });
-  const duplex = Duplex.from({ readable, writable });
-  let closed = false;
-  duplex.once('close', () => {
-    if (closed) return;
-    closed = true;
-    readable.destroy();
-    writable.destroy();
-    // Closed after both streams let go of it.
+class PortStream extends Duplex {
+  readonly #fd: number;
+  readonly #reader: ReturnType<typeof createReadStream>;
+  #ended = false;
+
+  constructor(path: string) {
+    super();
+    this.#fd = openSync(path, 'r+');
+    this.#reader = createReadStream('', { fd: this.#fd, autoClose: false, highWaterMark: 256 * 1024 });
+    this.#reader.on('data', (chunk) => {
+      if (!this.push(chunk)) this.#reader.pause();
+    });
+    this.#reader.on('end', () => {
+      this.#ended = true;
+      this.push(null);
+    });
+    this.#reader.on('error', (e) => this.destroy(e));
+  }
+
+  override _read(): void {
+    this.#reader.resume();
+  }
+
+  override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (error?: Error | null) => void): void {
+    if (this.#ended) {
+      callback();
+      return;
+    }
+    const writeFrom = (offset: number) => {
+      write(this.#fd, chunk, offset, chunk.length - offset, null, (err, n) => {
+        if (err) callback(err);
+        else if (offset + n < chunk.length) writeFrom(offset + n);
+        else callback();
+      });
+    };
+    writeFrom(0);
+  }
+
+  override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
+    this.#ended = true;
+    this.#reader.destroy();
+    // Closed on the next turn, after the reader let go of the descriptor.
     setImmediate(() => {
       try {
-        closeSync(fd);
+        closeSync(this.#fd);
       } catch {
         // Already closed.
       }
+      callback(error);
     });
-  });
-  return duplex;
+  }
 }
 
 async function servePort(server: ReturnType<typeof createAgentServer>) {
@@ -75,7 +107,7 @@ async function servePort(server: ReturnType<typeof createAgentServer>) {
     }
     const started = Date.now();
     try {
-      await serveChannel(server, openPort(port));
+      await serveChannel(server, new PortStream(port));
     } catch (e) {
       log(`channel error: ${(e as Error).message}`);
     }

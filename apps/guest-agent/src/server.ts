@@ -30,7 +30,12 @@ export function createAgentServer(options: AgentOptions): http2.Http2Server {
     },
   };
 
-  const server = http2.createServer({ settings: { maxConcurrentStreams: 256 } });
+  const server = http2.createServer({
+    settings: { maxConcurrentStreams: 256, initialWindowSize: 8 * 1024 * 1024, maxFrameSize: 1024 * 1024 },
+  });
+  server.on('session', (session) =>
+    session.on('connect', () => session.setLocalWindowSize(32 * 1024 * 1024)),
+  );
   server.setTimeout(0);
   server.on('stream', (stream: ServerHttp2Stream, headers: IncomingHttpHeaders) => {
     const url = new URL(String(headers[':path'] ?? '/'), 'http://guest');

@@ -8,7 +8,13 @@ import { run } from './run.ts';
 import { bundleGuestAgent, guestNode } from './steps/guest-agent.ts';
 import { buildInitramfs } from './steps/initramfs.ts';
 import { fetchKernel, resolveKernelPackage } from './steps/kernel.ts';
-import { buildMinimalTree, buildStandardTree, hostDebianMirror, makeExt4, STANDARD_PACKAGES } from './steps/rootfs.ts';
+import {
+  buildMinimalTree,
+  buildStandardTree,
+  hostDebianMirror,
+  makeExt4,
+  STANDARD_PACKAGES,
+} from './steps/rootfs.ts';
 import type { ImageStore } from './store.ts';
 
 /**
@@ -46,7 +52,8 @@ export interface BuildResult {
   recipeDigest: string;
 }
 
-const KERNEL_CMDLINE = 'root=/dev/vda rw panic=-1 reboot=t i8042.noaux i8042.nomux i8042.nopnp quiet loglevel=4';
+const KERNEL_CMDLINE =
+  'root=/dev/vda rw panic=-1 reboot=t i8042.noaux i8042.nomux i8042.nopnp quiet loglevel=4';
 
 export async function buildImage(store: ImageStore, options: BuildOptions): Promise<BuildResult> {
   const steps = 6;

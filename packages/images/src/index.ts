@@ -2,3 +2,4 @@ export * from './builder.ts';
 export * from './digest.ts';
 export * from './manifest.ts';
 export * from './store.ts';
+export * from './run.ts';

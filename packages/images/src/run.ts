@@ -1,6 +1,6 @@
 import { spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
-import { WarrenError } from '@warren/protocol';
+import { type ErrorCode, WarrenError } from '@warren/protocol';
 
 export interface RunOptions {
   cwd?: string;
@@ -8,9 +8,11 @@ export interface RunOptions {
   /** Each output line, for progress display of long steps. */
   onLine?: (line: string) => void;
   input?: string;
+  /** Code of the error thrown when the tool fails (default IMAGE_BUILD_FAILED). */
+  errorCode?: ErrorCode;
 }
 
-/** Runs a build tool; on failure the error names the command and carries its last output. */
+/** Runs a host tool (build steps, qemu-img, ...); on failure the error names the command and carries its last output. */
 export function run(command: string, args: string[], options: RunOptions = {}): Promise<string> {
   return new Promise((resolve, reject) => {
     const child = spawn(command, args, {
@@ -32,15 +34,16 @@ export function run(command: string, args: string[], options: RunOptions = {}): 
     collect(child.stdout!, true);
     collect(child.stderr!, false);
     if (options.input !== undefined) child.stdin!.end(options.input);
+    const errorCode = options.errorCode ?? 'IMAGE_BUILD_FAILED';
     child.once('error', (e) =>
-      reject(new WarrenError('IMAGE_BUILD_FAILED', `cannot run ${command}: ${e.message}`, { cause: e })),
+      reject(new WarrenError(errorCode, `cannot run ${command}: ${e.message}`, { cause: e })),
     );
     child.once('close', (code, signal) => {
       if (code === 0) resolve(stdout);
       else
         reject(
           new WarrenError(
-            'IMAGE_BUILD_FAILED',
+            errorCode,
             `${command} ${args.slice(0, 4).join(' ')} failed (${signal ?? `exit ${code}`}):\n${tail.join('\n')}`,
           ),
         );

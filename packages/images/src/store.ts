@@ -99,7 +99,10 @@ export class ImageStore {
   async resolve(ref: string): Promise<string> {
     const hex = ref.startsWith(IMAGE_ID_PREFIX) ? ref.slice(IMAGE_ID_PREFIX.length) : ref;
     if (!/^[0-9a-f]{8,64}$/.test(hex)) {
-      throw new WarrenError('INVALID_ARGUMENT', `image id ${JSON.stringify(ref)} is not sha256:<hex> or a hex prefix`);
+      throw new WarrenError(
+        'INVALID_ARGUMENT',
+        `image id ${JSON.stringify(ref)} is not sha256:<hex> or a hex prefix`,
+      );
     }
     const matches = (await this.#manifestHexes()).filter((h) => h.startsWith(hex));
     if (matches.length === 0) throw new WarrenError('IMAGE_NOT_FOUND', `no image ${ref} in ${this.root}`);
@@ -189,7 +192,6 @@ export class ImageStore {
       rootfsPath: this.blobPath(manifest.rootfs.digest),
     };
   }
-
 
   async #manifestHexes(): Promise<string[]> {
     try {

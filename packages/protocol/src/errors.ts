@@ -21,7 +21,11 @@ export const ERROR_CODES = {
     fault: 'user',
     fix: 'Correct the named field; the message says which value was refused and why.',
   },
-  NOT_FOUND: { status: 404, fault: 'user', fix: 'Check the id or path; list the collection to see what exists.' },
+  NOT_FOUND: {
+    status: 404,
+    fault: 'user',
+    fix: 'Check the id or path; list the collection to see what exists.',
+  },
   CONFLICT: {
     status: 409,
     fault: 'user',
@@ -52,7 +56,11 @@ export const ERROR_CODES = {
     fault: 'platform',
     fix: 'Read the failed step in the build output; most often a package could not be downloaded or a tool is missing (run `npm test` or `npm start` once to install host packages).',
   },
-  VM_NOT_FOUND: { status: 404, fault: 'user', fix: 'List VMs with `GET /v1/vms` to see which exist on this host.' },
+  VM_NOT_FOUND: {
+    status: 404,
+    fault: 'user',
+    fix: 'List VMs with `GET /v1/vms` to see which exist on this host.',
+  },
   VM_NOT_RUNNING: { status: 409, fault: 'user', fix: 'Start the VM first.' },
   VM_BOOT_FAILED: {
     status: 500,
@@ -111,7 +119,11 @@ export class WarrenError extends Error {
   readonly code: ErrorCode;
   readonly details: Record<string, unknown> | undefined;
 
-  constructor(code: ErrorCode, message: string, options?: { details?: Record<string, unknown>; cause?: unknown }) {
+  constructor(
+    code: ErrorCode,
+    message: string,
+    options?: { details?: Record<string, unknown>; cause?: unknown },
+  ) {
     super(message, options?.cause === undefined ? undefined : { cause: options.cause });
     this.name = 'WarrenError';
     this.code = code;

@@ -24,7 +24,8 @@ export const MAX_FRAME_PAYLOAD = 1024 * 1024;
 
 export function encodeFrame(type: FrameType, payload: Uint8Array | string): Buffer {
   const body = typeof payload === 'string' ? Buffer.from(payload) : payload;
-  if (body.length > MAX_FRAME_PAYLOAD) throw new RangeError(`frame payload ${body.length} > ${MAX_FRAME_PAYLOAD}`);
+  if (body.length > MAX_FRAME_PAYLOAD)
+    throw new RangeError(`frame payload ${body.length} > ${MAX_FRAME_PAYLOAD}`);
   const header = Buffer.allocUnsafe(FRAME_HEADER_BYTES);
   header.writeUInt8(type, 0);
   header.writeUInt32BE(body.length, 1);
@@ -54,7 +55,8 @@ export class FrameDecoder {
     while (this.#buffered >= FRAME_HEADER_BYTES) {
       const head = this.#peek(FRAME_HEADER_BYTES);
       const length = head.readUInt32BE(1);
-      if (length > MAX_FRAME_PAYLOAD) throw new FrameError(`frame of ${length} bytes exceeds ${MAX_FRAME_PAYLOAD}`);
+      if (length > MAX_FRAME_PAYLOAD)
+        throw new FrameError(`frame of ${length} bytes exceeds ${MAX_FRAME_PAYLOAD}`);
       if (this.#buffered < FRAME_HEADER_BYTES + length) break;
       const all = this.#take(FRAME_HEADER_BYTES + length);
       frames.push({ type: all.readUInt8(0), payload: all.subarray(FRAME_HEADER_BYTES) });

@@ -39,7 +39,16 @@ export const ExecRequest = z.strictObject({
     .optional(),
   cwd: GuestPath.optional(),
   /** A user name or numeric uid in the guest; root when absent. */
-  user: z.union([z.string().regex(/^[a-z_][a-z0-9_-]{0,31}$/), z.number().int().min(0).max(2 ** 31 - 1)]).optional(),
+  user: z
+    .union([
+      z.string().regex(/^[a-z_][a-z0-9_-]{0,31}$/),
+      z
+        .number()
+        .int()
+        .min(0)
+        .max(2 ** 31 - 1),
+    ])
+    .optional(),
   timeoutMs: z.number().int().positive().max(MAX_EXEC_TIMEOUT_MS).optional(),
   /** When false the command's stdin is /dev/null; when true the request body carries it. */
   stdin: z.boolean().default(false),

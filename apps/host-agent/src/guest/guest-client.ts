@@ -36,6 +36,7 @@ export interface ExecResult extends ExecExit {}
 /** Extra time the host waits beyond an exec's own timeout before giving up on the guest. */
 const HOST_TIMEOUT_GRACE_MS = 10_000;
 const DEFAULT_REQUEST_TIMEOUT_MS = 30_000;
+const MiB = 1024 * 1024;
 
 /**
  * The host's client of one guest agent: one HTTP/2 session over a transport.
@@ -57,9 +58,17 @@ export class GuestClient {
       createConnection: () => socket,
       maxSessionMemory: 64,
       maxHeaderListPairs: 64,
-      settings: { maxHeaderListSize: 64 * 1024, enablePush: false },
+      // Large windows and frames: the channel has high latency under TCG, and 64 KiB
+      // windows would stall every stream on WINDOW_UPDATE round trips.
+      settings: {
+        maxHeaderListSize: 64 * 1024,
+        enablePush: false,
+        initialWindowSize: 8 * MiB,
+        maxFrameSize: MiB,
+      },
     });
     session.on('error', () => {});
+    session.on('connect', () => session.setLocalWindowSize(32 * MiB));
     await new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => {
         session.destroy();
@@ -123,7 +132,8 @@ export class GuestClient {
     if (options.mode !== undefined) route += `&mode=${options.mode.toString(8)}`;
     if (options.parents) route += '&parents=true';
     const stream = this.#request('PUT', route, options.timeoutMs ?? 10 * 60_000);
-    const source = typeof data === 'string' || Buffer.isBuffer(data) ? Readable.from([Buffer.from(data)]) : data;
+    const source =
+      typeof data === 'string' || Buffer.isBuffer(data) ? Readable.from([Buffer.from(data)]) : data;
     source.on('error', (e) => stream.destroy(e));
     source.pipe(stream);
     const { headers, body } = await this.#response(stream);
@@ -136,10 +146,14 @@ export class GuestClient {
    */
   async readFile(path: string, options: { maxBytes?: number; timeoutMs?: number } = {}): Promise<Readable> {
     const maxBytes = options.maxBytes ?? Number.MAX_SAFE_INTEGER;
-    const stream = this.#request('GET', withPath(GUEST_ROUTES.fileContent, path), options.timeoutMs ?? 10 * 60_000);
+    const stream = this.#request(
+      'GET',
+      withPath(GUEST_ROUTES.fileContent, path),
+      options.timeoutMs ?? 10 * 60_000,
+    );
     stream.end();
     const headers = await waitForHeaders(stream);
-    if (headers[':status'] !== 200) {
+    if (Number(headers[':status']) !== 200) {
       const { body } = await this.#response(stream, headers);
       throw this.#errorFrom(body);
     }
@@ -149,7 +163,9 @@ export class GuestClient {
       seen += chunk.length;
       if (seen > maxBytes) {
         stream.destroy();
-        limited.destroy(new WarrenError('PAYLOAD_TOO_LARGE', `file ${path} is larger than ${maxBytes} bytes`));
+        limited.destroy(
+          new WarrenError('PAYLOAD_TOO_LARGE', `file ${path} is larger than ${maxBytes} bytes`),
+        );
         return;
       }
       if (!limited.push(chunk)) stream.pause();
@@ -158,7 +174,8 @@ export class GuestClient {
     stream.on('end', () => limited.push(null));
     stream.on('error', (e) => limited.destroy(guestError(e)));
     stream.on('close', () => {
-      if (!stream.readableEnded && !limited.destroyed) limited.destroy(new WarrenError('GUEST_UNAVAILABLE', 'file stream cut'));
+      if (!stream.readableEnded && !limited.destroyed)
+        limited.destroy(new WarrenError('GUEST_UNAVAILABLE', 'file stream cut'));
     });
     return limited;
   }
@@ -194,7 +211,7 @@ export class GuestClient {
       options.signal?.addEventListener('abort', onAbort, { once: true });
 
       stream.once('response', (headers) => {
-        if (headers[':status'] !== 200) {
+        if (Number(headers[':status']) !== 200) {
           this.#response(stream, headers).then(
             ({ body }) => settle(() => reject(this.#errorFrom(body))),
             (e) => settle(() => reject(e)),
@@ -216,10 +233,20 @@ export class GuestClient {
             else if (frame.type === FrameType.Stderr) options.onStderr?.(frame.payload);
             else if (frame.type === FrameType.Exit) {
               try {
-                const exit = parseOrThrow(ExecExitSchema, JSON.parse(frame.payload.toString('utf8')), 'GUEST_PROTOCOL');
+                const exit = parseOrThrow(
+                  ExecExitSchema,
+                  JSON.parse(frame.payload.toString('utf8')),
+                  'GUEST_PROTOCOL',
+                );
                 settle(() => resolve(exit));
               } catch (e) {
-                settle(() => reject(e instanceof WarrenError ? e : new WarrenError('GUEST_PROTOCOL', 'exit frame is not JSON')));
+                settle(() =>
+                  reject(
+                    e instanceof WarrenError
+                      ? e
+                      : new WarrenError('GUEST_PROTOCOL', 'exit frame is not JSON'),
+                  ),
+                );
               }
             } else if (frame.type === FrameType.Error) {
               settle(() => reject(this.#errorFrom(frame.payload)));
@@ -232,12 +259,12 @@ export class GuestClient {
       });
       stream.once('timeout', () => {
         stream.close(http2.constants.NGHTTP2_CANCEL);
-        settle(() =>
-          resolve({ exitCode: null, signal: null, timedOut: true, durationMs: hostDeadline }),
-        );
+        settle(() => resolve({ exitCode: null, signal: null, timedOut: true, durationMs: hostDeadline }));
       });
       stream.once('close', () =>
-        settle(() => reject(new WarrenError('GUEST_UNAVAILABLE', 'exec stream closed before the command ended'))),
+        settle(() =>
+          reject(new WarrenError('GUEST_UNAVAILABLE', 'exec stream closed before the command ended')),
+        ),
       );
       stream.once('error', (e) => settle(() => reject(guestError(e))));
     });
@@ -300,7 +327,9 @@ function withPath(route: string, path: string): string {
 }
 
 function guestError(e: unknown): WarrenError {
-  return e instanceof WarrenError ? e : new WarrenError('GUEST_UNAVAILABLE', `guest stream failed: ${(e as Error).message}`);
+  return e instanceof WarrenError
+    ? e
+    : new WarrenError('GUEST_UNAVAILABLE', `guest stream failed: ${(e as Error).message}`);
 }
 
 function waitForHeaders(stream: ClientHttp2Stream): Promise<IncomingHttpHeaders> {
@@ -310,7 +339,9 @@ function waitForHeaders(stream: ClientHttp2Stream): Promise<IncomingHttpHeaders>
       stream.close(http2.constants.NGHTTP2_CANCEL);
       reject(new WarrenError('TIMEOUT', 'guest agent did not answer in time'));
     });
-    stream.once('close', () => reject(new WarrenError('GUEST_UNAVAILABLE', 'guest stream closed without an answer')));
+    stream.once('close', () =>
+      reject(new WarrenError('GUEST_UNAVAILABLE', 'guest stream closed without an answer')),
+    );
     stream.once('error', (e) => reject(guestError(e)));
   });
 }
@@ -338,7 +369,8 @@ function readCapped(stream: ClientHttp2Stream, limit: number): Promise<Buffer> {
 }
 
 function pipeStdin(input: Readable | Buffer | string, stream: ClientHttp2Stream) {
-  const source = typeof input === 'string' || Buffer.isBuffer(input) ? Readable.from([Buffer.from(input)]) : input;
+  const source =
+    typeof input === 'string' || Buffer.isBuffer(input) ? Readable.from([Buffer.from(input)]) : input;
   source.on('data', (chunk: Buffer) => {
     for (let off = 0; off < chunk.length; off += MAX_FRAME_PAYLOAD) {
       if (!stream.write(encodeFrame(FrameType.Stdin, chunk.subarray(off, off + MAX_FRAME_PAYLOAD)))) {

@@ -27,7 +27,9 @@ export class VirtioSerialTransport implements GuestTransport {
       const socket = connect(this.socketPath);
       const timer = setTimeout(() => {
         socket.destroy();
-        reject(new WarrenError('GUEST_UNAVAILABLE', `no connection to ${this.socketPath} within ${timeoutMs} ms`));
+        reject(
+          new WarrenError('GUEST_UNAVAILABLE', `no connection to ${this.socketPath} within ${timeoutMs} ms`),
+        );
       }, timeoutMs);
       socket.once('connect', () => {
         clearTimeout(timer);

@@ -69,7 +69,8 @@ exec switch_root /newroot /usr/lib/warren/busybox init
 
 export async function buildInitramfs(kernel: FetchedKernel, busybox: string, work: string, out: string) {
   const dir = join(work, 'initramfs');
-  for (const d of ['bin', 'dev', 'proc', 'sys', 'etc', 'newroot']) await mkdir(join(dir, d), { recursive: true });
+  for (const d of ['bin', 'dev', 'proc', 'sys', 'etc', 'newroot'])
+    await mkdir(join(dir, d), { recursive: true });
   await copyFile(busybox, join(dir, 'bin', 'busybox'));
   await chmod(join(dir, 'bin', 'busybox'), 0o755);
   const modules = await moduleClosure(kernel, BOOT_MODULES);

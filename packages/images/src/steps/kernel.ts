@@ -52,7 +52,8 @@ export async function fetchKernel(
     // apt verifies the package against the signed release files of the mirror.
     await run('apt-get', ['download', '-q', `${pkg.name}=${pkg.version}`], { cwd: work, onLine: log });
     const deb = (await readdir(work)).find((f) => f.endsWith('.deb'));
-    if (!deb) throw new WarrenError('IMAGE_BUILD_FAILED', `apt-get download produced no .deb for ${pkg.name}`);
+    if (!deb)
+      throw new WarrenError('IMAGE_BUILD_FAILED', `apt-get download produced no .deb for ${pkg.name}`);
     await run('dpkg-deb', ['-x', join(work, deb), join(work, 'x')]);
     await rm(join(work, deb));
     await rm(root, { recursive: true, force: true });

@@ -175,8 +175,20 @@ export async function buildStandardTree(
     { onLine: options.log },
   );
   const { name, uid } = AGENT_USER;
-  await run('chroot', [dir, 'useradd', '--create-home', '--uid', String(uid), '--user-group', '--shell', '/bin/bash', name]);
-  await writeFile(join(dir, 'etc', 'sudoers.d', 'warren-agent'), `${name} ALL=(ALL) NOPASSWD: ALL\n`, { mode: 0o440 });
+  await run('chroot', [
+    dir,
+    'useradd',
+    '--create-home',
+    '--uid',
+    String(uid),
+    '--user-group',
+    '--shell',
+    '/bin/bash',
+    name,
+  ]);
+  await writeFile(join(dir, 'etc', 'sudoers.d', 'warren-agent'), `${name} ALL=(ALL) NOPASSWD: ALL\n`, {
+    mode: 0o440,
+  });
   await writeFile(join(dir, 'etc', 'resolv.conf'), '');
   await run('chroot', [dir, 'apt-get', 'clean']);
   await run('bash', ['-c', 'rm -rf "$1"/var/lib/apt/lists/* "$1"/var/log/*.log', 'bash', dir]);

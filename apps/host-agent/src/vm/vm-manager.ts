@@ -1,0 +1,467 @@
+import { randomBytes } from 'node:crypto';
+import { EventEmitter } from 'node:events';
+import { mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { type ImageStore, run } from '@warren/images';
+import { parseOrThrow, WarrenError } from '@warren/protocol';
+import { z } from 'zod';
+import type { Accelerator } from '../accel.ts';
+import type { CgroupDriver } from '../cgroups/cgroups.ts';
+import { GuestClient } from '../guest/guest-client.ts';
+import type { RunningVm, VmExit, VmLaunchSpec, VmmDriver } from '../vmm/driver.ts';
+
+export const VmId = z
+  .string()
+  .regex(
+    /^[a-z0-9][a-z0-9-]{0,39}$/,
+    'a VM id is 1-40 lowercase letters, digits and dashes, starting alphanumeric',
+  );
+
+export const CreateVmRequest = z.strictObject({
+  id: VmId.optional(),
+  image: z.string().min(8).max(80),
+  cpus: z.number().int().min(1).max(64).default(1),
+  memoryMiB: z
+    .number()
+    .int()
+    .min(128)
+    .max(256 * 1024)
+    .default(512),
+  /** Size of the persistent data volume mounted at /workspace. */
+  diskMiB: z
+    .number()
+    .int()
+    .min(16)
+    .max(16 * 1024 * 1024)
+    .default(1024),
+});
+export type CreateVmRequest = z.input<typeof CreateVmRequest>;
+
+const VmRecord = z.object({
+  id: VmId,
+  imageId: z.string(),
+  cpus: z.number().int(),
+  memoryMiB: z.number().int(),
+  diskMiB: z.number().int(),
+  createdAt: z.string(),
+  /** What the VM should be doing; an exit while `running` is a crash. */
+  desired: z.enum(['running', 'stopped']),
+  lastExit: z
+    .object({
+      reason: z.string(),
+      graceful: z.boolean(),
+      code: z.number().nullable(),
+      signal: z.string().nullable(),
+      at: z.string(),
+    })
+    .optional(),
+});
+type VmRecord = z.infer<typeof VmRecord>;
+
+export type VmState = 'stopped' | 'starting' | 'running' | 'stopping' | 'crashed';
+
+export interface VmStatus extends VmRecord {
+  state: VmState;
+  pid?: number;
+  accelerator: Accelerator;
+}
+
+export interface VmManagerOptions {
+  dataDir: string;
+  store: ImageStore;
+  driver: VmmDriver;
+  accel: Accelerator;
+  cgroups?: CgroupDriver;
+  bootTimeoutMs: number;
+  stopTimeoutMs: number;
+  pidsMax: number;
+  log?: (message: string) => void;
+}
+
+/** Longest unix socket path Linux accepts (sun_path is 108 bytes with the NUL). */
+const MAX_SOCKET_PATH = 107;
+/** Memory QEMU needs beyond guest RAM (TCG translation cache, device state, its own heap). */
+const VMM_OVERHEAD_BYTES = 384 * 1024 * 1024;
+
+interface Live {
+  vm: RunningVm;
+  guest?: GuestClient;
+  /** Set while the host itself is ending the VM, so the exit is not reported as a crash. */
+  expectingExit: boolean;
+}
+
+/**
+ * Owns the VMs of this host: their state directories, VMM processes, cgroups and guest
+ * connections. Every VM lives in `<dataDir>/vms/<id>/`, and destroying it removes that
+ * directory and its cgroup, which is all of it.
+ */
+export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }> {
+  readonly #o: VmManagerOptions;
+  readonly #live = new Map<string, Live>();
+  readonly #transitions = new Map<string, VmState>();
+  /** One lifecycle operation per VM at a time. */
+  readonly #locks = new Map<string, Promise<unknown>>();
+
+  private constructor(options: VmManagerOptions) {
+    super();
+    this.#o = options;
+  }
+
+  /** Opens the manager and re-attaches to every VM whose QEMU survived an agent restart. */
+  static async open(options: VmManagerOptions): Promise<VmManager> {
+    const m = new VmManager(options);
+    await mkdir(m.#vmsDir, { recursive: true });
+    for (const id of await m.#ids()) {
+      const record = await m.#read(id).catch(() => undefined);
+      if (!record) continue;
+      const vm = await options.driver.attach(await m.#launchSpec(record, false)).catch(() => undefined);
+      if (vm) {
+        options.log?.(`re-attached to VM ${id} (QEMU pid ${vm.pid})`);
+        m.#track(id, vm);
+      } else if (record.desired === 'running') {
+        await m.#recordExit(record, {
+          code: null,
+          signal: null,
+          reason: 'VM process ended while the host agent was not running',
+          graceful: false,
+        });
+      }
+    }
+    return m;
+  }
+
+  get #vmsDir(): string {
+    return join(this.#o.dataDir, 'vms');
+  }
+
+  dirOf(id: string): string {
+    return join(this.#vmsDir, parseOrThrow(VmId, id));
+  }
+
+  async create(request: CreateVmRequest): Promise<VmStatus> {
+    const req = parseOrThrow(CreateVmRequest, request);
+    const id = req.id ?? `vm-${randomBytes(4).toString('hex')}`;
+    const dir = this.dirOf(id);
+    if (join(dir, 'agent.sock').length > MAX_SOCKET_PATH) {
+      throw new WarrenError(
+        'HOST_UNSUPPORTED',
+        `VM socket paths under ${dir} exceed ${MAX_SOCKET_PATH} bytes; use a shorter WARREN_DATA_DIR`,
+      );
+    }
+    const image = await this.#o.store.verify(req.image);
+    try {
+      await mkdir(dir);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'EEXIST')
+        throw new WarrenError('CONFLICT', `VM ${id} already exists`);
+      throw e;
+    }
+    try {
+      await this.#o.driver.createRootDisk(image.rootfsPath, join(dir, 'root.qcow2'));
+      await createDataVolume(join(dir, 'data.img'), req.diskMiB);
+      const record: VmRecord = {
+        id,
+        imageId: image.id,
+        cpus: req.cpus,
+        memoryMiB: req.memoryMiB,
+        diskMiB: req.diskMiB,
+        createdAt: new Date().toISOString(),
+        desired: 'stopped',
+      };
+      await this.#write(record);
+      return this.#status(record);
+    } catch (e) {
+      await rm(dir, { recursive: true, force: true });
+      throw e;
+    }
+  }
+
+  async get(id: string): Promise<VmStatus> {
+    return this.#status(await this.#read(id));
+  }
+
+  async list(): Promise<VmStatus[]> {
+    const out: VmStatus[] = [];
+    for (const id of await this.#ids()) {
+      const record = await this.#read(id).catch(() => undefined);
+      if (record) out.push(this.#status(record));
+    }
+    return out;
+  }
+
+  /** Boots the VM and waits until its guest agent answers. */
+  start(id: string): Promise<VmStatus> {
+    return this.#locked(id, async () => {
+      const record = await this.#read(id);
+      if (this.#live.has(id)) return this.#status(record);
+      this.#transitions.set(id, 'starting');
+      try {
+        record.desired = 'running';
+        delete record.lastExit;
+        await this.#write(record);
+        const spec = await this.#launchSpec(record, true);
+        const vm = await this.#o.driver.launch(spec);
+        const live = this.#track(id, vm);
+        try {
+          live.guest = await this.#waitForAgent(id, vm, spec.dir);
+        } catch (e) {
+          live.expectingExit = true;
+          vm.kill();
+          await vm.exited;
+          record.desired = 'stopped';
+          await this.#write(record);
+          throw e;
+        }
+        return this.#status(record);
+      } finally {
+        this.#transitions.delete(id);
+      }
+    });
+  }
+
+  /** Graceful power-off through the guest agent; QMP quit and then SIGKILL after the timeout. */
+  stop(id: string, timeoutMs = this.#o.stopTimeoutMs): Promise<VmStatus> {
+    return this.#locked(id, async () => {
+      const record = await this.#read(id);
+      record.desired = 'stopped';
+      await this.#write(record);
+      const live = this.#live.get(id);
+      if (!live) return this.#status(record);
+      this.#transitions.set(id, 'stopping');
+      live.expectingExit = true;
+      try {
+        const guest = await this.guest(id).catch(() => undefined);
+        await guest?.shutdown().catch(() => {});
+        if (!(await settlesWithin(live.vm.exited, timeoutMs))) {
+          this.#o.log?.(`VM ${id} did not power off within ${timeoutMs} ms: quitting QEMU`);
+          await live.vm.quit();
+          if (!(await settlesWithin(live.vm.exited, 5_000))) live.vm.kill();
+        }
+        await live.vm.exited;
+        await this.#settled(id);
+        return this.#status(await this.#read(id));
+      } finally {
+        this.#transitions.delete(id);
+      }
+    });
+  }
+
+  /** Hard stop: SIGKILL to QEMU. The data volume keeps what the guest had flushed. */
+  kill(id: string): Promise<VmStatus> {
+    return this.#locked(id, async () => {
+      const record = await this.#read(id);
+      record.desired = 'stopped';
+      await this.#write(record);
+      const live = this.#live.get(id);
+      if (live) {
+        live.expectingExit = true;
+        live.vm.kill();
+        await live.vm.exited;
+        await this.#settled(id);
+      }
+      return this.#status(await this.#read(id));
+    });
+  }
+
+  /** Kills the VM if it runs and removes every file and the cgroup it had. */
+  destroy(id: string): Promise<void> {
+    return this.#locked(id, async () => {
+      await this.#read(id);
+      const live = this.#live.get(id);
+      if (live) {
+        live.expectingExit = true;
+        live.vm.kill();
+        await live.vm.exited;
+        await this.#settled(id);
+      }
+      await this.#o.cgroups?.open(id).remove();
+      await rm(this.dirOf(id), { recursive: true, force: true });
+    });
+  }
+
+  /** The guest agent client of a running VM (connected on first use, reconnected if lost). */
+  async guest(id: string): Promise<GuestClient> {
+    const live = this.#live.get(id);
+    if (!live) throw new WarrenError('VM_NOT_RUNNING', `VM ${id} is not running`);
+    if (live.guest && !live.guest.closed) return live.guest;
+    live.guest = await GuestClient.connect(live.vm.transport, 10_000);
+    return live.guest;
+  }
+
+  /** Lets go of all VMs without stopping them (they keep running for the next agent). */
+  close(): void {
+    for (const live of this.#live.values()) {
+      live.guest?.close();
+      live.vm.detach();
+    }
+    this.#live.clear();
+  }
+
+  #track(id: string, vm: RunningVm): Live {
+    const live: Live = { vm, expectingExit: false };
+    this.#live.set(id, live);
+    void vm.exited.then(async (exit) => {
+      if (this.#live.get(id) !== live) return;
+      live.guest?.close();
+      const record = await this.#read(id).catch(() => undefined);
+      if (record) {
+        if (!live.expectingExit && record.desired === 'running') {
+          this.#o.log?.(`VM ${id} exited unexpectedly: ${exit.reason}`);
+        }
+        await this.#recordExit(record, exit, live.expectingExit);
+      }
+      // Removed only now, so whoever waits in #settled sees the exit already recorded.
+      this.#live.delete(id);
+      this.emit('exit', id, exit);
+    });
+    return live;
+  }
+
+  /** Waits until the exit handler of a VM has run. */
+  async #settled(id: string): Promise<void> {
+    while (this.#live.has(id)) await sleep(5);
+  }
+
+  async #recordExit(record: VmRecord, exit: VmExit, expected = false): Promise<void> {
+    record.lastExit = { ...exit, at: new Date().toISOString() };
+    if (expected) record.desired = 'stopped';
+    await this.#write(record).catch(() => {});
+    if (record.desired !== 'running')
+      await this.#o.cgroups
+        ?.open(record.id)
+        .remove()
+        .catch(() => {});
+  }
+
+  async #waitForAgent(id: string, vm: RunningVm, dir: string): Promise<GuestClient> {
+    const deadline = Date.now() + this.#o.bootTimeoutMs;
+    let lastError: unknown;
+    let exited = false;
+    void vm.exited.then(() => {
+      exited = true;
+    });
+    while (Date.now() < deadline && !exited) {
+      try {
+        const client = await GuestClient.connect(
+          vm.transport,
+          Math.min(10_000, Math.max(1, deadline - Date.now())),
+        );
+        await client.health(10_000);
+        return client;
+      } catch (e) {
+        lastError = e;
+        await sleep(100);
+      }
+    }
+    const why = exited ? (await vm.exited).reason : `no answer within ${this.#o.bootTimeoutMs} ms`;
+    throw new WarrenError(
+      'VM_BOOT_FAILED',
+      `VM ${id} did not become ready: ${why}; see ${join(dir, 'console.log')}`,
+      {
+        cause: lastError,
+      },
+    );
+  }
+
+  async #launchSpec(record: VmRecord, verify: boolean): Promise<VmLaunchSpec> {
+    const dir = this.dirOf(record.id);
+    // Every boot checks the image's digests first; a re-attach only needs the paths.
+    const image = verify
+      ? await this.#o.store.verify(record.imageId)
+      : await this.#imagePaths(record.imageId);
+    const cgroup = verify
+      ? await this.#o.cgroups?.create(record.id, {
+          cpus: record.cpus,
+          memoryBytes: record.memoryMiB * 1024 * 1024 + VMM_OVERHEAD_BYTES,
+          pidsMax: this.#o.pidsMax,
+        })
+      : this.#o.cgroups?.open(record.id);
+    return {
+      id: record.id,
+      dir,
+      image,
+      cpus: record.cpus,
+      memoryMiB: record.memoryMiB,
+      rootDisk: join(dir, 'root.qcow2'),
+      dataDisk: join(dir, 'data.img'),
+      accel: this.#o.accel,
+      ...(cgroup ? { cgroup } : {}),
+    };
+  }
+
+  async #imagePaths(imageId: string) {
+    const manifest = await this.#o.store.getManifest(imageId);
+    const s = this.#o.store;
+    return {
+      id: imageId,
+      manifest,
+      kernelPath: s.blobPath(manifest.kernel.digest),
+      initrdPath: s.blobPath(manifest.initrd.digest),
+      rootfsPath: s.blobPath(manifest.rootfs.digest),
+    };
+  }
+
+  #status(record: VmRecord): VmStatus {
+    const live = this.#live.get(record.id);
+    const transition = this.#transitions.get(record.id);
+    let state: VmState;
+    if (transition) state = transition;
+    else if (live) state = 'running';
+    else if (record.desired === 'running' && record.lastExit && !record.lastExit.graceful) state = 'crashed';
+    else state = 'stopped';
+    return { ...record, state, accelerator: this.#o.accel, ...(live ? { pid: live.vm.pid } : {}) };
+  }
+
+  async #read(id: string): Promise<VmRecord> {
+    const path = join(this.dirOf(id), 'vm.json');
+    let text: string;
+    try {
+      text = await readFile(path, 'utf8');
+    } catch {
+      throw new WarrenError('VM_NOT_FOUND', `no VM ${id} on this host`);
+    }
+    return VmRecord.parse(JSON.parse(text));
+  }
+
+  async #write(record: VmRecord): Promise<void> {
+    const path = join(this.dirOf(record.id), 'vm.json');
+    const tmp = `${path}.tmp`;
+    await writeFile(tmp, JSON.stringify(record, null, 2));
+    await rename(tmp, path);
+  }
+
+  async #ids(): Promise<string[]> {
+    const names = await readdir(this.#vmsDir).catch(() => []);
+    return names.filter((n) => VmId.safeParse(n).success).sort();
+  }
+
+  async #locked<T>(id: string, fn: () => Promise<T>): Promise<T> {
+    parseOrThrow(VmId, id);
+    const previous = this.#locks.get(id) ?? Promise.resolve();
+    const next = previous.catch(() => {}).then(fn);
+    this.#locks.set(id, next);
+    try {
+      return await next;
+    } finally {
+      if (this.#locks.get(id) === next) this.#locks.delete(id);
+    }
+  }
+}
+
+/** A sparse raw file with an ext4 filesystem; the agent user (uid 1000) owns its root. */
+async function createDataVolume(path: string, sizeMiB: number): Promise<void> {
+  await run('mkfs.ext4', ['-q', '-F', '-L', 'workspace', '-E', 'root_owner=1000:1000', path, `${sizeMiB}M`], {
+    errorCode: 'HOST_UNSUPPORTED',
+  });
+}
+
+async function settlesWithin(p: Promise<unknown>, ms: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<false>((r) => {
+    timer = setTimeout(() => r(false), ms);
+  });
+  const done = await Promise.race([p.then(() => true), timeout]);
+  clearTimeout(timer);
+  return done;
+}
