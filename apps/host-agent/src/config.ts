@@ -9,6 +9,8 @@ import { parseOrThrow } from '@warren/protocol';
 export const HostAgentConfig = z.strictObject({
   /** WARREN_DATA_DIR: images, VM state, caches. */
   dataDir: z.string().startsWith('/').default('/var/lib/warren'),
+  /** WARREN_IMAGES_DIR: the content-addressed image store; `<dataDir>/images` when unset. */
+  imagesDir: z.string().startsWith('/').optional(),
   /** WARREN_ACCEL: `auto` picks KVM only where it can run ordinary guests, else TCG. */
   accel: z.enum(['auto', 'kvm', 'tcg']).default('auto'),
   /** WARREN_QEMU: the QEMU system emulator binary. */
@@ -30,6 +32,7 @@ export type HostAgentConfig = z.infer<typeof HostAgentConfig>;
 
 const ENV_NAMES: Record<keyof HostAgentConfig, string> = {
   dataDir: 'WARREN_DATA_DIR',
+  imagesDir: 'WARREN_IMAGES_DIR',
   accel: 'WARREN_ACCEL',
   qemuBinary: 'WARREN_QEMU',
   cgroups: 'WARREN_CGROUPS',
@@ -46,6 +49,10 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
     if (env[name] !== undefined && env[name] !== '') raw[key] = env[name];
   }
   return parseOrThrow(HostAgentConfig, { ...raw, ...overrides });
+}
+
+export function imagesDirOf(config: HostAgentConfig): string {
+  return config.imagesDir ?? `${config.dataDir}/images`;
 }
 
 export function socketPathOf(config: HostAgentConfig): string {

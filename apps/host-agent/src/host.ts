@@ -1,8 +1,7 @@
-import { join } from 'node:path';
 import { ImageStore } from '@warren/images';
 import { chooseAccelerator } from './accel.ts';
 import { detectCgroups } from './cgroups/cgroups.ts';
-import type { HostAgentConfig } from './config.ts';
+import { type HostAgentConfig, imagesDirOf } from './config.ts';
 import { VmManager } from './vm/vm-manager.ts';
 import { QemuDriver } from './vmm/qemu/qemu-driver.ts';
 
@@ -20,7 +19,7 @@ export async function openHost(config: HostAgentConfig, log: (m: string) => void
   log(`accelerator: ${accel.accel} (${accel.reason})`);
   const cg = await detectCgroups(config.cgroups);
   log(`resource limits: ${cg.driver ? cg.reason : `cgroups not used: ${cg.reason}`}`);
-  const store = new ImageStore(join(config.dataDir, 'images'));
+  const store = new ImageStore(imagesDirOf(config));
   const driver = new QemuDriver({
     binary: config.qemuBinary,
     tcgTranslationCacheMiB: config.tcgTranslationCacheMiB,

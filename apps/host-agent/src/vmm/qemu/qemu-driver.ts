@@ -65,7 +65,6 @@ export class QemuDriver implements VmmDriver {
     const childExit = new Promise<{ code: number | null; signal: string | null }>((resolve) => {
       child.once('exit', (code, signal) => resolve({ code, signal }));
     });
-    child.unref();
     let qmp: QmpClient;
     try {
       qmp = await connectQmp(spec.dir, () => child.exitCode !== null || child.signalCode !== null);
@@ -81,7 +80,9 @@ export class QemuDriver implements VmmDriver {
         `QEMU for ${spec.id} did not start: ${(e as Error).message}\n${log}`,
       );
     }
-    return new QemuVm(spec, pid, qmp, childExit);
+    // The child stays referenced while it is tracked, so awaiting its exit keeps Node
+    // alive; detach() lets go of it.
+    return new QemuVm(spec, pid, qmp, childExit, () => child.unref());
   }
 
   async attach(spec: VmLaunchSpec): Promise<RunningVm | undefined> {
@@ -90,7 +91,7 @@ export class QemuDriver implements VmmDriver {
     if (!(await isVmProcess(pid, spec))) return undefined;
     const qmp = await QmpClient.connect(`${spec.dir}/${QEMU_FILES.qmp}`, 5_000).catch(() => undefined);
     if (!qmp) return undefined;
-    return new QemuVm(spec, pid, qmp, undefined);
+    return new QemuVm(spec, pid, qmp, undefined, () => {});
   }
 }
 
@@ -101,13 +102,16 @@ class QemuVm implements RunningVm {
   readonly #qmp: QmpClient;
   #shutdownReason: string | undefined;
   #detached = false;
+  readonly #release: () => void;
 
   constructor(
     spec: VmLaunchSpec,
     pid: number,
     qmp: QmpClient,
     childExit: Promise<{ code: number | null; signal: string | null }> | undefined,
+    release: () => void,
   ) {
+    this.#release = release;
     this.pid = pid;
     this.#qmp = qmp;
     this.transport = new VirtioSerialTransport(`${spec.dir}/${QEMU_FILES.agent}`);
@@ -140,6 +144,7 @@ class QemuVm implements RunningVm {
     this.#detached = true;
     this.#qmp.removeAllListeners('event');
     this.#qmp.close();
+    this.#release();
   }
 }
 

@@ -1,0 +1,60 @@
+/**
+ * The host agent daemon: opens the host (re-attaching to VMs that kept running), then
+ * serves the local API on a root-only unix socket until SIGTERM/SIGINT. Stopping the
+ * agent leaves VMs running; the next agent picks them up.
+ */
+import { chmod, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import { WarrenError } from '@warren/protocol';
+import { createApi } from './api/server.ts';
+import { loadConfig, socketPathOf } from './config.ts';
+import { openHost } from './host.ts';
+
+function log(message: string) {
+  process.stderr.write(`${new Date().toISOString()} host-agent: ${message}\n`);
+}
+
+/** Refuses to run a second agent on the same data directory. */
+async function takeLock(dataDir: string): Promise<string> {
+  const path = join(dataDir, 'host-agent.pid');
+  const other = Number((await readFile(path, 'utf8').catch(() => '')).trim());
+  if (other > 0 && other !== process.pid) {
+    const cmdline = await readFile(`/proc/${other}/cmdline`, 'utf8').catch(() => '');
+    if (cmdline.includes('host-agent')) {
+      throw new WarrenError('CONFLICT', `another host agent (pid ${other}) runs on ${dataDir}`);
+    }
+  }
+  await writeFile(path, `${process.pid}\n`);
+  return path;
+}
+
+export async function runHostAgent(): Promise<void> {
+  const config = loadConfig();
+  await mkdir(config.dataDir, { recursive: true, mode: 0o700 });
+  const lock = await takeLock(config.dataDir);
+  const host = await openHost(config, log);
+  const app = createApi(host);
+  const socketPath = socketPathOf(config);
+  await mkdir(dirname(socketPath), { recursive: true });
+  await rm(socketPath, { force: true });
+  await app.listen({ path: socketPath });
+  await chmod(socketPath, 0o600);
+  log(`listening on ${socketPath}`);
+  host.vms.on('exit', (id, exit) => log(`VM ${id} exited: ${exit.reason}`));
+  const shutdown = async (signal: string) => {
+    log(`${signal}: closing the API; VMs keep running`);
+    await app.close();
+    host.vms.close();
+    await rm(lock, { force: true });
+    process.exit(0);
+  };
+  process.once('SIGTERM', () => void shutdown('SIGTERM'));
+  process.once('SIGINT', () => void shutdown('SIGINT'));
+}
+
+if (import.meta.main) {
+  runHostAgent().catch((e) => {
+    log(e instanceof WarrenError ? `${e.code}: ${e.message}` : String(e?.stack ?? e));
+    process.exit(1);
+  });
+}

@@ -1,0 +1,60 @@
+import { constants } from 'node:os';
+import { loadConfig, openHost } from '@warren/host-agent';
+import { WarrenError } from '@warren/protocol';
+
+export const usage = 'warren vm run --image <id> [--cpus N] [--memory MiB] [--disk MiB] [--timeout SEC] -- <command...>';
+
+/**
+ * Boots a throwaway VM, runs one command in it with its output streamed, destroys the VM
+ * and exits with the command's exit code (128+n when a signal ended it).
+ */
+export async function run(
+  args: { image?: string; cpus?: string; memory?: string; disk?: string; timeout?: string; verbose?: boolean },
+  command: string[],
+): Promise<number> {
+  if (!args.image) throw new WarrenError('INVALID_ARGUMENT', '--image is required (see `warren image list`)');
+  if (command.length === 0) throw new WarrenError('INVALID_ARGUMENT', 'give the command after `--`');
+  const log = args.verbose ? (m: string) => process.stderr.write(`warren: ${m}\n`) : () => {};
+  const host = await openHost(loadConfig(), log);
+  const vm = await host.vms.create({
+    image: args.image,
+    cpus: args.cpus ? Number(args.cpus) : 1,
+    memoryMiB: args.memory ? Number(args.memory) : 512,
+    diskMiB: args.disk ? Number(args.disk) : 256,
+  });
+  let interrupted = false;
+  const abort = new AbortController();
+  const onSignal = () => {
+    interrupted = true;
+    abort.abort();
+  };
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  try {
+    await host.vms.start(vm.id);
+    log(`VM ${vm.id} ready (${host.accel.accel})`);
+    const guest = await host.vms.guest(vm.id);
+    const exit = await guest.exec(
+      { argv: command, ...(args.timeout ? { timeoutMs: Number(args.timeout) * 1000 } : {}) },
+      {
+        onStdout: (b) => process.stdout.write(b),
+        onStderr: (b) => process.stderr.write(b),
+        signal: abort.signal,
+      },
+    );
+    if (exit.timedOut) process.stderr.write(`warren: command timed out after ${args.timeout} s\n`);
+    if (exit.exitCode !== null) return exit.exitCode;
+    return 128 + signalNumber(exit.signal);
+  } catch (e) {
+    if (interrupted) return 130;
+    throw e;
+  } finally {
+    await host.vms.destroy(vm.id).catch((e) => process.stderr.write(`warren: cleanup of ${vm.id} failed: ${e}\n`));
+    host.vms.close();
+  }
+}
+
+function signalNumber(signal: string | null): number {
+  const n = signal ? (constants.signals as Record<string, number>)[signal] : undefined;
+  return n ?? 9;
+}
