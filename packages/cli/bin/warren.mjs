@@ -15,7 +15,9 @@ try {
 } catch {
   // Not installed (e.g. a global install on a host that already runs Node 24).
 }
-const child = spawn(node, [join(here, '..', 'src', 'main.ts'), ...process.argv.slice(2)], { stdio: 'inherit' });
+const child = spawn(node, [join(here, '..', 'src', 'main.ts'), ...process.argv.slice(2)], {
+  stdio: 'inherit',
+});
 for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) process.on(sig, () => child.kill(sig));
 child.on('exit', (code, signal) => {
   if (signal) process.kill(process.pid, signal);

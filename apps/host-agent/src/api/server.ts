@@ -52,12 +52,15 @@ export function createApi(host: Host): FastifyInstance {
     await host.vms.destroy(req.params.id);
     return reply.status(204).send();
   });
-  app.get<{ Params: { id: string } }>('/v1/vms/:id/health', async (req) => (await host.vms.guest(req.params.id)).health());
+  app.get<{ Params: { id: string } }>('/v1/vms/:id/health', async (req) =>
+    (await host.vms.guest(req.params.id)).health(),
+  );
 
   /** Streams NDJSON: `{"stdout": base64}`, `{"stderr": base64}`, then `{"exit": {...}}` or `{"error": {...}}`. */
   app.post<{ Params: { id: string } }>('/v1/vms/:id/exec', async (req, reply) => {
     const parsed = ExecBody.safeParse(req.body);
-    if (!parsed.success) throw new WarrenError('INVALID_ARGUMENT', parsed.error.issues[0]?.message ?? 'bad exec body');
+    if (!parsed.success)
+      throw new WarrenError('INVALID_ARGUMENT', parsed.error.issues[0]?.message ?? 'bad exec body');
     const { stdin, ...spec } = parsed.data;
     const guest = await host.vms.guest(req.params.id);
     reply.raw.writeHead(200, { 'content-type': 'application/x-ndjson' });

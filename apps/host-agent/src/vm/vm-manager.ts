@@ -213,7 +213,7 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
           await this.#write(record);
           throw e;
         }
-        return this.#status(record);
+        return this.#finish(id, record);
       } finally {
         this.#transitions.delete(id);
       }
@@ -240,7 +240,7 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
         }
         await live.vm.exited;
         await this.#settled(id);
-        return this.#status(await this.#read(id));
+        return this.#finish(id, await this.#read(id));
       } finally {
         this.#transitions.delete(id);
       }
@@ -400,6 +400,12 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
       initrdPath: s.blobPath(manifest.initrd.digest),
       rootfsPath: s.blobPath(manifest.rootfs.digest),
     };
+  }
+
+  /** Ends a transition and reports the state it led to. */
+  #finish(id: string, record: VmRecord): VmStatus {
+    this.#transitions.delete(id);
+    return this.#status(record);
   }
 
   #status(record: VmRecord): VmStatus {

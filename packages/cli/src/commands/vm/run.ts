@@ -2,14 +2,22 @@ import { constants } from 'node:os';
 import { loadConfig, openHost } from '@warren/host-agent';
 import { WarrenError } from '@warren/protocol';
 
-export const usage = 'warren vm run --image <id> [--cpus N] [--memory MiB] [--disk MiB] [--timeout SEC] -- <command...>';
+export const usage =
+  'warren vm run --image <id> [--cpus N] [--memory MiB] [--disk MiB] [--timeout SEC] -- <command...>';
 
 /**
  * Boots a throwaway VM, runs one command in it with its output streamed, destroys the VM
  * and exits with the command's exit code (128+n when a signal ended it).
  */
 export async function run(
-  args: { image?: string; cpus?: string; memory?: string; disk?: string; timeout?: string; verbose?: boolean },
+  args: {
+    image?: string;
+    cpus?: string;
+    memory?: string;
+    disk?: string;
+    timeout?: string;
+    verbose?: boolean;
+  },
   command: string[],
 ): Promise<number> {
   if (!args.image) throw new WarrenError('INVALID_ARGUMENT', '--image is required (see `warren image list`)');
@@ -49,7 +57,9 @@ export async function run(
     if (interrupted) return 130;
     throw e;
   } finally {
-    await host.vms.destroy(vm.id).catch((e) => process.stderr.write(`warren: cleanup of ${vm.id} failed: ${e}\n`));
+    await host.vms
+      .destroy(vm.id)
+      .catch((e) => process.stderr.write(`warren: cleanup of ${vm.id} failed: ${e}\n`));
     host.vms.close();
   }
 }

@@ -1,0 +1,39 @@
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { type Host, loadConfig, openHost } from '@warren/host-agent';
+import { TEST_IMAGES_DIR } from './image.ts';
+
+export interface TestHost extends Host {
+  dataDir: string;
+  /** Destroys every VM and removes the data directory; safe to call twice. */
+  dispose(): Promise<void>;
+}
+
+/** A host with its own temporary data directory and the shared test image store. */
+export async function openTestHost(): Promise<TestHost> {
+  // Short path: VM sockets live under it and unix socket paths are limited to 107 bytes.
+  const dataDir = await mkdtemp(join(tmpdir(), 'wt-'));
+  const host = await openHost(loadConfig({}, { dataDir, imagesDir: TEST_IMAGES_DIR, bootTimeoutMs: 90_000 }));
+  let disposed = false;
+  return {
+    ...host,
+    dataDir,
+    async dispose() {
+      if (disposed) return;
+      disposed = true;
+      for (const vm of await host.vms.list()) await host.vms.destroy(vm.id).catch(() => {});
+      host.vms.close();
+      await rm(dataDir, { recursive: true, force: true });
+    },
+  };
+}
+
+export async function collect(
+  run: (o: { onStdout: (b: Buffer) => void; onStderr: (b: Buffer) => void }) => Promise<unknown>,
+) {
+  let stdout = '';
+  let stderr = '';
+  const exit = await run({ onStdout: (b) => (stdout += b), onStderr: (b) => (stderr += b) });
+  return { stdout, stderr, exit };
+}
