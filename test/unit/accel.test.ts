@@ -16,7 +16,10 @@ const cpu = async (flags: string) => {
 };
 
 test('KVM only with a usable /dev/kvm and vmx/svm', async () => {
-  assert.equal((await chooseAccelerator('auto', { devKvm: kvm, cpuinfo: await cpu('vmx sse') })).accel, 'kvm');
+  assert.equal(
+    (await chooseAccelerator('auto', { devKvm: kvm, cpuinfo: await cpu('vmx sse') })).accel,
+    'kvm',
+  );
   assert.equal((await chooseAccelerator('auto', { devKvm: kvm, cpuinfo: await cpu('svm') })).accel, 'kvm');
 });
 
@@ -24,7 +27,10 @@ test('a /dev/kvm without hardware virtualization (nested PVM) means TCG, with th
   const c = await chooseAccelerator('auto', { devKvm: kvm, cpuinfo: await cpu('sse sse2') });
   assert.equal(c.accel, 'tcg');
   assert.match(c.reason, /no vmx\/svm/);
-  assert.equal((await chooseAccelerator('auto', { devKvm: join(dir, 'none'), cpuinfo: await cpu('vmx') })).accel, 'tcg');
+  assert.equal(
+    (await chooseAccelerator('auto', { devKvm: join(dir, 'none'), cpuinfo: await cpu('vmx') })).accel,
+    'tcg',
+  );
 });
 
 test('the override wins, and a forced KVM without /dev/kvm is a clear error', async () => {
@@ -37,5 +43,8 @@ test('configuration is validated once with clear errors', () => {
   assert.equal(loadConfig({}).accel, 'auto');
   assert.equal(loadConfig({ WARREN_ACCEL: 'tcg', WARREN_BOOT_TIMEOUT_MS: '5000' }).bootTimeoutMs, 5000);
   assert.throws(() => loadConfig({ WARREN_ACCEL: 'xen' }), { code: 'INVALID_ARGUMENT', message: /accel/ });
-  assert.throws(() => loadConfig({ WARREN_DATA_DIR: 'relative' }), { code: 'INVALID_ARGUMENT', message: /dataDir/ });
+  assert.throws(() => loadConfig({ WARREN_DATA_DIR: 'relative' }), {
+    code: 'INVALID_ARGUMENT',
+    message: /dataDir/,
+  });
 });

@@ -8,7 +8,8 @@ test('frames survive arbitrary chunking in order', () => {
   for (const step of [1, 3, 4096, wire.length]) {
     const d = new FrameDecoder();
     const got: Buffer[] = [];
-    for (let i = 0; i < wire.length; i += step) got.push(...d.push(wire.subarray(i, i + step)).map((f) => f.payload));
+    for (let i = 0; i < wire.length; i += step)
+      got.push(...d.push(wire.subarray(i, i + step)).map((f) => f.payload));
     assert.deepEqual(got, payloads);
     assert.equal(d.pendingBytes, 0);
   }

@@ -11,8 +11,8 @@ import http2 from 'node:http2';
 import { createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { GuestClient, VirtioSerialTransport } from '@warren/host-agent';
 import { encodeFrame, FrameType } from '@warren/protocol';
 import { REPO_ROOT } from '../helpers/image.ts';
@@ -25,7 +25,9 @@ describe('against the real guest agent (--listen mode)', () => {
   let client: GuestClient;
   const sock = join(dir, 'agent.sock');
   before(async () => {
-    agent = spawn(process.execPath, [join(REPO_ROOT, 'apps/guest-agent/src/main.ts'), '--listen', sock], { stdio: 'ignore' });
+    agent = spawn(process.execPath, [join(REPO_ROOT, 'apps/guest-agent/src/main.ts'), '--listen', sock], {
+      stdio: 'ignore',
+    });
     while (!existsSync(sock)) await sleep(20);
     client = await GuestClient.connect(new VirtioSerialTransport(sock));
   });
@@ -52,14 +54,18 @@ describe('against the real guest agent (--listen mode)', () => {
   });
 
   test('the guest validates what it is asked', async () => {
-    await assert.rejects(client.exec({ argv: ['true'], env: { 'BAD NAME': 'x' } }), { code: 'INVALID_ARGUMENT' });
+    await assert.rejects(client.exec({ argv: ['true'], env: { 'BAD NAME': 'x' } }), {
+      code: 'INVALID_ARGUMENT',
+    });
     await assert.rejects(client.exec({ argv: ['a\0b'] }), { code: 'INVALID_ARGUMENT' });
     await assert.rejects(client.remove({ path: '/' }), { code: 'INVALID_ARGUMENT' });
   });
 });
 
 /** A fake guest that answers every exec with `respond`. */
-async function hostileGuest(respond: (stream: http2.ServerHttp2Stream) => void): Promise<{ sock: string; server: Server }> {
+async function hostileGuest(
+  respond: (stream: http2.ServerHttp2Stream) => void,
+): Promise<{ sock: string; server: Server }> {
   const h2 = http2.createServer();
   h2.on('stream', (stream) => {
     stream.on('error', () => {});
@@ -108,7 +114,11 @@ describe('against a hostile guest', () => {
       },
       'GUEST_PROTOCOL',
     ],
-    ['a stream that ends without an exit', (s) => s.respond({ ':status': 200 }, { endStream: true }), 'GUEST_UNAVAILABLE'],
+    [
+      'a stream that ends without an exit',
+      (s) => s.respond({ ':status': 200 }, { endStream: true }),
+      'GUEST_UNAVAILABLE',
+    ],
   ];
   for (const [name, respond, code] of cases) {
     test(`${name} fails the request with ${code}`, async () => {

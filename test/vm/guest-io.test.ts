@@ -7,8 +7,8 @@ import { createHash, randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { after, before, describe, test } from 'node:test';
 import type { GuestClient } from '@warren/host-agent';
-import { minimalImage } from '../helpers/image.ts';
 import { collect, openTestHost, type TestHost } from '../helpers/host.ts';
+import { minimalImage } from '../helpers/image.ts';
 
 describe('guest agent in a microVM', { timeout: 600_000 }, () => {
   let host: TestHost;

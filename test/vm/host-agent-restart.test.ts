@@ -9,11 +9,16 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { after, describe, test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { minimalImage, REPO_ROOT, TEST_IMAGES_DIR } from '../helpers/image.ts';
 
-function api(socketPath: string, method: string, path: string, body?: unknown): Promise<{ status: number; body: any }> {
+function api(
+  socketPath: string,
+  method: string,
+  path: string,
+  body?: unknown,
+): Promise<{ status: number; body: any }> {
   return new Promise((resolve, reject) => {
     const headers = body === undefined ? {} : { 'content-type': 'application/json' };
     const req = request({ socketPath, method, path, headers }, (res) => {
@@ -30,7 +35,10 @@ function parseBody(text: string) {
   try {
     return JSON.parse(text);
   } catch {
-    return text.trim().split('\n').map((l) => JSON.parse(l));
+    return text
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l));
   }
 }
 
@@ -49,14 +57,19 @@ describe('host agent restart', { timeout: 600_000 }, () => {
   const socket = () => join(dataDir, 'host-agent.sock');
 
   async function startAgent(): Promise<ChildProcess> {
-    const child = spawn(join(REPO_ROOT, 'scripts', 'node.sh'), [join(REPO_ROOT, 'apps/host-agent/src/main.ts')], {
-      env: { ...process.env, WARREN_DATA_DIR: dataDir, WARREN_IMAGES_DIR: TEST_IMAGES_DIR },
-      stdio: ['ignore', 'ignore', 'pipe'],
-    });
+    const child = spawn(
+      join(REPO_ROOT, 'scripts', 'node.sh'),
+      [join(REPO_ROOT, 'apps/host-agent/src/main.ts')],
+      {
+        env: { ...process.env, WARREN_DATA_DIR: dataDir, WARREN_IMAGES_DIR: TEST_IMAGES_DIR },
+        stdio: ['ignore', 'ignore', 'pipe'],
+      },
+    );
     let log = '';
     child.stderr!.on('data', (c) => (log += c));
     for (let i = 0; i < 200; i++) {
-      if (existsSync(socket()) && (await api(socket(), 'GET', '/v1/host').catch(() => undefined))) return child;
+      if (existsSync(socket()) && (await api(socket(), 'GET', '/v1/host').catch(() => undefined)))
+        return child;
       if (child.exitCode !== null) throw new Error(`host agent exited: ${log}`);
       await sleep(100);
     }
@@ -98,7 +111,10 @@ describe('host agent restart', { timeout: 600_000 }, () => {
     assert.equal(status.body.pid, pid);
     const exec = await api(socket(), 'POST', '/v1/vms/vm-survivor/exec', { argv: ['echo', 'still here'] });
     const lines = exec.body as Record<string, any>[];
-    const stdout = lines.filter((l) => l.stdout).map((l) => Buffer.from(l.stdout, 'base64').toString()).join('');
+    const stdout = lines
+      .filter((l) => l.stdout)
+      .map((l) => Buffer.from(l.stdout, 'base64').toString())
+      .join('');
     assert.equal(stdout, 'still here\n');
     assert.deepEqual(lines.at(-1)?.exit?.exitCode, 0);
     assert.deepEqual(await qemuPidsFor('vm-survivor'), [pid]);

@@ -3,13 +3,12 @@
  * The image store is a private copy of the test image, so the shared one stays intact.
  */
 import assert from 'node:assert/strict';
-import { chmod, cp, open } from 'node:fs/promises';
+import { chmod, cp, mkdtemp, open, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { type Host, loadConfig, openHost } from '@warren/host-agent';
 import { ImageStore } from '@warren/images';
-import { loadConfig, openHost, type Host } from '@warren/host-agent';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import { minimalImage, TEST_IMAGES_DIR } from '../helpers/image.ts';
 
 async function flipByte(path: string, offset: number) {

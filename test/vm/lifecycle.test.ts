@@ -7,8 +7,8 @@ import { existsSync } from 'node:fs';
 import { readdir, readFile } from 'node:fs/promises';
 import { after, before, describe, test } from 'node:test';
 import { cgroupsOf } from '@warren/host-agent';
-import { minimalImage } from '../helpers/image.ts';
 import { collect, openTestHost, type TestHost } from '../helpers/host.ts';
+import { minimalImage } from '../helpers/image.ts';
 
 const sh = (script: string) => ({ argv: ['sh', '-c', script] });
 

@@ -1,8 +1,8 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import type { ServerHttp2Stream } from 'node:http2';
 import {
-  encodeFrame,
   ExecRequest,
+  encodeFrame,
   FrameDecoder,
   FrameType,
   MAX_FRAME_PAYLOAD,

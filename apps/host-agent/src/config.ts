@@ -1,5 +1,5 @@
-import { z } from 'zod';
 import { parseOrThrow } from '@warren/protocol';
+import { z } from 'zod';
 
 /**
  * All host-agent settings, validated once at start. Each comes from an environment

@@ -1,5 +1,5 @@
 export * from './builder.ts';
 export * from './digest.ts';
 export * from './manifest.ts';
-export * from './store.ts';
 export * from './run.ts';
+export * from './store.ts';

@@ -1,5 +1,5 @@
-import Fastify, { type FastifyInstance } from 'fastify';
 import { WarrenError } from '@warren/protocol';
+import Fastify, { type FastifyInstance } from 'fastify';
 import { z } from 'zod';
 import type { Host } from '../host.ts';
 

@@ -1,6 +1,5 @@
 import http2, { type ClientHttp2Session, type ClientHttp2Stream, type IncomingHttpHeaders } from 'node:http2';
 import { Readable } from 'node:stream';
-import type { z } from 'zod';
 import {
   type ExecExit,
   ExecExit as ExecExitSchema,
@@ -20,6 +19,7 @@ import {
   WarrenError,
   WriteResult,
 } from '@warren/protocol';
+import type { z } from 'zod';
 import type { GuestTransport } from './transport.ts';
 
 export interface ExecOptions {

