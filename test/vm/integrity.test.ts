@@ -31,7 +31,7 @@ describe('image integrity', { timeout: 300_000 }, () => {
     dir = await mkdtemp(join(tmpdir(), 'wt-img-'));
     await cp(TEST_IMAGES_DIR, join(dir, 'images'), {
       recursive: true,
-      filter: (src) => !src.includes('/tmp'),
+      filter: (src) => !src.startsWith(join(TEST_IMAGES_DIR, 'tmp')),
     });
     host = await openHost(loadConfig({}, { dataDir: dir }));
   });
