@@ -253,13 +253,7 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
       const record = await this.#read(id);
       record.desired = 'stopped';
       await this.#write(record);
-      const live = this.#live.get(id);
-      if (live) {
-        live.expectingExit = true;
-        live.vm.kill();
-        await live.vm.exited;
-        await this.#settled(id);
-      }
+      await this.#killLive(id);
       return this.#status(await this.#read(id));
     });
   }
@@ -268,16 +262,20 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
   destroy(id: string): Promise<void> {
     return this.#locked(id, async () => {
       await this.#read(id);
-      const live = this.#live.get(id);
-      if (live) {
-        live.expectingExit = true;
-        live.vm.kill();
-        await live.vm.exited;
-        await this.#settled(id);
-      }
+      await this.#killLive(id);
       await this.#o.cgroups?.open(id).remove();
       await rm(this.dirOf(id), { recursive: true, force: true });
     });
+  }
+
+  /** SIGKILLs the VM's QEMU, if it runs, and waits until its exit is recorded. */
+  async #killLive(id: string): Promise<void> {
+    const live = this.#live.get(id);
+    if (!live) return;
+    live.expectingExit = true;
+    live.vm.kill();
+    await live.vm.exited;
+    await this.#settled(id);
   }
 
   /** The guest agent client of a running VM (connected on first use, reconnected if lost). */
