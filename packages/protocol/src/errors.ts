@@ -1,6 +1,6 @@
 /**
  * The one registry of Warren's error codes. Every error that crosses a process boundary
- * (guest agent -> host, host agent -> CLI) carries one of these codes; `docs/errors.md`
+ * (guest agent -> host, host agent -> control plane, control plane -> SDK/CLI) carries one of these codes; `docs/errors.md`
  * documents each with how to fix it. Codes are stable: add new ones, never rename.
  *
  * `fault` says who has to act: `user` (bad input or request), `platform` (Warren or the
@@ -96,6 +96,36 @@ export const ERROR_CODES = {
     status: 400,
     fault: 'user',
     fix: 'The guest refused the file operation (the message has the errno code, e.g. ENOENT or EISDIR); check the path.',
+  },
+  UNAUTHENTICATED: {
+    status: 401,
+    fault: 'user',
+    fix: 'Send `Authorization: Bearer <token>` with a valid, unrevoked token (WARREN_TOKEN for the CLI; the admin token file is printed by `warren up`).',
+  },
+  FORBIDDEN: {
+    status: 403,
+    fault: 'user',
+    fix: 'This route needs another kind of credential (most often the admin token); ask an administrator.',
+  },
+  QUOTA_EXCEEDED: {
+    status: 422,
+    fault: 'user',
+    fix: 'Ask for less: the message names the limit (tenant quota or platform maximum) and its value.',
+  },
+  NO_CAPACITY: {
+    status: 409,
+    fault: 'user',
+    fix: 'No healthy, non-draining host has room for these resources; ask for less, free capacity, or add a host.',
+  },
+  TENANT_NOT_RUNNING: {
+    status: 409,
+    fault: 'user',
+    fix: 'Start the tenant (`warren tenant start NAME`) and wait until its state is running.',
+  },
+  HOST_UNAVAILABLE: {
+    status: 503,
+    fault: 'platform',
+    fix: "The tenant's host does not answer or has stopped heartbeating; check the host agent on that machine (`warren host list`).",
   },
   INTERNAL: {
     status: 500,

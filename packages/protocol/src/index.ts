@@ -1,3 +1,4 @@
+export * from './control-api.ts';
 export * from './errors.ts';
 export * from './frames.ts';
 export * from './guest-api.ts';

@@ -1,0 +1,305 @@
+/**
+ * The control plane's public API (`/v1`): request and response shapes shared by the server,
+ * the SDK and the CLI. A zod schema and its inferred type share one name. The server builds
+ * its OpenAPI document from these same schemas, so the document cannot drift from the code.
+ */
+import { z } from 'zod';
+import { ExecRequest } from './guest-api.ts';
+
+/**
+ * DNS-label names (RFC 1123): lowercase ASCII letters, digits and inner dashes, at most 63
+ * bytes. Anything else (unicode look-alikes, dots, slashes, `..`, upper case) is refused, so a
+ * name is safe in a URL, a hostname and a log line.
+ */
+export const ResourceName = z
+  .string()
+  .min(1, 'a name needs at least one character')
+  .max(63, 'a name is at most 63 characters')
+  .regex(
+    /^[a-z0-9]([a-z0-9-]*[a-z0-9])?$/,
+    'a name is lowercase a-z, 0-9 and inner dashes (a DNS label), like "team-42"',
+  );
+
+export const TenantId = z.string().regex(/^ten_[0-9a-f]{16}$/, 'a tenant id looks like ten_0123456789abcdef');
+export const HostId = z.string().regex(/^host_[0-9a-f]{16}$/, 'a host id looks like host_0123456789abcdef');
+export const KeyId = z.string().regex(/^key_[0-9a-f]{16}$/, 'a key id looks like key_0123456789abcdef');
+export const OperationId = z.string().regex(/^op_[0-9a-f]{16}$/, 'an operation id looks like op_0123456789abcdef');
+/** A tenant is addressed by id or by name in every path: `/v1/tenants/{tenant}`. */
+export const TenantRef = z.union([TenantId, ResourceName]);
+
+export const Resources = z.strictObject({
+  vcpus: z.number().int().min(1).max(1024),
+  memoryMiB: z
+    .number()
+    .int()
+    .min(128)
+    .max(4 * 1024 * 1024),
+  diskMiB: z
+    .number()
+    .int()
+    .min(16)
+    .max(64 * 1024 * 1024),
+});
+export type Resources = z.infer<typeof Resources>;
+
+/** What the control plane wants a tenant's VM to be; host agents converge to it. */
+export const DesiredState = z.enum(['running', 'stopped', 'absent']);
+export type DesiredState = z.infer<typeof DesiredState>;
+
+/**
+ * What a tenant's VM is, as last reported by its host agent. `pending` until the agent first
+ * reports it; `deleting` while desired state is `absent`.
+ */
+export const TenantState = z.enum([
+  'pending',
+  'provisioning',
+  'starting',
+  'running',
+  'stopping',
+  'stopped',
+  'crashed',
+  'failed',
+  'deleting',
+]);
+export type TenantState = z.infer<typeof TenantState>;
+
+export const ErrorSummary = z.object({ code: z.string().max(64), message: z.string().max(4096) });
+export type ErrorSummary = z.infer<typeof ErrorSummary>;
+
+export const Tenant = z.object({
+  id: TenantId,
+  name: ResourceName,
+  state: TenantState,
+  desiredState: DesiredState,
+  /** Full image id (sha256:...) the tenant is pinned to. */
+  imageId: z.string(),
+  vcpus: z.number().int(),
+  memoryMiB: z.number().int(),
+  diskMiB: z.number().int(),
+  quota: Resources,
+  hostId: HostId.nullable(),
+  /** False when the tenant's host stopped heartbeating: `state` is then the last known one. */
+  hostHealthy: z.boolean(),
+  lastError: ErrorSummary.nullable(),
+  createdAt: z.string(),
+  updatedAt: z.string(),
+});
+export type Tenant = z.infer<typeof Tenant>;
+
+export const CreateTenantRequest = z.strictObject({
+  name: ResourceName,
+  /** An image id or unique prefix; the newest image of the default profile when absent. */
+  image: z.string().min(1).max(80).optional(),
+  vcpus: z.number().int().min(1).max(1024).optional(),
+  memoryMiB: z
+    .number()
+    .int()
+    .min(128)
+    .max(4 * 1024 * 1024)
+    .optional(),
+  diskMiB: z
+    .number()
+    .int()
+    .min(16)
+    .max(64 * 1024 * 1024)
+    .optional(),
+  /** The most this tenant may ever use (admin only); platform defaults when absent. */
+  quota: Resources.partial().optional(),
+});
+export type CreateTenantRequest = z.input<typeof CreateTenantRequest>;
+
+export const ListTenantsQuery = z.strictObject({
+  state: TenantState.optional(),
+  host: z.union([HostId, ResourceName]).optional(),
+});
+export type ListTenantsQuery = z.infer<typeof ListTenantsQuery>;
+
+export const OperationKind = z.enum(['create', 'start', 'stop', 'delete']);
+export const OperationStatus = z.enum(['running', 'succeeded', 'failed']);
+export const Operation = z.object({
+  id: OperationId,
+  kind: OperationKind,
+  tenantId: TenantId,
+  tenantName: ResourceName,
+  status: OperationStatus,
+  error: ErrorSummary.nullable(),
+  createdAt: z.string(),
+  updatedAt: z.string(),
+});
+export type Operation = z.infer<typeof Operation>;
+
+/** Every lifecycle mutation answers 202 with the tenant as it is now and the operation to watch. */
+export const TenantOperationResponse = z.object({ tenant: Tenant, operation: Operation });
+export type TenantOperationResponse = z.infer<typeof TenantOperationResponse>;
+
+/** Exec through the API: the guest's ExecRequest, with stdin as base64 in the body. */
+export const TenantExecRequest = ExecRequest.omit({ stdin: true }).extend({
+  stdin: z.base64().max(8 * 1024 * 1024).optional(),
+});
+export type TenantExecRequest = z.input<typeof TenantExecRequest>;
+
+/**
+ * Exec answers `application/x-ndjson`, one object per line: `{"stdout": base64}`,
+ * `{"stderr": base64}`, and last either `{"exit": ExecExit}` or `{"error": {...}}`.
+ */
+export const EXEC_CONTENT_TYPE = 'application/x-ndjson';
+
+export const FileQuery = z.strictObject({
+  path: z
+    .string()
+    .min(1)
+    .max(4096)
+    .refine((s) => s.startsWith('/'), 'must be an absolute path')
+    .refine((s) => !s.includes('\0'), 'must not contain NUL')
+    .refine((s) => !s.split('/').includes('..'), 'must not contain `..` segments'),
+});
+
+export const FileWritten = z.object({ path: z.string(), bytes: z.number().int() });
+
+export const HostHealth = z.enum(['healthy', 'unhealthy']);
+export const Host = z.object({
+  id: HostId,
+  name: ResourceName,
+  /** Where the control plane reaches the host agent's API (http://ip:port). */
+  address: z.string(),
+  capacity: Resources,
+  allocated: Resources,
+  health: HostHealth,
+  draining: z.boolean(),
+  agentVersion: z.string(),
+  images: z.array(z.string()),
+  tenants: z.number().int(),
+  lastHeartbeatAt: z.string().nullable(),
+  createdAt: z.string(),
+});
+export type Host = z.infer<typeof Host>;
+
+export const DrainRequest = z.strictObject({ draining: z.boolean().default(true) });
+
+export const ApiKey = z.object({
+  id: KeyId,
+  name: z.string(),
+  tenantId: TenantId,
+  tenantName: ResourceName,
+  /** First characters of the token, to recognise it; the token itself is shown only once. */
+  prefix: z.string(),
+  createdAt: z.string(),
+  lastUsedAt: z.string().nullable(),
+});
+export type ApiKey = z.infer<typeof ApiKey>;
+
+export const CreateKeyRequest = z.strictObject({
+  tenant: TenantRef,
+  name: z.string().min(1).max(100).regex(/^[\x20-\x7e]+$/, 'printable ASCII only').optional(),
+});
+export const CreatedKey = z.object({ key: ApiKey, token: z.string() });
+export type CreatedKey = z.infer<typeof CreatedKey>;
+
+export const AuditEvent = z.object({
+  id: z.number().int(),
+  at: z.string(),
+  /** `admin`, `key:<id>`, `host:<id>` or `system`. */
+  actor: z.string(),
+  /** e.g. `tenant.create`, `key.revoke`, `host.drain`. */
+  action: z.string(),
+  /** The resource acted on, as the request named it. */
+  target: z.string(),
+  tenantId: TenantId.nullable(),
+  /** `ok` or the error code. */
+  result: z.string(),
+  status: z.number().int(),
+  requestId: z.string(),
+});
+export type AuditEvent = z.infer<typeof AuditEvent>;
+
+export const AuditQuery = z.strictObject({
+  tenant: TenantRef.optional(),
+  action: z
+    .string()
+    .regex(/^[a-z.]{1,40}$/)
+    .optional(),
+  /** Only events with a smaller id (paging backwards from the newest). */
+  before: z.coerce.number().int().positive().optional(),
+  limit: z.coerce.number().int().min(1).max(1000).default(100),
+});
+
+export const HealthResponse = z.object({ ok: z.literal(true), version: z.string() });
+
+/* ---------------------------------------------------------------------------------------
+ * Host agent <-> control plane. The agent calls the control plane (join, then heartbeats);
+ * the control plane calls the agent's API only for exec, files and proxying.
+ * ------------------------------------------------------------------------------------- */
+
+export const ImageSummary = z.object({
+  id: z.string().regex(/^sha256:[0-9a-f]{64}$/),
+  profile: z.string().max(40),
+  createdAt: z.string(),
+});
+
+export const JoinRequest = z.strictObject({
+  name: ResourceName,
+  /** Base URL of the agent's API as the control plane should reach it. */
+  address: z.url({ protocol: /^https?$/ }),
+  /** Secret the control plane must present to the agent's API (Bearer). */
+  agentToken: z.string().min(32).max(200),
+  agentVersion: z.string().max(40),
+  capacity: Resources,
+});
+export type JoinRequest = z.infer<typeof JoinRequest>;
+/** `token` authenticates the agent's heartbeats; joining again with the same name rotates it. */
+export const JoinResponse = z.object({ hostId: HostId, token: z.string(), heartbeatIntervalMs: z.number() });
+export type JoinResponse = z.infer<typeof JoinResponse>;
+
+/** One tenant VM as the agent sees it. `generation` is the desired generation it last acted on. */
+export const ReportedVm = z.strictObject({
+  tenantId: TenantId,
+  state: TenantState.exclude(['pending', 'deleting']),
+  generation: z.number().int().min(0),
+  error: ErrorSummary.nullable(),
+});
+export type ReportedVm = z.infer<typeof ReportedVm>;
+
+export const HeartbeatRequest = z.strictObject({
+  address: z.url({ protocol: /^https?$/ }).optional(),
+  agentVersion: z.string().max(40),
+  capacity: Resources,
+  health: z.enum(['ok', 'degraded']),
+  images: z.array(ImageSummary).max(1000),
+  /** Every tenant VM on the host, including those being created or deleted. */
+  vms: z.array(ReportedVm).max(10_000),
+});
+export type HeartbeatRequest = z.infer<typeof HeartbeatRequest>;
+
+/** The whole desired state of one tenant on this host. */
+export const DesiredTenant = z.object({
+  tenantId: TenantId,
+  /** The VM id on the host: `ten-` and the tenant id's hex. */
+  vmId: z.string(),
+  name: ResourceName,
+  desiredState: DesiredState,
+  imageId: z.string(),
+  vcpus: z.number().int(),
+  memoryMiB: z.number().int(),
+  diskMiB: z.number().int(),
+  /** Grows with every change of desired state; the agent reports the one it acted on. */
+  generation: z.number().int(),
+});
+export type DesiredTenant = z.infer<typeof DesiredTenant>;
+
+/**
+ * The complete list of tenants assigned to the host. A tenant VM on the host that is not in
+ * it is an orphan and the agent removes it.
+ */
+export const HeartbeatResponse = z.object({
+  tenants: z.array(DesiredTenant),
+  heartbeatIntervalMs: z.number().int(),
+});
+export type HeartbeatResponse = z.infer<typeof HeartbeatResponse>;
+
+export function vmIdOfTenant(tenantId: string): string {
+  return `ten-${tenantId.slice(4)}`;
+}
+
+export function tenantIdOfVm(vmId: string): string | undefined {
+  return /^ten-[0-9a-f]{16}$/.test(vmId) ? `ten_${vmId.slice(4)}` : undefined;
+}
