@@ -127,6 +127,11 @@ export const ERROR_CODES = {
     fault: 'platform',
     fix: "The tenant's host does not answer or has stopped heartbeating; check the host agent on that machine (`warren host list`).",
   },
+  API_UNREACHABLE: {
+    status: 503,
+    fault: 'platform',
+    fix: 'The control plane does not answer at that URL; check --api-url / WARREN_API_URL and that `warren up` (or `npm start`) is running.',
+  },
   INTERNAL: {
     status: 500,
     fault: 'platform',
