@@ -1,0 +1,37 @@
+import type { FastifyInstance } from 'fastify';
+import type { z } from 'zod';
+import type { AgentClient } from '../agents/agent-client.ts';
+import type { ControlPlaneConfig } from '../config.ts';
+import type { HostService } from '../hosts/service.ts';
+import type { Db } from '../store/index.ts';
+import type { TenantService } from '../tenants/service.ts';
+import { defineRoute, type RegisteredRoute, type RouteContext, type RouteSpec } from './route.ts';
+
+/** What every route module gets: services, and `route()` bound to the app and registry. */
+export interface Api {
+  db: Db;
+  config: ControlPlaneConfig;
+  tenants: TenantService;
+  hosts: HostService;
+  agents: AgentClient;
+  route<B extends z.ZodType | undefined = undefined, Q extends z.ZodType | undefined = undefined>(
+    spec: RouteSpec<B, Q>,
+    handler: (
+      ctx: RouteContext<
+        B extends z.ZodType ? z.output<B> : undefined,
+        Q extends z.ZodType ? z.output<Q> : undefined
+      >,
+    ) => Promise<unknown>,
+  ): void;
+}
+
+export function apiContext(
+  app: FastifyInstance,
+  registry: RegisteredRoute[],
+  services: Omit<Api, 'route'>,
+): Api {
+  return {
+    ...services,
+    route: (spec, handler) => defineRoute(app, services.db, registry, spec, handler as never),
+  };
+}

@@ -1,0 +1,170 @@
+import { parseOrThrow, TenantRef, WarrenError } from '@warren/protocol';
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import type { z } from 'zod';
+import { actorOf, authenticate, type Principal } from '../auth/principal.ts';
+import { now } from '../ids.ts';
+import type { TenantsTable } from '../store/database.ts';
+import type { Db } from '../store/index.ts';
+import { findTenantForPrincipal } from '../tenants/scope.ts';
+import { toWarrenError } from './errors.ts';
+
+/**
+ * Who may call a route. `tenant` routes take a tenant key (scoped to its tenant) or the admin
+ * token; `admin` only the admin token; `host` a host agent's token; `join` the join token.
+ */
+export type RouteAuth = 'public' | 'admin' | 'tenant' | 'host' | 'join';
+
+const ALLOWED: Record<RouteAuth, Principal['kind'][]> = {
+  public: [],
+  admin: ['admin'],
+  tenant: ['admin', 'tenant'],
+  host: ['host'],
+  join: ['join'],
+};
+
+export interface RouteSpec<B extends z.ZodType | undefined, Q extends z.ZodType | undefined> {
+  method: 'GET' | 'POST' | 'PUT' | 'DELETE';
+  /** Fastify path; a `:tenant` segment is resolved and scope-checked before the handler. */
+  url: string;
+  auth: RouteAuth;
+  summary: string;
+  body?: B;
+  query?: Q;
+  /** Success status and schema, for the OpenAPI document. */
+  response: { status: number; schema?: z.ZodType; contentType?: string };
+  /** Request body that is a raw byte stream instead of JSON. */
+  streamBody?: boolean;
+  /** Audit action for mutations, e.g. `tenant.create`. */
+  audit?: string;
+}
+
+export interface RouteContext<B, Q> {
+  req: FastifyRequest;
+  reply: FastifyReply;
+  principal: Principal | undefined;
+  body: B;
+  query: Q;
+  params: Record<string, string>;
+  /** The tenant named by `:tenant`, already checked to be visible to the principal. */
+  tenant: TenantsTable | undefined;
+  /** Handlers refine what the audit event names. */
+  audit: { target?: string; tenantId?: string | null };
+}
+
+type Infer<S> = S extends z.ZodType ? z.output<S> : undefined;
+
+/** Every route of the API, for the OpenAPI document and the authorization tests. */
+export interface RegisteredRoute {
+  method: string;
+  url: string;
+  auth: RouteAuth;
+  summary: string;
+  body?: z.ZodType;
+  query?: z.ZodType;
+  response: { status: number; schema?: z.ZodType; contentType?: string };
+  streamBody: boolean;
+  audit?: string;
+}
+
+/**
+ * Declares one route: authentication, the tenant scope check, input validation and audit
+ * happen here and only here, so a handler cannot forget them.
+ */
+export function defineRoute<B extends z.ZodType | undefined, Q extends z.ZodType | undefined>(
+  app: FastifyInstance,
+  db: Db,
+  registry: RegisteredRoute[],
+  spec: RouteSpec<B, Q>,
+  handler: (ctx: RouteContext<Infer<B>, Infer<Q>>) => Promise<unknown>,
+): void {
+  registry.push({ ...spec, streamBody: spec.streamBody ?? false });
+  app.route({
+    method: spec.method,
+    url: spec.url,
+    handler: async (req, reply) => {
+      const params = (req.params ?? {}) as Record<string, string>;
+      const audit: RouteContext<unknown, unknown>['audit'] = {};
+      let principal: Principal | undefined;
+      try {
+        if (spec.auth !== 'public') {
+          principal = await authenticate(db, req.headers.authorization);
+          if (!ALLOWED[spec.auth].includes(principal.kind)) {
+            throw new WarrenError('FORBIDDEN', `${spec.method} ${spec.url} needs ${describe(spec.auth)}`);
+          }
+        }
+        let tenant: TenantsTable | undefined;
+        if (params.tenant !== undefined) {
+          audit.target = params.tenant;
+          const ref = parseOrThrow(TenantRef, params.tenant);
+          tenant = await findTenantForPrincipal(db, principal, ref);
+          audit.tenantId = tenant.id;
+        }
+        const body = spec.body && !spec.streamBody ? parseOrThrow(spec.body, req.body ?? {}) : undefined;
+        const query = spec.query ? parseOrThrow(spec.query, req.query ?? {}) : undefined;
+        const result = await handler({
+          req,
+          reply,
+          principal,
+          body: body as Infer<B>,
+          query: query as Infer<Q>,
+          params,
+          tenant,
+          audit,
+        });
+        if (spec.audit) await record(db, req, principal, spec.audit, audit, reply.statusCode, 'ok');
+        if (reply.sent) return reply;
+        if (result === undefined) return reply.status(spec.response.status).send();
+        return reply.status(spec.response.status).send(result);
+      } catch (error) {
+        const e = toWarrenError(error);
+        if (spec.audit) {
+          // A tenant probing another tenant's resource is recorded against the prober only.
+          if (principal?.kind === 'tenant' && audit.tenantId !== principal.tenantId) {
+            audit.tenantId = principal.tenantId;
+          }
+          await record(db, req, principal, spec.audit, audit, e.status, e.code).catch(() => {});
+        }
+        throw e;
+      }
+    },
+  });
+}
+
+function describe(auth: RouteAuth): string {
+  switch (auth) {
+    case 'admin':
+      return 'the admin token';
+    case 'tenant':
+      return 'a tenant key or the admin token';
+    case 'host':
+      return "a host agent's token";
+    case 'join':
+      return 'the join token';
+    case 'public':
+      return 'no token';
+  }
+}
+
+async function record(
+  db: Db,
+  req: FastifyRequest,
+  principal: Principal | undefined,
+  action: string,
+  audit: RouteContext<unknown, unknown>['audit'],
+  status: number,
+  result: string,
+): Promise<void> {
+  await db
+    .insertInto('audit_events')
+    .values({
+      at: now(),
+      actor: actorOf(principal),
+      action,
+      target: (audit.target ?? '-').slice(0, 200),
+      tenant_id: audit.tenantId ?? (principal?.kind === 'tenant' ? principal.tenantId : null),
+      result,
+      status,
+      request_id: req.id,
+    })
+    .execute();
+}

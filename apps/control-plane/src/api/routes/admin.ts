@@ -1,0 +1,224 @@
+import {
+  ApiKey,
+  AuditEvent,
+  AuditQuery,
+  CreatedKey,
+  CreateKeyRequest,
+  DrainRequest,
+  Host,
+  KeyId,
+  Operation,
+  OperationId,
+  parseOrThrow,
+  WarrenError,
+} from '@warren/protocol';
+import { z } from 'zod';
+import { displayPrefix, hashToken, newToken } from '../../auth/tokens.ts';
+import { newId, now } from '../../ids.ts';
+import { findTenantForPrincipal, tenantFilter } from '../../tenants/scope.ts';
+import { operationView } from '../../tenants/view.ts';
+import type { Api } from '../context.ts';
+
+/** Hosts, API keys, operations and the audit log. */
+export function adminRoutes(api: Api): void {
+  api.route(
+    {
+      method: 'GET',
+      url: '/v1/hosts',
+      auth: 'admin',
+      summary: 'List hosts with capacity, allocation and health',
+      response: { status: 200, schema: z.object({ hosts: z.array(Host) }) },
+    },
+    async () => ({ hosts: await api.hosts.list() }),
+  );
+
+  api.route(
+    {
+      method: 'GET',
+      url: '/v1/hosts/:host',
+      auth: 'admin',
+      summary: 'Show one host by id or name',
+      response: { status: 200, schema: Host },
+    },
+    async ({ params }) => api.hosts.get(params.host!),
+  );
+
+  api.route(
+    {
+      method: 'POST',
+      url: '/v1/hosts/:host/drain',
+      auth: 'admin',
+      summary: 'Drain a host (no new tenants) or undo it with {"draining": false}',
+      body: DrainRequest,
+      response: { status: 200, schema: Host },
+      audit: 'host.drain',
+    },
+    async ({ params, body, audit }) => {
+      audit.target = params.host;
+      return api.hosts.drain(params.host!, body.draining);
+    },
+  );
+
+  api.route(
+    {
+      method: 'POST',
+      url: '/v1/keys',
+      auth: 'admin',
+      summary: 'Create an API key scoped to one tenant; the token is returned only here',
+      body: CreateKeyRequest,
+      response: { status: 201, schema: CreatedKey },
+      audit: 'key.create',
+    },
+    async ({ body, principal, audit }) => {
+      audit.target = body.tenant;
+      const tenant = await findTenantForPrincipal(api.db, principal, body.tenant);
+      audit.tenantId = tenant.id;
+      const token = newToken('tenant');
+      const row = {
+        id: newId('key'),
+        kind: 'tenant' as const,
+        name: body.name ?? `key for ${tenant.name}`,
+        tenant_id: tenant.id,
+        host_id: null,
+        token_hash: hashToken(token),
+        prefix: displayPrefix(token),
+        created_at: now(),
+        last_used_at: null,
+      };
+      await api.db.insertInto('api_keys').values(row).execute();
+      audit.target = `${tenant.name}/${row.id}`;
+      return { key: keyView(row, tenant.name), token };
+    },
+  );
+
+  api.route(
+    {
+      method: 'GET',
+      url: '/v1/keys',
+      auth: 'admin',
+      summary: 'List tenant API keys (never their tokens); ?tenant= filters by tenant',
+      query: z.strictObject({ tenant: z.string().max(63).optional() }),
+      response: { status: 200, schema: z.object({ keys: z.array(ApiKey) }) },
+    },
+    async ({ query, principal }) => {
+      let q = api.db
+        .selectFrom('api_keys')
+        .innerJoin('tenants', 'tenants.id', 'api_keys.tenant_id')
+        .selectAll('api_keys')
+        .select('tenants.name as tenant_name')
+        .where('api_keys.kind', '=', 'tenant')
+        .orderBy('api_keys.created_at');
+      if (query.tenant) {
+        const t = await findTenantForPrincipal(api.db, principal, query.tenant);
+        q = q.where('api_keys.tenant_id', '=', t.id);
+      }
+      const rows = await q.execute();
+      return { keys: rows.map((r) => keyView(r, r.tenant_name)) };
+    },
+  );
+
+  api.route(
+    {
+      method: 'DELETE',
+      url: '/v1/keys/:key',
+      auth: 'admin',
+      summary: 'Revoke a tenant API key; it is refused from the next request on',
+      response: { status: 204 },
+      audit: 'key.revoke',
+    },
+    async ({ params, audit }) => {
+      audit.target = params.key;
+      const id = parseOrThrow(KeyId, params.key);
+      const row = await api.db
+        .selectFrom('api_keys')
+        .select(['id', 'tenant_id'])
+        .where('id', '=', id)
+        .where('kind', '=', 'tenant')
+        .executeTakeFirst();
+      if (!row) throw new WarrenError('NOT_FOUND', `no API key ${id}; see \`warren key list\``);
+      audit.tenantId = row.tenant_id;
+      await api.db.deleteFrom('api_keys').where('id', '=', id).execute();
+      return undefined;
+    },
+  );
+
+  api.route(
+    {
+      method: 'GET',
+      url: '/v1/operations/:operation',
+      auth: 'tenant',
+      summary: 'Show an operation (poll it until its status is not running)',
+      response: { status: 200, schema: Operation },
+    },
+    async ({ params, principal }) => {
+      const id = parseOrThrow(OperationId, params.operation);
+      let q = api.db.selectFrom('operations').selectAll().where('id', '=', id);
+      const only = tenantFilter(principal);
+      if (only !== undefined) q = q.where('tenant_id', '=', only);
+      const row = await q.executeTakeFirst();
+      if (!row) throw new WarrenError('NOT_FOUND', `no operation ${id}`);
+      return operationView(row);
+    },
+  );
+
+  api.route(
+    {
+      method: 'GET',
+      url: '/v1/audit',
+      auth: 'tenant',
+      summary: 'Audit events, newest first: who did what to which resource, with the result',
+      query: AuditQuery,
+      response: { status: 200, schema: z.object({ events: z.array(AuditEvent) }) },
+    },
+    async ({ query, principal }) => {
+      let q = api.db.selectFrom('audit_events').selectAll().orderBy('id', 'desc').limit(query.limit);
+      const only = tenantFilter(principal);
+      if (only !== undefined) q = q.where('tenant_id', '=', only);
+      if (query.tenant) {
+        // A deleted tenant's trail is still asked for by id; names resolve while it exists.
+        const id = query.tenant.startsWith('ten_')
+          ? query.tenant
+          : (await findTenantForPrincipal(api.db, principal, query.tenant)).id;
+        q = q.where('tenant_id', '=', id);
+      }
+      if (query.action) q = q.where('action', '=', query.action);
+      if (query.before) q = q.where('id', '<', query.before);
+      const rows = await q.execute();
+      return {
+        events: rows.map((r) => ({
+          id: Number(r.id),
+          at: r.at,
+          actor: r.actor,
+          action: r.action,
+          target: r.target,
+          tenantId: r.tenant_id,
+          result: r.result,
+          status: r.status,
+          requestId: r.request_id,
+        })),
+      };
+    },
+  );
+}
+
+function keyView(
+  r: {
+    id: string;
+    name: string;
+    tenant_id: string | null;
+    prefix: string;
+    created_at: string;
+    last_used_at: string | null;
+  },
+  tenantName: string,
+): ApiKey {
+  return {
+    id: r.id,
+    name: r.name,
+    tenantId: r.tenant_id!,
+    tenantName,
+    prefix: r.prefix,
+    createdAt: r.created_at,
+    lastUsedAt: r.last_used_at,
+  };
+}

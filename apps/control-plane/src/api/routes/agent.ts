@@ -1,0 +1,34 @@
+import { HeartbeatRequest, HeartbeatResponse, JoinRequest, JoinResponse } from '@warren/protocol';
+import type { Api } from '../context.ts';
+
+/** The host agents' side of the API: join once, then heartbeat. */
+export function agentRoutes(api: Api): void {
+  api.route(
+    {
+      method: 'POST',
+      url: '/v1/agent/join',
+      auth: 'join',
+      summary: 'A host agent joins with the join token and receives its own host token',
+      body: JoinRequest,
+      response: { status: 200, schema: JoinResponse },
+      audit: 'host.join',
+    },
+    async ({ body, audit }) => {
+      audit.target = body.name;
+      return api.hosts.join(body);
+    },
+  );
+
+  api.route(
+    {
+      method: 'POST',
+      url: '/v1/agent/heartbeat',
+      auth: 'host',
+      summary: "A host agent reports capacity, images and its VMs' state, and receives desired state",
+      body: HeartbeatRequest,
+      response: { status: 200, schema: HeartbeatResponse },
+    },
+    async ({ body, principal }) =>
+      api.hosts.heartbeat(principal!.kind === 'host' ? principal!.hostId : '', body),
+  );
+}

@@ -1,0 +1,80 @@
+import { randomBytes } from 'node:crypto';
+import { HealthResponse, WarrenError } from '@warren/protocol';
+import Fastify, { type FastifyInstance } from 'fastify';
+import type { Api } from './context.ts';
+import { apiContext } from './context.ts';
+import { toWarrenError } from './errors.ts';
+import { openApiDocument } from './openapi.ts';
+import type { RegisteredRoute } from './route.ts';
+import { adminRoutes } from './routes/admin.ts';
+import { agentRoutes } from './routes/agent.ts';
+import { guestRoutes } from './routes/guest.ts';
+import { tenantRoutes } from './routes/tenants.ts';
+
+export const VERSION = '0.1.0';
+
+export interface ApiServer {
+  app: FastifyInstance;
+  routes: RegisteredRoute[];
+}
+
+/** The `/v1` API: one error format, every route declared through `route()` (auth, scope, audit). */
+export function createApiServer(services: Omit<Api, 'route'>, log: (m: string) => void): ApiServer {
+  const app = Fastify({
+    logger: false,
+    bodyLimit: services.config.bodyLimitBytes,
+    genReqId: () => `req_${randomBytes(8).toString('hex')}`,
+    // Long names or ids in a path are refused by validation anyway; this keeps the router cheap.
+    routerOptions: { maxParamLength: 200 },
+  });
+  const routes: RegisteredRoute[] = [];
+  const api = apiContext(app, routes, services);
+
+  // File uploads arrive as a raw stream; the route counts bytes against its own limit.
+  app.addContentTypeParser('application/octet-stream', (_req, payload, done) => done(null, payload));
+
+  app.addHook('onSend', async (req, reply) => {
+    reply.header('x-request-id', req.id);
+  });
+
+  app.setErrorHandler((error, req, reply) => {
+    const e = toWarrenError(error);
+    if (e.code === 'INTERNAL')
+      log(`${req.id} ${req.method} ${req.url}: ${String((error as Error)?.stack ?? error)}`);
+    void reply.status(e.status).send(e.toBody());
+  });
+  app.setNotFoundHandler((req, reply) => {
+    const e = new WarrenError('NOT_FOUND', `no route ${req.method} ${req.url.split('?')[0]!.slice(0, 200)}`);
+    void reply.status(404).send(e.toBody());
+  });
+
+  api.route(
+    {
+      method: 'GET',
+      url: '/v1/health',
+      auth: 'public',
+      summary: 'Liveness: answers when the API and its store work',
+      response: { status: 200, schema: HealthResponse },
+    },
+    async () => {
+      await services.db.selectFrom('hosts').select('id').limit(1).execute();
+      return { ok: true, version: VERSION };
+    },
+  );
+  tenantRoutes(api);
+  guestRoutes(api);
+  adminRoutes(api);
+  agentRoutes(api);
+  const doc = openApiDocument(routes, VERSION);
+  api.route(
+    {
+      method: 'GET',
+      url: '/v1/openapi.json',
+      auth: 'public',
+      summary: 'This API as an OpenAPI 3.1 document',
+      response: { status: 200 },
+    },
+    async () => doc,
+  );
+  return { app, routes };
+}

@@ -1,0 +1,63 @@
+import { WarrenError } from '@warren/protocol';
+import { now } from '../ids.ts';
+import type { Db } from '../store/index.ts';
+import { hashToken, looksLikeToken } from './tokens.ts';
+
+/** Who is asking. Resolved from the bearer token on every request, never cached. */
+export type Principal =
+  | { kind: 'admin'; keyId: string }
+  | { kind: 'tenant'; keyId: string; tenantId: string }
+  | { kind: 'host'; keyId: string; hostId: string }
+  | { kind: 'join'; keyId: string };
+
+export function actorOf(p: Principal | undefined): string {
+  if (!p) return 'anonymous';
+  switch (p.kind) {
+    case 'admin':
+      return 'admin';
+    case 'tenant':
+      return `key:${p.keyId}`;
+    case 'host':
+      return `host:${p.hostId}`;
+    case 'join':
+      return 'join-token';
+  }
+}
+
+/**
+ * Resolves `Authorization: Bearer <token>`. A revoked key is a deleted row, so it stops
+ * working on the next request. The same message for every failure: no hint whether a token
+ * ever existed.
+ */
+export async function authenticate(db: Db, header: string | undefined): Promise<Principal> {
+  const m = header ? /^Bearer ([^\s]+)$/i.exec(header) : null;
+  if (!m) {
+    throw new WarrenError('UNAUTHENTICATED', 'missing bearer token: send `Authorization: Bearer <token>`');
+  }
+  const token = m[1]!;
+  const invalid = new WarrenError('UNAUTHENTICATED', 'invalid or revoked token');
+  if (!looksLikeToken(token)) throw invalid;
+  const row = await db
+    .selectFrom('api_keys')
+    .select(['id', 'kind', 'tenant_id', 'host_id', 'last_used_at'])
+    .where('token_hash', '=', hashToken(token))
+    .executeTakeFirst();
+  if (!row) throw invalid;
+  // Minute granularity: enough to see which keys are in use without a write per request.
+  const t = now();
+  if (!row.last_used_at || row.last_used_at.slice(0, 16) !== t.slice(0, 16)) {
+    await db.updateTable('api_keys').set({ last_used_at: t }).where('id', '=', row.id).execute();
+  }
+  switch (row.kind) {
+    case 'admin':
+      return { kind: 'admin', keyId: row.id };
+    case 'tenant':
+      if (!row.tenant_id) throw invalid;
+      return { kind: 'tenant', keyId: row.id, tenantId: row.tenant_id };
+    case 'host':
+      if (!row.host_id) throw invalid;
+      return { kind: 'host', keyId: row.id, hostId: row.host_id };
+    case 'join':
+      return { kind: 'join', keyId: row.id };
+  }
+}

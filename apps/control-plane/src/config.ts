@@ -1,0 +1,110 @@
+import { WarrenError } from '@warren/protocol';
+import { z } from 'zod';
+
+const mib = (max: number) => z.coerce.number().int().min(1).max(max);
+
+/**
+ * All control-plane settings, validated once at start. Each comes from the environment
+ * variable in its comment and has a default that works on one machine; docs/configuration.md
+ * lists them.
+ */
+export const ControlPlaneConfig = z.strictObject({
+  /** WARREN_DATA_DIR: state lives in `<dataDir>/control-plane/` (database, token files). */
+  dataDir: z.string().startsWith('/').default('/var/lib/warren'),
+  /** WARREN_API_HOST: address the API listens on. Loopback by default: expose it on purpose. */
+  host: z.string().min(1).default('127.0.0.1'),
+  /** WARREN_API_PORT: TCP port of the API (0 picks a free one, for tests). */
+  port: z.coerce.number().int().min(0).max(65535).default(7070),
+  /** WARREN_STORE: metadata store dialect. SQLite is embedded; PostgreSQL comes next. */
+  store: z.enum(['sqlite']).default('sqlite'),
+  /** WARREN_SQLITE_PATH: the SQLite database file; `<dataDir>/control-plane/warren.db` when unset. */
+  sqlitePath: z.string().startsWith('/').optional(),
+  /** WARREN_BODY_LIMIT_BYTES: largest JSON request body. */
+  bodyLimitBytes: z.coerce
+    .number()
+    .int()
+    .min(1024)
+    .max(64 * 1024 * 1024)
+    .default(1024 * 1024),
+  /** WARREN_UPLOAD_LIMIT_BYTES: largest file upload into a tenant's VM. */
+  uploadLimitBytes: z.coerce
+    .number()
+    .int()
+    .min(1024)
+    .default(1024 * 1024 * 1024),
+  /** WARREN_HEARTBEAT_TIMEOUT_MS: a host silent for longer is unhealthy and gets no new tenants. */
+  heartbeatTimeoutMs: z.coerce.number().int().min(1000).default(15_000),
+  /** WARREN_HEARTBEAT_INTERVAL_MS: how often host agents are told to heartbeat. */
+  heartbeatIntervalMs: z.coerce.number().int().min(100).default(2_000),
+  /** WARREN_OPERATION_TIMEOUT_MS: an operation not converged by then fails with TIMEOUT. */
+  operationTimeoutMs: z.coerce
+    .number()
+    .int()
+    .min(1000)
+    .default(15 * 60_000),
+  /** WARREN_DEFAULT_PROFILE: image profile used when a create request names no image. */
+  defaultProfile: z.string().min(1).default('standard'),
+  /** WARREN_DEFAULT_VCPUS / _MEMORY_MIB / _DISK_MIB: resources of a tenant created without them. */
+  defaultVcpus: mib(1024).default(1),
+  defaultMemoryMiB: mib(4 * 1024 * 1024).default(1024),
+  defaultDiskMiB: mib(64 * 1024 * 1024).default(4096),
+  /** WARREN_QUOTA_VCPUS / _MEMORY_MIB / _DISK_MIB: a tenant's quota when the admin sets none. */
+  quotaVcpus: mib(1024).default(4),
+  quotaMemoryMiB: mib(4 * 1024 * 1024).default(8192),
+  quotaDiskMiB: mib(64 * 1024 * 1024).default(65_536),
+  /** WARREN_MAX_VCPUS / _MEMORY_MIB / _DISK_MIB: platform maximum for any one tenant (and quota). */
+  maxVcpus: mib(1024).default(16),
+  maxMemoryMiB: mib(4 * 1024 * 1024).default(65_536),
+  maxDiskMiB: mib(64 * 1024 * 1024).default(1024 * 1024),
+  /** WARREN_MAX_TENANTS: how many tenants the platform holds at most. */
+  maxTenants: z.coerce.number().int().min(1).default(10_000),
+});
+export type ControlPlaneConfig = z.infer<typeof ControlPlaneConfig>;
+
+export const CONFIG_ENV: Record<keyof ControlPlaneConfig, string> = {
+  dataDir: 'WARREN_DATA_DIR',
+  host: 'WARREN_API_HOST',
+  port: 'WARREN_API_PORT',
+  store: 'WARREN_STORE',
+  sqlitePath: 'WARREN_SQLITE_PATH',
+  bodyLimitBytes: 'WARREN_BODY_LIMIT_BYTES',
+  uploadLimitBytes: 'WARREN_UPLOAD_LIMIT_BYTES',
+  heartbeatTimeoutMs: 'WARREN_HEARTBEAT_TIMEOUT_MS',
+  heartbeatIntervalMs: 'WARREN_HEARTBEAT_INTERVAL_MS',
+  operationTimeoutMs: 'WARREN_OPERATION_TIMEOUT_MS',
+  defaultProfile: 'WARREN_DEFAULT_PROFILE',
+  defaultVcpus: 'WARREN_DEFAULT_VCPUS',
+  defaultMemoryMiB: 'WARREN_DEFAULT_MEMORY_MIB',
+  defaultDiskMiB: 'WARREN_DEFAULT_DISK_MIB',
+  quotaVcpus: 'WARREN_QUOTA_VCPUS',
+  quotaMemoryMiB: 'WARREN_QUOTA_MEMORY_MIB',
+  quotaDiskMiB: 'WARREN_QUOTA_DISK_MIB',
+  maxVcpus: 'WARREN_MAX_VCPUS',
+  maxMemoryMiB: 'WARREN_MAX_MEMORY_MIB',
+  maxDiskMiB: 'WARREN_MAX_DISK_MIB',
+  maxTenants: 'WARREN_MAX_TENANTS',
+};
+
+export function loadConfig(
+  env: NodeJS.ProcessEnv = process.env,
+  overrides: Partial<ControlPlaneConfig> = {},
+): ControlPlaneConfig {
+  const raw: Record<string, unknown> = {};
+  for (const [key, name] of Object.entries(CONFIG_ENV)) {
+    if (env[name] !== undefined && env[name] !== '') raw[key] = env[name];
+  }
+  const r = ControlPlaneConfig.safeParse({ ...raw, ...overrides });
+  if (r.success) return r.data;
+  const issue = r.error.issues[0];
+  const key = issue?.path[0] as keyof ControlPlaneConfig | undefined;
+  const name = key && CONFIG_ENV[key] ? CONFIG_ENV[key] : 'configuration';
+  throw new WarrenError(
+    'INVALID_ARGUMENT',
+    `${name}: ${issue?.message ?? 'invalid'} (see docs/configuration.md)`,
+  );
+}
+
+/** Where the control plane keeps its files: database, token files, api.json. */
+export function stateDirOf(config: ControlPlaneConfig): string {
+  return `${config.dataDir}/control-plane`;
+}

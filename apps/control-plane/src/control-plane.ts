@@ -1,0 +1,97 @@
+import { rename, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { AgentClient } from './agents/agent-client.ts';
+import { type ApiServer, createApiServer } from './api/server.ts';
+import { type BootstrapResult, bootstrapCredentials } from './auth/bootstrap.ts';
+import { type ControlPlaneConfig, stateDirOf } from './config.ts';
+import { HostService } from './hosts/service.ts';
+import { now } from './ids.ts';
+import { dialectFromConfig, openStore, type Store, type StoreDialect } from './store/index.ts';
+import { TenantService } from './tenants/service.ts';
+
+export interface ControlPlane extends ApiServer {
+  config: ControlPlaneConfig;
+  store: Store;
+  tenants: TenantService;
+  hosts: HostService;
+  credentials: BootstrapResult;
+  /** Listens on the configured host and port; returns the API's base URL and writes api.json. */
+  listen(): Promise<string>;
+  close(): Promise<void>;
+}
+
+/**
+ * Wires the control plane from validated configuration: store (migrated), credentials
+ * (created on first start), services, API, and the sweeper that fails overdue operations.
+ */
+export async function openControlPlane(
+  config: ControlPlaneConfig,
+  options: { dialect?: StoreDialect; log?: (m: string) => void } = {},
+): Promise<ControlPlane> {
+  const log = options.log ?? (() => {});
+  const store = await openStore(options.dialect ?? dialectFromConfig(config));
+  const credentials = await bootstrapCredentials(store.db, stateDirOf(config));
+  const agents = new AgentClient();
+  const hosts = new HostService(store.db, config);
+  const tenants = new TenantService({
+    db: store.db,
+    config,
+    onDesiredChange: (hostId) => {
+      void store.db
+        .selectFrom('hosts')
+        .selectAll()
+        .where('id', '=', hostId)
+        .executeTakeFirst()
+        .then((h) => h && agents.wake(h))
+        .catch(() => {});
+    },
+  });
+  const server = createApiServer({ db: store.db, config, tenants, hosts, agents }, log);
+  const sweeper = setInterval(() => {
+    void failOverdueOperations(store, config).catch((e) => log(`operation sweeper: ${e}`));
+  }, 5_000);
+  sweeper.unref();
+  let closed = false;
+  return {
+    ...server,
+    config,
+    store,
+    tenants,
+    hosts,
+    credentials,
+    async listen() {
+      await server.app.listen({ host: config.host, port: config.port });
+      const addr = server.app.server.address();
+      const port = typeof addr === 'object' && addr ? addr.port : config.port;
+      const host = config.host === '0.0.0.0' || config.host === '::' ? '127.0.0.1' : config.host;
+      const url = `http://${host.includes(':') ? `[${host}]` : host}:${port}`;
+      const path = join(stateDirOf(config), 'api.json');
+      await writeFile(`${path}.tmp`, `${JSON.stringify({ url, pid: process.pid }, null, 2)}\n`);
+      await rename(`${path}.tmp`, path);
+      return url;
+    },
+    async close() {
+      if (closed) return;
+      closed = true;
+      clearInterval(sweeper);
+      await server.app.close();
+      await store.close();
+    },
+  };
+}
+
+/** Operations that never converged (host gone, VM never came up) end as TIMEOUT, not forever running. */
+async function failOverdueOperations(store: Store, config: ControlPlaneConfig): Promise<void> {
+  const cutoff = new Date(Date.now() - config.operationTimeoutMs).toISOString();
+  await store.db
+    .updateTable('operations')
+    .set({
+      status: 'failed',
+      error_code: 'TIMEOUT',
+      error_message: `not converged within ${config.operationTimeoutMs} ms; check the tenant's host (\`warren host list\`)`,
+      updated_at: now(),
+    })
+    .where('status', '=', 'running')
+    .where('created_at', '<', cutoff)
+    .execute();
+}

@@ -1,0 +1,277 @@
+import {
+  type DesiredTenant,
+  type HeartbeatRequest,
+  type HeartbeatResponse,
+  type Host,
+  type JoinRequest,
+  type JoinResponse,
+  vmIdOfTenant,
+  WarrenError,
+} from '@warren/protocol';
+import { displayPrefix, hashToken, newToken } from '../auth/tokens.ts';
+import type { ControlPlaneConfig } from '../config.ts';
+import { newId, now } from '../ids.ts';
+import { releaseTenant } from '../scheduler/place.ts';
+import type { HostsTable } from '../store/database.ts';
+import type { Db } from '../store/index.ts';
+import { safeImages } from '../tenants/service.ts';
+
+/** Host agents: joining, heartbeats (which carry actual state and return desired state), views. */
+export class HostService {
+  readonly #db: Db;
+  readonly #config: ControlPlaneConfig;
+
+  constructor(db: Db, config: ControlPlaneConfig) {
+    this.#db = db;
+    this.#config = config;
+  }
+
+  healthySince(): string {
+    return new Date(Date.now() - this.#config.heartbeatTimeoutMs).toISOString();
+  }
+
+  /**
+   * A host joins with the join token. Joining again under the same name (an agent that lost
+   * its credentials file) keeps the host id and its tenants and rotates the host token.
+   */
+  async join(req: JoinRequest): Promise<JoinResponse> {
+    const token = newToken('host');
+    const t = now();
+    const hostId = await this.#db.transaction().execute(async (trx) => {
+      const existing = await trx
+        .selectFrom('hosts')
+        .select('id')
+        .where('name', '=', req.name)
+        .executeTakeFirst();
+      const id = existing?.id ?? newId('host');
+      if (existing) {
+        await trx
+          .updateTable('hosts')
+          .set({
+            address: req.address,
+            agent_token: req.agentToken,
+            agent_version: req.agentVersion,
+            cap_vcpus: req.capacity.vcpus,
+            cap_memory_mib: req.capacity.memoryMiB,
+            cap_disk_mib: req.capacity.diskMiB,
+          })
+          .where('id', '=', id)
+          .execute();
+        await trx.deleteFrom('api_keys').where('host_id', '=', id).execute();
+      } else {
+        await trx
+          .insertInto('hosts')
+          .values({
+            id,
+            name: req.name,
+            address: req.address,
+            agent_token: req.agentToken,
+            cap_vcpus: req.capacity.vcpus,
+            cap_memory_mib: req.capacity.memoryMiB,
+            cap_disk_mib: req.capacity.diskMiB,
+            alloc_vcpus: 0,
+            alloc_memory_mib: 0,
+            alloc_disk_mib: 0,
+            health: 'ok',
+            draining: 0,
+            agent_version: req.agentVersion,
+            images: '[]',
+            last_heartbeat_at: null,
+            created_at: t,
+          })
+          .execute();
+      }
+      await trx
+        .insertInto('api_keys')
+        .values({
+          id: newId('key'),
+          kind: 'host',
+          name: `host ${req.name}`,
+          tenant_id: null,
+          host_id: id,
+          token_hash: hashToken(token),
+          prefix: displayPrefix(token),
+          created_at: t,
+          last_used_at: null,
+        })
+        .execute();
+      return id;
+    });
+    return { hostId, token, heartbeatIntervalMs: this.#config.heartbeatIntervalMs };
+  }
+
+  /**
+   * One heartbeat, one transaction: record the host's capacity and images, fold each VM's
+   * reported state into its tenant, finish the operations it completes, drop tenants whose
+   * deletion the agent confirmed, and answer with the host's complete desired state.
+   */
+  async heartbeat(hostId: string, hb: HeartbeatRequest): Promise<HeartbeatResponse> {
+    const t = now();
+    const tenants = await this.#db.transaction().execute(async (trx) => {
+      await trx
+        .updateTable('hosts')
+        .set({
+          ...(hb.address ? { address: hb.address } : {}),
+          agent_version: hb.agentVersion,
+          cap_vcpus: hb.capacity.vcpus,
+          cap_memory_mib: hb.capacity.memoryMiB,
+          cap_disk_mib: hb.capacity.diskMiB,
+          health: hb.health,
+          images: JSON.stringify(hb.images),
+          last_heartbeat_at: t,
+        })
+        .where('id', '=', hostId)
+        .execute();
+      const rows = await trx.selectFrom('tenants').selectAll().where('host_id', '=', hostId).execute();
+      const reported = new Map(hb.vms.map((v) => [v.tenantId, v]));
+      const keep: DesiredTenant[] = [];
+      for (const row of rows) {
+        const vm = reported.get(row.id);
+        if (row.desired_state === 'absent' && !vm) {
+          // The agent lists every tenant VM it has, in flight or not: absent means gone.
+          await trx.deleteFrom('tenants').where('id', '=', row.id).execute();
+          await trx
+            .deleteFrom('operations')
+            .where('tenant_id', '=', row.id)
+            .where('kind', '!=', 'delete')
+            .execute();
+          await trx
+            .updateTable('operations')
+            .set({ status: 'succeeded', updated_at: t })
+            .where('tenant_id', '=', row.id)
+            .where('kind', '=', 'delete')
+            .where('status', '=', 'running')
+            .execute();
+          await releaseTenant(trx, hostId, {
+            vcpus: row.vcpus,
+            memoryMiB: row.memory_mib,
+            diskMiB: row.disk_mib,
+          });
+          continue;
+        }
+        keep.push({
+          tenantId: row.id,
+          vmId: vmIdOfTenant(row.id),
+          name: row.name,
+          desiredState: row.desired_state as DesiredTenant['desiredState'],
+          imageId: row.image_id,
+          vcpus: row.vcpus,
+          memoryMiB: row.memory_mib,
+          diskMiB: row.disk_mib,
+          generation: row.generation,
+        });
+        if (!vm) continue;
+        const observed = Math.max(row.observed_generation, vm.generation);
+        const state = row.desired_state === 'absent' ? 'deleting' : vm.state;
+        const failing = vm.state === 'failed' || vm.state === 'crashed';
+        await trx
+          .updateTable('tenants')
+          .set({
+            state,
+            observed_generation: observed,
+            last_error_code: failing ? (vm.error?.code ?? 'VM_EXITED') : null,
+            last_error_message: failing ? (vm.error?.message ?? 'the VM stopped unexpectedly') : null,
+            ...(state !== row.state || observed !== row.observed_generation ? { updated_at: t } : {}),
+          })
+          .where('id', '=', row.id)
+          .execute();
+        // Operations whose generation the agent has acted on can end.
+        const ops = await trx
+          .selectFrom('operations')
+          .selectAll()
+          .where('tenant_id', '=', row.id)
+          .where('status', '=', 'running')
+          .where('generation', '<=', vm.generation)
+          .execute();
+        for (const op of ops) {
+          const target = op.kind === 'stop' ? 'stopped' : op.kind === 'delete' ? null : 'running';
+          if (target && vm.state === target) {
+            await trx
+              .updateTable('operations')
+              .set({ status: 'succeeded', updated_at: t })
+              .where('id', '=', op.id)
+              .execute();
+          } else if (vm.state === 'failed') {
+            await trx
+              .updateTable('operations')
+              .set({
+                status: 'failed',
+                error_code: vm.error?.code ?? 'INTERNAL',
+                error_message: vm.error?.message ?? 'the host agent reported a failure',
+                updated_at: t,
+              })
+              .where('id', '=', op.id)
+              .execute();
+          }
+        }
+      }
+      return keep;
+    });
+    return { tenants, heartbeatIntervalMs: this.#config.heartbeatIntervalMs };
+  }
+
+  async list(): Promise<Host[]> {
+    const rows = await this.#db.selectFrom('hosts').selectAll().orderBy('name').execute();
+    const counts = await this.#db
+      .selectFrom('tenants')
+      .select(['host_id', (eb) => eb.fn.countAll<number>().as('n')])
+      .groupBy('host_id')
+      .execute();
+    const n = new Map(counts.map((c) => [c.host_id, Number(c.n)]));
+    return rows.map((r) => this.view(r, n.get(r.id) ?? 0));
+  }
+
+  async find(ref: string): Promise<HostsTable> {
+    const row = await this.#db
+      .selectFrom('hosts')
+      .selectAll()
+      .where((eb) => eb.or([eb('id', '=', ref), eb('name', '=', ref)]))
+      .executeTakeFirst();
+    if (!row) throw new WarrenError('NOT_FOUND', `no host ${ref}; see \`warren host list\``);
+    return row;
+  }
+
+  async get(ref: string): Promise<Host> {
+    const row = await this.find(ref);
+    const { n } = await this.#db
+      .selectFrom('tenants')
+      .select((eb) => eb.fn.countAll<number>().as('n'))
+      .where('host_id', '=', row.id)
+      .executeTakeFirstOrThrow();
+    return this.view(row, Number(n));
+  }
+
+  /** A draining host keeps its tenants but gets no new ones. */
+  async drain(ref: string, draining: boolean): Promise<Host> {
+    const row = await this.find(ref);
+    await this.#db
+      .updateTable('hosts')
+      .set({ draining: draining ? 1 : 0 })
+      .where('id', '=', row.id)
+      .execute();
+    return this.get(row.id);
+  }
+
+  isHealthy(row: Pick<HostsTable, 'health' | 'last_heartbeat_at'>): boolean {
+    return (
+      row.health === 'ok' && row.last_heartbeat_at !== null && row.last_heartbeat_at >= this.healthySince()
+    );
+  }
+
+  view(r: HostsTable, tenants: number): Host {
+    return {
+      id: r.id,
+      name: r.name,
+      address: r.address,
+      capacity: { vcpus: r.cap_vcpus, memoryMiB: r.cap_memory_mib, diskMiB: r.cap_disk_mib },
+      allocated: { vcpus: r.alloc_vcpus, memoryMiB: r.alloc_memory_mib, diskMiB: r.alloc_disk_mib },
+      health: this.isHealthy(r) ? 'healthy' : 'unhealthy',
+      draining: r.draining === 1,
+      agentVersion: r.agent_version,
+      images: safeImages(r.images).map((i) => i.id),
+      tenants,
+      lastHeartbeatAt: r.last_heartbeat_at,
+      createdAt: r.created_at,
+    };
+  }
+}

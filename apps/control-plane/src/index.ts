@@ -1,0 +1,6 @@
+export type { RegisteredRoute, RouteAuth } from './api/route.ts';
+export { CONFIG_ENV, ControlPlaneConfig, loadConfig, stateDirOf } from './config.ts';
+export { type ControlPlane, openControlPlane } from './control-plane.ts';
+export { placeTenant } from './scheduler/place.ts';
+export { fits, type HostCandidate, rank, score } from './scheduler/policy.ts';
+export { openStore, SqliteStoreDialect, type Store, type StoreDialect } from './store/index.ts';

@@ -1,0 +1,98 @@
+import type { Generated } from 'kysely';
+
+/**
+ * The tables as the store sees them. Portable types only (text, integer): timestamps are ISO
+ * 8601 strings in UTC, which sort correctly as text; booleans are 0/1; JSON is text. That
+ * keeps every query valid on SQLite and PostgreSQL alike.
+ */
+export interface Database {
+  tenants: TenantsTable;
+  hosts: HostsTable;
+  api_keys: ApiKeysTable;
+  operations: OperationsTable;
+  audit_events: AuditEventsTable;
+}
+
+export interface TenantsTable {
+  id: string;
+  name: string;
+  state: string;
+  desired_state: string;
+  /** Grows with every change of desired state; agents report which one they acted on. */
+  generation: number;
+  observed_generation: number;
+  image_id: string;
+  vcpus: number;
+  memory_mib: number;
+  disk_mib: number;
+  quota_vcpus: number;
+  quota_memory_mib: number;
+  quota_disk_mib: number;
+  host_id: string | null;
+  last_error_code: string | null;
+  last_error_message: string | null;
+  created_at: string;
+  updated_at: string;
+}
+
+export interface HostsTable {
+  id: string;
+  name: string;
+  address: string;
+  /** Presented to the agent's API; the agent chose it at join. */
+  agent_token: string;
+  cap_vcpus: number;
+  cap_memory_mib: number;
+  cap_disk_mib: number;
+  alloc_vcpus: number;
+  alloc_memory_mib: number;
+  alloc_disk_mib: number;
+  health: string;
+  draining: number;
+  agent_version: string;
+  /** JSON array of ImageSummary. */
+  images: string;
+  last_heartbeat_at: string | null;
+  created_at: string;
+}
+
+export type CredentialKind = 'admin' | 'tenant' | 'host' | 'join';
+
+/** Every bearer credential: admin token, tenant keys, host tokens, the join token. Only hashes. */
+export interface ApiKeysTable {
+  id: string;
+  kind: CredentialKind;
+  name: string;
+  tenant_id: string | null;
+  host_id: string | null;
+  token_hash: string;
+  prefix: string;
+  created_at: string;
+  last_used_at: string | null;
+}
+
+export interface OperationsTable {
+  id: string;
+  kind: string;
+  tenant_id: string;
+  tenant_name: string;
+  /** The tenant generation that completes this operation once observed. */
+  generation: number;
+  status: string;
+  error_code: string | null;
+  error_message: string | null;
+  created_at: string;
+  updated_at: string;
+}
+
+export interface AuditEventsTable {
+  id: Generated<number>;
+  at: string;
+  actor: string;
+  action: string;
+  target: string;
+  tenant_id: string | null;
+  result: string;
+  status: number;
+  request_id: string;
+}

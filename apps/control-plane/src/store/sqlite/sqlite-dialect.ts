@@ -1,0 +1,60 @@
+import { mkdirSync } from 'node:fs';
+import { dirname } from 'node:path';
+import { DatabaseSync, type SQLInputValue } from 'node:sqlite';
+import { type Dialect, type SqliteDatabase, SqliteDialect } from 'kysely';
+import type { StoreDialect } from '../dialect.ts';
+
+/**
+ * SQLite through Node's built-in `node:sqlite`: no native addon to compile, so `npm install`
+ * needs no toolchain and no prebuilt binary download. Kysely's SqliteDialect wants a
+ * better-sqlite3-shaped database; `adapt` maps node:sqlite onto that small interface.
+ */
+export class SqliteStoreDialect implements StoreDialect {
+  readonly name = 'sqlite';
+  readonly autoIncrement = 'rowid' as const;
+  readonly #path: string;
+
+  /** `path` is a file, or `:memory:` for a private in-memory database. */
+  constructor(path: string) {
+    this.#path = path;
+  }
+
+  createKyselyDialect(): Dialect {
+    return new SqliteDialect({ database: async () => adapt(this.#open()) });
+  }
+
+  #open(): DatabaseSync {
+    if (this.#path !== ':memory:') mkdirSync(dirname(this.#path), { recursive: true, mode: 0o700 });
+    const db = new DatabaseSync(this.#path);
+    // WAL: readers do not block the writer; synchronous=FULL: a committed placement survives
+    // a power cut, not only a process crash. busy_timeout covers a second process (the CLI).
+    db.exec('PRAGMA journal_mode = WAL');
+    db.exec('PRAGMA synchronous = FULL');
+    db.exec('PRAGMA foreign_keys = ON');
+    db.exec('PRAGMA busy_timeout = 5000');
+    return db;
+  }
+}
+
+function adapt(db: DatabaseSync): SqliteDatabase {
+  return {
+    close: () => db.close(),
+    prepare(sql: string) {
+      const stmt = db.prepare(sql);
+      const args = (p: ReadonlyArray<unknown>) => p.map(toSqlite);
+      return {
+        reader: stmt.columns().length > 0,
+        all: (p) => stmt.all(...args(p)),
+        run: (p) => stmt.run(...args(p)),
+        iterate: (p) => stmt.iterate(...args(p)),
+      };
+    },
+  };
+}
+
+/** node:sqlite binds numbers, strings, bigints, buffers and null; booleans become 0/1. */
+function toSqlite(v: unknown): SQLInputValue {
+  if (typeof v === 'boolean') return v ? 1 : 0;
+  if (v === undefined) return null;
+  return v as SQLInputValue;
+}

@@ -1,0 +1,300 @@
+import {
+  type CreateTenantRequest,
+  type DesiredState,
+  type ListTenantsQuery,
+  type Resources,
+  type Tenant,
+  type TenantOperationResponse,
+  WarrenError,
+} from '@warren/protocol';
+import type { z } from 'zod';
+import { isUniqueViolation } from '../api/errors.ts';
+import type { ControlPlaneConfig } from '../config.ts';
+import { newId, now } from '../ids.ts';
+import { placeTenant } from '../scheduler/place.ts';
+import type { OperationsTable, TenantsTable } from '../store/database.ts';
+import type { Db } from '../store/index.ts';
+import { operationView, tenantView } from './view.ts';
+
+type CreateRequest = z.output<typeof import('@warren/protocol').CreateTenantRequest>;
+
+export interface TenantServiceDeps {
+  db: Db;
+  config: ControlPlaneConfig;
+  /** Called after desired state on a host changed, to wake its agent. */
+  onDesiredChange: (hostId: string) => void;
+}
+
+/** Tenant lifecycle: every change writes desired state and an operation in one transaction. */
+export class TenantService {
+  readonly #d: TenantServiceDeps;
+
+  constructor(deps: TenantServiceDeps) {
+    this.#d = deps;
+  }
+
+  /** ISO time before which a heartbeat is too old for the host to count as healthy. */
+  healthySince(): string {
+    return new Date(Date.now() - this.#d.config.heartbeatTimeoutMs).toISOString();
+  }
+
+  async view(row: TenantsTable): Promise<Tenant> {
+    return tenantView(row, await this.#hostHealthy(row.host_id));
+  }
+
+  async list(query: ListTenantsQuery, onlyTenant: string | undefined): Promise<Tenant[]> {
+    let q = this.#d.db.selectFrom('tenants').selectAll().orderBy('name');
+    if (onlyTenant !== undefined) q = q.where('id', '=', onlyTenant);
+    if (query.state) q = q.where('state', '=', query.state);
+    if (query.host) {
+      const host = query.host;
+      q = q.where('host_id', 'in', (eb) =>
+        eb
+          .selectFrom('hosts')
+          .select('id')
+          .where((w) => w.or([w('id', '=', host), w('name', '=', host)])),
+      );
+    }
+    const rows = await q.execute();
+    const healthy = await this.#healthyHosts();
+    return rows.map((r) => tenantView(r, r.host_id !== null && healthy.has(r.host_id)));
+  }
+
+  async create(input: CreateTenantRequest | CreateRequest): Promise<TenantOperationResponse> {
+    const c = this.#d.config;
+    const req = input as CreateRequest;
+    const quota: Resources = {
+      vcpus: req.quota?.vcpus ?? c.quotaVcpus,
+      memoryMiB: req.quota?.memoryMiB ?? c.quotaMemoryMiB,
+      diskMiB: req.quota?.diskMiB ?? c.quotaDiskMiB,
+    };
+    const resources: Resources = {
+      vcpus: req.vcpus ?? Math.min(c.defaultVcpus, quota.vcpus),
+      memoryMiB: req.memoryMiB ?? Math.min(c.defaultMemoryMiB, quota.memoryMiB),
+      diskMiB: req.diskMiB ?? Math.min(c.defaultDiskMiB, quota.diskMiB),
+    };
+    checkQuota(quota, resources, c);
+    const healthySince = this.healthySince();
+    const imageId = await this.#resolveImage(req.image, healthySince);
+    const t = now();
+    const tenant: TenantsTable = {
+      id: newId('ten'),
+      name: req.name,
+      state: 'pending',
+      desired_state: 'running',
+      generation: 1,
+      observed_generation: 0,
+      image_id: imageId,
+      vcpus: resources.vcpus,
+      memory_mib: resources.memoryMiB,
+      disk_mib: resources.diskMiB,
+      quota_vcpus: quota.vcpus,
+      quota_memory_mib: quota.memoryMiB,
+      quota_disk_mib: quota.diskMiB,
+      host_id: null,
+      last_error_code: null,
+      last_error_message: null,
+      created_at: t,
+      updated_at: t,
+    };
+    const op = operationRow(tenant, 'create', 1, t);
+    try {
+      await this.#d.db.transaction().execute(async (trx) => {
+        const taken = await trx
+          .selectFrom('tenants')
+          .select('id')
+          .where('name', '=', req.name)
+          .executeTakeFirst();
+        if (taken) throw nameTaken(req.name);
+        const { n } = await trx
+          .selectFrom('tenants')
+          .select((eb) => eb.fn.countAll<number>().as('n'))
+          .executeTakeFirstOrThrow();
+        if (Number(n) >= c.maxTenants) {
+          throw new WarrenError(
+            'QUOTA_EXCEEDED',
+            `the platform holds at most ${c.maxTenants} tenants (WARREN_MAX_TENANTS)`,
+          );
+        }
+        tenant.host_id = await placeTenant(trx, { resources, imageId, healthySince });
+        await trx.insertInto('tenants').values(tenant).execute();
+        await trx.insertInto('operations').values(op).execute();
+      });
+    } catch (e) {
+      if (isUniqueViolation(e)) throw nameTaken(req.name);
+      throw e;
+    }
+    this.#d.onDesiredChange(tenant.host_id!);
+    return { tenant: tenantView(tenant, true), operation: operationView(op) };
+  }
+
+  start(row: TenantsTable): Promise<TenantOperationResponse> {
+    return this.#setDesired(row, 'running', 'start');
+  }
+
+  stop(row: TenantsTable): Promise<TenantOperationResponse> {
+    return this.#setDesired(row, 'stopped', 'stop');
+  }
+
+  /** Marks the tenant absent; the record goes once its host agent reports the VM gone. */
+  delete(row: TenantsTable): Promise<TenantOperationResponse> {
+    return this.#setDesired(row, 'absent', 'delete');
+  }
+
+  async #setDesired(
+    row: TenantsTable,
+    desired: DesiredState,
+    kind: OperationsTable['kind'],
+  ): Promise<TenantOperationResponse> {
+    const t = now();
+    const result = await this.#d.db.transaction().execute(async (trx) => {
+      // Re-read inside the transaction: the row the route loaded may be stale by now.
+      const cur = await trx.selectFrom('tenants').selectAll().where('id', '=', row.id).executeTakeFirst();
+      if (!cur) throw new WarrenError('NOT_FOUND', `no tenant ${row.name}`);
+      if (cur.desired_state === 'absent') {
+        throw new WarrenError('CONFLICT', `tenant ${cur.name} is being deleted`);
+      }
+      const generation = cur.generation + 1;
+      const state = desired === 'absent' ? 'deleting' : cur.state;
+      await trx
+        .updateTable('tenants')
+        .set({ desired_state: desired, generation, state, updated_at: t })
+        .where('id', '=', cur.id)
+        .execute();
+      // A newer intent supersedes older unfinished ones: they will never be observed as such.
+      await trx
+        .updateTable('operations')
+        .set({
+          status: 'failed',
+          error_code: 'CONFLICT',
+          error_message: `superseded by a ${kind} request`,
+          updated_at: t,
+        })
+        .where('tenant_id', '=', cur.id)
+        .where('status', '=', 'running')
+        .execute();
+      const op = operationRow(cur, kind, generation, t);
+      await trx.insertInto('operations').values(op).execute();
+      return { tenant: { ...cur, desired_state: desired, generation, state, updated_at: t }, op };
+    });
+    if (result.tenant.host_id) this.#d.onDesiredChange(result.tenant.host_id);
+    return { tenant: await this.view(result.tenant), operation: operationView(result.op) };
+  }
+
+  /** Picks the image: a full id or unique prefix known to a healthy host, else the default profile's newest. */
+  async #resolveImage(ref: string | undefined, healthySince: string): Promise<string> {
+    const rows = await this.#d.db
+      .selectFrom('hosts')
+      .select('images')
+      .where('health', '=', 'ok')
+      .where('last_heartbeat_at', '>=', healthySince)
+      .execute();
+    const images = new Map<string, { id: string; profile: string; createdAt: string }>();
+    for (const r of rows) {
+      for (const i of safeImages(r.images)) images.set(i.id, i);
+    }
+    const all = [...images.values()];
+    if (ref === undefined) {
+      const profile = this.#d.config.defaultProfile;
+      const newest = all
+        .filter((i) => i.profile === profile)
+        .sort((a, b) => b.createdAt.localeCompare(a.createdAt))[0];
+      if (!newest) {
+        throw new WarrenError(
+          'IMAGE_NOT_FOUND',
+          `no healthy host has an image of the default profile "${profile}"; build one on a host (\`warren image build --profile ${profile}\`) or name an image`,
+        );
+      }
+      return newest.id;
+    }
+    const wanted = ref.startsWith('sha256:') ? ref : `sha256:${ref}`;
+    if (!/^sha256:[0-9a-f]{4,64}$/.test(wanted)) {
+      throw new WarrenError('INVALID_ARGUMENT', 'image: give an image id (sha256:…) or a hex prefix of one');
+    }
+    const matches = all.filter((i) => i.id.startsWith(wanted));
+    if (matches.length === 1) return matches[0]!.id;
+    if (matches.length > 1)
+      throw new WarrenError('INVALID_ARGUMENT', `image prefix ${ref} is ambiguous; give more digits`);
+    throw new WarrenError('IMAGE_NOT_FOUND', `no healthy host has image ${ref}`);
+  }
+
+  async #healthyHosts(): Promise<Set<string>> {
+    const rows = await this.#d.db
+      .selectFrom('hosts')
+      .select('id')
+      .where('health', '=', 'ok')
+      .where('last_heartbeat_at', '>=', this.healthySince())
+      .execute();
+    return new Set(rows.map((r) => r.id));
+  }
+
+  async #hostHealthy(hostId: string | null): Promise<boolean> {
+    if (!hostId) return false;
+    const row = await this.#d.db
+      .selectFrom('hosts')
+      .select('id')
+      .where('id', '=', hostId)
+      .where('health', '=', 'ok')
+      .where('last_heartbeat_at', '>=', this.healthySince())
+      .executeTakeFirst();
+    return row !== undefined;
+  }
+}
+
+function operationRow(
+  tenant: Pick<TenantsTable, 'id' | 'name'>,
+  kind: string,
+  generation: number,
+  t: string,
+): OperationsTable {
+  return {
+    id: newId('op'),
+    kind,
+    tenant_id: tenant.id,
+    tenant_name: tenant.name,
+    generation,
+    status: 'running',
+    error_code: null,
+    error_message: null,
+    created_at: t,
+    updated_at: t,
+  };
+}
+
+function nameTaken(name: string): WarrenError {
+  return new WarrenError('CONFLICT', `a tenant named ${name} already exists; pick another name`);
+}
+
+/** Quota first (the tenant's own limit), then the platform maximum the quota itself must respect. */
+export function checkQuota(quota: Resources, r: Resources, c: ControlPlaneConfig): void {
+  const limits: [keyof Resources, number, string][] = [
+    ['vcpus', c.maxVcpus, 'WARREN_MAX_VCPUS'],
+    ['memoryMiB', c.maxMemoryMiB, 'WARREN_MAX_MEMORY_MIB'],
+    ['diskMiB', c.maxDiskMiB, 'WARREN_MAX_DISK_MIB'],
+  ];
+  for (const [k, max, env] of limits) {
+    if (quota[k] > max) {
+      throw new WarrenError(
+        'QUOTA_EXCEEDED',
+        `quota.${k} ${quota[k]} exceeds the platform maximum of ${max} (${env})`,
+        {
+          details: { limit: `platform.${k}`, value: max },
+        },
+      );
+    }
+    if (r[k] > quota[k]) {
+      throw new WarrenError('QUOTA_EXCEEDED', `${k} ${r[k]} exceeds the tenant's quota of ${quota[k]}`, {
+        details: { limit: `quota.${k}`, value: quota[k] },
+      });
+    }
+  }
+}
+
+export function safeImages(json: string): { id: string; profile: string; createdAt: string }[] {
+  try {
+    const v = JSON.parse(json);
+    return Array.isArray(v) ? v : [];
+  } catch {
+    return [];
+  }
+}

@@ -1,0 +1,38 @@
+import type { Operation, Tenant } from '@warren/protocol';
+import type { OperationsTable, TenantsTable } from '../store/database.ts';
+
+/** Database rows to API objects: the only place that knows both shapes. */
+export function tenantView(row: TenantsTable, hostHealthy: boolean): Tenant {
+  return {
+    id: row.id,
+    name: row.name,
+    state: row.state as Tenant['state'],
+    desiredState: row.desired_state as Tenant['desiredState'],
+    imageId: row.image_id,
+    vcpus: row.vcpus,
+    memoryMiB: row.memory_mib,
+    diskMiB: row.disk_mib,
+    quota: { vcpus: row.quota_vcpus, memoryMiB: row.quota_memory_mib, diskMiB: row.quota_disk_mib },
+    hostId: row.host_id,
+    hostHealthy,
+    lastError:
+      row.last_error_code === null
+        ? null
+        : { code: row.last_error_code, message: row.last_error_message ?? '' },
+    createdAt: row.created_at,
+    updatedAt: row.updated_at,
+  };
+}
+
+export function operationView(row: OperationsTable): Operation {
+  return {
+    id: row.id,
+    kind: row.kind as Operation['kind'],
+    tenantId: row.tenant_id,
+    tenantName: row.tenant_name,
+    status: row.status as Operation['status'],
+    error: row.error_code === null ? null : { code: row.error_code, message: row.error_message ?? '' },
+    createdAt: row.created_at,
+    updatedAt: row.updated_at,
+  };
+}
