@@ -1,0 +1,196 @@
+/**
+ * The authorization matrix, over every route the server registers (new routes are covered
+ * without editing this file): no token → 401; tenant A's key → 404 on each of tenant B's
+ * resources, by name and by id, and 403 on admin and agent routes; a revoked key → 401 on
+ * the very next request. A's key on A's own resources succeeds, so the 404s are not an outage.
+ */
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+import type { RegisteredRoute } from '@warren/control-plane';
+import {
+  call,
+  converge,
+  FAKE_IMAGE,
+  FakeAgent,
+  openTestControlPlane,
+  type TestControlPlane,
+} from '../helpers/control-plane.ts';
+
+let t: TestControlPlane;
+let agent: FakeAgent;
+const tenants: Record<'a' | 'b', { id: string; name: string; key: string; keyId: string; op: string }> =
+  {} as never;
+
+function concrete(route: RegisteredRoute, who: 'a' | 'b', byId = false): string {
+  const x = tenants[who];
+  const path = route.url
+    .replace(':tenant', byId ? x.id : x.name)
+    .replace(':operation', x.op)
+    .replace(':host', agent.name)
+    .replace(':key', x.keyId);
+  return route.url.includes('/files') ? `${path}?path=/tmp/x` : path;
+}
+
+function sampleBody(route: RegisteredRoute): { body?: unknown; raw?: string; contentType?: string } {
+  if (route.streamBody) return { raw: 'hello', contentType: 'application/octet-stream' };
+  if (route.url.endsWith('/exec')) return { body: { argv: ['true'] } };
+  if (route.url === '/v1/keys') return { body: { tenant: tenants.b.name } };
+  if (route.url.endsWith('/drain')) return { body: { draining: false } };
+  if (route.method === 'POST' || route.method === 'PUT') return { body: {} };
+  return {};
+}
+
+before(async () => {
+  t = await openTestControlPlane();
+  agent = await new FakeAgent('host-1', { vcpus: 64, memoryMiB: 65536, diskMiB: 1_000_000 }).start(
+    t.url,
+    t.joinToken,
+  );
+  for (const who of ['a', 'b'] as const) {
+    const name = `tenant-${who}`;
+    const created = await call(t.url, 'POST', '/v1/tenants', {
+      token: t.adminToken,
+      body: { name, image: FAKE_IMAGE },
+    });
+    assert.equal(created.status, 202, created.text);
+    const key = await call(t.url, 'POST', '/v1/keys', { token: t.adminToken, body: { tenant: name } });
+    assert.equal(key.status, 201, key.text);
+    tenants[who] = {
+      id: created.body.tenant.id,
+      name,
+      key: key.body.token,
+      keyId: key.body.key.id,
+      op: created.body.operation.id,
+    };
+  }
+  await converge([agent], async () => {
+    const r = await call(t.url, 'GET', '/v1/tenants', { token: t.adminToken });
+    return r.body.tenants.every((x: { state: string }) => x.state === 'running');
+  });
+});
+
+after(async () => {
+  await agent?.stop();
+  await t?.close();
+});
+
+describe('authorization matrix', () => {
+  test('every route declares who may call it', () => {
+    assert.ok(t.cp.routes.length >= 18, `only ${t.cp.routes.length} routes registered`);
+    for (const r of t.cp.routes)
+      assert.ok(['public', 'admin', 'tenant', 'host', 'join'].includes(r.auth), r.url);
+    const pub = t.cp.routes.filter((r) => r.auth === 'public').map((r) => r.url);
+    assert.deepEqual(pub.sort(), ['/v1/health', '/v1/openapi.json']);
+  });
+
+  test('no token, a malformed token and an unknown token get 401 on every non-public route', async () => {
+    for (const r of t.cp.routes.filter((x) => x.auth !== 'public')) {
+      for (const token of [undefined, 'garbage', `wrn_key_${'A'.repeat(43)}`]) {
+        const res = await call(t.url, r.method, concrete(r, 'b'), {
+          ...sampleBody(r),
+          ...(token ? { token } : {}),
+        });
+        assert.equal(res.status, 401, `${r.method} ${r.url} with ${token ?? 'no token'}: ${res.text}`);
+        assert.equal(res.body.error.code, 'UNAUTHENTICATED');
+      }
+    }
+  });
+
+  test("tenant A's key: 403 on admin and agent routes, 404 on each of B's resources by name and id", async () => {
+    let checked = 0;
+    for (const r of t.cp.routes.filter((x) => x.auth !== 'public')) {
+      for (const byId of [false, true]) {
+        const res = await call(t.url, r.method, concrete(r, 'b', byId), {
+          token: tenants.a.key,
+          ...sampleBody(r),
+        });
+        const names = r.url.includes(':tenant') || r.url.includes(':operation');
+        if (r.auth !== 'tenant') {
+          assert.equal(res.status, 403, `${r.method} ${r.url}: ${res.text}`);
+          assert.equal(res.body.error.code, 'FORBIDDEN');
+        } else if (names) {
+          assert.equal(res.status, 404, `${r.method} ${r.url}: ${res.text}`);
+          assert.equal(res.body.error.code, 'NOT_FOUND');
+          // The same answer as for a tenant that does not exist: nothing to learn.
+          const ghost = byId ? 'ten_0000000000000000' : 'no-such-tenant';
+          const ref = byId ? tenants.b.id : tenants.b.name;
+          const missing = await call(t.url, r.method, concrete(r, 'b', byId).replace(ref, ghost), {
+            token: tenants.a.key,
+            ...sampleBody(r),
+          });
+          if (r.url.includes(':tenant')) {
+            assert.equal(res.body.error.message, missing.body.error.message.replace(ghost, ref));
+          }
+        } else {
+          assert.ok(res.status < 300, `${r.method} ${r.url}: ${res.text}`);
+        }
+        checked++;
+      }
+    }
+    assert.ok(checked >= 30);
+  });
+
+  test("tenant A's key succeeds on its own resources through the same routes", async () => {
+    for (const r of t.cp.routes.filter((x) => x.auth === 'tenant' && x.url.includes(':'))) {
+      if (r.url.endsWith('/stop') || r.url.endsWith('/start')) continue;
+      const res = await call(t.url, r.method, concrete(r, 'a'), { token: tenants.a.key, ...sampleBody(r) });
+      assert.ok(res.status >= 200 && res.status < 300, `${r.method} ${r.url}: ${res.status} ${res.text}`);
+    }
+  });
+
+  test('lists and the audit log show tenant A only its own', async () => {
+    const list = await call(t.url, 'GET', '/v1/tenants', { token: tenants.a.key });
+    assert.deepEqual(
+      list.body.tenants.map((x: { name: string }) => x.name),
+      ['tenant-a'],
+    );
+    const filtered = await call(t.url, 'GET', `/v1/tenants?host=${agent.name}`, { token: tenants.a.key });
+    assert.deepEqual(
+      filtered.body.tenants.map((x: { name: string }) => x.name),
+      ['tenant-a'],
+    );
+    const audit = await call(t.url, 'GET', '/v1/audit', { token: tenants.a.key });
+    assert.ok(audit.body.events.length > 0);
+    for (const e of audit.body.events) assert.equal(e.tenantId, tenants.a.id);
+    const probe = await call(t.url, 'GET', `/v1/audit?tenant=${tenants.b.id}`, { token: tenants.a.key });
+    assert.deepEqual(probe.body.events, []);
+  });
+
+  test('host and join tokens cannot use tenant or admin routes, tenant keys cannot heartbeat', async () => {
+    for (const token of [agent.token, t.joinToken]) {
+      for (const [m, p] of [
+        ['GET', '/v1/tenants'],
+        ['GET', '/v1/hosts'],
+        ['POST', '/v1/keys'],
+      ] as const) {
+        const res = await call(t.url, m, p, { token, body: {} });
+        assert.equal(res.status, 403, `${m} ${p}: ${res.text}`);
+      }
+    }
+    const hb = await call(t.url, 'POST', '/v1/agent/heartbeat', { token: tenants.a.key, body: {} });
+    assert.equal(hb.status, 403);
+  });
+
+  test('a revoked key is refused on the next request', async () => {
+    const fresh = await call(t.url, 'POST', '/v1/keys', {
+      token: t.adminToken,
+      body: { tenant: 'tenant-a' },
+    });
+    const token = fresh.body.token;
+    assert.equal((await call(t.url, 'GET', '/v1/tenants/tenant-a', { token })).status, 200);
+    const revoked = await call(t.url, 'DELETE', `/v1/keys/${fresh.body.key.id}`, { token: t.adminToken });
+    assert.equal(revoked.status, 204);
+    const after = await call(t.url, 'GET', '/v1/tenants/tenant-a', { token });
+    assert.equal(after.status, 401);
+    // The key list never shows tokens, only prefixes.
+    const keys = await call(t.url, 'GET', '/v1/keys', { token: t.adminToken });
+    assert.doesNotMatch(keys.text, new RegExp(tenants.a.key.slice(-20)));
+  });
+
+  test('the control plane authenticates to the agent with the token the agent chose', async () => {
+    const calls = agent.seen.filter((s) => s.url.includes('/exec'));
+    assert.ok(calls.length > 0);
+    for (const c of calls) assert.match(c.auth ?? '', /^Bearer /);
+    assert.ok(!agent.seen.some((s) => s.auth?.includes(t.adminToken)), 'admin token leaked to a host');
+  });
+});

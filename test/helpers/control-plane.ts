@@ -1,0 +1,195 @@
+import { randomBytes } from 'node:crypto';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { ControlPlaneConfig } from '@warren/control-plane';
+import { type ControlPlane, loadConfig, openControlPlane } from '@warren/control-plane';
+import type { DesiredTenant, HeartbeatResponse, Resources } from '@warren/protocol';
+
+export interface TestControlPlane {
+  cp: ControlPlane;
+  url: string;
+  dataDir: string;
+  adminToken: string;
+  joinToken: string;
+  /** Closes the server; `keepData` leaves the data directory for a restart. */
+  close(keepData?: boolean): Promise<void>;
+}
+
+/** A real control plane on 127.0.0.1 and a free port, with its own temporary data directory. */
+export async function openTestControlPlane(
+  overrides: Partial<ControlPlaneConfig> = {},
+  dataDir?: string,
+): Promise<TestControlPlane> {
+  const dir = dataDir ?? (await mkdtemp(join(tmpdir(), 'wcp-')));
+  const cp = await openControlPlane(
+    loadConfig({}, { dataDir: dir, host: '127.0.0.1', port: 0, ...overrides }),
+  );
+  const url = await cp.listen();
+  const adminToken = (await readFile(cp.credentials.adminTokenPath, 'utf8')).trim();
+  const joinToken = (await readFile(cp.credentials.joinTokenPath, 'utf8')).trim();
+  return {
+    cp,
+    url,
+    dataDir: dir,
+    adminToken,
+    joinToken,
+    async close(keepData = false) {
+      await cp.close();
+      if (!keepData) await rm(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** A tiny API client for tests: JSON in, status and JSON out. */
+export async function call(
+  url: string,
+  method: string,
+  path: string,
+  opts: { token?: string; body?: unknown; raw?: string | Buffer; contentType?: string } = {},
+): Promise<{ status: number; body: any; text: string }> {
+  const headers: Record<string, string> = {};
+  if (opts.token) headers.authorization = `Bearer ${opts.token}`;
+  let body: string | Buffer | undefined;
+  if (method === 'GET' || method === 'HEAD') {
+    // no body
+  } else if (opts.raw !== undefined) {
+    body = opts.raw;
+    headers['content-type'] = opts.contentType ?? 'application/json';
+  } else if (opts.body !== undefined) {
+    body = JSON.stringify(opts.body);
+    headers['content-type'] = 'application/json';
+  }
+  const res = await fetch(`${url}${path}`, { method, headers, ...(body === undefined ? {} : { body }) });
+  const text = await res.text();
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch {
+    json = undefined;
+  }
+  return { status: res.status, body: json, text };
+}
+
+export const FAKE_IMAGE = `sha256:${'ab'.repeat(32)}`;
+
+/**
+ * A stand-in for a host agent, for tests of the control plane's API and scheduler (the agent
+ * is outside what they test; test/vm/ runs the real one). It joins, heartbeats on demand,
+ * "converges" instantly by reporting each tenant in its desired state, and serves the agent
+ * API's exec and files routes with canned answers.
+ */
+export class FakeAgent {
+  readonly name: string;
+  readonly capacity: Resources;
+  hostId = '';
+  #token = '';
+  readonly #agentToken = randomBytes(32).toString('base64url');
+  #server: Server | undefined;
+  #address = '';
+  #timer: NodeJS.Timeout | undefined;
+  desired: DesiredTenant[] = [];
+  /** Requests the control plane made to this agent, for assertions. */
+  readonly seen: { method: string; url: string; auth: string | undefined; body: string }[] = [];
+
+  constructor(name: string, capacity: Resources) {
+    this.name = name;
+    this.capacity = capacity;
+  }
+
+  async start(cpUrl: string, joinToken: string, heartbeatMs = 0): Promise<this> {
+    this.#server = createServer((req, res) => {
+      let body = '';
+      req.on('data', (c) => (body += c));
+      req.on('end', () => {
+        this.seen.push({ method: req.method!, url: req.url!, auth: req.headers.authorization, body });
+        if (req.headers.authorization !== `Bearer ${this.#agentToken}`) {
+          res.writeHead(401).end('{"error":{"code":"UNAUTHENTICATED","message":"no","fix":""}}');
+        } else if (req.url!.endsWith('/exec')) {
+          res.writeHead(200, { 'content-type': 'application/x-ndjson' });
+          res.end(
+            `${JSON.stringify({ stdout: Buffer.from('fake\n').toString('base64') })}\n${JSON.stringify({ exit: { exitCode: 0, signal: null, timedOut: false } })}\n`,
+          );
+        } else if (req.url!.includes('/files') && req.method === 'PUT') {
+          res
+            .writeHead(201, { 'content-type': 'application/json' })
+            .end(JSON.stringify({ path: '/x', bytes: body.length }));
+        } else if (req.url!.includes('/files')) {
+          res.writeHead(200, { 'content-type': 'application/octet-stream' }).end('file-bytes');
+        } else res.writeHead(204).end();
+      });
+    });
+    await new Promise<void>((r) => this.#server!.listen(0, '127.0.0.1', r));
+    this.#address = `http://127.0.0.1:${(this.#server.address() as AddressInfo).port}`;
+    this.cpUrl = cpUrl;
+    const joined = await call(cpUrl, 'POST', '/v1/agent/join', {
+      token: joinToken,
+      body: {
+        name: this.name,
+        address: this.#address,
+        agentToken: this.#agentToken,
+        agentVersion: 'fake',
+        capacity: this.capacity,
+      },
+    });
+    if (joined.status !== 200) throw new Error(`join failed: ${joined.text}`);
+    this.hostId = joined.body.hostId;
+    this.#token = joined.body.token;
+    await this.heartbeat();
+    if (heartbeatMs > 0) {
+      this.#timer = setInterval(() => void this.heartbeat().catch(() => {}), heartbeatMs);
+    }
+    return this;
+  }
+
+  cpUrl = '';
+
+  get token(): string {
+    return this.#token;
+  }
+
+  /** One heartbeat: reports every desired tenant as converged, returns the new desired state. */
+  async heartbeat(): Promise<HeartbeatResponse> {
+    const vms = this.desired
+      .filter((d) => d.desiredState !== 'absent')
+      .map((d) => ({
+        tenantId: d.tenantId,
+        state: d.desiredState === 'running' ? ('running' as const) : ('stopped' as const),
+        generation: d.generation,
+        error: null,
+      }));
+    const res = await call(this.cpUrl, 'POST', '/v1/agent/heartbeat', {
+      token: this.#token,
+      body: {
+        agentVersion: 'fake',
+        capacity: this.capacity,
+        health: 'ok',
+        images: [{ id: FAKE_IMAGE, profile: 'standard', createdAt: '2026-01-01T00:00:00.000Z' }],
+        vms,
+      },
+    });
+    if (res.status !== 200) throw new Error(`heartbeat failed: ${res.text}`);
+    this.desired = res.body.tenants;
+    return res.body;
+  }
+
+  async stop(): Promise<void> {
+    clearInterval(this.#timer);
+    await new Promise<void>((r) => (this.#server ? this.#server.close(() => r()) : r()));
+  }
+}
+
+/** Heartbeats every agent until `check` holds (each round lets the fake agents converge). */
+export async function converge(
+  agents: FakeAgent[],
+  check: () => Promise<boolean>,
+  rounds = 10,
+): Promise<void> {
+  for (let i = 0; i < rounds; i++) {
+    for (const a of agents) await a.heartbeat();
+    if (await check()) return;
+  }
+  throw new Error('did not converge');
+}
