@@ -14,7 +14,7 @@ import {
   FakeAgent,
   openTestControlPlane,
   type TestControlPlane,
-} from '../helpers/control-plane.ts';
+} from '../helpers/api.ts';
 
 let t: TestControlPlane;
 let agent: FakeAgent;

@@ -12,7 +12,7 @@ import {
   FakeAgent,
   openTestControlPlane,
   type TestControlPlane,
-} from '../helpers/control-plane.ts';
+} from '../helpers/api.ts';
 
 describe('scheduler policy', () => {
   const host = (id: string, vcpus: number, used: number) => ({

@@ -1,5 +1,31 @@
-import { parseOrThrow } from '@warren/protocol';
+import { availableParallelism, hostname, totalmem } from 'node:os';
+import { ResourceName, Resources, WarrenError } from '@warren/protocol';
 import { z } from 'zod';
+
+const MiB = 1024 * 1024;
+/** Memory kept for the host itself (kernel, page cache, the agent) out of the default capacity. */
+const MEMORY_RESERVE_MIB = 1024;
+const RESOURCE_LIMITS = Resources.shape;
+
+/** `host:port` or `[v6]:port`; port 0 lets the kernel pick one (tests). */
+const LISTEN = /^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$/;
+
+/** The machine's name as a DNS label, which is what the control plane accepts as a host name. */
+export function defaultHostName(name = hostname()): string {
+  const label = (name.toLowerCase().split('.')[0] ?? '')
+    .replace(/[^a-z0-9-]+/g, '-')
+    .replace(/-+/g, '-')
+    .slice(0, 63)
+    .replace(/^-+|-+$/g, '');
+  return label || 'host';
+}
+
+function defaultMemoryMiB(): number {
+  return Math.min(
+    RESOURCE_LIMITS.memoryMiB.maxValue ?? Number.MAX_SAFE_INTEGER,
+    Math.max(512, Math.floor(totalmem() / MiB) - MEMORY_RESERVE_MIB),
+  );
+}
 
 /**
  * All host-agent settings, validated once at start. Each comes from an environment
@@ -27,10 +53,55 @@ export const HostAgentConfig = z.strictObject({
   pidsMax: z.coerce.number().int().min(16).default(512),
   /** WARREN_HOST_AGENT_SOCKET: the local API's unix socket (root only). */
   socketPath: z.string().optional(),
+  /**
+   * WARREN_CONTROL_PLANE_URL: the control plane this host joins. Unset, the agent runs
+   * standalone and only its local API drives VMs.
+   */
+  controlPlaneUrl: z.url({ protocol: /^https?$/, error: 'must be an http(s) URL' }).optional(),
+  /** WARREN_JOIN_TOKEN: admits this host to the control plane; needed only until it has joined. */
+  joinToken: z.string().trim().min(1).optional(),
+  /** WARREN_JOIN_TOKEN_FILE: file holding the join token, so it stays out of the environment. */
+  joinTokenFile: z.string().startsWith('/').optional(),
+  /** WARREN_HOST_NAME: the name this host joins under (a DNS label); the machine's hostname by default. */
+  hostName: ResourceName.default(() => defaultHostName()),
+  /** WARREN_AGENT_LISTEN: where the API for the control plane listens (`host:port`). */
+  agentListen: z
+    .string()
+    .regex(LISTEN, 'must be host:port, e.g. 127.0.0.1:7071 or [::1]:7071')
+    .refine((s) => Number(s.slice(s.lastIndexOf(':') + 1)) <= 65535, 'the port must be 0-65535')
+    .default('127.0.0.1:7071'),
+  /** WARREN_AGENT_ADDRESS: the base URL the control plane uses to reach that API; derived from the listener when unset. */
+  agentAddress: z.url({ protocol: /^https?$/, error: 'must be an http(s) URL' }).optional(),
+  /** WARREN_HEARTBEAT_MS: how often the agent reports to the control plane and picks up desired state. */
+  heartbeatMs: z.coerce.number().int().min(100).max(600_000).default(2000),
+  /** WARREN_CAPACITY_VCPUS: vCPUs the control plane may place on this host. */
+  capacityVcpus: z.coerce
+    .number()
+    .int()
+    .min(1)
+    .max(RESOURCE_LIMITS.vcpus.maxValue ?? 1024)
+    .default(() => Math.min(availableParallelism(), RESOURCE_LIMITS.vcpus.maxValue ?? 1024)),
+  /** WARREN_CAPACITY_MEMORY_MIB: guest memory the control plane may place here; total minus 1 GiB by default. */
+  capacityMemoryMiB: z.coerce
+    .number()
+    .int()
+    .min(RESOURCE_LIMITS.memoryMiB.minValue ?? 128)
+    .max(RESOURCE_LIMITS.memoryMiB.maxValue ?? Number.MAX_SAFE_INTEGER)
+    .default(defaultMemoryMiB),
+  /**
+   * WARREN_CAPACITY_DISK_MIB: data volume space the control plane may place here. When unset it
+   * is measured at start (free space of dataDir's filesystem minus 2 GiB), see capacityOf.
+   */
+  capacityDiskMiB: z.coerce
+    .number()
+    .int()
+    .min(RESOURCE_LIMITS.diskMiB.minValue ?? 16)
+    .max(RESOURCE_LIMITS.diskMiB.maxValue ?? Number.MAX_SAFE_INTEGER)
+    .optional(),
 });
 export type HostAgentConfig = z.infer<typeof HostAgentConfig>;
 
-const ENV_NAMES: Record<keyof HostAgentConfig, string> = {
+export const ENV_NAMES: Record<keyof HostAgentConfig, string> = {
   dataDir: 'WARREN_DATA_DIR',
   imagesDir: 'WARREN_IMAGES_DIR',
   accel: 'WARREN_ACCEL',
@@ -41,14 +112,37 @@ const ENV_NAMES: Record<keyof HostAgentConfig, string> = {
   tcgTranslationCacheMiB: 'WARREN_TCG_TB_MIB',
   pidsMax: 'WARREN_PIDS_MAX',
   socketPath: 'WARREN_HOST_AGENT_SOCKET',
+  controlPlaneUrl: 'WARREN_CONTROL_PLANE_URL',
+  joinToken: 'WARREN_JOIN_TOKEN',
+  joinTokenFile: 'WARREN_JOIN_TOKEN_FILE',
+  hostName: 'WARREN_HOST_NAME',
+  agentListen: 'WARREN_AGENT_LISTEN',
+  agentAddress: 'WARREN_AGENT_ADDRESS',
+  heartbeatMs: 'WARREN_HEARTBEAT_MS',
+  capacityVcpus: 'WARREN_CAPACITY_VCPUS',
+  capacityMemoryMiB: 'WARREN_CAPACITY_MEMORY_MIB',
+  capacityDiskMiB: 'WARREN_CAPACITY_DISK_MIB',
 };
 
-export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Partial<HostAgentConfig> = {}) {
+/**
+ * Reads the settings from `env` (overrides win) and validates them. A bad value throws
+ * INVALID_ARGUMENT naming the environment variable, since that is what the operator set.
+ */
+export function loadConfig(
+  env: NodeJS.ProcessEnv = process.env,
+  overrides: Partial<HostAgentConfig> = {},
+): HostAgentConfig {
   const raw: Record<string, unknown> = {};
   for (const [key, name] of Object.entries(ENV_NAMES)) {
     if (env[name] !== undefined && env[name] !== '') raw[key] = env[name];
   }
-  return parseOrThrow(HostAgentConfig, { ...raw, ...overrides });
+  const r = HostAgentConfig.safeParse({ ...raw, ...overrides });
+  if (r.success) return r.data;
+  const issue = r.error.issues[0];
+  const key = String(issue?.path[0] ?? '');
+  // Values are left out of the message: some settings (the join token) are secrets.
+  const name = Object.hasOwn(ENV_NAMES, key) ? `${ENV_NAMES[key as keyof HostAgentConfig]} (${key})` : key;
+  throw new WarrenError('INVALID_ARGUMENT', `${name || 'config'}: ${issue?.message ?? 'invalid'}`);
 }
 
 export function imagesDirOf(config: HostAgentConfig): string {
@@ -57,4 +151,11 @@ export function imagesDirOf(config: HostAgentConfig): string {
 
 export function socketPathOf(config: HostAgentConfig): string {
   return config.socketPath ?? `${config.dataDir}/host-agent.sock`;
+}
+
+/** The host and port of WARREN_AGENT_LISTEN, brackets of an IPv6 host removed. */
+export function agentListenOf(config: HostAgentConfig): { host: string; port: number } {
+  const m = LISTEN.exec(config.agentListen);
+  if (!m) throw new Error(`agentListen ${config.agentListen} was not validated`);
+  return { host: m[1]!.replace(/^\[|\]$/g, ''), port: Number(m[2]) };
 }

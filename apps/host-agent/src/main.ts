@@ -1,13 +1,16 @@
 /**
  * The host agent daemon: opens the host (re-attaching to VMs that kept running), then
- * serves the local API on a root-only unix socket until SIGTERM/SIGINT. Stopping the
- * agent leaves VMs running; the next agent picks them up.
+ * serves the local API on a root-only unix socket until SIGTERM/SIGINT. With
+ * WARREN_CONTROL_PLANE_URL it also joins the control plane, serves the remote API and
+ * converges tenant VMs to desired state. Stopping the agent leaves VMs running; the next
+ * agent picks them up.
  */
 import { chmod, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { WarrenError } from '@warren/protocol';
 import { createApi } from './api/server.ts';
 import { loadConfig, socketPathOf } from './config.ts';
+import { connectControlPlane } from './control/connect.ts';
 import { openHost } from './host.ts';
 
 function log(message: string) {
@@ -41,8 +44,11 @@ export async function runHostAgent(): Promise<void> {
   await chmod(socketPath, 0o600);
   log(`listening on ${socketPath}`);
   host.vms.on('exit', (id, exit) => log(`VM ${id} exited: ${exit.reason}`));
+  const link = config.controlPlaneUrl ? await connectControlPlane(host, log) : undefined;
   const shutdown = async (signal: string) => {
     log(`${signal}: closing the API; VMs keep running`);
+    // Not waiting for boots in flight: the next agent re-attaches or restarts them.
+    await link?.close({ waitForTasks: false });
     await app.close();
     host.vms.close();
     await rm(lock, { force: true });

@@ -1,3 +1,4 @@
+import { constants } from 'node:os';
 import { WarrenError } from '@warren/protocol';
 
 /** Prints a value as JSON (for --json) or through `human`. */
@@ -23,4 +24,26 @@ export function reportError(e: unknown, json: boolean): number {
   if (json) process.stderr.write(`${JSON.stringify(err.toBody())}\n`);
   else process.stderr.write(`warren: ${err.code}: ${err.message}\n  fix: ${err.fix}\n`);
   return err.code === 'INVALID_ARGUMENT' ? 2 : 1;
+}
+
+/** A command's exit status as a shell reports it: its code, or 128+n when signal n ended it. */
+export function exitStatusOf(exit: { exitCode: number | null; signal: string | null }): number {
+  if (exit.exitCode !== null) return exit.exitCode;
+  const n = exit.signal ? (constants.signals as Record<string, number>)[exit.signal] : undefined;
+  return 128 + (n ?? 9);
+}
+
+export function mib(n: number): string {
+  return `${n} MiB`;
+}
+
+/** "12s ago", "5m ago", "3h ago", "2d ago": ages read faster than timestamps in a table. */
+export function ago(iso: string | null, now = Date.now()): string {
+  if (!iso) return 'never';
+  const s = Math.max(0, Math.round((now - Date.parse(iso)) / 1000));
+  if (Number.isNaN(s)) return iso;
+  if (s < 120) return `${s}s ago`;
+  if (s < 7200) return `${Math.round(s / 60)}m ago`;
+  if (s < 172800) return `${Math.round(s / 3600)}h ago`;
+  return `${Math.round(s / 86400)}d ago`;
 }

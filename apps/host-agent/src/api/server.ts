@@ -1,39 +1,15 @@
-import { WarrenError } from '@warren/protocol';
 import Fastify, { type FastifyInstance } from 'fastify';
-import { z } from 'zod';
 import type { Host } from '../host.ts';
-
-const ExecBody = z.strictObject({
-  argv: z.array(z.string()).min(1),
-  env: z.record(z.string(), z.string()).optional(),
-  cwd: z.string().optional(),
-  user: z.union([z.string(), z.number()]).optional(),
-  timeoutMs: z.number().int().positive().optional(),
-  /** Base64 bytes for stdin; absent means /dev/null. */
-  stdin: z.string().optional(),
-});
+import { registerFileRoutes, streamExec, useWarrenErrors } from './common.ts';
 
 /**
- * The host agent's local API, served on a root-only unix socket. The control plane will
- * drive hosts through the same operations; for now it is used by operators and tests.
+ * The host agent's local API, served on a root-only unix socket, for operators and tests.
+ * It may touch every VM; the control plane uses the remote API (remote.ts) instead.
  */
 export function createApi(host: Host): FastifyInstance {
   const app = Fastify({ logger: false, bodyLimit: 16 * 1024 * 1024 });
-
-  app.setErrorHandler((error, _req, reply) => {
-    const err = error as Error & { statusCode?: number };
-    const e =
-      err instanceof WarrenError
-        ? err
-        : err.statusCode && err.statusCode < 500
-          ? new WarrenError('INVALID_ARGUMENT', err.message)
-          : new WarrenError('INTERNAL', err.message);
-    void reply.status(e.status).send(e.toBody());
-  });
-  app.setNotFoundHandler((req, reply) => {
-    const e = new WarrenError('NOT_FOUND', `no route ${req.method} ${req.url}`);
-    void reply.status(404).send(e.toBody());
-  });
+  useWarrenErrors(app);
+  const guestOf = (id: string) => host.vms.guest(id);
 
   app.get('/v1/host', async () => ({
     accelerator: host.accel,
@@ -53,33 +29,11 @@ export function createApi(host: Host): FastifyInstance {
     return reply.status(204).send();
   });
   app.get<{ Params: { id: string } }>('/v1/vms/:id/health', async (req) =>
-    (await host.vms.guest(req.params.id)).health(),
+    (await guestOf(req.params.id)).health(),
   );
-
-  /** Streams NDJSON: `{"stdout": base64}`, `{"stderr": base64}`, then `{"exit": {...}}` or `{"error": {...}}`. */
-  app.post<{ Params: { id: string } }>('/v1/vms/:id/exec', async (req, reply) => {
-    const parsed = ExecBody.safeParse(req.body);
-    if (!parsed.success)
-      throw new WarrenError('INVALID_ARGUMENT', parsed.error.issues[0]?.message ?? 'bad exec body');
-    const { stdin, ...spec } = parsed.data;
-    const guest = await host.vms.guest(req.params.id);
-    reply.raw.writeHead(200, { 'content-type': 'application/x-ndjson' });
-    const line = (v: unknown) => reply.raw.write(`${JSON.stringify(v)}\n`);
-    const abort = new AbortController();
-    reply.raw.on('close', () => abort.abort());
-    try {
-      const exit = await guest.exec(spec, {
-        ...(stdin === undefined ? {} : { stdin: Buffer.from(stdin, 'base64') }),
-        onStdout: (b) => line({ stdout: b.toString('base64') }),
-        onStderr: (b) => line({ stderr: b.toString('base64') }),
-        signal: abort.signal,
-      });
-      line({ exit });
-    } catch (e) {
-      line(e instanceof WarrenError ? e.toBody() : new WarrenError('INTERNAL', String(e)).toBody());
-    }
-    reply.raw.end();
-    return reply;
-  });
+  app.post<{ Params: { id: string } }>('/v1/vms/:id/exec', (req, reply) =>
+    streamExec(guestOf, req.params.id, req.body, reply),
+  );
+  registerFileRoutes(app, guestOf);
   return app;
 }

@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
-import { mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { type ImageStore, run } from '@warren/images';
@@ -79,6 +79,8 @@ export interface VmManagerOptions {
   log?: (message: string) => void;
 }
 
+/** VmId cannot start with a dot, so these never show up as VMs. */
+const PARTIAL_PREFIX = '.partial-';
 /** Longest unix socket path Linux accepts (sun_path is 108 bytes with the NUL). */
 const MAX_SOCKET_PATH = 107;
 /** Memory QEMU needs beyond guest RAM (TCG translation cache, device state, its own heap). */
@@ -112,9 +114,13 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
   static async open(options: VmManagerOptions): Promise<VmManager> {
     const m = new VmManager(options);
     await mkdir(m.#vmsDir, { recursive: true });
+    await m.#removeDebris();
     for (const id of await m.#ids()) {
       const record = await m.#read(id).catch(() => undefined);
-      if (!record) continue;
+      if (!record) {
+        options.log?.(`VM ${id}: vm.json is unreadable; left in place for inspection`);
+        continue;
+      }
       const vm = await options.driver.attach(await m.#launchSpec(record, false)).catch(() => undefined);
       if (vm) {
         options.log?.(`re-attached to VM ${id} (QEMU pid ${vm.pid})`);
@@ -139,6 +145,10 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
     return join(this.#vmsDir, parseOrThrow(VmId, id));
   }
 
+  /**
+   * Builds the VM in `.partial-<id>` and renames it into place only once complete, so a crash
+   * (even kill -9) mid-create leaves no half-made VM: the next open removes the partial dir.
+   */
   async create(request: CreateVmRequest): Promise<VmStatus> {
     const req = parseOrThrow(CreateVmRequest, request);
     const id = req.id ?? `vm-${randomBytes(4).toString('hex')}`;
@@ -149,31 +159,55 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
         `VM socket paths under ${dir} exceed ${MAX_SOCKET_PATH} bytes; use a shorter WARREN_DATA_DIR`,
       );
     }
-    const image = await this.#o.store.verify(req.image);
-    try {
-      await mkdir(dir);
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === 'EEXIST')
-        throw new WarrenError('CONFLICT', `VM ${id} already exists`);
-      throw e;
-    }
-    try {
-      await this.#o.driver.createRootDisk(image.rootfsPath, join(dir, 'root.qcow2'));
-      await createDataVolume(join(dir, 'data.img'), req.diskMiB);
-      const record: VmRecord = {
-        id,
-        imageId: image.id,
-        cpus: req.cpus,
-        memoryMiB: req.memoryMiB,
-        diskMiB: req.diskMiB,
-        createdAt: new Date().toISOString(),
-        desired: 'stopped',
-      };
-      await this.#write(record);
-      return this.#status(record);
-    } catch (e) {
-      await rm(dir, { recursive: true, force: true });
-      throw e;
+    return this.#locked(id, async () => {
+      if (await exists(dir)) throw new WarrenError('CONFLICT', `VM ${id} already exists`);
+      const image = await this.#o.store.verify(req.image);
+      const partial = join(this.#vmsDir, `${PARTIAL_PREFIX}${id}`);
+      // Left over only if this process lost a create mid-way without reaching the cleanup below.
+      await rm(partial, { recursive: true, force: true });
+      await mkdir(partial);
+      try {
+        await this.#o.driver.createRootDisk(image.rootfsPath, join(partial, 'root.qcow2'));
+        await createDataVolume(join(partial, 'data.img'), req.diskMiB);
+        const record: VmRecord = {
+          id,
+          imageId: image.id,
+          cpus: req.cpus,
+          memoryMiB: req.memoryMiB,
+          diskMiB: req.diskMiB,
+          createdAt: new Date().toISOString(),
+          desired: 'stopped',
+        };
+        await this.#write(record, partial);
+        await rename(partial, dir);
+        return this.#status(record);
+      } catch (e) {
+        await rm(partial, { recursive: true, force: true });
+        throw e;
+      }
+    });
+  }
+
+  /**
+   * Removes what a crash mid-create left: `.partial-*` dirs, and VM dirs without vm.json (made
+   * by agents that wrote vm.json last, in place). Dirs with a vm.json that fails to parse
+   * are kept: they may hold a tenant's data, and a person should look at them.
+   */
+  async #removeDebris(): Promise<void> {
+    const names = await readdir(this.#vmsDir).catch(() => [] as string[]);
+    for (const name of names) {
+      const path = join(this.#vmsDir, name);
+      if (name.startsWith(PARTIAL_PREFIX)) {
+        this.#o.log?.(`removing ${path}: a VM create that never finished`);
+        await rm(path, { recursive: true, force: true });
+      } else if (VmId.safeParse(name).success && !(await exists(join(path, 'vm.json')))) {
+        this.#o.log?.(`removing ${path}: a VM directory without vm.json (an interrupted create)`);
+        await this.#o.cgroups
+          ?.open(name)
+          .remove()
+          .catch(() => {});
+        await rm(path, { recursive: true, force: true });
+      }
     }
   }
 
@@ -281,7 +315,10 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
   /** The guest agent client of a running VM (connected on first use, reconnected if lost). */
   async guest(id: string): Promise<GuestClient> {
     const live = this.#live.get(id);
-    if (!live) throw new WarrenError('VM_NOT_RUNNING', `VM ${id} is not running`);
+    if (!live) {
+      await this.#read(id);
+      throw new WarrenError('VM_NOT_RUNNING', `VM ${id} is not running`);
+    }
     if (live.guest && !live.guest.closed) return live.guest;
     live.guest = await GuestClient.connect(live.vm.transport, 10_000);
     return live.guest;
@@ -428,8 +465,8 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
     return VmRecord.parse(JSON.parse(text));
   }
 
-  async #write(record: VmRecord): Promise<void> {
-    const path = join(this.dirOf(record.id), 'vm.json');
+  async #write(record: VmRecord, dir = this.dirOf(record.id)): Promise<void> {
+    const path = join(dir, 'vm.json');
     const tmp = `${path}.tmp`;
     await writeFile(tmp, JSON.stringify(record, null, 2));
     await rename(tmp, path);
@@ -458,6 +495,16 @@ async function createDataVolume(path: string, sizeMiB: number): Promise<void> {
   await run('mkfs.ext4', ['-q', '-F', '-L', 'workspace', '-E', 'root_owner=1000:1000', path, `${sizeMiB}M`], {
     errorCode: 'HOST_UNSUPPORTED',
   });
+}
+
+async function exists(path: string): Promise<boolean> {
+  return stat(path).then(
+    () => true,
+    (e: NodeJS.ErrnoException) => {
+      if (e.code === 'ENOENT') return false;
+      throw e;
+    },
+  );
 }
 
 async function settlesWithin(p: Promise<unknown>, ms: number): Promise<boolean> {

@@ -1,6 +1,6 @@
-import { constants } from 'node:os';
 import { loadConfig, openHost } from '@warren/host-agent';
 import { WarrenError } from '@warren/protocol';
+import { exitStatusOf } from '../../output.ts';
 
 export const usage =
   'warren vm run --image <id> [--cpus N] [--memory MiB] [--disk MiB] [--timeout SEC] -- <command...>';
@@ -51,8 +51,7 @@ export async function run(
       },
     );
     if (exit.timedOut) process.stderr.write(`warren: command timed out after ${args.timeout} s\n`);
-    if (exit.exitCode !== null) return exit.exitCode;
-    return 128 + signalNumber(exit.signal);
+    return exitStatusOf(exit);
   } catch (e) {
     if (interrupted) return 130;
     throw e;
@@ -62,9 +61,4 @@ export async function run(
       .catch((e) => process.stderr.write(`warren: cleanup of ${vm.id} failed: ${e}\n`));
     host.vms.close();
   }
-}
-
-function signalNumber(signal: string | null): number {
-  const n = signal ? (constants.signals as Record<string, number>)[signal] : undefined;
-  return n ?? 9;
 }
