@@ -1,0 +1,83 @@
+/**
+ * What the local API (unix socket) and the remote API (control plane, TCP) share: error
+ * bodies, the NDJSON exec stream and the file routes. Each API decides which VM ids a
+ * caller may name through `guestOf`.
+ */
+import { Readable } from 'node:stream';
+import { EXEC_CONTENT_TYPE, FileQuery, parseOrThrow, TenantExecRequest, WarrenError } from '@warren/protocol';
+import type { FastifyInstance, FastifyReply } from 'fastify';
+import type { GuestClient } from '../guest/guest-client.ts';
+
+export type GuestOf = (id: string) => Promise<GuestClient>;
+
+/** Every error leaves as the protocol's ErrorBody with its registered status. */
+export function useWarrenErrors(app: FastifyInstance): void {
+  app.setErrorHandler((error, _req, reply) => {
+    const err = error as Error & { statusCode?: number; code?: string };
+    const e =
+      err instanceof WarrenError
+        ? err
+        : err.code === 'FST_ERR_CTP_BODY_TOO_LARGE'
+          ? new WarrenError('PAYLOAD_TOO_LARGE', err.message)
+          : err.statusCode && err.statusCode < 500
+            ? new WarrenError('INVALID_ARGUMENT', err.message)
+            : new WarrenError('INTERNAL', err.message);
+    void reply.status(e.status).send(e.toBody());
+  });
+  app.setNotFoundHandler((req, reply) => {
+    const e = new WarrenError('NOT_FOUND', `no route ${req.method} ${req.url}`);
+    void reply.status(404).send(e.toBody());
+  });
+}
+
+/**
+ * Runs a command in the guest and streams NDJSON: `{"stdout": base64}`, `{"stderr": base64}`,
+ * then `{"exit": {...}}` or `{"error": {...}}`. Errors before the command starts (bad body,
+ * VM not running) are ordinary error replies; after the 200 they can only be a last line.
+ */
+export async function streamExec(guestOf: GuestOf, id: string, body: unknown, reply: FastifyReply) {
+  const { stdin, ...spec } = parseOrThrow(TenantExecRequest, body);
+  const guest = await guestOf(id);
+  reply.hijack();
+  reply.raw.writeHead(200, { 'content-type': EXEC_CONTENT_TYPE });
+  const line = (v: unknown) => reply.raw.write(`${JSON.stringify(v)}\n`);
+  const abort = new AbortController();
+  // The caller going away kills the command in the guest.
+  reply.raw.on('close', () => abort.abort());
+  try {
+    const exit = await guest.exec(spec, {
+      ...(stdin === undefined ? {} : { stdin: Buffer.from(stdin, 'base64') }),
+      onStdout: (b) => line({ stdout: b.toString('base64') }),
+      onStderr: (b) => line({ stderr: b.toString('base64') }),
+      signal: abort.signal,
+    });
+    line({ exit });
+  } catch (e) {
+    line(e instanceof WarrenError ? e.toBody() : new WarrenError('INTERNAL', String(e)).toBody());
+  }
+  reply.raw.end();
+}
+
+/**
+ * `PUT /v1/vms/:id/files?path=` streams an `application/octet-stream` body into the guest;
+ * `GET` streams the file back. Bodies are never buffered, so their size is the guest's
+ * disk's business, not the agent's memory's.
+ */
+export function registerFileRoutes(app: FastifyInstance, guestOf: GuestOf): void {
+  app.addContentTypeParser('application/octet-stream', (_req, payload, done) => done(null, payload));
+  app.put<{ Params: { id: string } }>('/v1/vms/:id/files', async (req, reply) => {
+    const { path } = parseOrThrow(FileQuery, req.query);
+    const guest = await guestOf(req.params.id);
+    const body = req.body instanceof Readable ? req.body : Readable.from([]);
+    if (req.body !== undefined && !(req.body instanceof Readable))
+      throw new WarrenError('INVALID_ARGUMENT', 'send the file as application/octet-stream');
+    const written = await guest.writeFile(path, body);
+    return reply.status(201).send({ path, bytes: written.size });
+  });
+  app.get<{ Params: { id: string } }>('/v1/vms/:id/files', async (req, reply) => {
+    const { path } = parseOrThrow(FileQuery, req.query);
+    const guest = await guestOf(req.params.id);
+    const stream = await guest.readFile(path);
+    return reply.type('application/octet-stream').send(stream);
+  });
+}

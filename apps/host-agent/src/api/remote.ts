@@ -1,0 +1,54 @@
+import { createHash, timingSafeEqual } from 'node:crypto';
+import { tenantIdOfVm, WarrenError } from '@warren/protocol';
+import Fastify, { type FastifyInstance } from 'fastify';
+import type { Host } from '../host.ts';
+import { registerFileRoutes, streamExec, useWarrenErrors } from './common.ts';
+
+export interface RemoteApiOptions {
+  /** The secret the control plane presents as `Authorization: Bearer <agentToken>`. */
+  agentToken: string;
+  /** Called by `POST /v1/wake`: desired state changed, heartbeat now. */
+  onWake: () => void;
+}
+
+const digest = (s: string) => createHash('sha256').update(s).digest();
+
+/**
+ * The API the control plane calls on this host, over TCP: guest health, exec and files of
+ * tenant VMs, and a wake-up for the reconciler. Lifecycle is not here on purpose: the control
+ * plane changes desired state and the agent converges to it through heartbeats.
+ *
+ * Only `ten-<hex>` VMs exist for this API; any other id is VM_NOT_FOUND, so a control plane
+ * (or whoever holds its token) cannot reach VMs an operator made through the local API.
+ */
+export function createRemoteApi(host: Host, options: RemoteApiOptions): FastifyInstance {
+  const app = Fastify({ logger: false, bodyLimit: 16 * 1024 * 1024 });
+  useWarrenErrors(app);
+  const expected = digest(options.agentToken);
+
+  app.addHook('onRequest', async (req) => {
+    const m = /^Bearer (\S+)$/.exec(req.headers.authorization ?? '');
+    // Comparing digests keeps the comparison constant-time whatever the presented length.
+    if (!m || !timingSafeEqual(digest(m[1]!), expected)) {
+      throw new WarrenError('UNAUTHENTICATED', 'missing or wrong agent token');
+    }
+  });
+
+  const guestOf = async (id: string) => {
+    if (!tenantIdOfVm(id)) throw new WarrenError('VM_NOT_FOUND', `no tenant VM ${id} on this host`);
+    return host.vms.guest(id);
+  };
+
+  app.get<{ Params: { id: string } }>('/v1/vms/:id/health', async (req) =>
+    (await guestOf(req.params.id)).health(),
+  );
+  app.post<{ Params: { id: string } }>('/v1/vms/:id/exec', (req, reply) =>
+    streamExec(guestOf, req.params.id, req.body, reply),
+  );
+  registerFileRoutes(app, guestOf);
+  app.post('/v1/wake', async (_req, reply) => {
+    options.onWake();
+    return reply.status(204).send();
+  });
+  return app;
+}

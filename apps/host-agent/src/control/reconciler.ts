@@ -1,0 +1,381 @@
+import type { ImageStore } from '@warren/images';
+import {
+  type DesiredState,
+  type DesiredTenant,
+  type ErrorSummary,
+  type HeartbeatRequest,
+  type HeartbeatResponse,
+  type ReportedVm,
+  type Resources,
+  tenantIdOfVm,
+  vmIdOfTenant,
+  WarrenError,
+} from '@warren/protocol';
+import type { VmManager, VmStatus } from '../vm/vm-manager.ts';
+import type { ControlPlaneClient } from './client.ts';
+import { type Credentials, saveCredentials } from './credentials.ts';
+
+export interface ReconcilerOptions {
+  vms: VmManager;
+  store: ImageStore;
+  client: ControlPlaneClient;
+  controlPlaneUrl: string;
+  /** Where credentials are saved after a join. */
+  dataDir: string;
+  hostName: string;
+  /** Base URL of this agent's remote API, sent with the join and every heartbeat. */
+  address: string;
+  agentToken: string;
+  agentVersion: string;
+  capacity: Resources;
+  /** Needed to join, and to join again when the control plane forgot this host's token. */
+  joinToken?: string;
+  /** Saved credentials for `controlPlaneUrl`, when this host joined before. */
+  credentials?: Credentials;
+  /** The operator's WARREN_HEARTBEAT_MS; the interval the control plane suggests is not used. */
+  heartbeatMs: number;
+  /** First wait before retrying a failed converge or restarting a crashed VM; doubles up to retryMaxMs. */
+  retryInitialMs?: number;
+  retryMaxMs?: number;
+  log?: (message: string) => void;
+}
+
+type Step = 'create' | 'start' | 'stop' | 'destroy';
+type Phase = 'provisioning' | 'starting' | 'stopping';
+
+/** What the reconciler knows about one tenant VM beyond what VmManager has on disk. */
+interface Track {
+  vmId: string;
+  tenantId: string;
+  /** The desired generation last acted on; 0 until a converge pass ran in this process. */
+  generation: number;
+  error: ErrorSummary | null;
+  /** Set while a converge task runs: at most one per tenant. */
+  task?: Promise<void>;
+  phase?: Phase;
+  /** No new attempt before this time (after a failure, or a crash of a VM meant to run). */
+  retryAt: number;
+  retryMs: number;
+  lastActionAt: number;
+}
+
+/** A VM that has run this long since the last action counts as healthy again: backoff resets. */
+const STABLE_MS = 60_000;
+
+/**
+ * Converges this host's tenant VMs to the control plane's desired state.
+ *
+ * One loop heartbeats (join first if needed): it reports capacity, images and every tenant
+ * VM, and gets back the complete desired list. Each tenant that differs gets a task (at most
+ * one in flight per tenant) so the loop never waits for a boot. Anything the agent knows
+ * only in memory (generations, errors, backoff) can be lost on restart: the next pass
+ * rebuilds it from the VMs on disk and the desired list, which is what makes restarts safe.
+ */
+export class Reconciler {
+  readonly #o: ReconcilerOptions;
+  readonly #retryInitialMs: number;
+  readonly #retryMaxMs: number;
+  readonly #tracks = new Map<string, Track>();
+  #credentials: Credentials | undefined;
+  #loop: Promise<void> | undefined;
+  #stopped = false;
+  #woken = false;
+  #wakeSleep: (() => void) | undefined;
+  /** Consecutive failed heartbeats, and the error code of the streak's last log line. */
+  #streak = 0;
+  #streakCode: string | undefined;
+  readonly #onExit = () => this.wake();
+
+  constructor(options: ReconcilerOptions) {
+    this.#o = options;
+    this.#retryInitialMs = options.retryInitialMs ?? 5_000;
+    this.#retryMaxMs = options.retryMaxMs ?? 300_000;
+    this.#credentials = options.credentials;
+  }
+
+  /** The host id once joined. */
+  get hostId(): string | undefined {
+    return this.#credentials?.hostId;
+  }
+
+  start(): void {
+    if (this.#loop) return;
+    this.#o.vms.on('exit', this.#onExit);
+    this.#loop = this.#run();
+  }
+
+  /** Heartbeat now instead of at the end of the interval (desired state changed, a task ended). */
+  wake(): void {
+    this.#woken = true;
+    this.#wakeSleep?.();
+  }
+
+  /**
+   * Ends the heartbeat loop. VMs are left as they are; with `waitForTasks` the running
+   * converge tasks are awaited too (tests), otherwise they are abandoned to the process exit
+   * and the next agent's first pass picks up where they stopped.
+   */
+  async stop({ waitForTasks = true }: { waitForTasks?: boolean } = {}): Promise<void> {
+    this.#stopped = true;
+    this.#o.vms.off('exit', this.#onExit);
+    this.wake();
+    await this.#loop;
+    if (waitForTasks) await Promise.allSettled([...this.#tracks.values()].map((t) => t.task));
+  }
+
+  async #run(): Promise<void> {
+    while (!this.#stopped) {
+      this.#woken = false;
+      let delay = this.#o.heartbeatMs;
+      try {
+        await this.#beat();
+        if (this.#streak > 0) this.#o.log?.('control plane: heartbeats succeed again');
+        this.#streak = 0;
+        this.#streakCode = undefined;
+      } catch (e) {
+        delay = this.#failed(e);
+      }
+      if (this.#stopped || this.#woken) continue;
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, delay);
+        this.#wakeSleep = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+      });
+      this.#wakeSleep = undefined;
+    }
+  }
+
+  /** Logs once per failure streak (and when the reason changes); returns the wait before the next try. */
+  #failed(e: unknown): number {
+    const err = e instanceof WarrenError ? e : new WarrenError('INTERNAL', String((e as Error)?.stack ?? e));
+    this.#streak++;
+    if (err.code !== this.#streakCode) {
+      this.#o.log?.(`control plane: ${err.code}: ${err.message}; VMs stay as they are, retrying`);
+      this.#streakCode = err.code;
+    }
+    // Unreachable is cheap to retry and usually short (a restart); refusals need a person.
+    if (err.code === 'API_UNREACHABLE') return this.#o.heartbeatMs;
+    return Math.min(this.#o.heartbeatMs * 2 ** Math.min(this.#streak, 20), this.#retryMaxMs);
+  }
+
+  async #beat(): Promise<void> {
+    const credentials = this.#credentials ?? (await this.#join());
+    const request = await this.#report();
+    let response: HeartbeatResponse;
+    try {
+      response = await this.#o.client.heartbeat(credentials.token, request);
+    } catch (e) {
+      if (!(e instanceof WarrenError && e.code === 'UNAUTHENTICATED')) throw e;
+      if (!this.#o.joinToken) {
+        throw new WarrenError(
+          'UNAUTHENTICATED',
+          `the control plane refused host ${credentials.hostId}'s token and there is no join token to join again: set WARREN_JOIN_TOKEN or WARREN_JOIN_TOKEN_FILE`,
+        );
+      }
+      this.#o.log?.(`control plane refused host ${credentials.hostId}'s token: joining again`);
+      const fresh = await this.#join();
+      response = await this.#o.client.heartbeat(fresh.token, request);
+    }
+    await this.#converge(response);
+  }
+
+  async #join(): Promise<Credentials> {
+    if (!this.#o.joinToken) {
+      throw new WarrenError(
+        'UNAUTHENTICATED',
+        `not joined to ${this.#o.controlPlaneUrl} and no join token: set WARREN_JOIN_TOKEN or WARREN_JOIN_TOKEN_FILE`,
+      );
+    }
+    const joined = await this.#o.client.join(this.#o.joinToken, {
+      name: this.#o.hostName,
+      address: this.#o.address,
+      agentToken: this.#o.agentToken,
+      agentVersion: this.#o.agentVersion,
+      capacity: this.#o.capacity,
+    });
+    const credentials: Credentials = {
+      controlPlaneUrl: this.#o.controlPlaneUrl,
+      hostId: joined.hostId,
+      token: joined.token,
+      agentToken: this.#o.agentToken,
+    };
+    await saveCredentials(this.#o.dataDir, credentials);
+    this.#credentials = credentials;
+    this.#o.log?.(`joined ${this.#o.controlPlaneUrl} as ${this.#o.hostName} (${joined.hostId})`);
+    return credentials;
+  }
+
+  async #report(): Promise<HeartbeatRequest> {
+    const onDisk = await this.#tenantVms();
+    const ids = new Set([...onDisk.keys(), ...this.#tracks.keys()]);
+    const vms: ReportedVm[] = [];
+    for (const vmId of [...ids].sort()) {
+      const track = this.#tracks.get(vmId);
+      const state = stateOf(track, onDisk.get(vmId));
+      if (!state) continue;
+      vms.push({
+        tenantId: tenantIdOfVm(vmId)!,
+        state,
+        generation: track?.generation ?? 0,
+        error: track?.error ?? null,
+      });
+    }
+    const images = (await this.#o.store.list()).map((i) => ({
+      id: i.id,
+      profile: i.profile,
+      createdAt: i.createdAt,
+    }));
+    return {
+      address: this.#o.address,
+      agentVersion: this.#o.agentVersion,
+      capacity: this.#o.capacity,
+      health: 'ok',
+      images,
+      vms,
+    };
+  }
+
+  async #converge(response: HeartbeatResponse): Promise<void> {
+    const onDisk = await this.#tenantVms();
+    const wanted = new Set<string>();
+    for (const t of response.tenants) {
+      // The VM id is derived here, never taken from the wire: a control plane cannot name a
+      // VM outside the tenant namespace (or a path).
+      const vmId = vmIdOfTenant(t.tenantId);
+      if (t.vmId !== vmId || !tenantIdOfVm(vmId)) {
+        this.#o.log?.(
+          `ignoring desired tenant ${t.tenantId}: its VM id ${JSON.stringify(t.vmId)} is not ${vmId}`,
+        );
+        continue;
+      }
+      wanted.add(vmId);
+      this.#consider(vmId, t.desiredState, t.generation, onDisk.get(vmId), t);
+    }
+    // Only after a successful heartbeat: an error must never read as "nothing is wanted".
+    for (const [vmId, vm] of onDisk) {
+      if (!wanted.has(vmId)) {
+        this.#consider(vmId, 'absent', this.#tracks.get(vmId)?.generation ?? 0, vm);
+      }
+    }
+    for (const [vmId, track] of this.#tracks) {
+      if (!track.task && !onDisk.has(vmId) && (!wanted.has(vmId) || !track.error)) this.#tracks.delete(vmId);
+    }
+  }
+
+  #consider(vmId: string, want: DesiredState, generation: number, vm?: VmStatus, spec?: DesiredTenant): void {
+    const track = this.#trackOf(vmId);
+    if (track.task) return;
+    const now = Date.now();
+    if (generation !== track.generation) {
+      // New desired state: act on it now, whatever the backoff of the old one was.
+      track.retryAt = 0;
+      track.retryMs = this.#retryInitialMs;
+    }
+    const steps = stepsTo(want, vm);
+    if (steps === 'wait') return;
+    if (steps.length === 0) {
+      track.generation = generation;
+      track.error = null;
+      track.retryAt = 0;
+      if (now - track.lastActionAt >= STABLE_MS) track.retryMs = this.#retryInitialMs;
+      return;
+    }
+    if (now < track.retryAt) return;
+    if (vm?.state === 'crashed' && want === 'running' && track.retryAt === 0 && !track.error) {
+      track.retryAt = now + track.retryMs;
+      this.#o.log?.(`VM ${vmId} crashed (${vm.lastExit?.reason}): restarting in ${track.retryMs} ms`);
+      track.retryMs = Math.min(track.retryMs * 2, this.#retryMaxMs);
+      return;
+    }
+    track.generation = generation;
+    track.lastActionAt = now;
+    track.task = this.#act(track, steps, spec).finally(() => {
+      track.task = undefined;
+      track.phase = undefined;
+      this.wake();
+    });
+  }
+
+  async #act(track: Track, steps: Step[], spec?: DesiredTenant): Promise<void> {
+    const { vms } = this.#o;
+    try {
+      for (const step of steps) {
+        if (step === 'create') {
+          if (!spec) throw new WarrenError('INTERNAL', `no desired spec to create VM ${track.vmId}`);
+          track.phase = 'provisioning';
+          await vms.create({
+            id: track.vmId,
+            image: spec.imageId,
+            cpus: spec.vcpus,
+            memoryMiB: spec.memoryMiB,
+            diskMiB: spec.diskMiB,
+          });
+        } else if (step === 'start') {
+          track.phase = 'starting';
+          await vms.start(track.vmId);
+        } else if (step === 'stop') {
+          track.phase = 'stopping';
+          await vms.stop(track.vmId);
+        } else {
+          track.phase = 'stopping';
+          this.#o.log?.(`destroying VM ${track.vmId}`);
+          await vms.destroy(track.vmId);
+        }
+      }
+      track.error = null;
+      track.retryAt = 0;
+    } catch (e) {
+      const err =
+        e instanceof WarrenError ? e : new WarrenError('INTERNAL', String((e as Error)?.message ?? e));
+      track.error = { code: err.code, message: err.message.slice(0, 4096) };
+      track.retryAt = Date.now() + track.retryMs;
+      this.#o.log?.(
+        `VM ${track.vmId}: ${steps.join('+')} failed: ${err.code}: ${err.message}; retry in ${track.retryMs} ms`,
+      );
+      track.retryMs = Math.min(track.retryMs * 2, this.#retryMaxMs);
+    }
+  }
+
+  #trackOf(vmId: string): Track {
+    let track = this.#tracks.get(vmId);
+    if (!track) {
+      track = {
+        vmId,
+        tenantId: tenantIdOfVm(vmId)!,
+        generation: 0,
+        error: null,
+        retryAt: 0,
+        retryMs: this.#retryInitialMs,
+        lastActionAt: 0,
+      };
+      this.#tracks.set(vmId, track);
+    }
+    return track;
+  }
+
+  /** The tenant VMs on disk; VMs with other ids belong to operators and are never touched. */
+  async #tenantVms(): Promise<Map<string, VmStatus>> {
+    const out = new Map<string, VmStatus>();
+    for (const vm of await this.#o.vms.list()) if (tenantIdOfVm(vm.id)) out.set(vm.id, vm);
+    return out;
+  }
+}
+
+/** What to do to get from `vm` to `want`; 'wait' while someone else has the VM mid-transition. */
+function stepsTo(want: DesiredState, vm: VmStatus | undefined): Step[] | 'wait' {
+  if (want === 'absent') return vm ? ['destroy'] : [];
+  if (!vm) return want === 'running' ? ['create', 'start'] : ['create'];
+  if (vm.state === 'starting' || vm.state === 'stopping') return 'wait';
+  if (want === 'running') return vm.state === 'running' ? [] : ['start'];
+  // A crashed VM is not running, but its record still says it should: stop() settles that.
+  return vm.state === 'stopped' ? [] : ['stop'];
+}
+
+/** A task's phase wins (it knows more than the disk), then a failure, then the VM's own state. */
+function stateOf(track: Track | undefined, vm: VmStatus | undefined): ReportedVm['state'] | undefined {
+  if (track?.task && track.phase) return track.phase;
+  if (track?.error) return 'failed';
+  return vm?.state;
+}
