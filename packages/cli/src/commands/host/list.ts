@@ -1,0 +1,32 @@
+import { noOperands } from '../../args.ts';
+import { type ConnectionFlags, connect } from '../../connection.ts';
+import { ago, emit, table } from '../../output.ts';
+
+export const usage = 'warren host list [--json]';
+
+/** VCPUS, MEMORY and DISK read allocated/capacity. */
+export async function run(
+  args: ConnectionFlags & { json?: boolean },
+  _rest: string[],
+  operands: string[],
+): Promise<number> {
+  noOperands(operands, usage);
+  const hosts = await (await connect(args)).hosts.list();
+  emit(args.json ?? false, { hosts }, () =>
+    table(
+      hosts.map((h) => ({
+        name: h.name,
+        id: h.id,
+        health: h.health,
+        draining: h.draining ? 'yes' : 'no',
+        vcpus: `${h.allocated.vcpus}/${h.capacity.vcpus}`,
+        memory: `${h.allocated.memoryMiB}/${h.capacity.memoryMiB} MiB`,
+        disk: `${h.allocated.diskMiB}/${h.capacity.diskMiB} MiB`,
+        tenants: h.tenants,
+        'last-heartbeat': ago(h.lastHeartbeatAt),
+      })),
+      ['name', 'id', 'health', 'draining', 'vcpus', 'memory', 'disk', 'tenants', 'last-heartbeat'],
+    ),
+  );
+  return 0;
+}

@@ -1,0 +1,36 @@
+import { intFlag, oneOperand } from '../../args.ts';
+import { type ConnectionFlags, connect } from '../../connection.ts';
+import { follow } from '../../lifecycle.ts';
+
+export const usage =
+  'warren tenant create NAME [--image ID] [--cpus N] [--memory MiB] [--disk MiB] [--no-wait] [--json]';
+
+/** Waits until the tenant runs (progress on stderr); stdout gets the new tenant's id. */
+export async function run(
+  args: ConnectionFlags & {
+    image?: string;
+    cpus?: string;
+    memory?: string;
+    disk?: string;
+    'no-wait'?: boolean;
+    json?: boolean;
+  },
+  _rest: string[],
+  operands: string[],
+): Promise<number> {
+  const name = oneOperand(operands, 'tenant NAME', usage);
+  const cpus = intFlag(args.cpus, '--cpus');
+  const memory = intFlag(args.memory, '--memory');
+  const disk = intFlag(args.disk, '--disk');
+  const warren = await connect(args);
+  const started = await warren.tenants.create({
+    name,
+    ...(args.image ? { image: args.image } : {}),
+    ...(cpus === undefined ? {} : { vcpus: cpus }),
+    ...(memory === undefined ? {} : { memoryMiB: memory }),
+    ...(disk === undefined ? {} : { diskMiB: disk }),
+  });
+  const done = await follow(warren, started, 'creating', args);
+  if (!args.json) process.stdout.write(`${done.tenant.id}\n`);
+  return 0;
+}

@@ -1,0 +1,36 @@
+import { parseOrThrow, TenantState } from '@warren/protocol';
+import { noOperands } from '../../args.ts';
+import { type ConnectionFlags, connect } from '../../connection.ts';
+import { emit, mib, table } from '../../output.ts';
+
+export const usage = 'warren tenant list [--state STATE] [--host HOST] [--json]';
+
+export async function run(
+  args: ConnectionFlags & { state?: string; host?: string; json?: boolean },
+  _rest: string[],
+  operands: string[],
+): Promise<number> {
+  noOperands(operands, usage);
+  const state = args.state === undefined ? undefined : parseOrThrow(TenantState, args.state);
+  const warren = await connect(args);
+  const tenants = await warren.tenants.list({
+    ...(state ? { state } : {}),
+    ...(args.host ? { host: args.host } : {}),
+  });
+  emit(args.json ?? false, { tenants }, () =>
+    table(
+      tenants.map((t) => ({
+        name: t.name,
+        // A host that stopped heartbeating leaves only the last state it reported.
+        state: t.hostHealthy ? t.state : `${t.state} (host down)`,
+        desired: t.desiredState,
+        host: t.hostId ?? '-',
+        vcpus: t.vcpus,
+        memory: mib(t.memoryMiB),
+        disk: mib(t.diskMiB),
+      })),
+      ['name', 'state', 'desired', 'host', 'vcpus', 'memory', 'disk'],
+    ),
+  );
+  return 0;
+}

@@ -1,0 +1,33 @@
+import { oneOperand } from '../../args.ts';
+import { type ConnectionFlags, connect } from '../../connection.ts';
+import { emit } from '../../output.ts';
+
+export const usage = 'warren tenant show NAME [--json]';
+
+export async function run(
+  args: ConnectionFlags & { json?: boolean },
+  _rest: string[],
+  operands: string[],
+): Promise<number> {
+  const ref = oneOperand(operands, 'tenant NAME or id', usage);
+  const t = await (await connect(args)).tenants.get(ref);
+  emit(args.json ?? false, t, () => {
+    const rows: [string, string][] = [
+      ['name', t.name],
+      ['id', t.id],
+      [
+        'state',
+        `${t.state} (desired: ${t.desiredState})${t.hostHealthy ? '' : ', last known: its host is down'}`,
+      ],
+      ['host', t.hostId ?? '-'],
+      ['image', t.imageId],
+      ['resources', `${t.vcpus} vCPU, ${t.memoryMiB} MiB memory, ${t.diskMiB} MiB disk`],
+      ['quota', `${t.quota.vcpus} vCPU, ${t.quota.memoryMiB} MiB memory, ${t.quota.diskMiB} MiB disk`],
+      ['last error', t.lastError ? `${t.lastError.code}: ${t.lastError.message}` : '-'],
+      ['created', t.createdAt],
+      ['updated', t.updatedAt],
+    ];
+    for (const [k, v] of rows) process.stdout.write(`${`${k}:`.padEnd(12)}${v}\n`);
+  });
+  return 0;
+}

@@ -1,0 +1,45 @@
+import type { Tenant, TenantOperationResponse } from '@warren/protocol';
+import type { WarrenClient } from '@warren/sdk';
+import { emit } from './output.ts';
+
+/**
+ * Follows a lifecycle operation to its end unless --no-wait, printing the tenant's states on
+ * one stderr line as they change (`creating demo: pending… provisioning… running`). --json
+ * prints the API's {tenant, operation}, as they are at the end.
+ */
+export async function follow(
+  warren: WarrenClient,
+  started: TenantOperationResponse,
+  verbing: string,
+  args: { json?: boolean; 'no-wait'?: boolean },
+): Promise<TenantOperationResponse> {
+  const json = args.json ?? false;
+  if (args['no-wait']) {
+    emit(json, started, () =>
+      process.stderr.write(
+        `${verbing} ${started.tenant.name}: accepted as operation ${started.operation.id}; follow it with \`warren tenant show ${started.tenant.name}\`\n`,
+      ),
+    );
+    return started;
+  }
+  let last: string = started.tenant.state;
+  let tenant: Tenant = started.tenant;
+  process.stderr.write(`${verbing} ${started.tenant.name}: ${last}`);
+  try {
+    const operation = await warren.operations.wait(started.operation.id, {
+      onProgress: (p) => {
+        if (p.tenant) tenant = p.tenant;
+        const state = p.tenant ? p.tenant.state : 'deleted';
+        if (state !== last) process.stderr.write(`… ${state}`);
+        last = state;
+      },
+    });
+    process.stderr.write('\n');
+    const done = { tenant, operation };
+    emit(json, done, () => {});
+    return done;
+  } catch (e) {
+    process.stderr.write('\n');
+    throw e;
+  }
+}

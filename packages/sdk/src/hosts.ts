@@ -1,0 +1,28 @@
+import { Host } from '@warren/protocol';
+import { z } from 'zod';
+import { type Http, path } from './http.ts';
+
+const HostList = z.object({ hosts: z.array(Host) });
+
+/** The machines that run tenant VMs (admin token only). */
+export class Hosts {
+  readonly #http: Http;
+
+  constructor(http: Http) {
+    this.#http = http;
+  }
+
+  async list(): Promise<Host[]> {
+    return (await this.#http.json(HostList, 'GET', '/v1/hosts')).hosts;
+  }
+
+  /** `ref` is a host id (host_…) or name. */
+  async get(ref: string): Promise<Host> {
+    return this.#http.json(Host, 'GET', path`/v1/hosts/${ref}`);
+  }
+
+  /** A draining host gets no new tenants; its tenants keep running. `false` undoes it. */
+  async drain(ref: string, draining = true): Promise<Host> {
+    return this.#http.json(Host, 'POST', path`/v1/hosts/${ref}/drain`, { json: { draining } });
+  }
+}

@@ -1,0 +1,23 @@
+export type {
+  ApiKey,
+  AuditEvent,
+  CreatedKey,
+  CreateTenantRequest,
+  ErrorCode,
+  ExecExit,
+  Host,
+  ListTenantsQuery,
+  Operation,
+  Tenant,
+  TenantExecRequest,
+  TenantOperationResponse,
+  TenantState,
+} from '@warren/protocol';
+export { WarrenError } from '@warren/protocol';
+export * from './audit.ts';
+export * from './client.ts';
+export * from './hosts.ts';
+export { Http, type HttpOptions, path } from './http.ts';
+export * from './keys.ts';
+export * from './operations.ts';
+export * from './tenants.ts';

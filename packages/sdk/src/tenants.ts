@@ -1,0 +1,192 @@
+import { Readable } from 'node:stream';
+import {
+  CreateTenantRequest,
+  type ExecExit,
+  ExecExit as ExecExitSchema,
+  FileQuery,
+  FileWritten,
+  ListTenantsQuery,
+  parseOrThrow,
+  Tenant,
+  TenantExecRequest,
+  TenantOperationResponse,
+  WarrenError,
+} from '@warren/protocol';
+import { z } from 'zod';
+import { type Http, path } from './http.ts';
+
+/**
+ * The exec request as the API takes it, except that stdin may also be raw bytes: the SDK
+ * base64-encodes them. A string is base64 already, as on the wire.
+ */
+export type ExecInput = Omit<TenantExecRequest, 'stdin'> & { stdin?: string | Uint8Array };
+
+export interface ExecOptions {
+  /** Each chunk of the command's stdout, as it arrives. */
+  onStdout?: (chunk: Buffer) => void;
+  onStderr?: (chunk: Buffer) => void;
+  /** Aborting drops the connection, which makes the control plane kill the command. */
+  signal?: AbortSignal;
+}
+
+export type FileData = Buffer | Uint8Array | NodeJS.ReadableStream | AsyncIterable<Uint8Array>;
+
+const TenantList = z.object({ tenants: z.array(Tenant) });
+// Lenient on extra fields so a newer control plane can add to the exit record.
+const ExitLine = z.object(ExecExitSchema.shape);
+/** Bounds what one NDJSON line may buffer: a stdout chunk is far smaller. */
+const MAX_EXEC_LINE = 16 * 1024 * 1024;
+
+export class Tenants {
+  readonly #http: Http;
+
+  constructor(http: Http) {
+    this.#http = http;
+  }
+
+  /** Asks for a new tenant; the returned operation finishes when its VM runs. */
+  async create(request: CreateTenantRequest): Promise<TenantOperationResponse> {
+    const json = parseOrThrow(CreateTenantRequest, request);
+    return this.#http.json(TenantOperationResponse, 'POST', '/v1/tenants', { json });
+  }
+
+  async list(query: ListTenantsQuery = {}): Promise<Tenant[]> {
+    const q = parseOrThrow(ListTenantsQuery, query);
+    return (await this.#http.json(TenantList, 'GET', '/v1/tenants', { query: q })).tenants;
+  }
+
+  /** `ref` is a tenant id (ten_…) or name. */
+  async get(ref: string): Promise<Tenant> {
+    return this.#http.json(Tenant, 'GET', path`/v1/tenants/${ref}`);
+  }
+
+  async start(ref: string): Promise<TenantOperationResponse> {
+    return this.#http.json(TenantOperationResponse, 'POST', path`/v1/tenants/${ref}/start`);
+  }
+
+  async stop(ref: string): Promise<TenantOperationResponse> {
+    return this.#http.json(TenantOperationResponse, 'POST', path`/v1/tenants/${ref}/stop`);
+  }
+
+  async delete(ref: string): Promise<TenantOperationResponse> {
+    return this.#http.json(TenantOperationResponse, 'DELETE', path`/v1/tenants/${ref}`);
+  }
+
+  /**
+   * Runs a command in the tenant's VM. Output is delivered while it streams; resolves with
+   * the exit record once the command ends (a non-zero exit code is not an error).
+   */
+  async exec(ref: string, request: ExecInput, options: ExecOptions = {}): Promise<ExecExit> {
+    const stdin =
+      request.stdin instanceof Uint8Array ? Buffer.from(request.stdin).toString('base64') : request.stdin;
+    const json = parseOrThrow(TenantExecRequest, { ...request, ...(stdin === undefined ? {} : { stdin }) });
+    const res = await this.#http.request('POST', path`/v1/tenants/${ref}/exec`, {
+      json,
+      signal: options.signal,
+    });
+    if (!res.body) throw new WarrenError('INTERNAL', 'the exec answer has no body');
+    const decoder = new TextDecoder();
+    let pending = '';
+    try {
+      for await (const chunk of res.body) {
+        pending += decoder.decode(chunk, { stream: true });
+        let nl = pending.indexOf('\n');
+        while (nl >= 0) {
+          const exit = handleExecLine(pending.slice(0, nl), options);
+          pending = pending.slice(nl + 1);
+          // Leaving the loop cancels the rest of the body and frees the connection.
+          if (exit) return exit;
+          nl = pending.indexOf('\n');
+        }
+        if (pending.length > MAX_EXEC_LINE) {
+          throw new WarrenError('INTERNAL', `the exec stream sent a line longer than ${MAX_EXEC_LINE} bytes`);
+        }
+      }
+    } catch (e) {
+      if (e instanceof WarrenError) throw e;
+      if ((e as Error)?.name === 'AbortError') {
+        throw new WarrenError('CONFLICT', 'exec cancelled by the caller', { cause: e });
+      }
+      throw this.#http.unreachable(e, 'during exec');
+    }
+    const exit = handleExecLine(pending + decoder.decode(), options);
+    if (exit) return exit;
+    throw new WarrenError(
+      'API_UNREACHABLE',
+      `the exec stream from ${this.#http.baseUrl} ended before the command's exit status; the command may still be running`,
+    );
+  }
+
+  /** Writes a file in the tenant's VM, streaming `data`; `filePath` is absolute. */
+  async upload(
+    ref: string,
+    filePath: string,
+    data: FileData,
+    options: { signal?: AbortSignal } = {},
+  ): Promise<z.output<typeof FileWritten>> {
+    const query = parseOrThrow(FileQuery, { path: filePath });
+    const body = data instanceof Uint8Array ? data : (data as AsyncIterable<Uint8Array>);
+    return this.#http.json(FileWritten, 'PUT', path`/v1/tenants/${ref}/files`, {
+      query,
+      body,
+      signal: options.signal,
+    });
+  }
+
+  /** Reads a file from the tenant's VM as a stream; API errors reject before any data. */
+  async download(ref: string, filePath: string, options: { signal?: AbortSignal } = {}): Promise<Readable> {
+    const query = parseOrThrow(FileQuery, { path: filePath });
+    const res = await this.#http.request('GET', path`/v1/tenants/${ref}/files`, {
+      query,
+      signal: options.signal,
+    });
+    const body = res.body;
+    if (!body) return Readable.from([]);
+    const http = this.#http;
+    // A connection lost mid-file surfaces as a WarrenError on the stream, like any other failure.
+    async function* chunks() {
+      try {
+        for await (const chunk of body!) yield Buffer.from(chunk);
+      } catch (e) {
+        if ((e as Error)?.name === 'AbortError') {
+          throw new WarrenError('CONFLICT', 'download cancelled by the caller', { cause: e });
+        }
+        throw http.unreachable(e, `while downloading ${filePath}`);
+      }
+    }
+    return Readable.from(chunks(), { objectMode: false });
+  }
+
+  async downloadBuffer(
+    ref: string,
+    filePath: string,
+    options: { signal?: AbortSignal } = {},
+  ): Promise<Buffer> {
+    const parts: Buffer[] = [];
+    for await (const chunk of await this.download(ref, filePath, options)) parts.push(chunk as Buffer);
+    return Buffer.concat(parts);
+  }
+}
+
+/** Delivers one NDJSON line of an exec stream; returns the exit record on the last line. */
+function handleExecLine(line: string, options: ExecOptions): ExecExit | undefined {
+  if (line.trim() === '') return undefined;
+  let msg: Record<string, unknown>;
+  try {
+    msg = JSON.parse(line);
+  } catch {
+    throw new WarrenError('INTERNAL', `the exec stream sent a line that is not JSON: ${line.slice(0, 100)}`);
+  }
+  if (typeof msg !== 'object' || msg === null) {
+    throw new WarrenError(
+      'INTERNAL',
+      `the exec stream sent a line that is not an object: ${line.slice(0, 100)}`,
+    );
+  }
+  if (typeof msg.stdout === 'string') options.onStdout?.(Buffer.from(msg.stdout, 'base64'));
+  else if (typeof msg.stderr === 'string') options.onStderr?.(Buffer.from(msg.stderr, 'base64'));
+  else if (msg.exit !== undefined) return parseOrThrow(ExitLine, msg.exit, 'INTERNAL');
+  else if (msg.error !== undefined) throw WarrenError.fromBody(msg);
+  // Anything else is a kind of line newer than this SDK: skipping it keeps old clients working.
+  return undefined;
+}
