@@ -62,7 +62,12 @@ export async function call(
     body = JSON.stringify(opts.body);
     headers['content-type'] = 'application/json';
   }
-  const res = await fetch(`${url}${path}`, { method, headers, ...(body === undefined ? {} : { body }) });
+  const res = await fetch(`${url}${path}`, {
+    method,
+    headers,
+    ...(body === undefined ? {} : { body }),
+    signal: AbortSignal.timeout(15_000),
+  });
   const text = await res.text();
   let json: unknown;
   try {
@@ -134,7 +139,10 @@ export class FakeAgent {
         capacity: this.capacity,
       },
     });
-    if (joined.status !== 200) throw new Error(`join failed: ${joined.text}`);
+    if (joined.status !== 200) {
+      await this.stop();
+      throw new Error(`join failed: ${joined.text}`);
+    }
     this.hostId = joined.body.hostId;
     this.#token = joined.body.token;
     await this.heartbeat();

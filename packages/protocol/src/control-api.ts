@@ -23,7 +23,9 @@ export const ResourceName = z
 export const TenantId = z.string().regex(/^ten_[0-9a-f]{16}$/, 'a tenant id looks like ten_0123456789abcdef');
 export const HostId = z.string().regex(/^host_[0-9a-f]{16}$/, 'a host id looks like host_0123456789abcdef');
 export const KeyId = z.string().regex(/^key_[0-9a-f]{16}$/, 'a key id looks like key_0123456789abcdef');
-export const OperationId = z.string().regex(/^op_[0-9a-f]{16}$/, 'an operation id looks like op_0123456789abcdef');
+export const OperationId = z
+  .string()
+  .regex(/^op_[0-9a-f]{16}$/, 'an operation id looks like op_0123456789abcdef');
 /** A tenant is addressed by id or by name in every path: `/v1/tenants/{tenant}`. */
 export const TenantRef = z.union([TenantId, ResourceName]);
 
@@ -134,7 +136,10 @@ export type TenantOperationResponse = z.infer<typeof TenantOperationResponse>;
 
 /** Exec through the API: the guest's ExecRequest, with stdin as base64 in the body. */
 export const TenantExecRequest = ExecRequest.omit({ stdin: true }).extend({
-  stdin: z.base64().max(8 * 1024 * 1024).optional(),
+  stdin: z
+    .base64()
+    .max(8 * 1024 * 1024)
+    .optional(),
 });
 export type TenantExecRequest = z.input<typeof TenantExecRequest>;
 
@@ -156,6 +161,13 @@ export const FileQuery = z.strictObject({
 
 export const FileWritten = z.object({ path: z.string(), bytes: z.number().int() });
 
+/** Resources in use: like Resources, but an empty host has zero of each. */
+export const Allocation = z.object({
+  vcpus: z.number().int().min(0),
+  memoryMiB: z.number().int().min(0),
+  diskMiB: z.number().int().min(0),
+});
+
 export const HostHealth = z.enum(['healthy', 'unhealthy']);
 export const Host = z.object({
   id: HostId,
@@ -163,7 +175,7 @@ export const Host = z.object({
   /** Where the control plane reaches the host agent's API (http://ip:port). */
   address: z.string(),
   capacity: Resources,
-  allocated: Resources,
+  allocated: Allocation,
   health: HostHealth,
   draining: z.boolean(),
   agentVersion: z.string(),
@@ -190,7 +202,12 @@ export type ApiKey = z.infer<typeof ApiKey>;
 
 export const CreateKeyRequest = z.strictObject({
   tenant: TenantRef,
-  name: z.string().min(1).max(100).regex(/^[\x20-\x7e]+$/, 'printable ASCII only').optional(),
+  name: z
+    .string()
+    .min(1)
+    .max(100)
+    .regex(/^[\x20-\x7e]+$/, 'printable ASCII only')
+    .optional(),
 });
 export const CreatedKey = z.object({ key: ApiKey, token: z.string() });
 export type CreatedKey = z.infer<typeof CreatedKey>;

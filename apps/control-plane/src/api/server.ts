@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { HealthResponse, WarrenError } from '@warren/protocol';
-import Fastify, { type FastifyInstance } from 'fastify';
+import Fastify, { type FastifyInstance, type FastifyReply } from 'fastify';
 import type { Api } from './context.ts';
 import { apiContext } from './context.ts';
 import { toWarrenError } from './errors.ts';
@@ -26,6 +26,10 @@ export function createApiServer(services: Omit<Api, 'route'>, log: (m: string) =
     genReqId: () => `req_${randomBytes(8).toString('hex')}`,
     // Long names or ids in a path are refused by validation anyway; this keeps the router cheap.
     routerOptions: { maxParamLength: 200 },
+    // Router-level refusals (bad percent-encoding, over-long params) get our error format too.
+    frameworkErrors: (error, _req, reply: FastifyReply) => {
+      void reply.status(400).send(new WarrenError('INVALID_ARGUMENT', error.message.slice(0, 300)).toBody());
+    },
   });
   const routes: RegisteredRoute[] = [];
   const api = apiContext(app, routes, services);
