@@ -9,6 +9,6 @@ bash scripts/install-deps.sh
 node_modules/.bin/tsc -p tsconfig.json --noEmit
 node_modules/.bin/biome check . >/dev/null || node_modules/.bin/biome check .
 files=("$@")
-[ ${#files[@]} -gt 0 ] || files=(test/unit/*.test.ts test/vm/*.test.ts)
+[ ${#files[@]} -gt 0 ] || files=(test/unit/*.test.ts test/api/*.test.ts test/vm/*.test.ts)
 # One file at a time: VM tests would otherwise fight over two cores under TCG.
 exec scripts/node.sh --test --test-concurrency=1 --test-reporter=spec "${files[@]}"

@@ -1,0 +1,352 @@
+/**
+ * The whole platform, as users run it: the control plane and a host agent as separate
+ * processes on one data directory, real QEMU microVMs, and the `warren` CLI finding the local
+ * API and admin token by itself. Then kill -9 of each daemon in the middle of a create: after
+ * a restart every tenant ends running or cleanly failed, with exactly one VM and no orphan.
+ */
+import assert from 'node:assert/strict';
+import { type ChildProcess, execFile, spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { WarrenClient } from '@warren/sdk';
+import { minimalImage, REPO_ROOT, TEST_IMAGES_DIR } from '../helpers/image.ts';
+
+const NODE = join(REPO_ROOT, 'scripts', 'node.sh');
+let dataDir = '';
+let port = 0;
+let url = '';
+let cp: ChildProcess | undefined;
+let agent: ChildProcess | undefined;
+let adminToken = '';
+
+async function freePort(): Promise<number> {
+  const s = createServer();
+  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
+  const p = (s.address() as { port: number }).port;
+  await new Promise((r) => s.close(r));
+  return p;
+}
+
+async function until<T>(
+  what: string,
+  check: () => Promise<T | undefined | false>,
+  timeoutMs = 120_000,
+): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let last: unknown;
+  while (Date.now() < deadline) {
+    try {
+      const v = await check();
+      if (v) return v;
+    } catch (e) {
+      last = e;
+    }
+    await sleep(200);
+  }
+  throw new Error(`timed out waiting for ${what}${last ? `: ${last}` : ''}`);
+}
+
+function daemon(entry: string, env: Record<string, string>, name: string): ChildProcess {
+  const child = spawn(NODE, [entry], {
+    env: { ...process.env, WARREN_DATA_DIR: dataDir, WARREN_IMAGES_DIR: TEST_IMAGES_DIR, ...env },
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  let log = '';
+  child.stderr!.on('data', (b) => {
+    log = (log + b).slice(-8000);
+  });
+  child.on('exit', (code, signal) => {
+    if (code) process.stderr.write(`# ${name} exited ${code} ${signal}:\n${log}\n`);
+  });
+  return child;
+}
+
+async function startControlPlane(): Promise<void> {
+  cp = daemon(
+    join(REPO_ROOT, 'apps/control-plane/src/main.ts'),
+    {
+      WARREN_API_PORT: String(port),
+      WARREN_DEFAULT_PROFILE: 'minimal',
+      WARREN_HEARTBEAT_TIMEOUT_MS: '20000',
+    },
+    'control plane',
+  );
+  await until('the control plane', async () => (await fetch(`${url}/v1/health`)).ok);
+}
+
+async function startAgent(): Promise<void> {
+  agent = daemon(
+    join(REPO_ROOT, 'apps/host-agent/src/main.ts'),
+    {
+      WARREN_CONTROL_PLANE_URL: url,
+      WARREN_JOIN_TOKEN_FILE: join(dataDir, 'control-plane', 'join-token'),
+      WARREN_AGENT_LISTEN: '127.0.0.1:0',
+      WARREN_HEARTBEAT_MS: '500',
+      WARREN_HOST_NAME: 'test-host',
+      WARREN_BOOT_TIMEOUT_MS: '90000',
+    },
+    'host agent',
+  );
+}
+
+async function kill9(child: ChildProcess | undefined): Promise<void> {
+  if (!child || child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise((r) => child.once('exit', r));
+  child.kill('SIGKILL');
+  await exited;
+}
+
+function warren(
+  args: string[],
+  env: Record<string, string> = {},
+): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    execFile(
+      NODE,
+      [join(REPO_ROOT, 'packages/cli/src/main.ts'), ...args],
+      // No WARREN_API_URL or WARREN_TOKEN: the CLI must find the local API and admin token.
+      { env: { ...process.env, WARREN_DATA_DIR: dataDir, ...env }, maxBuffer: 16 * 1024 * 1024 },
+      (error, stdout, stderr) => resolve({ code: error ? Number(error.code ?? 1) : 0, stdout, stderr }),
+    );
+  });
+}
+
+function client(): WarrenClient {
+  return new WarrenClient({ url, token: adminToken });
+}
+
+/** Tenant VM directories on the host (ten-<hex>), and any half-made ones. */
+async function vmDirs(): Promise<string[]> {
+  return (await readdir(join(dataDir, 'vms')).catch(() => [] as string[])).filter((n) => n.includes('ten-'));
+}
+
+function qemuPids(): Promise<number[]> {
+  return new Promise((resolve) => {
+    execFile('pgrep', ['-f', `${dataDir}/vms/`], (_e, out) =>
+      resolve(
+        out
+          .split('\n')
+          .filter(Boolean)
+          .map(Number)
+          .filter((p) => p !== process.pid),
+      ),
+    );
+  });
+}
+
+before(async () => {
+  await minimalImage();
+  dataDir = await mkdtemp(join(tmpdir(), 'wp-'));
+  port = await freePort();
+  url = `http://127.0.0.1:${port}`;
+  await startControlPlane();
+  adminToken = (await readFile(join(dataDir, 'control-plane', 'admin-token'), 'utf8')).trim();
+  await startAgent();
+  await until('the host to join', async () =>
+    (await client().hosts.list()).some((h) => h.health === 'healthy'),
+  );
+});
+
+after(async () => {
+  // Delete what is left through the platform, then make sure: no QEMU, no files.
+  try {
+    for (const t of await client().tenants.list({}))
+      await client()
+        .tenants.delete(t.name)
+        .catch(() => {});
+    await until('tenants deleted', async () => (await client().tenants.list({})).length === 0, 60_000);
+  } catch {}
+  await kill9(agent);
+  await kill9(cp);
+  for (const pid of await qemuPids()) process.kill(pid, 'SIGKILL');
+  await sleep(200);
+  if (dataDir) await rm(dataDir, { recursive: true, force: true });
+});
+
+describe('the platform end to end', { timeout: 600_000 }, () => {
+  test('CLI: create, exec, stop, start, list, keys, audit, delete; nothing of the tenant left', async () => {
+    const created = await warren(['tenant', 'create', 'demo', '--memory', '512', '--disk', '256']);
+    assert.equal(created.code, 0, created.stderr);
+    const uname = await warren(['tenant', 'exec', 'demo', '--', 'uname', '-r']);
+    assert.equal(uname.code, 0, uname.stderr);
+    assert.match(uname.stdout, /^\d+\.\d+\.\d+-\d+-cloud-amd64\n$/);
+    const exit7 = await warren([
+      'tenant',
+      'exec',
+      'demo',
+      '--',
+      'sh',
+      '-c',
+      'echo out; echo err >&2; exit 7',
+    ]);
+    assert.equal(exit7.code, 7);
+    assert.equal(exit7.stdout, 'out\n');
+    assert.match(exit7.stderr, /err/);
+
+    // Files through the SDK: bytes in, the same bytes out.
+    const data = Buffer.from(Array.from({ length: 300_000 }, (_, i) => i % 251));
+    await client().tenants.upload('demo', '/workspace/blob.bin', data);
+    assert.deepEqual(await client().tenants.downloadBuffer('demo', '/workspace/blob.bin'), data);
+
+    assert.equal((await warren(['tenant', 'stop', 'demo'])).code, 0);
+    let list = JSON.parse((await warren(['tenant', 'list', '--json'])).stdout);
+    assert.equal((Array.isArray(list) ? list : list.tenants)[0].state, 'stopped');
+    assert.equal((await warren(['tenant', 'start', 'demo'])).code, 0);
+    list = JSON.parse((await warren(['tenant', 'list', '--json'])).stdout);
+    const demo = (Array.isArray(list) ? list : list.tenants)[0];
+    assert.equal(demo.state, 'running');
+    assert.equal(demo.desiredState, 'running');
+    // The data volume survived the stop.
+    assert.deepEqual(await client().tenants.downloadBuffer('demo', '/workspace/blob.bin'), data);
+
+    // A tenant key works for its tenant, and the CLI takes it from WARREN_TOKEN.
+    const key = await warren(['key', 'create', '--tenant', 'demo', '--json']);
+    const token = JSON.parse(key.stdout).token as string;
+    const mine = await warren(['tenant', 'show', 'demo', '--json'], {
+      WARREN_API_URL: url,
+      WARREN_TOKEN: token,
+    });
+    assert.equal(mine.code, 0, mine.stderr);
+    const hosts = await warren(['host', 'list'], { WARREN_API_URL: url, WARREN_TOKEN: token });
+    assert.notEqual(hosts.code, 0);
+    assert.match(hosts.stderr, /FORBIDDEN/);
+
+    const audit = JSON.parse((await warren(['audit', '--json'])).stdout);
+    const events = Array.isArray(audit) ? audit : audit.events;
+    const actions = events.map((e: { action: string }) => e.action);
+    for (const a of [
+      'tenant.create',
+      'tenant.exec',
+      'tenant.stop',
+      'tenant.start',
+      'key.create',
+      'tenant.files.write',
+    ]) {
+      assert.ok(actions.includes(a), `audit lacks ${a}: ${actions}`);
+    }
+    for (const e of events) {
+      assert.ok(e.actor && e.action && e.target && e.result && e.at, JSON.stringify(e));
+    }
+
+    const vmDir = join(dataDir, 'vms', `ten-${demo.id.slice(4)}`);
+    assert.ok(existsSync(vmDir));
+    const deleted = await warren(['tenant', 'delete', 'demo']);
+    assert.equal(deleted.code, 0, deleted.stderr);
+    assert.equal(existsSync(vmDir), false, 'VM directory left behind');
+    assert.deepEqual(await vmDirs(), []);
+    assert.deepEqual(await qemuPids(), []);
+    assert.equal(existsSync(`/sys/fs/cgroup/memory/warren/ten-${demo.id.slice(4)}`), false);
+    const gone = await warren(['tenant', 'show', 'demo']);
+    assert.notEqual(gone.code, 0);
+    assert.match(gone.stderr, /NOT_FOUND/);
+    // The key died with the tenant; the audit trail did not.
+    const dead = await warren(['tenant', 'list'], { WARREN_API_URL: url, WARREN_TOKEN: token });
+    assert.match(dead.stderr, /UNAUTHENTICATED/);
+    const trail = await client().audit.list({ tenant: demo.id, limit: 100 });
+    assert.ok(trail.some((e) => e.action === 'tenant.delete'));
+  });
+
+  test('kill -9 of the control plane in the middle of creates, then restart: running or never created, no orphan', async () => {
+    const create = (name: string) =>
+      fetch(`${url}/v1/tenants`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${adminToken}`, 'content-type': 'application/json' },
+        body: JSON.stringify({ name, memoryMiB: 512, diskMiB: 256 }),
+      }).then(
+        (r) => r.status,
+        () => 0,
+      );
+    // One create acknowledged just before the kill (its VM not yet up), one in flight at the kill.
+    const acknowledged = await create('cp-crash-1');
+    assert.equal(acknowledged, 202);
+    const inFlight = create('cp-crash-2');
+    await sleep(5);
+    await kill9(cp);
+    const second = await inFlight;
+    process.stdout.write(`# in-flight create answered ${second} before the kill\n`);
+    await startControlPlane();
+    const tenants = await until('the creates to settle', async () => {
+      const ts = await client().tenants.list({});
+      return ts.every((t) => t.state === 'running' || t.state === 'failed') && ts;
+    });
+    assert.ok(
+      tenants.some((t) => t.name === 'cp-crash-1'),
+      'acknowledged create lost',
+    );
+    if (second === 202)
+      assert.ok(
+        tenants.some((t) => t.name === 'cp-crash-2'),
+        'acknowledged create lost',
+      );
+    for (const t of tenants) assert.equal(t.state, 'running', `${t.name}: ${JSON.stringify(t.lastError)}`);
+    const dirs = await until('VMs to match tenants', async () => {
+      const d = await vmDirs();
+      return d.length === tenants.length && d;
+    });
+    assert.deepEqual(dirs.sort(), tenants.map((t) => `ten-${t.id.slice(4)}`).sort());
+    assert.equal((await qemuPids()).length, tenants.length);
+    for (const t of tenants) await client().tenants.delete(t.name);
+    await until('crash tenants deleted', async () => (await vmDirs()).length === 0, 60_000);
+  });
+
+  test('kill -9 of the host agent in the middle of a create, then restart: one running VM, no partial files', async () => {
+    const { tenant } = await client().tenants.create({ name: 'agent-crash', memoryMiB: 512, diskMiB: 256 });
+    await until('the agent to start working on it', async () => {
+      const t = await client().tenants.get('agent-crash');
+      return t.state === 'provisioning' || t.state === 'starting';
+    });
+    await kill9(agent);
+    await sleep(500);
+    await startAgent();
+    const t = await until('the tenant to run', async () => {
+      const x = await client().tenants.get('agent-crash');
+      return x.state === 'running' && x;
+    });
+    assert.equal(t.id, tenant.id);
+    const ex = await client().tenants.exec(
+      'agent-crash',
+      { argv: ['echo', 'alive'] },
+      { onStdout: () => {} },
+    );
+    assert.equal(ex.exitCode, 0);
+    assert.deepEqual(await vmDirs(), [`ten-${tenant.id.slice(4)}`]);
+    assert.equal((await qemuPids()).length, 1, 'exactly one QEMU for the tenant');
+    await client().tenants.delete('agent-crash');
+    await until(
+      'deleted',
+      async () => (await vmDirs()).length === 0 && (await qemuPids()).length === 0,
+      60_000,
+    );
+  });
+
+  test('state survives a restart of both daemons', async () => {
+    await client().tenants.create({ name: 'survivor', memoryMiB: 512, diskMiB: 256 });
+    await until('running', async () => (await client().tenants.get('survivor')).state === 'running');
+    const key = await client().keys.create({ tenant: 'survivor' });
+    const before = await client().audit.list({ limit: 1000 });
+    await kill9(cp);
+    await kill9(agent);
+    await startControlPlane();
+    await startAgent();
+    const again = await until('running after restart', async () => {
+      const t = await client().tenants.get('survivor');
+      return t.state === 'running' && t;
+    });
+    assert.equal(again.name, 'survivor');
+    // The admin token file and the tenant key still work; the audit trail is intact.
+    assert.equal(adminToken, (await readFile(join(dataDir, 'control-plane', 'admin-token'), 'utf8')).trim());
+    const asTenant = new WarrenClient({ url, token: key.token });
+    assert.deepEqual(
+      (await asTenant.tenants.list({})).map((t) => t.name),
+      ['survivor'],
+    );
+    const afterRestart = await client().audit.list({ limit: 1000 });
+    assert.ok(afterRestart.length >= before.length);
+    assert.deepEqual(afterRestart.slice(-before.length), before);
+  });
+});
