@@ -9,6 +9,15 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 bash scripts/install-deps.sh
+# `warren` on PATH for the operator's other shells, unless another warren is there already.
+if [ "$(id -u)" -eq 0 ] && [ -d /usr/local/bin ]; then
+  link=/usr/local/bin/warren
+  if [ ! -e "$link" ] || [ "$(readlink -f "$link")" = "$root/packages/cli/bin/warren.mjs" ]; then
+    ln -sfn "$root/packages/cli/bin/warren.mjs" "$link"
+  else
+    echo "warren: $link is another program; use $root/node_modules/.bin/warren" >&2
+  fi
+fi
 profile="${WARREN_PROFILE:-standard}"
 # A cache hit when the image exists; otherwise the build prints each step as it goes.
 image=$(node_modules/.bin/warren image build --profile "$profile" | tail -n 1)

@@ -69,7 +69,7 @@ export function createApiServer(services: Omit<Api, 'route'>, log: (m: string) =
   guestRoutes(api);
   adminRoutes(api);
   agentRoutes(api);
-  const doc = openApiDocument(routes, VERSION);
+  let doc: unknown;
   api.route(
     {
       method: 'GET',
@@ -78,7 +78,11 @@ export function createApiServer(services: Omit<Api, 'route'>, log: (m: string) =
       summary: 'This API as an OpenAPI 3.1 document',
       response: { status: 200 },
     },
-    async () => doc,
+    // Built on first request, when every route (this one included) is registered.
+    async () => {
+      doc ??= openApiDocument(routes, VERSION);
+      return doc;
+    },
   );
   return { app, routes };
 }
