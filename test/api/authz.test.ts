@@ -94,6 +94,9 @@ describe('authorization matrix', () => {
         assert.equal(res.body.error.code, 'UNAUTHENTICATED');
       }
     }
+    // Without a valid token nothing is written, not even to the audit log.
+    const audit = await call(t.url, 'GET', '/v1/audit?limit=1000', { token: t.adminToken });
+    assert.ok(!audit.body.events.some((e: { actor: string }) => e.actor === 'anonymous'));
   });
 
   test("tenant A's key: 403 on admin and agent routes, 404 on each of B's resources by name and id", async () => {

@@ -90,6 +90,13 @@ describe('malformed input', () => {
       'oversized body',
       'PAYLOAD_TOO_LARGE',
     );
+    // Exec has its own, larger limit: stdin rides base64 in the body.
+    const stdin = Buffer.alloc(2 * 1024 * 1024, 7).toString('base64');
+    const withStdin = await call(t.url, 'POST', '/v1/tenants/victim/exec', {
+      token: tenantKey,
+      body: { argv: ['cat'], stdin },
+    });
+    assert.equal(withStdin.status, 200, withStdin.text.slice(0, 200));
     assert4xx(
       await call(t.url, 'POST', '/v1/tenants/victim/exec', { token: tenantKey, body: { argv: [] } }),
       'empty argv',

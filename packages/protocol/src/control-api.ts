@@ -215,7 +215,7 @@ export type CreatedKey = z.infer<typeof CreatedKey>;
 export const AuditEvent = z.object({
   id: z.number().int(),
   at: z.string(),
-  /** `admin`, `key:<id>`, `host:<id>` or `system`. */
+  /** `admin`, `key:<id>` (a tenant key), `host:<id>` or `join-token`. */
   actor: z.string(),
   /** e.g. `tenant.create`, `key.revoke`, `host.drain`. */
   action: z.string(),

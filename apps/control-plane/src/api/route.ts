@@ -34,6 +34,8 @@ export interface RouteSpec<B extends z.ZodType | undefined, Q extends z.ZodType 
   response: { status: number; schema?: z.ZodType; contentType?: string };
   /** Request body that is a raw byte stream instead of JSON. */
   streamBody?: boolean;
+  /** Largest body for this route, when it differs from WARREN_BODY_LIMIT_BYTES. */
+  bodyLimit?: number;
   /** Audit action for mutations, e.g. `tenant.create`. */
   audit?: string;
 }
@@ -81,6 +83,7 @@ export function defineRoute<B extends z.ZodType | undefined, Q extends z.ZodType
   app.route({
     method: spec.method,
     url: spec.url,
+    ...(spec.bodyLimit ? { bodyLimit: spec.bodyLimit } : {}),
     handler: async (req, reply) => {
       const params = (req.params ?? {}) as Record<string, string>;
       const audit: RouteContext<unknown, unknown>['audit'] = {};
@@ -117,7 +120,8 @@ export function defineRoute<B extends z.ZodType | undefined, Q extends z.ZodType
         return reply.status(spec.response.status).send(result);
       } catch (error) {
         const e = toWarrenError(error);
-        if (spec.audit) {
+        // Requests without a valid token are not recorded: anyone could fill the log with them.
+        if (spec.audit && e.code !== 'UNAUTHENTICATED') {
           // A tenant probing another tenant's resource is recorded against the prober only.
           if (principal?.kind === 'tenant' && audit.tenantId !== principal.tenantId) {
             audit.tenantId = principal.tenantId;

@@ -26,6 +26,8 @@ export function agentRoutes(api: Api): void {
       auth: 'host',
       summary: "A host agent reports capacity, images and its VMs' state, and receives desired state",
       body: HeartbeatRequest,
+      // A host's full VM list: up to 10,000 entries.
+      bodyLimit: 16 * 1024 * 1024,
       response: { status: 200, schema: HeartbeatResponse },
     },
     async ({ body, principal }) =>

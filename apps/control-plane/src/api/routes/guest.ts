@@ -33,6 +33,8 @@ export function guestRoutes(api: Api): void {
       auth: 'tenant',
       summary: "Run a command in the tenant's VM; streams NDJSON lines of stdout, stderr and finally exit",
       body: TenantExecRequest,
+      // stdin travels base64 in the JSON body: up to 8 MiB of it, a third more when encoded.
+      bodyLimit: 12 * 1024 * 1024,
       response: { status: 200, contentType: EXEC_CONTENT_TYPE },
       audit: 'tenant.exec',
     },

@@ -6,7 +6,7 @@ import { emit } from '../../output.ts';
 
 export const usage = 'warren image build [--profile minimal|standard] [--force] [--json]';
 
-/** Progress goes to stderr; the last line of stdout is the image id. */
+/** Progress goes to stderr; stdout is the image id (or, with --json, the build result). */
 export async function run(args: { profile?: string; force?: boolean; json?: boolean }): Promise<number> {
   const config = loadConfig();
   const profile = parseOrThrow(Profile, args.profile ?? 'standard');
@@ -32,7 +32,8 @@ export async function run(args: { profile?: string; force?: boolean; json?: bool
       ? `cache hit: recipe ${result.recipeDigest.slice(0, 12)} already built (${seconds} s)\n`
       : `built ${profile} image in ${seconds} s\n`,
   );
-  emit(args.json ?? false, { ...result, seconds: Number(seconds) }, () => {});
-  process.stdout.write(`${result.imageId}\n`);
+  emit(args.json ?? false, { ...result, seconds: Number(seconds) }, () =>
+    process.stdout.write(`${result.imageId}\n`),
+  );
   return 0;
 }

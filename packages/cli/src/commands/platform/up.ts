@@ -62,7 +62,7 @@ class Child {
   #crashed(code: number | null, signal: NodeJS.Signals | null): void {
     const how = signal ? `was killed by ${signal}` : `exited with code ${code}`;
     this.#quickCrashes = Date.now() - this.#startedAt < HEALTHY_RUN_MS ? this.#quickCrashes + 1 : 1;
-    if (this.#quickCrashes > MAX_QUICK_CRASHES) {
+    if (this.#quickCrashes >= MAX_QUICK_CRASHES) {
       log(
         `${this.name} ${how}, ${MAX_QUICK_CRASHES} times in a row right after starting; giving up (its log is above)`,
       );
