@@ -190,6 +190,31 @@ describe('authorization matrix', () => {
     assert.doesNotMatch(keys.text, new RegExp(tenants.a.key.slice(-20)));
   });
 
+  test('an admin PATCH of the network policy reaches the host in its desired state; bad CIDRs are refused', async () => {
+    const bad = await call(t.url, 'PATCH', '/v1/tenants/tenant-a', {
+      token: t.adminToken,
+      body: { network: { egress: 'allowlist', allowlist: [{ cidr: '10.0.0.0/33' }] } },
+    });
+    assert.equal(bad.status, 400);
+    const res = await call(t.url, 'PATCH', '/v1/tenants/tenant-a', {
+      token: t.adminToken,
+      body: {
+        network: { egress: 'allowlist', allowlist: [{ cidr: '203.0.113.0/24', ports: [443] }] },
+        dashboardPort: 18789,
+      },
+    });
+    assert.equal(res.status, 200, res.text);
+    assert.equal(res.body.network.egress, 'allowlist');
+    await agent.heartbeat();
+    const desired = agent.desired.find((d) => d.name === 'tenant-a')!;
+    assert.deepEqual(desired.network, {
+      egress: 'allowlist',
+      allowlist: [{ cidr: '203.0.113.0/24', ports: [443] }],
+      bandwidthMbit: null,
+    });
+    assert.equal(desired.dashboardPort, 18789);
+  });
+
   test('the control plane authenticates to the agent with the token the agent chose', async () => {
     const calls = agent.seen.filter((s) => s.url.includes('/exec'));
     assert.ok(calls.length > 0);

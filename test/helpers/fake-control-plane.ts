@@ -108,6 +108,8 @@ export function desiredTenant(
     vcpus: 1,
     memoryMiB: 512,
     diskMiB: 64,
+    network: { egress: 'internet', allowlist: [], bandwidthMbit: null },
+    dashboardPort: 8080,
     generation,
   };
 }

@@ -57,6 +57,8 @@ const tenant = (state: Tenant['state'] = 'running'): Tenant => ({
   memoryMiB: 512,
   diskMiB: 1024,
   quota: { vcpus: 4, memoryMiB: 4096, diskMiB: 10240 },
+  network: { egress: 'internet', allowlist: [], bandwidthMbit: null },
+  dashboardPort: 8080,
   hostId: 'host_0123456789abcdef',
   hostHealthy: true,
   lastError: null,

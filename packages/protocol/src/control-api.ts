@@ -68,6 +68,40 @@ export type TenantState = z.infer<typeof TenantState>;
 export const ErrorSummary = z.object({ code: z.string().max(64), message: z.string().max(4096) });
 export type ErrorSummary = z.infer<typeof ErrorSummary>;
 
+/** An IPv4 CIDR like `203.0.113.0/24` (a bare address means /32). */
+export const Ipv4Cidr = z
+  .string()
+  .max(18)
+  .regex(
+    /^((25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\/(3[0-2]|[12]?\d))?$/,
+    'an IPv4 address or CIDR like 203.0.113.0/24',
+  );
+
+/** One allowlist entry: a destination network and, optionally, ports (TCP and UDP). */
+export const EgressRule = z.strictObject({
+  cidr: Ipv4Cidr,
+  ports: z.array(z.number().int().min(1).max(65535)).max(64).optional(),
+});
+export type EgressRule = z.infer<typeof EgressRule>;
+
+/**
+ * What a tenant's VM may reach. `internet`: any public address; `none`: nothing (DNS
+ * included); `allowlist`: only the listed public networks and ports. Private, shared,
+ * link-local, loopback and multicast destinations, other tenants and the host itself are
+ * always blocked, whatever the mode.
+ */
+export const NetworkPolicy = z.strictObject({
+  egress: z.enum(['internet', 'none', 'allowlist']).default('internet'),
+  allowlist: z.array(EgressRule).max(256).default([]),
+  /** Egress bandwidth limit in Mbit/s; none when null. */
+  bandwidthMbit: z.number().int().min(1).max(100_000).nullable().default(null),
+});
+export type NetworkPolicy = z.infer<typeof NetworkPolicy>;
+
+/** The VM port the dashboard proxy forwards to (OpenClaw's Control UI is 18789). */
+export const DashboardPort = z.number().int().min(1).max(65535);
+export const DEFAULT_DASHBOARD_PORT = 8080;
+
 export const Tenant = z.object({
   id: TenantId,
   name: ResourceName,
@@ -79,6 +113,8 @@ export const Tenant = z.object({
   memoryMiB: z.number().int(),
   diskMiB: z.number().int(),
   quota: Resources,
+  network: NetworkPolicy,
+  dashboardPort: DashboardPort,
   hostId: HostId.nullable(),
   /** False when the tenant's host stopped heartbeating: `state` is then the last known one. */
   hostHealthy: z.boolean(),
@@ -107,7 +143,16 @@ export const CreateTenantRequest = z.strictObject({
     .optional(),
   /** The most this tenant may ever use (admin only); platform defaults when absent. */
   quota: Resources.partial().optional(),
+  network: NetworkPolicy.optional(),
+  dashboardPort: DashboardPort.optional(),
 });
+
+/** Admin-only changes of a tenant's settings; network changes apply to a running VM at once. */
+export const UpdateTenantRequest = z.strictObject({
+  network: NetworkPolicy.optional(),
+  dashboardPort: DashboardPort.optional(),
+});
+export type UpdateTenantRequest = z.input<typeof UpdateTenantRequest>;
 export type CreateTenantRequest = z.input<typeof CreateTenantRequest>;
 
 export const ListTenantsQuery = z.strictObject({
@@ -298,6 +343,8 @@ export const DesiredTenant = z.object({
   vcpus: z.number().int(),
   memoryMiB: z.number().int(),
   diskMiB: z.number().int(),
+  network: NetworkPolicy,
+  dashboardPort: DashboardPort,
   /** Grows with every change of desired state; the agent reports the one it acted on. */
   generation: z.number().int(),
 });

@@ -23,7 +23,7 @@ const ALLOWED: Record<RouteAuth, Principal['kind'][]> = {
 };
 
 export interface RouteSpec<B extends z.ZodType | undefined, Q extends z.ZodType | undefined> {
-  method: 'GET' | 'POST' | 'PUT' | 'DELETE';
+  method: 'GET' | 'POST' | 'PUT' | 'PATCH' | 'DELETE';
   /** Fastify path; a `:tenant` segment is resolved and scope-checked before the handler. */
   url: string;
   auth: RouteAuth;

@@ -15,6 +15,7 @@ import { releaseTenant } from '../scheduler/place.ts';
 import type { HostsTable } from '../store/database.ts';
 import type { Db } from '../store/index.ts';
 import { safeImages } from '../tenants/service.ts';
+import { networkOf } from '../tenants/view.ts';
 
 /** Host agents: joining, heartbeats (which carry actual state and return desired state), views. */
 export class HostService {
@@ -158,6 +159,8 @@ export class HostService {
           vcpus: row.vcpus,
           memoryMiB: row.memory_mib,
           diskMiB: row.disk_mib,
+          network: networkOf(row),
+          dashboardPort: row.dashboard_port,
           generation: row.generation,
         });
         if (!vm) continue;

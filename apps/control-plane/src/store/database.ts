@@ -29,6 +29,11 @@ export interface TenantsTable {
   quota_memory_mib: number;
   quota_disk_mib: number;
   host_id: string | null;
+  egress_mode: string;
+  /** JSON array of EgressRule. */
+  egress_allowlist: string;
+  bandwidth_mbit: number | null;
+  dashboard_port: number;
   last_error_code: string | null;
   last_error_message: string | null;
   created_at: string;

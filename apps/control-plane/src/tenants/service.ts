@@ -1,10 +1,12 @@
 import {
   type CreateTenantRequest,
+  DEFAULT_DASHBOARD_PORT,
   type DesiredState,
   type ListTenantsQuery,
   type Resources,
   type Tenant,
   type TenantOperationResponse,
+  type UpdateTenantRequest,
   WarrenError,
 } from '@warren/protocol';
 import type { z } from 'zod';
@@ -92,6 +94,10 @@ export class TenantService {
       quota_memory_mib: quota.memoryMiB,
       quota_disk_mib: quota.diskMiB,
       host_id: null,
+      egress_mode: req.network?.egress ?? 'internet',
+      egress_allowlist: JSON.stringify(req.network?.allowlist ?? []),
+      bandwidth_mbit: req.network?.bandwidthMbit ?? null,
+      dashboard_port: req.dashboardPort ?? DEFAULT_DASHBOARD_PORT,
       last_error_code: null,
       last_error_message: null,
       created_at: t,
@@ -126,6 +132,52 @@ export class TenantService {
     }
     this.#d.onDesiredChange(tenant.host_id!);
     return { tenant: tenantView(tenant, true), operation: operationView(op) };
+  }
+
+  /**
+   * Changes settings that need no new VM: the network policy (the host agent re-applies its
+   * firewall at once) and the dashboard port. A new generation tells the agent to act.
+   */
+  async update(
+    row: TenantsTable,
+    req: z.output<typeof import('@warren/protocol').UpdateTenantRequest> | UpdateTenantRequest,
+  ): Promise<Tenant> {
+    const r = req as z.output<typeof import('@warren/protocol').UpdateTenantRequest>;
+    const t = now();
+    const updated = await this.#d.db.transaction().execute(async (trx) => {
+      const cur = await trx.selectFrom('tenants').selectAll().where('id', '=', row.id).executeTakeFirst();
+      if (!cur) throw new WarrenError('NOT_FOUND', `no tenant ${row.name}`);
+      if (cur.desired_state === 'absent')
+        throw new WarrenError('CONFLICT', `tenant ${cur.name} is being deleted`);
+      const next: TenantsTable = {
+        ...cur,
+        ...(r.network
+          ? {
+              egress_mode: r.network.egress,
+              egress_allowlist: JSON.stringify(r.network.allowlist),
+              bandwidth_mbit: r.network.bandwidthMbit,
+            }
+          : {}),
+        ...(r.dashboardPort ? { dashboard_port: r.dashboardPort } : {}),
+        generation: cur.generation + 1,
+        updated_at: t,
+      };
+      await trx
+        .updateTable('tenants')
+        .set({
+          egress_mode: next.egress_mode,
+          egress_allowlist: next.egress_allowlist,
+          bandwidth_mbit: next.bandwidth_mbit,
+          dashboard_port: next.dashboard_port,
+          generation: next.generation,
+          updated_at: t,
+        })
+        .where('id', '=', cur.id)
+        .execute();
+      return next;
+    });
+    if (updated.host_id) this.#d.onDesiredChange(updated.host_id);
+    return this.view(updated);
   }
 
   start(row: TenantsTable): Promise<TenantOperationResponse> {

@@ -1,4 +1,4 @@
-import type { Operation, Tenant } from '@warren/protocol';
+import type { NetworkPolicy, Operation, Tenant } from '@warren/protocol';
 import type { OperationsTable, TenantsTable } from '../store/database.ts';
 
 /** Database rows to API objects: the only place that knows both shapes. */
@@ -13,6 +13,8 @@ export function tenantView(row: TenantsTable, hostHealthy: boolean): Tenant {
     memoryMiB: row.memory_mib,
     diskMiB: row.disk_mib,
     quota: { vcpus: row.quota_vcpus, memoryMiB: row.quota_memory_mib, diskMiB: row.quota_disk_mib },
+    network: networkOf(row),
+    dashboardPort: row.dashboard_port,
     hostId: row.host_id,
     hostHealthy,
     lastError:
@@ -34,5 +36,21 @@ export function operationView(row: OperationsTable): Operation {
     error: row.error_code === null ? null : { code: row.error_code, message: row.error_message ?? '' },
     createdAt: row.created_at,
     updatedAt: row.updated_at,
+  };
+}
+
+export function networkOf(
+  row: Pick<TenantsTable, 'egress_mode' | 'egress_allowlist' | 'bandwidth_mbit'>,
+): NetworkPolicy {
+  let allowlist: NetworkPolicy['allowlist'] = [];
+  try {
+    allowlist = JSON.parse(row.egress_allowlist);
+  } catch {
+    // A row written by this code always parses; anything else means no exceptions to the policy.
+  }
+  return {
+    egress: row.egress_mode as NetworkPolicy['egress'],
+    allowlist,
+    bandwidthMbit: row.bandwidth_mbit,
   };
 }

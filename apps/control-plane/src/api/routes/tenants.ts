@@ -3,6 +3,7 @@ import {
   ListTenantsQuery,
   Tenant,
   TenantOperationResponse,
+  UpdateTenantRequest,
   WarrenError,
 } from '@warren/protocol';
 import { z } from 'zod';
@@ -49,6 +50,19 @@ export function tenantRoutes(api: Api): void {
       response: { status: 200, schema: Tenant },
     },
     async ({ tenant }) => api.tenants.view(tenant!),
+  );
+
+  api.route(
+    {
+      method: 'PATCH',
+      url: '/v1/tenants/:tenant',
+      auth: 'admin',
+      summary: "Change a tenant's network policy or dashboard port (applied without a restart)",
+      body: UpdateTenantRequest,
+      response: { status: 200, schema: Tenant },
+      audit: 'tenant.update',
+    },
+    async ({ tenant, body }) => api.tenants.update(tenant!, body),
   );
 
   api.route(
