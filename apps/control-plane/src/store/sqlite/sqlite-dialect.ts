@@ -1,6 +1,6 @@
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
-import { DatabaseSync, type SQLInputValue } from 'node:sqlite';
+import { DatabaseSync, type SQLInputValue, type StatementSync } from 'node:sqlite';
 import { type Dialect, type SqliteDatabase, SqliteDialect } from 'kysely';
 import type { StoreDialect } from '../dialect.ts';
 
@@ -36,17 +36,28 @@ export class SqliteStoreDialect implements StoreDialect {
   }
 }
 
+/** Statements kept prepared: Kysely sends the same few hundred SQL texts over and over. */
+const STATEMENT_CACHE = 500;
+
 function adapt(db: DatabaseSync): SqliteDatabase {
+  // Preparing costs several times more than running a primary-key lookup (bench/README.md).
+  const cache = new Map<string, StatementSync>();
   return {
     close: () => db.close(),
     prepare(sql: string) {
-      const stmt = db.prepare(sql);
+      let stmt = cache.get(sql);
+      if (!stmt) {
+        stmt = db.prepare(sql);
+        if (cache.size >= STATEMENT_CACHE) cache.delete(cache.keys().next().value!);
+        cache.set(sql, stmt);
+      }
+      const s = stmt;
       const args = (p: ReadonlyArray<unknown>) => p.map(toSqlite);
       return {
-        reader: stmt.columns().length > 0,
-        all: (p) => stmt.all(...args(p)),
-        run: (p) => stmt.run(...args(p)),
-        iterate: (p) => stmt.iterate(...args(p)),
+        reader: s.columns().length > 0,
+        all: (p) => s.all(...args(p)),
+        run: (p) => s.run(...args(p)),
+        iterate: (p) => s.iterate(...args(p)),
       };
     },
   };
