@@ -167,17 +167,24 @@ export class HostService {
         const observed = Math.max(row.observed_generation, vm.generation);
         const state = row.desired_state === 'absent' ? 'deleting' : vm.state;
         const failing = vm.state === 'failed' || vm.state === 'crashed';
-        await trx
-          .updateTable('tenants')
-          .set({
-            state,
-            observed_generation: observed,
-            last_error_code: failing ? (vm.error?.code ?? 'VM_EXITED') : null,
-            last_error_message: failing ? (vm.error?.message ?? 'the VM stopped unexpectedly') : null,
-            ...(state !== row.state || observed !== row.observed_generation ? { updated_at: t } : {}),
-          })
-          .where('id', '=', row.id)
-          .execute();
+        const errorCode = failing ? (vm.error?.code ?? 'VM_EXITED') : null;
+        const errorMessage = failing ? (vm.error?.message ?? 'the VM stopped unexpectedly') : null;
+        const changed = state !== row.state || observed !== row.observed_generation;
+        // Most heartbeats change nothing: skip the write (and its fsync) unless something did.
+        if (changed || errorCode !== row.last_error_code || errorMessage !== row.last_error_message) {
+          await trx
+            .updateTable('tenants')
+            .set({
+              state,
+              observed_generation: observed,
+              last_error_code: errorCode,
+              last_error_message: errorMessage,
+              ...(changed ? { updated_at: t } : {}),
+            })
+            .where('id', '=', row.id)
+            .execute();
+        }
+        if (observed <= row.observed_generation && state === row.state) continue;
         // Operations whose generation the agent has acted on can end.
         const ops = await trx
           .selectFrom('operations')
