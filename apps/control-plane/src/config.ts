@@ -58,6 +58,27 @@ export const ControlPlaneConfig = z.strictObject({
   maxDiskMiB: mib(64 * 1024 * 1024).default(1024 * 1024),
   /** WARREN_MAX_TENANTS: how many tenants the platform holds at most. */
   maxTenants: z.coerce.number().int().min(1).default(10_000),
+  /** WARREN_SESSION_TTL_MS: how long a browser session (dashboard cookie) lasts; not extended by use. */
+  sessionTtlMs: z.coerce
+    .number()
+    .int()
+    .min(60_000)
+    .max(30 * 24 * 3600_000)
+    .default(12 * 3600_000),
+  /** WARREN_DASHBOARD_BODY_LIMIT_BYTES: largest request body forwarded to a tenant's dashboard. */
+  dashboardBodyLimitBytes: z.coerce
+    .number()
+    .int()
+    .min(1024)
+    .default(10 * 1024 * 1024),
+  /** WARREN_DASHBOARD_TIMEOUT_MS: how long the dashboard proxy waits for the response headers. */
+  dashboardTimeoutMs: z.coerce.number().int().min(100).default(30_000),
+  /** WARREN_DASHBOARD_WS_IDLE_MS: a proxied WebSocket without a byte either way for this long is closed. */
+  dashboardWsIdleMs: z.coerce
+    .number()
+    .int()
+    .min(1000)
+    .default(10 * 60_000),
 });
 export type ControlPlaneConfig = z.infer<typeof ControlPlaneConfig>;
 
@@ -83,6 +104,10 @@ export const CONFIG_ENV: Record<keyof ControlPlaneConfig, string> = {
   maxMemoryMiB: 'WARREN_MAX_MEMORY_MIB',
   maxDiskMiB: 'WARREN_MAX_DISK_MIB',
   maxTenants: 'WARREN_MAX_TENANTS',
+  sessionTtlMs: 'WARREN_SESSION_TTL_MS',
+  dashboardBodyLimitBytes: 'WARREN_DASHBOARD_BODY_LIMIT_BYTES',
+  dashboardTimeoutMs: 'WARREN_DASHBOARD_TIMEOUT_MS',
+  dashboardWsIdleMs: 'WARREN_DASHBOARD_WS_IDLE_MS',
 };
 
 export function loadConfig(

@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import { AgentClient } from './agents/agent-client.ts';
 import { type ApiServer, createApiServer } from './api/server.ts';
 import { type BootstrapResult, bootstrapCredentials } from './auth/bootstrap.ts';
+import { deleteExpiredSessions } from './auth/sessions.ts';
 import { type ControlPlaneConfig, stateDirOf } from './config.ts';
 import { HostService } from './hosts/service.ts';
 import { now } from './ids.ts';
@@ -49,6 +50,8 @@ export async function openControlPlane(
   const server = createApiServer({ db: store.db, config, tenants, hosts, agents }, log);
   const sweeper = setInterval(() => {
     void failOverdueOperations(store, config).catch((e) => log(`operation sweeper: ${e}`));
+    // Expired sessions are refused anyway; this only keeps the table small.
+    void deleteExpiredSessions(store.db).catch((e) => log(`session sweeper: ${e}`));
   }, 5_000);
   sweeper.unref();
   let closed = false;

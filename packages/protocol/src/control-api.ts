@@ -285,6 +285,41 @@ export const AuditQuery = z.strictObject({
   limit: z.coerce.number().int().min(1).max(1000).default(100),
 });
 
+/* ---------------------------------------------------------------------------------------
+ * The dashboard proxy: `/t/{tenant}/dashboard/...` on the control plane forwards to the
+ * tenant's host agent, which forwards to the dashboard port of the tenant's VM.
+ * ------------------------------------------------------------------------------------- */
+
+/** The path prefix of a tenant's dashboard; the app behind it sees it as `X-Forwarded-Prefix`. */
+export function dashboardPrefix(tenant: string): string {
+  return `/t/${tenant}/dashboard`;
+}
+
+/**
+ * The browser session cookie for the dashboard proxy. It holds a random session id (the store
+ * keeps its hash), is HttpOnly so a dashboard's JavaScript cannot read it, and is never
+ * forwarded to a VM.
+ */
+export const SESSION_COOKIE = 'warren_session';
+
+/**
+ * `POST /v1/sessions`: a session opens the dashboard of exactly one tenant. A tenant key's
+ * session is for its own tenant; the admin names the tenant, because every dashboard shares
+ * the control plane's origin and an all-tenant session would let one tenant's dashboard
+ * script reach the others (docs/architecture.md#dashboard-proxy).
+ */
+export const CreateSessionRequest = z.strictObject({ tenant: TenantRef.optional() });
+export type CreateSessionRequest = z.input<typeof CreateSessionRequest>;
+
+export const Session = z.object({
+  tenantId: TenantId,
+  tenantName: ResourceName,
+  /** The dashboard's URL path on the control plane. */
+  dashboardPath: z.string(),
+  expiresAt: z.string(),
+});
+export type Session = z.infer<typeof Session>;
+
 export const HealthResponse = z.object({ ok: z.literal(true), version: z.string() });
 
 /* ---------------------------------------------------------------------------------------
@@ -359,6 +394,22 @@ export const HeartbeatResponse = z.object({
   heartbeatIntervalMs: z.number().int(),
 });
 export type HeartbeatResponse = z.infer<typeof HeartbeatResponse>;
+
+/**
+ * The host agent's proxy route for one port of a tenant VM. The control plane names only the
+ * VM and the port; the agent alone decides the address (the VM's own guest IP), so the route
+ * cannot be turned into an open proxy.
+ */
+export function vmProxyPath(vmId: string, port: number, path: string): string {
+  return `/v1/vms/${vmId}/proxy/${port}${path}`;
+}
+
+/**
+ * Set by the host agent on every response it relays from a VM, so the control plane can tell
+ * the VM's own answers (passed through as they are, whatever their status) from the agent's
+ * errors. The agent removes it from what the VM sends, so a VM cannot forge an agent error.
+ */
+export const PROXY_UPSTREAM_HEADER = 'x-warren-upstream';
 
 export function vmIdOfTenant(tenantId: string): string {
   return `ten-${tenantId.slice(4)}`;

@@ -127,6 +127,11 @@ export const ERROR_CODES = {
     fault: 'platform',
     fix: "The tenant's host does not answer or has stopped heartbeating; check the host agent on that machine (`warren host list`).",
   },
+  DASHBOARD_UNAVAILABLE: {
+    status: 503,
+    fault: 'user',
+    fix: "The tenant's dashboard cannot be reached: start the tenant (`warren tenant start NAME`) and wait until it is running, and make sure its app listens on the tenant's dashboard port (default 8080) on all interfaces, not only on 127.0.0.1.",
+  },
   API_UNREACHABLE: {
     status: 503,
     fault: 'platform',

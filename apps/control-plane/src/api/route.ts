@@ -1,7 +1,8 @@
 import { parseOrThrow, TenantRef, WarrenError } from '@warren/protocol';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { z } from 'zod';
-import { actorOf, authenticate, type Principal } from '../auth/principal.ts';
+import { actorOf, type Principal } from '../auth/principal.ts';
+import { authenticateRequest } from '../auth/sessions.ts';
 import { now } from '../ids.ts';
 import type { TenantsTable } from '../store/database.ts';
 import type { Db } from '../store/index.ts';
@@ -23,10 +24,15 @@ const ALLOWED: Record<RouteAuth, Principal['kind'][]> = {
 };
 
 export interface RouteSpec<B extends z.ZodType | undefined, Q extends z.ZodType | undefined> {
-  method: 'GET' | 'POST' | 'PUT' | 'PATCH' | 'DELETE';
+  method: 'GET' | 'POST' | 'PUT' | 'PATCH' | 'DELETE' | 'OPTIONS';
   /** Fastify path; a `:tenant` segment is resolved and scope-checked before the handler. */
   url: string;
   auth: RouteAuth;
+  /**
+   * Also accept the browser session cookie (`POST /v1/sessions`) when there is no bearer
+   * token. Only the dashboard proxy and logout do: the /v1 API never acts on a cookie.
+   */
+  session?: boolean;
   summary: string;
   body?: B;
   query?: Q;
@@ -65,6 +71,7 @@ export interface RegisteredRoute {
   query?: z.ZodType;
   response: { status: number; schema?: z.ZodType; contentType?: string };
   streamBody: boolean;
+  session: boolean;
   audit?: string;
 }
 
@@ -79,7 +86,7 @@ export function defineRoute<B extends z.ZodType | undefined, Q extends z.ZodType
   spec: RouteSpec<B, Q>,
   handler: (ctx: RouteContext<Infer<B>, Infer<Q>>) => Promise<unknown>,
 ): void {
-  registry.push({ ...spec, streamBody: spec.streamBody ?? false });
+  registry.push({ ...spec, streamBody: spec.streamBody ?? false, session: spec.session ?? false });
   app.route({
     method: spec.method,
     url: spec.url,
@@ -90,7 +97,7 @@ export function defineRoute<B extends z.ZodType | undefined, Q extends z.ZodType
       let principal: Principal | undefined;
       try {
         if (spec.auth !== 'public') {
-          principal = await authenticate(db, req.headers.authorization);
+          principal = await authenticateRequest(db, req.headers, spec.session ?? false);
           if (!ALLOWED[spec.auth].includes(principal.kind)) {
             throw new WarrenError('FORBIDDEN', `${spec.method} ${spec.url} needs ${describe(spec.auth)}`);
           }

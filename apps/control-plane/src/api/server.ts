@@ -1,21 +1,32 @@
 import { randomBytes } from 'node:crypto';
 import { HealthResponse, WarrenError } from '@warren/protocol';
 import Fastify, { type FastifyInstance, type FastifyReply } from 'fastify';
+import { DashboardProxy } from '../agents/dashboard-proxy.ts';
 import type { Api } from './context.ts';
 import { apiContext } from './context.ts';
 import { toWarrenError } from './errors.ts';
 import { openApiDocument } from './openapi.ts';
-import type { RegisteredRoute } from './route.ts';
+import { defineRoute, type RegisteredRoute } from './route.ts';
 import { adminRoutes } from './routes/admin.ts';
 import { agentRoutes } from './routes/agent.ts';
+import { dashboardRoutes } from './routes/dashboard.ts';
 import { guestRoutes } from './routes/guest.ts';
+import { sessionRoutes } from './routes/sessions.ts';
 import { tenantRoutes } from './routes/tenants.ts';
+import { routeUpgrades } from './upgrade.ts';
 
 export const VERSION = '0.1.0';
 
 export interface ApiServer {
   app: FastifyInstance;
+  /** The /v1 API, for the OpenAPI document and the authorization tests. */
   routes: RegisteredRoute[];
+  /**
+   * The dashboard proxy (`/t/:tenant/dashboard/*`), declared the same way but kept apart:
+   * it is not JSON and not in the OpenAPI document, and a stopped tenant's dashboard is a
+   * legitimate 503, which the /v1 fuzz test's "never 5xx" rule does not allow for.
+   */
+  dashboardRoutes: RegisteredRoute[];
 }
 
 /** The `/v1` API: one error format, every route declared through `route()` (auth, scope, audit). */
@@ -69,6 +80,29 @@ export function createApiServer(services: Omit<Api, 'route'>, log: (m: string) =
   guestRoutes(api);
   adminRoutes(api);
   agentRoutes(api);
+  sessionRoutes(api);
+
+  const dashboard: RegisteredRoute[] = [];
+  const proxy = new DashboardProxy({
+    timeoutMs: services.config.dashboardTimeoutMs,
+    wsIdleMs: services.config.dashboardWsIdleMs,
+  });
+  // WebSocket handshakes take the same route handlers (and so the same auth) as any request.
+  routeUpgrades(app);
+  // Open tunnels and streams would otherwise hold close() until their clients leave.
+  app.addHook('preClose', async () => proxy.close());
+  app.register(async (scope) => {
+    // A dashboard's bodies are its own business: no parser reads them, they stream through.
+    scope.removeAllContentTypeParsers();
+    scope.addContentTypeParser('*', (_req, _payload, done) => done(null));
+    dashboardRoutes(
+      {
+        ...api,
+        route: (spec, handler) => defineRoute(scope, services.db, dashboard, spec, handler as never),
+      },
+      proxy,
+    );
+  });
   let doc: unknown;
   api.route(
     {
@@ -84,5 +118,5 @@ export function createApiServer(services: Omit<Api, 'route'>, log: (m: string) =
       return doc;
     },
   );
-  return { app, routes };
+  return { app, routes, dashboardRoutes: dashboard };
 }

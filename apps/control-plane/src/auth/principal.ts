@@ -3,9 +3,13 @@ import { now } from '../ids.ts';
 import type { Db } from '../store/index.ts';
 import { hashToken, looksLikeToken } from './tokens.ts';
 
-/** Who is asking. Resolved from the bearer token on every request, never cached. */
+/**
+ * Who is asking. Resolved from the bearer token (or a session cookie, on the routes that
+ * take one) on every request, never cached. An admin session is confined to one tenant
+ * (`onlyTenantId`); a bearer admin token is not.
+ */
 export type Principal =
-  | { kind: 'admin'; keyId: string }
+  | { kind: 'admin'; keyId: string; onlyTenantId?: string }
   | { kind: 'tenant'; keyId: string; tenantId: string }
   | { kind: 'host'; keyId: string; hostId: string }
   | { kind: 'join'; keyId: string };

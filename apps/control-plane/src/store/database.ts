@@ -11,6 +11,7 @@ export interface Database {
   api_keys: ApiKeysTable;
   operations: OperationsTable;
   audit_events: AuditEventsTable;
+  sessions: SessionsTable;
 }
 
 export interface TenantsTable {
@@ -100,4 +101,15 @@ export interface AuditEventsTable {
   result: string;
   status: number;
   request_id: string;
+}
+
+/** A browser session of the dashboard proxy; the cookie holds the id, the store its SHA-256. */
+export interface SessionsTable {
+  id_hash: string;
+  /** The key (or admin token) that opened it; deleting the key deletes the session. */
+  key_id: string;
+  /** The one tenant whose dashboard it opens. */
+  tenant_id: string;
+  created_at: string;
+  expires_at: string;
 }

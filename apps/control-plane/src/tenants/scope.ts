@@ -22,9 +22,9 @@ export async function findTenantForPrincipal(
   return row;
 }
 
-/** The tenant id a principal is confined to, or undefined for the admin. */
+/** The tenant id a principal is confined to, or undefined for the admin (unless its session names one). */
 export function tenantFilter(principal: Principal | undefined): string | undefined {
-  if (principal?.kind === 'admin') return undefined;
+  if (principal?.kind === 'admin') return principal.onlyTenantId;
   if (principal?.kind === 'tenant') return principal.tenantId;
   // Hosts and anonymous callers never reach tenant routes; confine them to nothing anyway.
   return 'ten_none';

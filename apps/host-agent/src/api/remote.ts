@@ -3,19 +3,26 @@ import { tenantIdOfVm, WarrenError } from '@warren/protocol';
 import Fastify, { type FastifyInstance } from 'fastify';
 import type { Host } from '../host.ts';
 import { registerFileRoutes, streamExec, useWarrenErrors } from './common.ts';
+import { guestIpTarget, type ResolveVmTarget, registerProxyRoutes } from './proxy.ts';
 
 export interface RemoteApiOptions {
   /** The secret the control plane presents as `Authorization: Bearer <agentToken>`. */
   agentToken: string;
   /** Called by `POST /v1/wake`: desired state changed, heartbeat now. */
   onWake: () => void;
+  /**
+   * Where the dashboard proxy connects for a VM's port; the VM's guest IP unless replaced
+   * (tests point it at a loopback server).
+   */
+  resolveVmTarget?: ResolveVmTarget;
 }
 
 const digest = (s: string) => createHash('sha256').update(s).digest();
 
 /**
  * The API the control plane calls on this host, over TCP: guest health, exec and files of
- * tenant VMs, and a wake-up for the reconciler. Lifecycle is not here on purpose: the control
+ * tenant VMs, the dashboard proxy to a port of a tenant VM (HTTP and WebSocket, `proxy.ts`),
+ * and a wake-up for the reconciler. Lifecycle is not here on purpose: the control
  * plane changes desired state and the agent converges to it through heartbeats.
  *
  * Only `ten-<hex>` VMs exist for this API; any other id is VM_NOT_FOUND, so a control plane
@@ -46,6 +53,7 @@ export function createRemoteApi(host: Host, options: RemoteApiOptions): FastifyI
     streamExec(guestOf, req.params.id, req.body, reply),
   );
   registerFileRoutes(app, guestOf);
+  registerProxyRoutes(app, options.resolveVmTarget ?? guestIpTarget(host.vms));
   app.post('/v1/wake', async (_req, reply) => {
     options.onWake();
     return reply.status(204).send();

@@ -2,12 +2,19 @@ import type { Migration, MigrationProvider } from 'kysely/migration';
 import type { StoreDialect } from '../dialect.ts';
 import * as m0001 from './0001-initial.ts';
 import * as m0002 from './0002-network.ts';
+import * as m0003 from './0003-sessions.ts';
+import * as m0004 from './0004-indexes.ts';
 
 /**
  * Every migration, in order. Names sort lexically; never edit one that has shipped, add the
  * next. Each gets the dialect so the rare non-portable bit (identity columns) can differ.
  */
-const MIGRATIONS = { '0001-initial': m0001, '0002-network': m0002 };
+const MIGRATIONS = {
+  '0001-initial': m0001,
+  '0002-network': m0002,
+  '0003-sessions': m0003,
+  '0004-indexes': m0004,
+};
 
 export function migrationProvider(dialect: StoreDialect): MigrationProvider {
   return {

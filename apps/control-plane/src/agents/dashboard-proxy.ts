@@ -1,0 +1,260 @@
+import {
+  Agent as HttpAgent,
+  request as httpRequest,
+  type IncomingMessage,
+  type OutgoingHttpHeaders,
+} from 'node:http';
+import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
+import type { Socket } from 'node:net';
+import type { Readable } from 'node:stream';
+import { PROXY_UPSTREAM_HEADER, WarrenError } from '@warren/protocol';
+import type { HostsTable } from '../store/database.ts';
+
+type HostRef = Pick<HostsTable, 'name' | 'address' | 'agent_token'>;
+
+/** Headers that describe one connection, not the message: never forwarded (RFC 9110 7.6.1). */
+const HOP_BY_HOP = new Set([
+  'connection',
+  'keep-alive',
+  'proxy-connection',
+  'proxy-authenticate',
+  'proxy-authorization',
+  'te',
+  'trailer',
+  'transfer-encoding',
+  'upgrade',
+  'http2-settings',
+]);
+
+/** Header pairs of a message, without hop-by-hop headers and those its Connection header names. */
+export function endToEndHeaders(rawHeaders: string[]): [string, string][] {
+  const named = new Set<string>();
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    if (rawHeaders[i]!.toLowerCase() === 'connection') {
+      for (const n of rawHeaders[i + 1]!.split(',')) named.add(n.trim().toLowerCase());
+    }
+  }
+  const out: [string, string][] = [];
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    const name = rawHeaders[i]!.toLowerCase();
+    if (!HOP_BY_HOP.has(name) && !named.has(name)) out.push([name, rawHeaders[i + 1]!]);
+  }
+  return out;
+}
+
+/** Pairs to a header object; repeated names become arrays, which Node sends as repeated lines. */
+export function toHeaderObject(pairs: [string, string][]): OutgoingHttpHeaders {
+  const out: Record<string, string | string[]> = {};
+  for (const [k, v] of pairs) {
+    const prev = out[k];
+    out[k] = prev === undefined ? v : Array.isArray(prev) ? [...prev, v] : [prev, v];
+  }
+  return out;
+}
+
+export type Exchange =
+  | { kind: 'response'; res: IncomingMessage }
+  | { kind: 'upgrade'; res: IncomingMessage; socket: Socket; head: Buffer };
+
+export interface ForwardInit {
+  method: string;
+  /** The agent's proxy path (`vmProxyPath`), with the query. */
+  path: string;
+  headers: OutgoingHttpHeaders;
+  /** Streamed to the agent; counted against `bodyLimit`. */
+  body?: Readable;
+  bodyLimit: number;
+  /** Called when the caller goes away before the answer: aborts the exchange. */
+  onAbort: (abort: () => void) => void;
+}
+
+/**
+ * The control plane's half of the dashboard proxy: one HTTP exchange (or WebSocket handshake)
+ * with a host agent's `/v1/vms/:id/proxy/:port/*`, authenticated with the agent token. It
+ * resolves once the agent answers; errors before that are Warren errors, so the route can
+ * answer them in the usual format. Bodies stream both ways and are never buffered.
+ */
+export class DashboardProxy {
+  readonly #timeoutMs: number;
+  readonly #wsIdleMs: number;
+  // Keep-alive pools: one TCP (or TLS) handshake per agent, not per dashboard request.
+  readonly #http = new HttpAgent({ keepAlive: true });
+  readonly #https = new HttpsAgent({ keepAlive: true });
+  /** Open WebSocket tunnels and streaming responses, ended when the control plane closes. */
+  readonly #live = new Set<{ destroy(): unknown }>();
+
+  constructor(options: { timeoutMs: number; wsIdleMs: number }) {
+    this.#timeoutMs = options.timeoutMs;
+    this.#wsIdleMs = options.wsIdleMs;
+  }
+
+  forward(host: HostRef, init: ForwardInit): Promise<Exchange> {
+    const base = new URL(host.address);
+    const tls = base.protocol === 'https:';
+    return new Promise<Exchange>((resolve, reject) => {
+      let failure: WarrenError | undefined;
+      let answered = false;
+      // Only until the agent answers: from then on the caller streams and handles the ends.
+      const fail = (e: WarrenError) => {
+        if (answered) return;
+        failure ??= e;
+        reject(failure);
+        req.destroy();
+      };
+      const req = (tls ? httpsRequest : httpRequest)({
+        protocol: base.protocol,
+        hostname: base.hostname.replace(/^\[|\]$/g, ''),
+        port: base.port || (tls ? 443 : 80),
+        method: init.method,
+        path: init.path,
+        headers: { ...init.headers, authorization: `Bearer ${host.agent_token}` },
+        agent: tls ? this.#https : this.#http,
+      });
+      // Inactivity, not total time: connecting, a stalled upload and waiting for the answer
+      // each count, but a large upload that keeps moving is not cut off.
+      req.setTimeout(this.#timeoutMs, () =>
+        fail(
+          new WarrenError(
+            'DASHBOARD_UNAVAILABLE',
+            `the tenant's dashboard did not answer within ${this.#timeoutMs} ms (WARREN_DASHBOARD_TIMEOUT_MS)`,
+          ),
+        ),
+      );
+      init.onAbort(() => fail(new WarrenError('CONFLICT', 'the client went away')));
+      req.on('error', (e) => {
+        reject(
+          failure ??
+            new WarrenError('HOST_UNAVAILABLE', `host ${host.name} does not answer: ${e.message}`, {
+              cause: e,
+            }),
+        );
+      });
+      req.on('response', (res) => {
+        answered = true;
+        req.setTimeout(0);
+        resolve({ kind: 'response', res });
+      });
+      req.on('upgrade', (res, socket, head) => {
+        answered = true;
+        req.setTimeout(0);
+        resolve({ kind: 'upgrade', res, socket, head });
+      });
+      const body = init.body;
+      if (!body) {
+        req.end();
+        return;
+      }
+      let seen = 0;
+      const onData = (chunk: Buffer) => {
+        seen += chunk.length;
+        if (seen > init.bodyLimit) {
+          body.off('data', onData);
+          // Read and drop the rest, so the 413 can be answered on this connection.
+          body.resume();
+          fail(
+            new WarrenError(
+              'PAYLOAD_TOO_LARGE',
+              `dashboard request bodies are limited to ${init.bodyLimit} bytes (WARREN_DASHBOARD_BODY_LIMIT_BYTES)`,
+            ),
+          );
+        } else if (!req.write(chunk)) body.pause();
+      };
+      body.on('data', onData);
+      body.on('error', () => fail(new WarrenError('INVALID_ARGUMENT', 'the request body was cut off')));
+      req.on('drain', () => body.resume());
+      body.on('end', () => {
+        if (!failure) req.end();
+      });
+    });
+  }
+
+  /**
+   * Relays a 101 to the client and then pipes the two sockets: WebSocket frames pass as raw
+   * bytes, untouched. Either side closing, erroring or staying silent for the idle time
+   * (WARREN_DASHBOARD_WS_IDLE_MS) closes both.
+   */
+  tunnel(
+    client: Socket,
+    clientHead: Buffer,
+    up: Extract<Exchange, { kind: 'upgrade' }>,
+    headers: [string, string][],
+  ) {
+    const { socket: upstream, head } = up;
+    const lines = ['HTTP/1.1 101 Switching Protocols', ...headers.map(([k, v]) => `${k}: ${v}`)];
+    client.write(`${lines.join('\r\n')}\r\n\r\n`);
+    if (head.length > 0) client.write(head);
+    if (clientHead.length > 0) upstream.write(clientHead);
+    const entry = {
+      destroy: () => {
+        client.destroy();
+        upstream.destroy();
+        this.#live.delete(entry);
+      },
+    };
+    this.#live.add(entry);
+    for (const s of [client, upstream]) {
+      s.setNoDelay(true);
+      s.setTimeout(this.#wsIdleMs, entry.destroy);
+      s.on('error', entry.destroy);
+      s.on('close', entry.destroy);
+    }
+    upstream.pipe(client);
+    client.pipe(upstream);
+  }
+
+  /** Tracks a streaming response so closing the control plane ends it instead of waiting. */
+  track(stream: { destroy(): unknown; once(event: 'close', f: () => void): unknown }): void {
+    this.#live.add(stream);
+    stream.once('close', () => this.#live.delete(stream));
+  }
+
+  close(): void {
+    for (const s of [...this.#live]) s.destroy();
+    this.#http.destroy();
+    this.#https.destroy();
+  }
+
+  /** The agent's own answer (no PROXY_UPSTREAM_HEADER): read its error, at most 64 KiB. */
+  static isAgentAnswer(res: IncomingMessage): boolean {
+    return res.headers[PROXY_UPSTREAM_HEADER] === undefined;
+  }
+
+  static async agentError(host: HostRef, tenantName: string, res: IncomingMessage): Promise<WarrenError> {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    for await (const c of res as AsyncIterable<Buffer>) {
+      size += c.length;
+      if (size > 64 * 1024) break;
+      chunks.push(c);
+    }
+    res.destroy();
+    let body: unknown;
+    try {
+      body = JSON.parse(Buffer.concat(chunks).toString('utf8'));
+    } catch {
+      body = undefined;
+    }
+    const status = res.statusCode ?? 502;
+    const e = WarrenError.fromBody(body, status >= 500 ? 'HOST_UNAVAILABLE' : 'INVALID_ARGUMENT');
+    switch (e.code) {
+      // The agent refusing our token is the platform's problem, not the caller's.
+      case 'UNAUTHENTICATED':
+      case 'FORBIDDEN':
+        return new WarrenError(
+          'HOST_UNAVAILABLE',
+          `host ${host.name} refused the control plane's credentials`,
+        );
+      case 'NOT_FOUND':
+        return new WarrenError(
+          'HOST_UNAVAILABLE',
+          `host ${host.name} has no dashboard proxy (${e.message}); upgrade its host agent`,
+        );
+      case 'VM_NOT_FOUND':
+      case 'VM_NOT_RUNNING':
+      case 'GUEST_UNAVAILABLE':
+        return new WarrenError('DASHBOARD_UNAVAILABLE', `tenant ${tenantName}: ${e.message}`);
+      default:
+        return e;
+    }
+  }
+}
