@@ -1,6 +1,8 @@
 import { availableParallelism, hostname, totalmem } from 'node:os';
 import { ResourceName, Resources, WarrenError } from '@warren/protocol';
 import { z } from 'zod';
+import { addressPlan } from './net/address.ts';
+import { parseUpstream } from './net/dns-forwarder.ts';
 
 const MiB = 1024 * 1024;
 /** Memory kept for the host itself (kernel, page cache, the agent) out of the default capacity. */
@@ -98,6 +100,37 @@ export const HostAgentConfig = z.strictObject({
     .min(RESOURCE_LIMITS.diskMiB.minValue ?? 16)
     .max(RESOURCE_LIMITS.diskMiB.maxValue ?? Number.MAX_SAFE_INTEGER)
     .optional(),
+  /**
+   * WARREN_NETWORK: `on` gives tenant VMs a NIC behind the platform's firewall (needs iproute2
+   * and nftables); `off` gives them no NIC at all.
+   */
+  network: z.enum(['on', 'off']).default('on'),
+  /** WARREN_VM_NETWORK: the private range cut into one /30 per VM; must not collide with the host's networks. */
+  vmNetwork: z
+    .string()
+    .default('10.213.0.0/16')
+    .refine((s) => {
+      try {
+        addressPlan(s);
+        return true;
+      } catch {
+        return false;
+      }
+    }, 'must be an IPv4 network like 10.213.0.0/16 (prefix /8 to /29, no host bits set)'),
+  /** WARREN_VM_DNS_UPSTREAM: resolver the VMs' DNS forwarder relays to; the host's first nameserver when unset. */
+  vmDnsUpstream: z
+    .string()
+    .refine((s) => {
+      try {
+        parseUpstream(s);
+        return true;
+      } catch {
+        return false;
+      }
+    }, 'must be an IP address with an optional port, e.g. 192.0.2.53 or [2001:db8::53]:53')
+    .optional(),
+  /** WARREN_DNS_PORT: where the DNS forwarder listens on the host; VMs reach it as <gateway>:53. */
+  dnsPort: z.coerce.number().int().min(1).max(65535).default(10053),
 });
 export type HostAgentConfig = z.infer<typeof HostAgentConfig>;
 
@@ -122,6 +155,10 @@ export const ENV_NAMES: Record<keyof HostAgentConfig, string> = {
   capacityVcpus: 'WARREN_CAPACITY_VCPUS',
   capacityMemoryMiB: 'WARREN_CAPACITY_MEMORY_MIB',
   capacityDiskMiB: 'WARREN_CAPACITY_DISK_MIB',
+  network: 'WARREN_NETWORK',
+  vmNetwork: 'WARREN_VM_NETWORK',
+  vmDnsUpstream: 'WARREN_VM_DNS_UPSTREAM',
+  dnsPort: 'WARREN_DNS_PORT',
 };
 
 /**

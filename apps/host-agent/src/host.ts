@@ -2,6 +2,9 @@ import { ImageStore } from '@warren/images';
 import { chooseAccelerator } from './accel.ts';
 import { detectCgroups } from './cgroups/cgroups.ts';
 import { type HostAgentConfig, imagesDirOf } from './config.ts';
+import { addressPlan } from './net/address.ts';
+import { parseUpstream, systemResolver } from './net/dns-forwarder.ts';
+import { HostNetwork } from './net/host-network.ts';
 import { VmManager } from './vm/vm-manager.ts';
 import { QemuDriver } from './vmm/qemu/qemu-driver.ts';
 
@@ -11,6 +14,8 @@ export interface Host {
   vms: VmManager;
   accel: { accel: 'kvm' | 'tcg'; reason: string };
   cgroups: { version?: 'v1' | 'v2'; reason: string };
+  /** Tenant networking; absent with WARREN_NETWORK=off. */
+  network?: HostNetwork;
 }
 
 /** Wires the host side from validated configuration: image store, VMM driver, cgroups, VMs. */
@@ -24,6 +29,7 @@ export async function openHost(config: HostAgentConfig, log: (m: string) => void
     binary: config.qemuBinary,
     tcgTranslationCacheMiB: config.tcgTranslationCacheMiB,
   });
+  const network = config.network === 'on' ? await openNetwork(config, log) : undefined;
   const vms = await VmManager.open({
     dataDir: config.dataDir,
     store,
@@ -33,6 +39,7 @@ export async function openHost(config: HostAgentConfig, log: (m: string) => void
     bootTimeoutMs: config.bootTimeoutMs,
     stopTimeoutMs: config.stopTimeoutMs,
     pidsMax: config.pidsMax,
+    ...(network ? { network } : {}),
     log,
   });
   return {
@@ -40,6 +47,29 @@ export async function openHost(config: HostAgentConfig, log: (m: string) => void
     store,
     vms,
     accel,
+    ...(network ? { network } : {}),
     cgroups: { ...(cg.driver ? { version: cg.driver.version } : {}), reason: cg.reason },
   };
+}
+
+async function openNetwork(config: HostAgentConfig, log: (m: string) => void): Promise<HostNetwork> {
+  let upstream = config.vmDnsUpstream ?? (await systemResolver());
+  if (upstream && !config.vmDnsUpstream) {
+    try {
+      parseUpstream(upstream);
+    } catch {
+      log(
+        `the host's nameserver ${upstream} cannot be used by the DNS forwarder: set WARREN_VM_DNS_UPSTREAM`,
+      );
+      upstream = undefined;
+    }
+  }
+  if (!upstream) log('no upstream resolver: VMs get no DNS (set WARREN_VM_DNS_UPSTREAM)');
+  return new HostNetwork({
+    plan: addressPlan(config.vmNetwork),
+    dnsPort: config.dnsPort,
+    ...(upstream ? { dnsUpstream: upstream } : {}),
+    dataDir: config.dataDir,
+    log,
+  });
 }

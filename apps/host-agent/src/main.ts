@@ -51,6 +51,7 @@ export async function runHostAgent(): Promise<void> {
     await link?.close({ waitForTasks: false });
     await app.close();
     host.vms.close();
+    host.network?.close();
     await rm(lock, { force: true });
     process.exit(0);
   };

@@ -21,7 +21,7 @@ import type { ImageStore } from './store.ts';
  * Bump when the builder's output changes for the same inputs (new init script, new
  * layout): old cache entries then stop matching and images are rebuilt.
  */
-export const RECIPE_VERSION = 1;
+export const RECIPE_VERSION = 2;
 
 export interface BuildOptions {
   profile: Profile;

@@ -5,6 +5,7 @@ import {
   type ErrorSummary,
   type HeartbeatRequest,
   type HeartbeatResponse,
+  NetworkPolicy,
   type ReportedVm,
   type Resources,
   tenantIdOfVm,
@@ -40,7 +41,7 @@ export interface ReconcilerOptions {
   log?: (message: string) => void;
 }
 
-type Step = 'create' | 'start' | 'stop' | 'destroy';
+type Step = 'create' | 'start' | 'stop' | 'destroy' | 'network';
 type Phase = 'provisioning' | 'starting' | 'stopping';
 
 /** What the reconciler knows about one tenant VM beyond what VmManager has on disk. */
@@ -273,8 +274,18 @@ export class Reconciler {
       track.retryAt = 0;
       track.retryMs = this.#retryInitialMs;
     }
-    const steps = stepsTo(want, vm);
+    let steps = stepsTo(want, vm);
     if (steps === 'wait') return;
+    // Not tied to a generation: a policy change needs no lifecycle step and applies to a running VM.
+    if (
+      vm &&
+      spec &&
+      want !== 'absent' &&
+      this.#o.vms.networkEnabled &&
+      !samePolicy(vm.networkPolicy, spec.network)
+    ) {
+      steps = ['network', ...steps];
+    }
     if (steps.length === 0) {
       track.generation = generation;
       track.error = null;
@@ -311,10 +322,15 @@ export class Reconciler {
             cpus: spec.vcpus,
             memoryMiB: spec.memoryMiB,
             diskMiB: spec.diskMiB,
+            network: spec.network,
           });
         } else if (step === 'start') {
           track.phase = 'starting';
           await vms.start(track.vmId);
+        } else if (step === 'network') {
+          if (!spec) throw new WarrenError('INTERNAL', `no desired spec for the network of VM ${track.vmId}`);
+          this.#o.log?.(`VM ${track.vmId}: network policy ${JSON.stringify(spec.network)}`);
+          await vms.setNetworkPolicy(track.vmId, spec.network);
         } else if (step === 'stop') {
           track.phase = 'stopping';
           await vms.stop(track.vmId);
@@ -361,6 +377,10 @@ export class Reconciler {
     for (const vm of await this.#o.vms.list()) if (tenantIdOfVm(vm.id)) out.set(vm.id, vm);
     return out;
   }
+}
+
+function samePolicy(a: NetworkPolicy | undefined, b: NetworkPolicy): boolean {
+  return a !== undefined && JSON.stringify(NetworkPolicy.parse(a)) === JSON.stringify(NetworkPolicy.parse(b));
 }
 
 /** What to do to get from `vm` to `want`; 'wait' while someone else has the VM mid-transition. */

@@ -4,11 +4,14 @@ import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/p
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { type ImageStore, run } from '@warren/images';
-import { parseOrThrow, WarrenError } from '@warren/protocol';
+import { NetworkPolicy, parseOrThrow, WarrenError } from '@warren/protocol';
 import { z } from 'zod';
 import type { Accelerator } from '../accel.ts';
 import type { CgroupDriver } from '../cgroups/cgroups.ts';
 import { GuestClient } from '../guest/guest-client.ts';
+import { guestNetArg, lowestFreeIndex, tapName, type VmNetwork, vmNetworkAt } from '../net/address.ts';
+import type { HostNetwork } from '../net/host-network.ts';
+import type { RulesetVm } from '../net/ruleset.ts';
 import type { RunningVm, VmExit, VmLaunchSpec, VmmDriver } from '../vmm/driver.ts';
 
 export const VmId = z
@@ -35,6 +38,11 @@ export const CreateVmRequest = z.strictObject({
     .min(16)
     .max(16 * 1024 * 1024)
     .default(1024),
+  /**
+   * Gives the VM a NIC behind the platform firewall with this policy (tenant VMs get one from
+   * the reconciler). Without it, or with WARREN_NETWORK=off, the VM has no network at all.
+   */
+  network: NetworkPolicy.optional(),
 });
 export type CreateVmRequest = z.input<typeof CreateVmRequest>;
 
@@ -56,6 +64,18 @@ const VmRecord = z.object({
       at: z.string(),
     })
     .optional(),
+  /** The VM's link, allocated once at create and kept for its life, so restarts give the same addresses. */
+  network: z
+    .object({
+      index: z.number().int().nonnegative(),
+      tap: z.string(),
+      mac: z.string(),
+      hostIp: z.string(),
+      guestIp: z.string(),
+    })
+    .optional(),
+  /** What the firewall lets the VM reach; kept here so an agent restart renders the same rules before any heartbeat. */
+  networkPolicy: NetworkPolicy.optional(),
 });
 type VmRecord = z.infer<typeof VmRecord>;
 
@@ -76,6 +96,8 @@ export interface VmManagerOptions {
   bootTimeoutMs: number;
   stopTimeoutMs: number;
   pidsMax: number;
+  /** Tenant networking; without it VMs get no NIC. */
+  network?: HostNetwork;
   log?: (message: string) => void;
 }
 
@@ -104,6 +126,10 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
   readonly #transitions = new Map<string, VmState>();
   /** One lifecycle operation per VM at a time. */
   readonly #locks = new Map<string, Promise<unknown>>();
+  /** Network indexes handed out to creates that have not reached the disk yet. */
+  readonly #reserved = new Set<number>();
+  #allocating: Promise<unknown> = Promise.resolve();
+  #networkSync: Promise<void> = Promise.resolve();
 
   private constructor(options: VmManagerOptions) {
     super();
@@ -134,7 +160,119 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
         });
       }
     }
+    if (options.network) await m.#openNetwork(options.network);
     return m;
+  }
+
+  /**
+   * Rebuilds the network state from the VMs on disk: TAPs of VMs that are gone are removed,
+   * those of running VMs are repaired, and the ruleset is rendered and applied again. The same
+   * VMs render the same ruleset, so this is idempotent.
+   */
+  async #openNetwork(network: HostNetwork): Promise<void> {
+    const ids = await this.#ids();
+    try {
+      // By id, readable vm.json or not: a VM whose record cannot be read still owns its TAP.
+      await network.sweep(new Set(ids.map((id) => tapName(id))));
+      for (const id of ids) {
+        const record = await this.#read(id).catch(() => undefined);
+        if (record?.network && this.#live.has(id)) await network.ensureTap(id, record.network);
+      }
+      await this.syncNetwork();
+    } catch (e) {
+      // The kernel keeps the rules it had; no VM starts with a NIC until a sync succeeds.
+      this.#o.log?.(`tenant network state not rebuilt: ${(e as Error).message}`);
+    }
+  }
+
+  /** True when VMs can get a NIC (WARREN_NETWORK=on). */
+  get networkEnabled(): boolean {
+    return this.#o.network !== undefined;
+  }
+
+  /**
+   * Renders the ruleset from every VM on disk and applies it. Calls queue up and each reads the
+   * disk when its turn comes, so the last one applied always reflects the latest state.
+   */
+  syncNetwork(): Promise<void> {
+    const network = this.#o.network;
+    if (!network) return Promise.resolve();
+    const next = this.#networkSync
+      .catch(() => {})
+      .then(async () => {
+        const vms: RulesetVm[] = [];
+        for (const id of await this.#ids()) {
+          const record = await this.#read(id).catch(() => undefined);
+          if (record?.network) {
+            vms.push({
+              id,
+              network: record.network,
+              policy: record.networkPolicy ?? NetworkPolicy.parse({}),
+            });
+          }
+        }
+        await network.apply(vms);
+      });
+    this.#networkSync = next;
+    return next;
+  }
+
+  /**
+   * Sets the VM's network policy; the firewall changes at once, without a restart. A VM made
+   * without a network (before networking was on) gets its link now and its NIC at next boot.
+   */
+  setNetworkPolicy(id: string, policy: NetworkPolicy): Promise<VmStatus> {
+    return this.#locked(id, async () => {
+      const record = await this.#read(id);
+      if (!this.#o.network) return this.#status(record);
+      record.networkPolicy = parseOrThrow(NetworkPolicy, policy);
+      if (!record.network) {
+        record.network = await this.#allocateNetwork(id, async (net) => {
+          record.network = net;
+          await this.#write(record);
+        });
+      } else {
+        await this.#write(record);
+      }
+      await this.syncNetwork();
+      return this.#status(record);
+    });
+  }
+
+  /**
+   * Picks the lowest free /30 and holds it until `persist` has written it to disk, so two
+   * creates at once never get the same link. Addresses already on the host's interfaces
+   * (another agent, an operator's) are skipped.
+   */
+  async #allocateNetwork(id: string, persist: (net: VmNetwork) => Promise<void>): Promise<VmNetwork> {
+    const network = this.#o.network!;
+    let index = -1;
+    const pick = this.#allocating
+      .catch(() => {})
+      .then(async () => {
+        const taken = new Set(this.#reserved);
+        for (const other of await this.#ids()) {
+          const r = await this.#read(other).catch(() => undefined);
+          if (r?.network) taken.add(r.network.index);
+        }
+        const inUse = await network.addressesInUse();
+        while (index < 0) {
+          const i = lowestFreeIndex(network.plan, taken);
+          const candidate = vmNetworkAt(network.plan, i, id);
+          if (inUse.has(candidate.hostIp) || inUse.has(candidate.guestIp)) taken.add(i);
+          else index = i;
+        }
+        this.#reserved.add(index);
+      });
+    this.#allocating = pick;
+    await pick;
+    try {
+      const net = vmNetworkAt(network.plan, index, id);
+      await persist(net);
+      return net;
+    } finally {
+      this.#reserved.delete(index);
+    }
   }
 
   get #vmsDir(): string {
@@ -178,8 +316,18 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
           createdAt: new Date().toISOString(),
           desired: 'stopped',
         };
-        await this.#write(record, partial);
-        await rename(partial, dir);
+        if (req.network && this.#o.network) {
+          record.networkPolicy = req.network;
+          // Held until the rename: from then on the record on disk is what reserves the link.
+          record.network = await this.#allocateNetwork(id, async (net) => {
+            record.network = net;
+            await this.#write(record, partial);
+            await rename(partial, dir);
+          });
+        } else {
+          await this.#write(record, partial);
+          await rename(partial, dir);
+        }
         return this.#status(record);
       } catch (e) {
         await rm(partial, { recursive: true, force: true });
@@ -234,6 +382,11 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
         record.desired = 'running';
         delete record.lastExit;
         await this.#write(record);
+        if (record.network && this.#o.network) {
+          // The TAP and the rules that confine it exist before QEMU, so the guest's first packet is filtered.
+          await this.#o.network.ensureTap(id, record.network);
+          await this.syncNetwork();
+        }
         const spec = await this.#launchSpec(record, true);
         const vm = await this.#o.driver.launch(spec);
         const live = this.#track(id, vm);
@@ -295,10 +448,18 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
   /** Kills the VM if it runs and removes every file and the cgroup it had. */
   destroy(id: string): Promise<void> {
     return this.#locked(id, async () => {
-      await this.#read(id);
+      const record = await this.#read(id);
       await this.#killLive(id);
       await this.#o.cgroups?.open(id).remove();
+      // Before the directory: if the agent dies in between, the VM is still there to destroy again.
+      if (this.#o.network) await this.#o.network.removeTap(record.network?.tap ?? tapName(id));
       await rm(this.dirOf(id), { recursive: true, force: true });
+      if (record.network) {
+        await this.syncNetwork().catch((e) => {
+          // The VM is gone either way; its stale rules match no interface and go with the next sync.
+          this.#o.log?.(`VM ${id} destroyed, but the firewall was not updated: ${(e as Error).message}`);
+        });
+      }
     });
   }
 
@@ -422,6 +583,15 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
       dataDisk: join(dir, 'data.img'),
       accel: this.#o.accel,
       ...(cgroup ? { cgroup } : {}),
+      ...(record.network && this.#o.network
+        ? {
+            network: {
+              tap: record.network.tap,
+              mac: record.network.mac,
+              kernelArg: guestNetArg(record.network),
+            },
+          }
+        : {}),
     };
   }
 
@@ -451,7 +621,15 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
     else if (live) state = 'running';
     else if (record.desired === 'running' && record.lastExit && !record.lastExit.graceful) state = 'crashed';
     else state = 'stopped';
-    return { ...record, state, accelerator: this.#o.accel, ...(live ? { pid: live.vm.pid } : {}) };
+    const status: VmStatus = {
+      ...record,
+      state,
+      accelerator: this.#o.accel,
+      ...(live ? { pid: live.vm.pid } : {}),
+    };
+    // With networking off the VM boots without a NIC, whatever link its record still holds.
+    if (!this.#o.network) delete status.network;
+    return status;
   }
 
   async #read(id: string): Promise<VmRecord> {

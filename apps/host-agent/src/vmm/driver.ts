@@ -15,6 +15,8 @@ export interface VmLaunchSpec {
   dataDisk: string;
   accel: Accelerator;
   cgroup?: CgroupHandle;
+  /** A NIC on this pre-made TAP; `kernelArg` tells the guest its addresses. */
+  network?: { tap: string; mac: string; kernelArg: string };
 }
 
 export interface VmExit {

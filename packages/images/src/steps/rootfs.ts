@@ -28,9 +28,29 @@ $B mount -t tmpfs -o mode=755,nosuid,nodev tmpfs /run
 $B mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /tmp
 [ -e /dev/fd ] || $B ln -s /proc/self/fd /dev/fd
 $B ip link set lo up 2>/dev/null
+net=
 for arg in $($B cat /proc/cmdline); do
-  case "$arg" in warren.hostname=*) $B hostname "\${arg#warren.hostname=}" ;; esac
+  case "$arg" in
+    warren.hostname=*) $B hostname "\${arg#warren.hostname=}" ;;
+    warren.net=*) net="\${arg#warren.net=}" ;;
+  esac
 done
+# The host agent passes this VM's link as warren.net=<address>/<prefix>,<gateway>,<dns>.
+if [ -n "$net" ]; then
+  addr="\${net%%,*}"; rest="\${net#*,}"; gw="\${rest%%,*}"; dns="\${rest#*,}"
+  dev=
+  i=0
+  while [ -z "$dev" ] && [ $i -lt 200 ]; do
+    for d in /sys/class/net/*; do [ "\${d##*/}" = lo ] || dev="\${d##*/}"; done
+    [ -n "$dev" ] || { $B usleep 10000; i=$((i + 1)); }
+  done
+  if [ -n "$dev" ] && $B ip link set "$dev" up && $B ip addr add "$addr" dev "$dev" &&
+    $B ip route add default via "$gw" dev "$dev"; then
+    echo "nameserver $dns" > /etc/resolv.conf
+  else
+    echo "warren: cannot configure the network ($net) on \${dev:-no interface}"
+  fi
+fi
 # The data volume is the tenant's persistent disk; the root disk is a per-VM overlay.
 if [ -b /dev/vdb ]; then
   $B mount -t ext4 -o noatime,nosuid,nodev /dev/vdb /workspace || echo "warren: cannot mount the data volume /dev/vdb"

@@ -29,6 +29,8 @@ export function qemuArgs(spec: VmLaunchSpec, options: QemuArgOptions): string[] 
     // timers jitter on a busy host) and the kernel stalls; telling it the rate skips that.
     ...(spec.accel === 'tcg' && options.hostTscKHz ? [`tsc_early_khz=${options.hostTscKHz}`] : []),
     `warren.hostname=${spec.id}`,
+    // The platform firewall drops IPv6 from VMs; a guest without it does not try and wait.
+    ...(spec.network ? ['ipv6.disable=1', spec.network.kernelArg] : []),
   ].join(' ');
   return [
     '-name',
@@ -67,6 +69,15 @@ export function qemuArgs(spec: VmLaunchSpec, options: QemuArgOptions): string[] 
     'virtio-blk-device,drive=data',
     '-device',
     'virtio-rng-device',
+    // A TAP the host agent made and firewalled; QEMU runs no scripts (and its sandbox forbids spawning).
+    ...(spec.network
+      ? [
+          '-netdev',
+          `tap,id=net0,ifname=${spec.network.tap},script=no,downscript=no,vhost=off`,
+          '-device',
+          `virtio-net-device,netdev=net0,mac=${spec.network.mac}`,
+        ]
+      : []),
     '-device',
     'virtio-serial-device',
     '-chardev',

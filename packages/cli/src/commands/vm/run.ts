@@ -23,7 +23,9 @@ export async function run(
   if (!args.image) throw new WarrenError('INVALID_ARGUMENT', '--image is required (see `warren image list`)');
   if (command.length === 0) throw new WarrenError('INVALID_ARGUMENT', 'give the command after `--`');
   const log = args.verbose ? (m: string) => process.stderr.write(`warren: ${m}\n`) : () => {};
-  const host = await openHost(loadConfig(), log);
+  // A throwaway VM for one command gets no NIC: it needs none, and the host agent that may
+  // run on the same data directory owns the firewall.
+  const host = await openHost(loadConfig(process.env, { network: 'off' }), log);
   const vm = await host.vms.create({
     image: args.image,
     cpus: args.cpus ? Number(args.cpus) : 1,
