@@ -10,11 +10,17 @@ export interface TestHost extends Host {
   dispose(): Promise<void>;
 }
 
-/** A host with its own temporary data directory and the shared test image store. */
+/**
+ * A host with its own temporary data directory and the shared test image store. Networking is
+ * off: these tests run in the machine's own namespace, where VMs must never get a route out
+ * (test/net/ tests networking inside namespaces they create).
+ */
 export async function openTestHost(): Promise<TestHost> {
   // Short path: VM sockets live under it and unix socket paths are limited to 107 bytes.
   const dataDir = await mkdtemp(join(tmpdir(), 'wt-'));
-  const host = await openHost(loadConfig({}, { dataDir, imagesDir: TEST_IMAGES_DIR, bootTimeoutMs: 90_000 }));
+  const host = await openHost(
+    loadConfig({}, { dataDir, imagesDir: TEST_IMAGES_DIR, bootTimeoutMs: 90_000, network: 'off' }),
+  );
   let disposed = false;
   return {
     ...host,

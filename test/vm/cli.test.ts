@@ -17,7 +17,12 @@ describe('warren CLI', { timeout: 600_000 }, () => {
 
   const warren = (...args: string[]) =>
     spawnSync(join(REPO_ROOT, 'node_modules', '.bin', 'warren'), args, {
-      env: { ...process.env, WARREN_DATA_DIR: dataDir, WARREN_IMAGES_DIR: TEST_IMAGES_DIR },
+      env: {
+        ...process.env,
+        WARREN_DATA_DIR: dataDir,
+        WARREN_IMAGES_DIR: TEST_IMAGES_DIR,
+        WARREN_NETWORK: 'off',
+      },
       encoding: 'utf8',
       timeout: 300_000,
     });

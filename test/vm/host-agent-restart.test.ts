@@ -61,7 +61,12 @@ describe('host agent restart', { timeout: 600_000 }, () => {
       join(REPO_ROOT, 'scripts', 'node.sh'),
       [join(REPO_ROOT, 'apps/host-agent/src/main.ts')],
       {
-        env: { ...process.env, WARREN_DATA_DIR: dataDir, WARREN_IMAGES_DIR: TEST_IMAGES_DIR },
+        env: {
+          ...process.env,
+          WARREN_DATA_DIR: dataDir,
+          WARREN_IMAGES_DIR: TEST_IMAGES_DIR,
+          WARREN_NETWORK: 'off',
+        },
         stdio: ['ignore', 'ignore', 'pipe'],
       },
     );

@@ -33,7 +33,7 @@ describe('image integrity', { timeout: 300_000 }, () => {
       recursive: true,
       filter: (src) => !src.startsWith(join(TEST_IMAGES_DIR, 'tmp')),
     });
-    host = await openHost(loadConfig({}, { dataDir: dir }));
+    host = await openHost(loadConfig({}, { dataDir: dir, network: 'off' }));
   });
   after(async () => {
     host?.vms.close();

@@ -53,7 +53,14 @@ async function until<T>(
 
 function daemon(entry: string, env: Record<string, string>, name: string): ChildProcess {
   const child = spawn(NODE, [entry], {
-    env: { ...process.env, WARREN_DATA_DIR: dataDir, WARREN_IMAGES_DIR: TEST_IMAGES_DIR, ...env },
+    // Networking off: this test runs in the machine's own namespace (test/net/ has the network).
+    env: {
+      ...process.env,
+      WARREN_DATA_DIR: dataDir,
+      WARREN_IMAGES_DIR: TEST_IMAGES_DIR,
+      WARREN_NETWORK: 'off',
+      ...env,
+    },
     stdio: ['ignore', 'ignore', 'pipe'],
   });
   let log = '';

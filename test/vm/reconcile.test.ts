@@ -50,7 +50,7 @@ function qemuPidsFor(id: string): Promise<number[]> {
 
 /** Destroys every VM of a data dir (re-attaching to surviving QEMUs) and removes the dir. */
 async function wipe(dataDir: string, ids: string[]) {
-  const host = await openHost(loadConfig({}, { dataDir, imagesDir: TEST_IMAGES_DIR }));
+  const host = await openHost(loadConfig({}, { dataDir, imagesDir: TEST_IMAGES_DIR, network: 'off' }));
   for (const vm of await host.vms.list()) await host.vms.destroy(vm.id).catch(() => {});
   host.vms.close();
   for (const id of ids) for (const pid of await qemuPidsFor(id)) process.kill(pid, 'SIGKILL');
@@ -103,6 +103,8 @@ describe('host agent converges tenant VMs to the control plane', { timeout: 300_
         joinToken: cp.joinToken,
         hostName: 'test-host',
         agentListen: '127.0.0.1:0',
+        // The machine's own namespace: VMs get no NIC here (test/net/ covers networking).
+        network: 'off',
         heartbeatMs: 300,
         capacityDiskMiB: 10_240,
       },
@@ -357,6 +359,7 @@ describe('kill -9 of the agent in the middle of a create', { timeout: 300_000 },
           WARREN_JOIN_TOKEN: cp!.joinToken,
           WARREN_AGENT_LISTEN: '127.0.0.1:0',
           WARREN_HEARTBEAT_MS: '300',
+          WARREN_NETWORK: 'off',
           ...extraEnv,
         },
         stdio: ['ignore', 'ignore', 'pipe'],
