@@ -1,0 +1,253 @@
+/**
+ * The dashboard proxy end to end, through a real VM: the real control plane (in this process,
+ * on the root end of the lab's veth) → the real host agent (in the lab's host namespace) → the
+ * tenant VM's TAP → an HTTP server and a WebSocket echo running inside the VM. Issue 5, point 2.
+ */
+import assert from 'node:assert/strict';
+import type { ChildProcess } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { WarrenClient } from '@warren/sdk';
+import { openTestControlPlane, type TestControlPlane } from '../helpers/api.ts';
+import { minimalImage, REPO_ROOT, TEST_IMAGES_DIR } from '../helpers/image.ts';
+import { NetLab, SIM } from '../helpers/netns.ts';
+
+const AGENT_PORT = 17071;
+
+/** Runs in the VM: echoes each request's method, path and headers as JSON, and echoes WebSocket frames. */
+const DASHBOARD = String.raw`
+import { createServer } from 'node:http';
+import { createHash } from 'node:crypto';
+const server = createServer((req, res) => {
+  let body = '';
+  req.on('data', (c) => (body += c));
+  req.on('end', () => {
+    res.writeHead(200, { 'content-type': 'application/json', 'set-cookie': 'app=1; Path=/' });
+    res.end(JSON.stringify({ from: 'vm', method: req.method, url: req.url, headers: req.headers, body }));
+  });
+});
+server.on('upgrade', (req, socket) => {
+  const accept = createHash('sha1').update(req.headers['sec-websocket-key'] + '258EAFA5-E914-47DA-95CA-C5AB0DC85B11').digest('base64');
+  socket.write('HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ' + accept + '\r\n\r\n');
+  let buf = Buffer.alloc(0);
+  socket.on('data', (chunk) => {
+    buf = Buffer.concat([buf, chunk]);
+    for (;;) {
+      if (buf.length < 2) return;
+      const op = buf[0] & 15;
+      let len = buf[1] & 127;
+      let off = 2;
+      if (len === 126) { if (buf.length < 4) return; len = buf.readUInt16BE(2); off = 4; }
+      else if (len === 127) { if (buf.length < 10) return; len = Number(buf.readBigUInt64BE(2)); off = 10; }
+      if (buf.length < off + 4 + len) return;
+      const mask = buf.subarray(off, off + 4);
+      const data = Buffer.from(buf.subarray(off + 4, off + 4 + len));
+      for (let i = 0; i < data.length; i++) data[i] ^= mask[i % 4];
+      buf = buf.subarray(off + 4 + len);
+      if (op === 8) { socket.end(Buffer.from([0x88, 0])); return; }
+      const head = data.length < 126 ? Buffer.from([0x80 | op, data.length])
+        : Buffer.from([0x80 | op, 126, data.length >> 8, data.length & 255]);
+      socket.write(Buffer.concat([head, data]));
+    }
+  });
+});
+server.listen(8080, '0.0.0.0', () => console.log('listening'));
+`;
+
+describe('dashboard proxy through a real VM', { timeout: 400_000 }, () => {
+  const lab = new NetLab();
+  let t: TestControlPlane | undefined;
+  let agent: ChildProcess | undefined;
+  let agentLog = '';
+  let dataDir = '';
+  let keyA = '';
+  let keyB = '';
+  const admin = () => new WarrenClient({ url: t!.url, token: t!.adminToken });
+
+  async function until<T>(
+    what: string,
+    check: () => Promise<T | false | undefined>,
+    ms = 180_000,
+  ): Promise<T> {
+    const deadline = Date.now() + ms;
+    let last: unknown;
+    while (Date.now() < deadline) {
+      try {
+        const v = await check();
+        if (v) return v;
+      } catch (e) {
+        last = e;
+      }
+      await sleep(250);
+    }
+    throw new Error(`timed out waiting for ${what}${last ? `: ${last}` : ''}\n${agentLog.slice(-3000)}`);
+  }
+
+  before(async () => {
+    await lab.setup();
+    await lab.startInternet();
+    await minimalImage();
+    dataDir = await mkdtemp(join(tmpdir(), 'wd-'));
+    // The control plane listens on the root end of the veth, where the host namespace reaches it.
+    t = await openTestControlPlane({ host: lab.rootIp, defaultProfile: 'minimal' });
+    agent = lab.spawn(
+      lab.hostNs,
+      [join(REPO_ROOT, 'scripts', 'node.sh'), join(REPO_ROOT, 'apps/host-agent/src/main.ts')],
+      {
+        ...process.env,
+        WARREN_DATA_DIR: dataDir,
+        WARREN_IMAGES_DIR: TEST_IMAGES_DIR,
+        WARREN_CONTROL_PLANE_URL: t.url,
+        WARREN_JOIN_TOKEN: t.joinToken,
+        WARREN_AGENT_LISTEN: `0.0.0.0:${AGENT_PORT}`,
+        WARREN_AGENT_ADDRESS: `http://${lab.hostIp}:${AGENT_PORT}`,
+        WARREN_HOST_NAME: 'lab-host',
+        WARREN_HEARTBEAT_MS: '300',
+        WARREN_BOOT_TIMEOUT_MS: '120000',
+        WARREN_NETWORK: 'on',
+        WARREN_VM_DNS_UPSTREAM: SIM.dns,
+      },
+    );
+    agent.stderr!.on('data', (c) => {
+      agentLog = (agentLog + c).slice(-20_000);
+    });
+    agent.stdout!.resume();
+    await until('the host to join', async () =>
+      (await admin().hosts.list()).some((h) => h.health === 'healthy'),
+    );
+    for (const name of ['dash-a', 'dash-b'])
+      await admin().tenants.create({ name, memoryMiB: 512, diskMiB: 64 });
+    await until('both tenants to run', async () =>
+      (await admin().tenants.list()).every((x) => x.state === 'running'),
+    );
+    keyA = (await admin().keys.create({ tenant: 'dash-a' })).token;
+    keyB = (await admin().keys.create({ tenant: 'dash-b' })).token;
+    const a = new WarrenClient({ url: t.url, token: keyA });
+    await a.tenants.upload('dash-a', '/tmp/dashboard.mjs', Buffer.from(DASHBOARD));
+    const started = await a.tenants.exec(
+      'dash-a',
+      { argv: ['sh', '-c', 'setsid node /tmp/dashboard.mjs </dev/null >/tmp/dashboard.log 2>&1 &'] },
+      {},
+    );
+    assert.equal(started.exitCode, 0);
+    await until(
+      'the dashboard in the VM to listen',
+      async () => {
+        const r = await fetch(`${t!.url}/t/dash-a/dashboard/`, {
+          headers: { authorization: `Bearer ${keyA}` },
+        });
+        return r.status === 200;
+      },
+      60_000,
+    );
+  });
+
+  after(async () => {
+    try {
+      if (t) {
+        for (const x of await admin().tenants.list())
+          await admin()
+            .tenants.delete(x.name)
+            .catch(() => {});
+        await until('tenants deleted', async () => (await admin().tenants.list()).length === 0, 60_000);
+      }
+    } catch (e) {
+      process.stderr.write(`cleanup: ${e}\n`);
+    }
+    if (agent && agent.exitCode === null) {
+      const exited = new Promise((r) => agent!.once('exit', r));
+      agent.kill('SIGKILL');
+      await exited;
+    }
+    await lab.destroy();
+    await t?.close();
+    if (dataDir) await rm(dataDir, { recursive: true, force: true });
+  });
+
+  test('HTTP reaches the server in the VM; the VM sees no platform credential, but X-Forwarded-*', async () => {
+    const res = await fetch(`${t!.url}/t/dash-a/dashboard/some/page?q=1`, {
+      method: 'POST',
+      headers: {
+        authorization: `Bearer ${keyA}`,
+        cookie: 'theme=dark; warren_session=forged',
+        'x-forwarded-for': '6.6.6.6',
+        'content-type': 'text/plain',
+      },
+      body: 'hello vm',
+    });
+    assert.equal(res.status, 200);
+    const seen = (await res.json()) as {
+      from: string;
+      url: string;
+      method: string;
+      body: string;
+      headers: Record<string, string>;
+    };
+    assert.equal(seen.from, 'vm');
+    assert.equal(seen.method, 'POST');
+    assert.equal(seen.url, '/some/page?q=1');
+    assert.equal(seen.body, 'hello vm');
+    assert.equal(seen.headers.authorization, undefined);
+    assert.equal(seen.headers.cookie, 'theme=dark');
+    assert.doesNotMatch(JSON.stringify(seen.headers), new RegExp(`${keyA.slice(-16)}|warren_session|wrn_`));
+    assert.equal(seen.headers['x-forwarded-prefix'], '/t/dash-a/dashboard');
+    assert.notEqual(seen.headers['x-forwarded-for'], '6.6.6.6');
+  });
+
+  test('without credentials 401; with tenant B’s key 404; with a session cookie the VM sees no cookie of ours', async () => {
+    const none = await fetch(`${t!.url}/t/dash-a/dashboard/`);
+    assert.equal(none.status, 401);
+    const other = await fetch(`${t!.url}/t/dash-a/dashboard/`, {
+      headers: { authorization: `Bearer ${keyB}` },
+    });
+    assert.equal(other.status, 404);
+    assert.equal(((await other.json()) as { error: { code: string } }).error.code, 'NOT_FOUND');
+    const login = await fetch(`${t!.url}/v1/sessions`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${keyA}`, 'content-type': 'application/json' },
+      body: JSON.stringify({}),
+    });
+    assert.ok(login.status === 200 || login.status === 201, await login.clone().text());
+    const cookie = (login.headers.get('set-cookie') ?? '').split(';')[0]!;
+    assert.match(cookie, /^warren_session=/);
+    const viaCookie = await fetch(`${t!.url}/t/dash-a/dashboard/x`, { headers: { cookie } });
+    assert.equal(viaCookie.status, 200);
+    const seen = (await viaCookie.json()) as { headers: Record<string, string> };
+    assert.equal(seen.headers.cookie, undefined);
+  });
+
+  test('a WebSocket echo in the VM answers through the proxy', async () => {
+    const ws = new WebSocket(`${t!.url.replace('http', 'ws')}/t/dash-a/dashboard/ws`, {
+      headers: { authorization: `Bearer ${keyA}` },
+    } as never);
+    ws.binaryType = 'arraybuffer';
+    const messages: unknown[] = [];
+    await new Promise<void>((resolve, reject) => {
+      ws.onopen = () => {
+        ws.send('ping from the test');
+        ws.send(new Uint8Array([1, 2, 3, 250]));
+      };
+      ws.onmessage = (e) => {
+        messages.push(e.data);
+        if (messages.length === 2) resolve();
+      };
+      ws.onerror = () => reject(new Error('websocket error'));
+    });
+    ws.close();
+    assert.equal(messages[0], 'ping from the test');
+    assert.deepEqual([...new Uint8Array(messages[1] as ArrayBuffer)], [1, 2, 3, 250]);
+  });
+
+  test('a stopped tenant’s dashboard is a clear 503', async () => {
+    await admin().tenants.stop('dash-a');
+    await until('stopped', async () => (await admin().tenants.get('dash-a')).state === 'stopped', 60_000);
+    const res = await fetch(`${t!.url}/t/dash-a/dashboard/`, {
+      headers: { authorization: `Bearer ${keyA}` },
+    });
+    assert.equal(res.status, 503);
+    assert.equal(((await res.json()) as { error: { code: string } }).error.code, 'DASHBOARD_UNAVAILABLE');
+  });
+});
