@@ -1,5 +1,7 @@
 import type { Tenant, TenantOperationResponse } from '@warren/protocol';
 import type { WarrenClient } from '@warren/sdk';
+import { oneOperand } from './args.ts';
+import { type ConnectionFlags, connect } from './connection.ts';
 import { emit } from './output.ts';
 
 /**
@@ -42,4 +44,25 @@ export async function follow(
     process.stderr.write('\n');
     throw e;
   }
+}
+
+/**
+ * `tenant start|stop|delete NAME [--no-wait]`: the three differ only in the SDK call and the
+ * word on the progress line, so each command file is one call of this.
+ */
+export function lifecycleCommand(
+  call: (warren: WarrenClient, name: string) => Promise<TenantOperationResponse>,
+  verbing: string,
+  usage: string,
+) {
+  return async (
+    args: ConnectionFlags & { 'no-wait'?: boolean; json?: boolean },
+    _rest: string[],
+    operands: string[],
+  ): Promise<number> => {
+    const name = oneOperand(operands, 'tenant NAME', usage);
+    const warren = await connect(args);
+    await follow(warren, await call(warren, name), verbing, args);
+    return 0;
+  };
 }

@@ -7,40 +7,10 @@ import {
 import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
 import type { Socket } from 'node:net';
 import type { Readable } from 'node:stream';
-import { PROXY_UPSTREAM_HEADER, WarrenError } from '@warren/protocol';
+import { endToEndHeaders, PROXY_UPSTREAM_HEADER, WarrenError } from '@warren/protocol';
 import type { HostsTable } from '../store/database.ts';
 
 type HostRef = Pick<HostsTable, 'name' | 'address' | 'agent_token'>;
-
-/** Headers that describe one connection, not the message: never forwarded (RFC 9110 7.6.1). */
-const HOP_BY_HOP = new Set([
-  'connection',
-  'keep-alive',
-  'proxy-connection',
-  'proxy-authenticate',
-  'proxy-authorization',
-  'te',
-  'trailer',
-  'transfer-encoding',
-  'upgrade',
-  'http2-settings',
-]);
-
-/** Header pairs of a message, without hop-by-hop headers and those its Connection header names. */
-export function endToEndHeaders(rawHeaders: string[]): [string, string][] {
-  const named = new Set<string>();
-  for (let i = 0; i < rawHeaders.length; i += 2) {
-    if (rawHeaders[i]!.toLowerCase() === 'connection') {
-      for (const n of rawHeaders[i + 1]!.split(',')) named.add(n.trim().toLowerCase());
-    }
-  }
-  const out: [string, string][] = [];
-  for (let i = 0; i < rawHeaders.length; i += 2) {
-    const name = rawHeaders[i]!.toLowerCase();
-    if (!HOP_BY_HOP.has(name) && !named.has(name)) out.push([name, rawHeaders[i + 1]!]);
-  }
-  return out;
-}
 
 /** Pairs to a header object; repeated names become arrays, which Node sends as repeated lines. */
 export function toHeaderObject(pairs: [string, string][]): OutgoingHttpHeaders {

@@ -9,7 +9,7 @@ import { Agent, type IncomingMessage, request, ServerResponse } from 'node:http'
 import type { Socket } from 'node:net';
 import { isIP } from 'node:net';
 import type { Duplex } from 'node:stream';
-import { PROXY_UPSTREAM_HEADER, tenantIdOfVm, WarrenError } from '@warren/protocol';
+import { endToEndHeaders, PROXY_UPSTREAM_HEADER, tenantIdOfVm, WarrenError } from '@warren/protocol';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 
 export interface VmTarget {
@@ -44,35 +44,6 @@ export function guestIpTarget(vms: { get(id: string): Promise<VmWithNetwork> }):
     }
     return { host: ip, port };
   };
-}
-
-const HOP_BY_HOP = new Set([
-  'connection',
-  'keep-alive',
-  'proxy-connection',
-  'proxy-authenticate',
-  'proxy-authorization',
-  'te',
-  'trailer',
-  'transfer-encoding',
-  'upgrade',
-  'http2-settings',
-]);
-
-/** Header pairs without hop-by-hop headers and those the message's Connection header names. */
-function endToEnd(rawHeaders: string[]): [string, string][] {
-  const named = new Set<string>();
-  for (let i = 0; i < rawHeaders.length; i += 2) {
-    if (rawHeaders[i]!.toLowerCase() === 'connection') {
-      for (const n of rawHeaders[i + 1]!.split(',')) named.add(n.trim().toLowerCase());
-    }
-  }
-  const out: [string, string][] = [];
-  for (let i = 0; i < rawHeaders.length; i += 2) {
-    const name = rawHeaders[i]!.toLowerCase();
-    if (!HOP_BY_HOP.has(name) && !named.has(name)) out.push([name, rawHeaders[i + 1]!]);
-  }
-  return out;
 }
 
 function toObject(pairs: [string, string][]): Record<string, string | string[]> {
@@ -155,7 +126,7 @@ async function proxy(
   }
   const target = await resolve(id, port);
   const path = pathOf(req.raw.url ?? '');
-  const headers = endToEnd(req.raw.rawHeaders).filter(
+  const headers = endToEndHeaders(req.raw.rawHeaders).filter(
     // The agent token is for this hop only; the control plane already removed the client's
     // credentials and set the X-Forwarded-* headers.
     ([name]) =>
@@ -192,7 +163,7 @@ async function proxy(
     else req.raw.pipe(up);
   });
   // Marked as the VM's, whatever its status: the control plane passes it through as it is.
-  const out = endToEnd(vmRes.res.rawHeaders).filter(([name]) => name !== PROXY_UPSTREAM_HEADER);
+  const out = endToEndHeaders(vmRes.res.rawHeaders).filter(([name]) => name !== PROXY_UPSTREAM_HEADER);
   out.push([PROXY_UPSTREAM_HEADER, '1']);
   reply.hijack();
   if (vmRes.kind === 'upgrade') {

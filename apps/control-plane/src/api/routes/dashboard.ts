@@ -2,6 +2,7 @@ import { pipeline } from 'node:stream/promises';
 import type { TLSSocket } from 'node:tls';
 import {
   dashboardPrefix,
+  endToEndHeaders,
   PROXY_UPSTREAM_HEADER,
   SESSION_COOKIE,
   vmIdOfTenant,
@@ -9,7 +10,7 @@ import {
   WarrenError,
 } from '@warren/protocol';
 import type { FastifyReply, FastifyRequest } from 'fastify';
-import { DashboardProxy, endToEndHeaders, toHeaderObject } from '../../agents/dashboard-proxy.ts';
+import { DashboardProxy, toHeaderObject } from '../../agents/dashboard-proxy.ts';
 import { withoutSessionCookie } from '../../auth/sessions.ts';
 import type { HostsTable, TenantsTable } from '../../store/database.ts';
 import type { Api } from '../context.ts';
