@@ -9,11 +9,11 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { WarrenClient } from '@warren/sdk';
 import { openTestControlPlane, type TestControlPlane } from '../helpers/api.ts';
 import { minimalImage, REPO_ROOT, TEST_IMAGES_DIR } from '../helpers/image.ts';
 import { NetLab, SIM } from '../helpers/netns.ts';
+import { until as waitUntil } from '../helpers/until.ts';
 
 const AGENT_PORT = 17071;
 
@@ -67,24 +67,10 @@ describe('dashboard proxy through a real VM', { timeout: 400_000 }, () => {
   let keyB = '';
   const admin = () => new WarrenClient({ url: t!.url, token: t!.adminToken });
 
-  async function until<T>(
-    what: string,
-    check: () => Promise<T | false | undefined>,
-    ms = 180_000,
-  ): Promise<T> {
-    const deadline = Date.now() + ms;
-    let last: unknown;
-    while (Date.now() < deadline) {
-      try {
-        const v = await check();
-        if (v) return v;
-      } catch (e) {
-        last = e;
-      }
-      await sleep(250);
-    }
-    throw new Error(`timed out waiting for ${what}${last ? `: ${last}` : ''}\n${agentLog.slice(-3000)}`);
-  }
+  const until = <T>(what: string, check: () => Promise<T | false | undefined>, ms = 180_000) =>
+    waitUntil(what, check, ms, 250).catch((e: Error) => {
+      throw new Error(`${e.message}\n${agentLog.slice(-3000)}`);
+    });
 
   before(async () => {
     await lab.setup();

@@ -21,6 +21,7 @@ import type { DesiredTenant, NetworkPolicy } from '@warren/protocol';
 import { desiredTenant, FakeControlPlane } from '../helpers/fake-control-plane.ts';
 import { minimalImage, REPO_ROOT, TEST_IMAGES_DIR } from '../helpers/image.ts';
 import { type Internet, NetLab, SIM, UPLINK_IP } from '../helpers/netns.ts';
+import { until } from '../helpers/until.ts';
 
 const AGENT_PORT = 7071;
 const DNS_PORT = 10053;
@@ -100,20 +101,6 @@ interface VmNet {
   mac: string;
   hostIp: string;
   guestIp: string;
-}
-
-async function until<T>(
-  what: string,
-  check: () => T | undefined | Promise<T | undefined>,
-  timeoutMs = 60_000,
-) {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    const v = await check();
-    if (v) return v;
-    await sleep(100);
-  }
-  throw new Error(`timed out after ${timeoutMs} ms waiting until ${what}`);
 }
 
 /** Forwards TCP from the lab's root address to the fake control plane on loopback. */

@@ -15,6 +15,7 @@ import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { WarrenClient } from '@warren/sdk';
 import { minimalImage, REPO_ROOT, TEST_IMAGES_DIR } from '../helpers/image.ts';
+import { until } from '../helpers/until.ts';
 
 const NODE = join(REPO_ROOT, 'scripts', 'node.sh');
 let dataDir = '';
@@ -30,25 +31,6 @@ async function freePort(): Promise<number> {
   const p = (s.address() as { port: number }).port;
   await new Promise((r) => s.close(r));
   return p;
-}
-
-async function until<T>(
-  what: string,
-  check: () => Promise<T | undefined | false>,
-  timeoutMs = 120_000,
-): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let last: unknown;
-  while (Date.now() < deadline) {
-    try {
-      const v = await check();
-      if (v) return v;
-    } catch (e) {
-      last = e;
-    }
-    await sleep(200);
-  }
-  throw new Error(`timed out waiting for ${what}${last ? `: ${last}` : ''}`);
 }
 
 function daemon(entry: string, env: Record<string, string>, name: string): ChildProcess {

@@ -25,15 +25,7 @@ import {
 import { type DesiredTenant, tenantIdOfVm } from '@warren/protocol';
 import { desiredTenant, FakeControlPlane } from '../helpers/fake-control-plane.ts';
 import { minimalImage, REPO_ROOT, TEST_IMAGES_DIR } from '../helpers/image.ts';
-
-async function until(what: string, check: () => boolean | Promise<boolean>, timeoutMs = 60_000) {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    if (await check()) return;
-    await sleep(50);
-  }
-  throw new Error(`timed out after ${timeoutMs} ms waiting until ${what}`);
-}
+import { until } from '../helpers/until.ts';
 
 async function errorCode(res: Response): Promise<string | undefined> {
   return ((await res.json()) as { error?: { code?: string } }).error?.code;
