@@ -39,14 +39,15 @@ export async function authenticate(db: Db, header: string | undefined): Promise<
     throw new WarrenError('UNAUTHENTICATED', 'missing bearer token: send `Authorization: Bearer <token>`');
   }
   const token = m[1]!;
-  const invalid = new WarrenError('UNAUTHENTICATED', 'invalid or revoked token');
-  if (!looksLikeToken(token)) throw invalid;
+  // Built only when thrown: an error captures a stack trace, too dear for every request.
+  const invalid = () => new WarrenError('UNAUTHENTICATED', 'invalid or revoked token');
+  if (!looksLikeToken(token)) throw invalid();
   const row = await db
     .selectFrom('api_keys')
     .select(['id', 'kind', 'tenant_id', 'host_id', 'last_used_at'])
     .where('token_hash', '=', hashToken(token))
     .executeTakeFirst();
-  if (!row) throw invalid;
+  if (!row) throw invalid();
   // Minute granularity: enough to see which keys are in use without a write per request.
   const t = now();
   if (!row.last_used_at || row.last_used_at.slice(0, 16) !== t.slice(0, 16)) {
@@ -56,10 +57,10 @@ export async function authenticate(db: Db, header: string | undefined): Promise<
     case 'admin':
       return { kind: 'admin', keyId: row.id };
     case 'tenant':
-      if (!row.tenant_id) throw invalid;
+      if (!row.tenant_id) throw invalid();
       return { kind: 'tenant', keyId: row.id, tenantId: row.tenant_id };
     case 'host':
-      if (!row.host_id) throw invalid;
+      if (!row.host_id) throw invalid();
       return { kind: 'host', keyId: row.id, hostId: row.host_id };
     case 'join':
       return { kind: 'join', keyId: row.id };

@@ -41,20 +41,22 @@ const STATEMENT_CACHE = 500;
 
 function adapt(db: DatabaseSync): SqliteDatabase {
   // Preparing costs several times more than running a primary-key lookup (bench/README.md).
-  const cache = new Map<string, StatementSync>();
+  // `reader` is cached too: columns() is a native call that costs more than a key lookup.
+  const cache = new Map<string, { stmt: StatementSync; reader: boolean }>();
   return {
     close: () => db.close(),
     prepare(sql: string) {
-      let stmt = cache.get(sql);
-      if (!stmt) {
-        stmt = db.prepare(sql);
+      let entry = cache.get(sql);
+      if (!entry) {
+        const stmt = db.prepare(sql);
+        entry = { stmt, reader: stmt.columns().length > 0 };
         if (cache.size >= STATEMENT_CACHE) cache.delete(cache.keys().next().value!);
-        cache.set(sql, stmt);
+        cache.set(sql, entry);
       }
-      const s = stmt;
+      const s = entry.stmt;
       const args = (p: ReadonlyArray<unknown>) => p.map(toSqlite);
       return {
-        reader: s.columns().length > 0,
+        reader: entry.reader,
         all: (p) => s.all(...args(p)),
         run: (p) => s.run(...args(p)),
         iterate: (p) => s.iterate(...args(p)),
