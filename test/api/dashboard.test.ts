@@ -20,6 +20,7 @@ import { createRemoteApi, type Host } from '@warren/host-agent';
 import { type DesiredTenant, vmIdOfTenant, WarrenError } from '@warren/protocol';
 import type { FastifyInstance } from 'fastify';
 import { call, FAKE_IMAGE, openTestControlPlane, type TestControlPlane } from '../helpers/api.ts';
+import { serveWebSocketEcho, wsAccept } from '../helpers/ws-echo.ts';
 
 const BODY_LIMIT = 256 * 1024;
 const TIMEOUT_MS = 1500;
@@ -39,67 +40,6 @@ interface Seen {
 const seen: Record<string, Seen[]> = {};
 const upgrades: Record<string, IncomingMessage['headers'][]> = {};
 let releaseStream: (() => void) | undefined;
-
-function wsAccept(key: string): string {
-  return createHash('sha1').update(`${key}258EAFA5-E914-47DA-95CA-C5AB0DC85B11`).digest('base64');
-}
-
-function frame(opcode: number, payload: Buffer): Buffer {
-  const n = payload.length;
-  const head = n < 126 ? Buffer.alloc(2) : n < 65536 ? Buffer.alloc(4) : Buffer.alloc(10);
-  head[0] = 0x80 | opcode;
-  if (n < 126) head[1] = n;
-  else if (n < 65536) {
-    head[1] = 126;
-    head.writeUInt16BE(n, 2);
-  } else {
-    head[1] = 127;
-    head.writeBigUInt64BE(BigInt(n), 2);
-  }
-  return Buffer.concat([head, payload]);
-}
-
-/** One complete (unfragmented) client frame from the front of `buf`, unmasked. */
-function parseFrame(buf: Buffer): { opcode: number; payload: Buffer; size: number } | undefined {
-  if (buf.length < 2) return undefined;
-  const opcode = buf[0]! & 0x0f;
-  const masked = (buf[1]! & 0x80) !== 0;
-  let len = buf[1]! & 0x7f;
-  let off = 2;
-  if (len === 126) {
-    if (buf.length < 4) return undefined;
-    len = buf.readUInt16BE(2);
-    off = 4;
-  } else if (len === 127) {
-    if (buf.length < 10) return undefined;
-    len = Number(buf.readBigUInt64BE(2));
-    off = 10;
-  }
-  const maskAt = off;
-  if (masked) off += 4;
-  if (buf.length < off + len) return undefined;
-  const payload = Buffer.from(buf.subarray(off, off + len));
-  if (masked) for (let i = 0; i < payload.length; i++) payload[i]! ^= buf[maskAt + (i % 4)]!;
-  return { opcode, payload, size: off + len };
-}
-
-/** A minimal RFC 6455 echo: text and binary frames back as they came, ping → pong, close → close. */
-function serveWebSocketEcho(socket: Socket, head: Buffer): void {
-  let buf = head;
-  socket.on('data', (d: Buffer) => {
-    buf = Buffer.concat([buf, d]);
-    for (let f = parseFrame(buf); f; f = parseFrame(buf)) {
-      buf = buf.subarray(f.size);
-      if (f.opcode === 0x8) {
-        socket.end(frame(0x8, f.payload));
-        return;
-      }
-      if (f.opcode === 0x9) socket.write(frame(0xa, f.payload));
-      else if (f.opcode === 0x1 || f.opcode === 0x2) socket.write(frame(f.opcode, f.payload));
-    }
-  });
-  socket.on('error', () => socket.destroy());
-}
 
 /** The stand-in for a tenant's dashboard: echoes what it saw, plus a few special paths. */
 function dashboardServer(who: string): Server {

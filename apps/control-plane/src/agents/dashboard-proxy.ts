@@ -7,7 +7,7 @@ import {
 import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
 import type { Socket } from 'node:net';
 import type { Readable } from 'node:stream';
-import { endToEndHeaders, PROXY_UPSTREAM_HEADER, WarrenError } from '@warren/protocol';
+import { PROXY_UPSTREAM_HEADER, WarrenError } from '@warren/protocol';
 import type { HostsTable } from '../store/database.ts';
 
 type HostRef = Pick<HostsTable, 'name' | 'address' | 'agent_token'>;
