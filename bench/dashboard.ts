@@ -37,9 +37,9 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
 import { isMainThread, parentPort, Worker, workerData } from 'node:worker_threads';
 import { createRemoteApi, type Host } from '@warren/host-agent';
-import { type DesiredTenant, vmIdOfTenant, WarrenError } from '@warren/protocol';
+import { vmIdOfTenant, WarrenError } from '@warren/protocol';
 import autocannon, { type Result } from 'autocannon';
-import { call, FAKE_IMAGE, openTestControlPlane } from '../test/helpers/api.ts';
+import { call, FAKE_IMAGE, FakeAgent, openTestControlPlane } from '../test/helpers/api.ts';
 import { serveWebSocketEcho, wsAccept } from '../test/helpers/ws-echo.ts';
 
 /* ------------------------------------------------------------------------- the responses */
@@ -501,35 +501,12 @@ async function main(): Promise<void> {
     ]);
 
     // The host joins and heartbeats like the test's ProxyAgent: every tenant "converged" at once.
-    const capacity = { vcpus: 64, memoryMiB: 65536, diskMiB: 1_000_000 };
-    const joined = await call(cp.url, 'POST', '/v1/agent/join', {
-      token: cp.joinToken,
-      body: { name: 'bench-host', address: agentUrl, agentToken, agentVersion: 'bench', capacity },
-    });
-    if (joined.status !== 200) throw new Error(`join: ${joined.status} ${joined.text}`);
-    let desired: DesiredTenant[] = [];
-    const heartbeat = async () => {
-      const res = await call(cp.url, 'POST', '/v1/agent/heartbeat', {
-        token: joined.body.token,
-        body: {
-          agentVersion: 'bench',
-          capacity,
-          health: 'ok',
-          images: [{ id: FAKE_IMAGE, profile: 'standard', createdAt: '2026-01-01T00:00:00.000Z' }],
-          vms: desired
-            .filter((d) => d.desiredState !== 'absent')
-            .map((d) => ({
-              tenantId: d.tenantId,
-              state: d.desiredState === 'running' ? ('running' as const) : ('stopped' as const),
-              generation: d.generation,
-              error: null,
-            })),
-        },
-      });
-      if (res.status !== 200) throw new Error(`heartbeat: ${res.status} ${res.text}`);
-      desired = res.body.tenants;
-    };
-    await heartbeat();
+    const host = await new FakeAgent('bench-host', { vcpus: 64, memoryMiB: 65536, diskMiB: 1_000_000 }).start(
+      cp.url,
+      cp.joinToken,
+      0,
+      { address: agentUrl, agentToken },
+    );
     const created = await call(cp.url, 'POST', '/v1/tenants', {
       token: cp.adminToken,
       body: { name: 'bench', image: FAKE_IMAGE, dashboardPort: port },
@@ -541,7 +518,7 @@ async function main(): Promise<void> {
     const key = await call(cp.url, 'POST', '/v1/keys', { token: cp.adminToken, body: { tenant: tenantId } });
     if (key.status !== 201) throw new Error(`create key: ${key.status} ${key.text}`);
     const tenantKey: string = key.body.token;
-    for (let i = 0; i < 3; i++) await heartbeat();
+    for (let i = 0; i < 3; i++) await host.heartbeat();
     const tenant = await call(cp.url, 'GET', `/v1/tenants/${tenantId}`, { token: tenantKey });
     if (tenant.body?.state !== 'running') throw new Error(`tenant not running: ${tenant.text}`);
 

@@ -17,9 +17,9 @@ import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { RegisteredRoute } from '@warren/control-plane';
 import { createRemoteApi, type Host } from '@warren/host-agent';
-import { type DesiredTenant, vmIdOfTenant, WarrenError } from '@warren/protocol';
+import { vmIdOfTenant, WarrenError } from '@warren/protocol';
 import type { FastifyInstance } from 'fastify';
-import { call, FAKE_IMAGE, openTestControlPlane, type TestControlPlane } from '../helpers/api.ts';
+import { call, FAKE_IMAGE, FakeAgent, openTestControlPlane, type TestControlPlane } from '../helpers/api.ts';
 import { serveWebSocketEcho, wsAccept } from '../helpers/ws-echo.ts';
 
 const BODY_LIMIT = 256 * 1024;
@@ -131,20 +131,21 @@ class ProxyAgent {
   readonly agentToken = randomBytes(32).toString('base64url');
   api!: FastifyInstance;
   address = '';
-  hostToken = '';
-  desired: DesiredTenant[] = [];
+  /** Joins and heartbeats on behalf of `api`. */
+  readonly host = new FakeAgent('proxy-host', { vcpus: 64, memoryMiB: 65536, diskMiB: 1_000_000 });
   /** Tenant name → the VM's guest IP (undefined: the VM has no network). */
   readonly guestIps = new Map<string, string | undefined>();
   readonly asked: string[] = [];
-  #timer: NodeJS.Timeout | undefined;
-  #cpUrl = '';
+
+  get hostToken(): string {
+    return this.host.token;
+  }
 
   async start(cpUrl: string, joinToken: string): Promise<this> {
-    this.#cpUrl = cpUrl;
     const vms = {
       get: async (id: string) => {
         this.asked.push(id);
-        const d = this.desired.find((x) => x.vmId === id);
+        const d = this.host.desired.find((x) => x.vmId === id);
         if (!d) throw new WarrenError('VM_NOT_FOUND', `no VM ${id} on this host`);
         const ip = this.guestIps.get(d.name);
         return {
@@ -157,48 +158,16 @@ class ProxyAgent {
     this.api = createRemoteApi({ vms } as unknown as Host, { agentToken: this.agentToken, onWake: () => {} });
     await this.api.listen({ host: '127.0.0.1', port: 0 });
     this.address = `http://127.0.0.1:${(this.api.server.address() as AddressInfo).port}`;
-    const joined = await call(cpUrl, 'POST', '/v1/agent/join', {
-      token: joinToken,
-      body: {
-        name: 'proxy-host',
-        address: this.address,
-        agentToken: this.agentToken,
-        agentVersion: 'test',
-        capacity: { vcpus: 64, memoryMiB: 65536, diskMiB: 1_000_000 },
-      },
-    });
-    assert.equal(joined.status, 200, joined.text);
-    this.hostToken = joined.body.token;
-    await this.heartbeat();
-    this.#timer = setInterval(() => void this.heartbeat().catch(() => {}), 1000);
+    await this.host.start(cpUrl, joinToken, 1000, { address: this.address, agentToken: this.agentToken });
     return this;
   }
 
-  async heartbeat(): Promise<void> {
-    const vms = this.desired
-      .filter((d) => d.desiredState !== 'absent')
-      .map((d) => ({
-        tenantId: d.tenantId,
-        state: d.desiredState === 'running' ? ('running' as const) : ('stopped' as const),
-        generation: d.generation,
-        error: null,
-      }));
-    const res = await call(this.#cpUrl, 'POST', '/v1/agent/heartbeat', {
-      token: this.hostToken,
-      body: {
-        agentVersion: 'test',
-        capacity: { vcpus: 64, memoryMiB: 65536, diskMiB: 1_000_000 },
-        health: 'ok',
-        images: [{ id: FAKE_IMAGE, profile: 'standard', createdAt: '2026-01-01T00:00:00.000Z' }],
-        vms,
-      },
-    });
-    if (res.status !== 200) throw new Error(`heartbeat: ${res.text}`);
-    this.desired = res.body.tenants;
+  heartbeat(): Promise<unknown> {
+    return this.host.heartbeat();
   }
 
   async stop(): Promise<void> {
-    clearInterval(this.#timer);
+    await this.host.stop();
     await this.api?.close();
   }
 }

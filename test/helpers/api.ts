@@ -84,14 +84,15 @@ export const FAKE_IMAGE = `sha256:${'ab'.repeat(32)}`;
  * A stand-in for a host agent, for tests of the control plane's API and scheduler (the agent
  * is outside what they test; test/vm/ runs the real one). It joins, heartbeats on demand,
  * "converges" instantly by reporting each tenant in its desired state, and serves the agent
- * API's exec and files routes with canned answers.
+ * API's exec and files routes with canned answers — or, given `remote`, joins on behalf of a
+ * real agent API that the caller runs (the dashboard proxy's tests and benchmark do).
  */
 export class FakeAgent {
   readonly name: string;
   readonly capacity: Resources;
   hostId = '';
   #token = '';
-  readonly #agentToken = randomBytes(32).toString('base64url');
+  #agentToken = randomBytes(32).toString('base64url');
   #server: Server | undefined;
   #address = '';
   #timer: NodeJS.Timeout | undefined;
@@ -104,7 +105,42 @@ export class FakeAgent {
     this.capacity = capacity;
   }
 
-  async start(cpUrl: string, joinToken: string, heartbeatMs = 0): Promise<this> {
+  async start(
+    cpUrl: string,
+    joinToken: string,
+    heartbeatMs = 0,
+    remote?: { address: string; agentToken: string },
+  ): Promise<this> {
+    if (remote) {
+      this.#address = remote.address;
+      this.#agentToken = remote.agentToken;
+    } else await this.#serveCannedApi();
+    this.cpUrl = cpUrl;
+    const joined = await call(cpUrl, 'POST', '/v1/agent/join', {
+      token: joinToken,
+      body: {
+        name: this.name,
+        address: this.#address,
+        agentToken: this.#agentToken,
+        agentVersion: 'fake',
+        capacity: this.capacity,
+      },
+    });
+    if (joined.status !== 200) {
+      await this.stop();
+      throw new Error(`join failed: ${joined.text}`);
+    }
+    this.hostId = joined.body.hostId;
+    this.#token = joined.body.token;
+    await this.heartbeat();
+    if (heartbeatMs > 0) {
+      this.#timer = setInterval(() => void this.heartbeat().catch(() => {}), heartbeatMs);
+    }
+    return this;
+  }
+
+  /** The agent API's exec and files routes with canned answers, recording what was asked. */
+  async #serveCannedApi(): Promise<void> {
     this.#server = createServer((req, res) => {
       let body = '';
       req.on('data', (c) => (body += c));
@@ -128,28 +164,6 @@ export class FakeAgent {
     });
     await new Promise<void>((r) => this.#server!.listen(0, '127.0.0.1', r));
     this.#address = `http://127.0.0.1:${(this.#server.address() as AddressInfo).port}`;
-    this.cpUrl = cpUrl;
-    const joined = await call(cpUrl, 'POST', '/v1/agent/join', {
-      token: joinToken,
-      body: {
-        name: this.name,
-        address: this.#address,
-        agentToken: this.#agentToken,
-        agentVersion: 'fake',
-        capacity: this.capacity,
-      },
-    });
-    if (joined.status !== 200) {
-      await this.stop();
-      throw new Error(`join failed: ${joined.text}`);
-    }
-    this.hostId = joined.body.hostId;
-    this.#token = joined.body.token;
-    await this.heartbeat();
-    if (heartbeatMs > 0) {
-      this.#timer = setInterval(() => void this.heartbeat().catch(() => {}), heartbeatMs);
-    }
-    return this;
   }
 
   cpUrl = '';
