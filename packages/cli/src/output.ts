@@ -47,3 +47,22 @@ export function ago(iso: string | null, now = Date.now()): string {
   if (s < 172800) return `${Math.round(s / 3600)}h ago`;
   return `${Math.round(s / 86400)}d ago`;
 }
+
+/**
+ * SIGINT/SIGTERM abort the running command instead of killing the CLI, so it can clean up and
+ * exit 130. `dispose` gives the signals back.
+ */
+export function interruptible(): { signal: AbortSignal; interrupted: () => boolean; dispose: () => void } {
+  const abort = new AbortController();
+  const onSignal = () => abort.abort();
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  return {
+    signal: abort.signal,
+    interrupted: () => abort.signal.aborted,
+    dispose: () => {
+      process.off('SIGINT', onSignal);
+      process.off('SIGTERM', onSignal);
+    },
+  };
+}

@@ -1,7 +1,7 @@
 import { WarrenError } from '@warren/protocol';
 import { intFlag, oneOperand } from '../../args.ts';
 import { type ConnectionFlags, connect } from '../../connection.ts';
-import { exitStatusOf } from '../../output.ts';
+import { exitStatusOf, interruptible } from '../../output.ts';
 
 export const usage = 'warren tenant exec NAME [--timeout SEC] [--stdin] [--json] -- CMD...';
 
@@ -27,14 +27,7 @@ export async function run(
   const line = (key: string, b: Buffer) =>
     process.stdout.write(`${JSON.stringify({ [key]: b.toString('base64') })}\n`);
 
-  let interrupted = false;
-  const abort = new AbortController();
-  const onSignal = () => {
-    interrupted = true;
-    abort.abort();
-  };
-  process.once('SIGINT', onSignal);
-  process.once('SIGTERM', onSignal);
+  const interrupt = interruptible();
   try {
     const exit = await warren.tenants.exec(
       name,
@@ -46,18 +39,17 @@ export async function run(
       {
         onStdout: (b) => (args.json ? line('stdout', b) : process.stdout.write(b)),
         onStderr: (b) => (args.json ? line('stderr', b) : process.stderr.write(b)),
-        signal: abort.signal,
+        signal: interrupt.signal,
       },
     );
     if (args.json) process.stdout.write(`${JSON.stringify({ exit })}\n`);
     if (exit.timedOut) process.stderr.write(`warren: command timed out after ${timeout} s\n`);
     return exitStatusOf(exit);
   } catch (e) {
-    if (interrupted) return 130;
+    if (interrupt.interrupted()) return 130;
     throw e;
   } finally {
-    process.off('SIGINT', onSignal);
-    process.off('SIGTERM', onSignal);
+    interrupt.dispose();
   }
 }
 

@@ -1,6 +1,6 @@
 import { loadConfig, openHost } from '@warren/host-agent';
 import { WarrenError } from '@warren/protocol';
-import { exitStatusOf } from '../../output.ts';
+import { exitStatusOf, interruptible } from '../../output.ts';
 
 export const usage =
   'warren vm run --image <id> [--cpus N] [--memory MiB] [--disk MiB] [--timeout SEC] -- <command...>';
@@ -32,14 +32,7 @@ export async function run(
     memoryMiB: args.memory ? Number(args.memory) : 512,
     diskMiB: args.disk ? Number(args.disk) : 256,
   });
-  let interrupted = false;
-  const abort = new AbortController();
-  const onSignal = () => {
-    interrupted = true;
-    abort.abort();
-  };
-  process.once('SIGINT', onSignal);
-  process.once('SIGTERM', onSignal);
+  const interrupt = interruptible();
   try {
     await host.vms.start(vm.id);
     log(`VM ${vm.id} ready (${host.accel.accel})`);
@@ -49,15 +42,16 @@ export async function run(
       {
         onStdout: (b) => process.stdout.write(b),
         onStderr: (b) => process.stderr.write(b),
-        signal: abort.signal,
+        signal: interrupt.signal,
       },
     );
     if (exit.timedOut) process.stderr.write(`warren: command timed out after ${args.timeout} s\n`);
     return exitStatusOf(exit);
   } catch (e) {
-    if (interrupted) return 130;
+    if (interrupt.interrupted()) return 130;
     throw e;
   } finally {
+    interrupt.dispose();
     await host.vms
       .destroy(vm.id)
       .catch((e) => process.stderr.write(`warren: cleanup of ${vm.id} failed: ${e}\n`));
