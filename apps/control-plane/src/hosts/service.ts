@@ -16,6 +16,7 @@ import type { HostsTable } from '../store/database.ts';
 import type { Db } from '../store/index.ts';
 import { safeImages } from '../tenants/service.ts';
 import { networkOf } from '../tenants/view.ts';
+import { healthySince, isHealthy } from './health.ts';
 
 /** Host agents: joining, heartbeats (which carry actual state and return desired state), views. */
 export class HostService {
@@ -25,10 +26,6 @@ export class HostService {
   constructor(db: Db, config: ControlPlaneConfig) {
     this.#db = db;
     this.#config = config;
-  }
-
-  healthySince(): string {
-    return new Date(Date.now() - this.#config.heartbeatTimeoutMs).toISOString();
   }
 
   /**
@@ -263,9 +260,7 @@ export class HostService {
   }
 
   isHealthy(row: Pick<HostsTable, 'health' | 'last_heartbeat_at'>): boolean {
-    return (
-      row.health === 'ok' && row.last_heartbeat_at !== null && row.last_heartbeat_at >= this.healthySince()
-    );
+    return isHealthy(row, healthySince(this.#config));
   }
 
   view(r: HostsTable, tenants: number): Host {

@@ -1,4 +1,5 @@
 import { type Resources, WarrenError } from '@warren/protocol';
+import { whereHealthy } from '../hosts/health.ts';
 import type { Db } from '../store/index.ts';
 import { type HostCandidate, rank } from './policy.ts';
 
@@ -18,22 +19,22 @@ export interface PlacementRequest {
  * tries the next candidate.
  */
 export async function placeTenant(trx: Db, req: PlacementRequest): Promise<string> {
-  const rows = await trx
-    .selectFrom('hosts')
-    .select([
-      'id',
-      'images',
-      'cap_vcpus',
-      'cap_memory_mib',
-      'cap_disk_mib',
-      'alloc_vcpus',
-      'alloc_memory_mib',
-      'alloc_disk_mib',
-    ])
-    .where('draining', '=', 0)
-    .where('health', '=', 'ok')
-    .where('last_heartbeat_at', '>=', req.healthySince)
-    .execute();
+  const rows = await whereHealthy(
+    trx
+      .selectFrom('hosts')
+      .select([
+        'id',
+        'images',
+        'cap_vcpus',
+        'cap_memory_mib',
+        'cap_disk_mib',
+        'alloc_vcpus',
+        'alloc_memory_mib',
+        'alloc_disk_mib',
+      ])
+      .where('draining', '=', 0),
+    req.healthySince,
+  ).execute();
   const candidates: HostCandidate[] = rows
     .filter((r) => hasImage(r.images, req.imageId))
     .map((r) => ({

@@ -12,6 +12,7 @@ import {
 import type { z } from 'zod';
 import { isUniqueViolation } from '../api/errors.ts';
 import type { ControlPlaneConfig } from '../config.ts';
+import { healthySince, whereHealthy } from '../hosts/health.ts';
 import { newId, now } from '../ids.ts';
 import { placeTenant } from '../scheduler/place.ts';
 import type { OperationsTable, TenantsTable } from '../store/database.ts';
@@ -33,11 +34,6 @@ export class TenantService {
 
   constructor(deps: TenantServiceDeps) {
     this.#d = deps;
-  }
-
-  /** ISO time before which a heartbeat is too old for the host to count as healthy. */
-  healthySince(): string {
-    return new Date(Date.now() - this.#d.config.heartbeatTimeoutMs).toISOString();
   }
 
   async view(row: TenantsTable): Promise<Tenant> {
@@ -76,8 +72,8 @@ export class TenantService {
       diskMiB: req.diskMiB ?? Math.min(c.defaultDiskMiB, quota.diskMiB),
     };
     checkQuota(quota, resources, c);
-    const healthySince = this.healthySince();
-    const imageId = await this.#resolveImage(req.image, healthySince);
+    const since = healthySince(this.#d.config);
+    const imageId = await this.#resolveImage(req.image, since);
     const t = now();
     const tenant: TenantsTable = {
       id: newId('ten'),
@@ -122,7 +118,7 @@ export class TenantService {
             `the platform holds at most ${c.maxTenants} tenants (WARREN_MAX_TENANTS)`,
           );
         }
-        tenant.host_id = await placeTenant(trx, { resources, imageId, healthySince });
+        tenant.host_id = await placeTenant(trx, { resources, imageId, healthySince: since });
         await trx.insertInto('tenants').values(tenant).execute();
         await trx.insertInto('operations').values(op).execute();
       });
@@ -234,13 +230,8 @@ export class TenantService {
   }
 
   /** Picks the image: a full id or unique prefix known to a healthy host, else the default profile's newest. */
-  async #resolveImage(ref: string | undefined, healthySince: string): Promise<string> {
-    const rows = await this.#d.db
-      .selectFrom('hosts')
-      .select('images')
-      .where('health', '=', 'ok')
-      .where('last_heartbeat_at', '>=', healthySince)
-      .execute();
+  async #resolveImage(ref: string | undefined, since: string): Promise<string> {
+    const rows = await whereHealthy(this.#d.db.selectFrom('hosts').select('images'), since).execute();
     const images = new Map<string, { id: string; profile: string; createdAt: string }>();
     for (const r of rows) {
       for (const i of safeImages(r.images)) images.set(i.id, i);
@@ -271,24 +262,19 @@ export class TenantService {
   }
 
   async #healthyHosts(): Promise<Set<string>> {
-    const rows = await this.#d.db
-      .selectFrom('hosts')
-      .select('id')
-      .where('health', '=', 'ok')
-      .where('last_heartbeat_at', '>=', this.healthySince())
-      .execute();
+    const rows = await whereHealthy(
+      this.#d.db.selectFrom('hosts').select('id'),
+      healthySince(this.#d.config),
+    ).execute();
     return new Set(rows.map((r) => r.id));
   }
 
   async #hostHealthy(hostId: string | null): Promise<boolean> {
     if (!hostId) return false;
-    const row = await this.#d.db
-      .selectFrom('hosts')
-      .select('id')
-      .where('id', '=', hostId)
-      .where('health', '=', 'ok')
-      .where('last_heartbeat_at', '>=', this.healthySince())
-      .executeTakeFirst();
+    const row = await whereHealthy(
+      this.#d.db.selectFrom('hosts').select('id').where('id', '=', hostId),
+      healthySince(this.#d.config),
+    ).executeTakeFirst();
     return row !== undefined;
   }
 }
