@@ -12,7 +12,7 @@ import { displayPrefix, hashToken, newToken } from '../auth/tokens.ts';
 import type { ControlPlaneConfig } from '../config.ts';
 import { newId, now } from '../ids.ts';
 import { releaseTenant } from '../scheduler/place.ts';
-import type { HostsTable } from '../store/database.ts';
+import type { HostsTable, TenantsTable } from '../store/database.ts';
 import type { Db } from '../store/index.ts';
 import { safeImages } from '../tenants/service.ts';
 import { networkOf } from '../tenants/view.ts';
@@ -257,6 +257,17 @@ export class HostService {
       .where('id', '=', row.id)
       .execute();
     return this.get(row.id);
+  }
+
+  /** The host a tenant runs on, for calls to its agent; HOST_UNAVAILABLE when it stopped heartbeating. */
+  async liveHostOf(tenant: Pick<TenantsTable, 'name' | 'host_id'>): Promise<HostsTable> {
+    const host = tenant.host_id
+      ? await this.#db.selectFrom('hosts').selectAll().where('id', '=', tenant.host_id).executeTakeFirst()
+      : undefined;
+    if (!host || !this.isHealthy(host)) {
+      throw new WarrenError('HOST_UNAVAILABLE', `the host of tenant ${tenant.name} has stopped heartbeating`);
+    }
+    return host;
   }
 
   isHealthy(row: Pick<HostsTable, 'health' | 'last_heartbeat_at'>): boolean {

@@ -138,13 +138,7 @@ async function hostOf(api: Api, tenant: TenantsTable): Promise<HostsTable> {
       `tenant ${tenant.name} is ${state}: its dashboard is served only while it is running`,
     );
   }
-  const host = tenant.host_id
-    ? await api.db.selectFrom('hosts').selectAll().where('id', '=', tenant.host_id).executeTakeFirst()
-    : undefined;
-  if (!host || !api.hosts.isHealthy(host)) {
-    throw new WarrenError('HOST_UNAVAILABLE', `the host of tenant ${tenant.name} has stopped heartbeating`);
-  }
-  return host;
+  return api.hosts.liveHostOf(tenant);
 }
 
 function splitUrl(url: string): [string, string] {

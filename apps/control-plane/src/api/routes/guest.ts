@@ -17,13 +17,7 @@ export function guestRoutes(api: Api): void {
     if (tenant.desired_state !== 'running' || tenant.state !== 'running') {
       throw new WarrenError('TENANT_NOT_RUNNING', `tenant ${tenant.name} is ${tenant.state}, not running`);
     }
-    const host = tenant.host_id
-      ? await api.db.selectFrom('hosts').selectAll().where('id', '=', tenant.host_id).executeTakeFirst()
-      : undefined;
-    if (!host || !api.hosts.isHealthy(host)) {
-      throw new WarrenError('HOST_UNAVAILABLE', `the host of tenant ${tenant.name} has stopped heartbeating`);
-    }
-    return host;
+    return api.hosts.liveHostOf(tenant);
   }
 
   api.route(
