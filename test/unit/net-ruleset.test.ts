@@ -8,6 +8,9 @@ import { test } from 'node:test';
 import {
   addressPlan,
   BLOCKED_DESTINATIONS,
+  loadConfig,
+  PROVIDER_SERVICE_ADDRESSES,
+  parseCidr,
   type RulesetVm,
   renderEmpty,
   renderRuleset,
@@ -21,6 +24,18 @@ const internet: NetworkPolicy = { egress: 'internet', allowlist: [], bandwidthMb
 
 function vm(id: string, index: number, policy: NetworkPolicy = internet): RulesetVm {
   return { id, network: vmNetworkAt(plan, index, id), policy };
+}
+
+/** CIDRs in address order, as the interval set lists them. */
+function byAddress(cidrs: readonly string[]): string[] {
+  return [...cidrs].sort((a, b) => parseCidr(a).base - parseCidr(b).base);
+}
+
+/** The elements of the blocked set. */
+function blockedOf(text: string): string[] {
+  const m = /\tset blocked \{[^}]*elements = \{ ([^}]*) \}/.exec(text);
+  assert.ok(m, 'no blocked set');
+  return m[1]!.split(', ');
 }
 
 /** The body of one chain, rule lines without indentation. */
@@ -76,7 +91,11 @@ test('internet: everything public; private, shared, link-local, loopback, multic
   }
   assert.match(
     text,
-    new RegExp(`elements = \\{ ${BLOCKED_DESTINATIONS.join(', ').replaceAll('.', '\\.')} \\}`),
+    new RegExp(
+      `elements = \\{ ${byAddress([...BLOCKED_DESTINATIONS, ...PROVIDER_SERVICE_ADDRESSES])
+        .join(', ')
+        .replaceAll('.', '\\.')} \\}`,
+    ),
   );
   assert.deepEqual(chainOf(text, 'vm_ingress'), [
     'ct state established,related accept',
@@ -105,6 +124,58 @@ test('a VM network outside the blocked ranges is blocked too', () => {
     /10\.213\.0\.0\/16,/,
     'covered by 10.0.0.0/8 already; an overlap would be refused',
   );
+});
+
+test('provider service addresses, the host’s own networks and the operator’s ranges are blocked (finding 9)', () => {
+  const plain = blockedOf(renderRuleset([vm('ten-a', 0)], options));
+  // Azure's WireServer and IBM Cloud's service network, by default.
+  assert.ok(plain.includes('168.63.129.16/32'), plain.join());
+  assert.ok(plain.includes('161.26.0.0/16'), plain.join());
+  const text = renderRuleset([vm('ten-a', 0)], {
+    ...options,
+    // The host's uplink and another of its networks, twice over, and the operator's extras:
+    // one inside a built-in range, one containing another.
+    blocked: [
+      '198.51.100.0/30',
+      '203.0.113.0/24',
+      '198.51.100.0/30',
+      '10.1.0.0/16',
+      '192.0.2.0/25',
+      '192.0.2.0/24',
+    ],
+  });
+  const blocked = blockedOf(text);
+  for (const c of ['198.51.100.0/30', '203.0.113.0/24', '192.0.2.0/24', '168.63.129.16/32', '10.0.0.0/8']) {
+    assert.ok(blocked.includes(c), `${c} in ${blocked.join()}`);
+  }
+  // An interval set refuses overlapping elements: each range once, none inside another.
+  for (const c of ['10.1.0.0/16', '192.0.2.0/25']) assert.ok(!blocked.includes(c), c);
+  assert.equal(new Set(blocked).size, blocked.length);
+  assert.deepEqual(blocked, byAddress(blocked));
+  // Blocked before any VM's own policy, so an allowlist cannot open them.
+  const allow: NetworkPolicy = {
+    egress: 'allowlist',
+    allowlist: [{ cidr: '168.63.129.16/32' }, { cidr: '198.51.100.0/30' }],
+    bandwidthMbit: null,
+  };
+  const allowing = renderRuleset([vm('ten-a', 0, allow)], { ...options, blocked: ['198.51.100.0/30'] });
+  assert.equal(
+    chainOf(allowing, 'vm_egress')[1],
+    'ip daddr @blocked counter drop comment "blocked destination"',
+  );
+});
+
+test('the operator’s blocked ranges: validated, canonical, from a comma-separated list', () => {
+  assert.deepEqual(loadConfig({}).vmBlockedCidrs, []);
+  assert.deepEqual(loadConfig({ WARREN_VM_BLOCKED_CIDRS: '192.0.2.7/24, 198.51.100.9' }).vmBlockedCidrs, [
+    '192.0.2.0/24',
+    '198.51.100.9/32',
+  ]);
+  assert.throws(
+    () => loadConfig({ WARREN_VM_BLOCKED_CIDRS: '192.0.2.0/24,example.com' }),
+    /WARREN_VM_BLOCKED_CIDRS/,
+  );
+  assert.throws(() => loadConfig({ WARREN_VM_BLOCKED_CIDRS: '192.0.2.0/33' }), /WARREN_VM_BLOCKED_CIDRS/);
 });
 
 test('none: no egress and no DNS', () => {

@@ -1,7 +1,7 @@
 import { availableParallelism, hostname, totalmem } from 'node:os';
 import { ResourceName, Resources, WarrenError } from '@warren/protocol';
 import { z } from 'zod';
-import { addressPlan } from './net/address.ts';
+import { addressPlan, formatCidr, parseCidr } from './net/address.ts';
 import { parseUpstream } from './net/dns-forwarder.ts';
 
 const MiB = 1024 * 1024;
@@ -11,6 +11,30 @@ const RESOURCE_LIMITS = Resources.shape;
 
 /** `host:port` or `[v6]:port`; port 0 lets the kernel pick one (tests). */
 const LISTEN = /^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$/;
+
+/** A comma-separated list from the environment; lists from code (overrides) pass unchanged. */
+function commaList(v: unknown): unknown {
+  return typeof v === 'string'
+    ? v
+        .split(',')
+        .map((s) => s.trim())
+        .filter(Boolean)
+    : v;
+}
+
+/** A DNS name as an allowlist entry: lowercase, no trailing dot, labels of letters, digits, `-`, `_`. */
+const DnsName = z
+  .string()
+  .transform((s) => s.toLowerCase().replace(/\.$/, ''))
+  .pipe(
+    z
+      .string()
+      .max(253)
+      .regex(
+        /^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)*$/,
+        'not a DNS name',
+      ),
+  );
 
 /** The machine's name as a DNS label, which is what the control plane accepts as a host name. */
 export function defaultHostName(name = hostname()): string {
@@ -131,6 +155,49 @@ export const HostAgentConfig = z.strictObject({
     .optional(),
   /** WARREN_DNS_PORT: where the DNS forwarder listens on the host; VMs reach it as <gateway>:53. */
   dnsPort: z.coerce.number().int().min(1).max(65535).default(10053),
+  /**
+   * WARREN_VM_DNS_QPS: DNS queries per second each VM may send to the forwarder (UDP and TCP
+   * together; a second's worth may come at once). Above it queries are dropped, and the
+   * guest's resolver retries.
+   */
+  vmDnsQueriesPerSecond: z.coerce.number().int().min(1).max(10_000).default(50),
+  /** WARREN_VM_DNS_TCP_PER_VM: open DNS-over-TCP connections per VM; more are closed at once. */
+  vmDnsTcpPerVm: z.coerce.number().int().min(1).max(256).default(4),
+  /** WARREN_VM_DNS_TCP_IDLE_MS: a VM's DNS-over-TCP connection idle this long is closed. */
+  vmDnsTcpIdleMs: z.coerce.number().int().min(1000).max(600_000).default(10_000),
+  /**
+   * WARREN_VM_DNS_ALLOWLIST_NAMES: what VMs with `egress: allowlist` may resolve. `*`: any name;
+   * `none`: no DNS at all; otherwise a comma-separated list of names, each admitting itself and
+   * the names below it (`example.com` admits `api.example.com`). Other names get REFUSED.
+   */
+  vmDnsAllowlistNames: z
+    .preprocess(
+      (v) => (v === '*' ? 'any' : v === 'none' ? [] : commaList(v)),
+      z.union([z.literal('any'), z.array(DnsName).max(1024)]),
+    )
+    .default('any'),
+  /**
+   * WARREN_VM_BLOCKED_CIDRS: comma-separated IPv4 networks no VM may reach, on top of the
+   * built-in ones (private and special ranges, provider service addresses, the host's own
+   * networks): for example a provider's service range not listed in ruleset.ts.
+   */
+  vmBlockedCidrs: z
+    .preprocess(
+      commaList,
+      z
+        .array(
+          z.string().transform((s, ctx) => {
+            try {
+              return formatCidr(parseCidr(s));
+            } catch {
+              ctx.addIssue({ code: 'custom', message: `not an IPv4 network: ${s} (e.g. 192.0.2.0/24)` });
+              return z.NEVER;
+            }
+          }),
+        )
+        .max(1024),
+    )
+    .default([]),
 });
 export type HostAgentConfig = z.infer<typeof HostAgentConfig>;
 
@@ -159,6 +226,11 @@ export const ENV_NAMES: Record<keyof HostAgentConfig, string> = {
   vmNetwork: 'WARREN_VM_NETWORK',
   vmDnsUpstream: 'WARREN_VM_DNS_UPSTREAM',
   dnsPort: 'WARREN_DNS_PORT',
+  vmDnsQueriesPerSecond: 'WARREN_VM_DNS_QPS',
+  vmDnsTcpPerVm: 'WARREN_VM_DNS_TCP_PER_VM',
+  vmDnsTcpIdleMs: 'WARREN_VM_DNS_TCP_IDLE_MS',
+  vmDnsAllowlistNames: 'WARREN_VM_DNS_ALLOWLIST_NAMES',
+  vmBlockedCidrs: 'WARREN_VM_BLOCKED_CIDRS',
 };
 
 /**

@@ -68,6 +68,13 @@ async function openNetwork(config: HostAgentConfig, log: (m: string) => void): P
   return new HostNetwork({
     plan: addressPlan(config.vmNetwork),
     dnsPort: config.dnsPort,
+    dnsLimits: {
+      queriesPerSecond: config.vmDnsQueriesPerSecond,
+      tcpPerVm: config.vmDnsTcpPerVm,
+      tcpIdleMs: config.vmDnsTcpIdleMs,
+    },
+    dnsAllowlistNames: config.vmDnsAllowlistNames,
+    blockedCidrs: config.vmBlockedCidrs,
     ...(upstream ? { dnsUpstream: upstream } : {}),
     dataDir: config.dataDir,
     log,

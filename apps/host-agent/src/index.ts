@@ -13,6 +13,7 @@ export * from './guest/transport.ts';
 export * from './host.ts';
 export * from './net/address.ts';
 export * from './net/dns-forwarder.ts';
+export * from './net/dns-message.ts';
 export * from './net/host-network.ts';
 export * from './net/ruleset.ts';
 export * from './vm/vm-manager.ts';

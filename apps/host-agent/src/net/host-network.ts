@@ -8,8 +8,8 @@ import { existsSync } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
 import { run } from '@warren/images';
 import { WarrenError } from '@warren/protocol';
-import { type AddressPlan, TAP_PREFIX, type VmNetwork } from './address.ts';
-import { DnsForwarder, parseUpstream } from './dns-forwarder.ts';
+import { type AddressPlan, formatCidr, parseCidr, TAP_PREFIX, type VmNetwork } from './address.ts';
+import { type DnsClientPolicy, DnsForwarder, type DnsLimits, parseUpstream } from './dns-forwarder.ts';
 import { NFT_TABLE, type RulesetVm, renderEmpty, renderRuleset } from './ruleset.ts';
 
 export interface HostNetworkOptions {
@@ -17,6 +17,11 @@ export interface HostNetworkOptions {
   dnsPort: number;
   /** The resolver the forwarder relays to; without one VMs get no DNS. */
   dnsUpstream?: string;
+  dnsLimits: DnsLimits;
+  /** What VMs with `egress: allowlist` may resolve (WARREN_VM_DNS_ALLOWLIST_NAMES). */
+  dnsAllowlistNames: DnsClientPolicy['names'];
+  /** The operator's extra blocked destinations (WARREN_VM_BLOCKED_CIDRS). */
+  blockedCidrs: readonly string[];
   /** Tags this agent's TAPs (a digest of its data dir), so a sweep never touches another agent's. */
   dataDir: string;
   log?: (message: string) => void;
@@ -25,7 +30,7 @@ export interface HostNetworkOptions {
 interface LinkInfo {
   ifname: string;
   ifalias?: string;
-  addr_info?: { family: string; local: string }[];
+  addr_info?: { family: string; local: string; prefixlen?: number }[];
 }
 
 const HOST_UNSUPPORTED_HINT = 'install iproute2 and nftables, or set WARREN_NETWORK=off';
@@ -48,7 +53,7 @@ export class HostNetwork {
       this.#forwarder = new DnsForwarder({
         port: options.dnsPort,
         upstream: parseUpstream(options.dnsUpstream),
-        clients: { base: options.plan.base, prefix: options.plan.prefix },
+        limits: options.dnsLimits,
         ...(options.log ? { log: options.log } : {}),
       });
     }
@@ -98,11 +103,31 @@ export class HostNetwork {
   }
 
   /**
+   * The networks of the host's own interfaces (its uplinks, and any other network it is on),
+   * which VMs may not reach: the gateway, the provider's other machines, the host's neighbours.
+   * Read again on every apply, since an uplink can change under a running agent (DHCP).
+   */
+  async hostNetworks(): Promise<string[]> {
+    const links = JSON.parse(await ip(['-j', '-4', 'addr', 'show'])) as LinkInfo[];
+    const nets = new Set<string>();
+    for (const l of links) {
+      if (l.ifname === 'lo' || l.ifname.startsWith(TAP_PREFIX)) continue;
+      for (const a of l.addr_info ?? []) {
+        if (a.family === 'inet') nets.add(formatCidr(parseCidr(`${a.local}/${a.prefixlen ?? 32}`)));
+      }
+    }
+    return [...nets].sort();
+  }
+
+  /**
    * Makes the firewall match these VMs: one `nft -f -` transaction that replaces the tables
    * (or removes them when no VM has a network), then forwarding and the DNS forwarder.
    */
   async apply(vms: readonly RulesetVm[]): Promise<void> {
-    const text = vms.length ? renderRuleset(vms, { plan: this.plan, dnsPort: this.dnsPort }) : renderEmpty();
+    const blocked = vms.length ? [...(await this.hostNetworks()), ...this.#o.blockedCidrs] : [];
+    const text = vms.length
+      ? renderRuleset(vms, { plan: this.plan, dnsPort: this.dnsPort, blocked })
+      : renderEmpty();
     if (text !== this.#applied) {
       // No networked VM and no table: nothing to remove, and a host without nftables runs
       // VMs without a network (the local API's) as before.
@@ -110,6 +135,15 @@ export class HostNetwork {
       if (!nothingToDo) await nft(text);
       this.#applied = text;
     }
+    // Egress `none` gets no DNS: the ruleset drops its queries, and the forwarder does not know it.
+    const clients = new Map<string, DnsClientPolicy>();
+    for (const vm of vms) {
+      if (vm.policy.egress === 'none') continue;
+      clients.set(vm.network.guestIp, {
+        names: vm.policy.egress === 'allowlist' ? this.#o.dnsAllowlistNames : 'any',
+      });
+    }
+    this.#forwarder?.setClients(clients);
     if (vms.length === 0) {
       this.#forwarder?.close();
       return;

@@ -27,6 +27,11 @@ export interface RulesetOptions {
   plan: AddressPlan;
   /** Where the host agent's DNS forwarder listens; guests reach it as <gateway>:53. */
   dnsPort: number;
+  /**
+   * More destinations no VM may reach: the host's own networks (host-network.ts reads them on
+   * every apply) and the operator's WARREN_VM_BLOCKED_CIDRS. Canonical CIDRs.
+   */
+  blocked?: readonly string[];
 }
 
 /**
@@ -51,17 +56,33 @@ export const BLOCKED_DESTINATIONS: readonly string[] = [
 
 const ANY_TAP = `"${TAP_PREFIX}*"`;
 
-/** The blocked set, plus the VM network itself when an operator placed it outside those ranges. */
-function blockedSet(plan: AddressPlan): string[] {
-  const ranges = BLOCKED_DESTINATIONS.map((c) => parseCidr(c));
-  const vmNet = { base: plan.base, prefix: plan.prefix };
-  if (!ranges.some((r) => cidrContains(r, vmNet))) {
-    // Ranges inside the VM network would overlap it, which an interval set refuses.
-    const kept = ranges.filter((r) => !cidrContains(vmNet, r));
-    kept.push(vmNet);
-    return kept.sort((a, b) => a.base - b.base).map(formatCidr);
-  }
-  return ranges.map(formatCidr);
+/**
+ * Provider services at public addresses, which the ranges above do not cover, each a way from a
+ * VM into the provider's control of the host:
+ * - 168.63.129.16/32: Azure's WireServer (also its DNS, DHCP and health-probe source); it hands
+ *   out the host VM's extension settings and certificates, and answers any guest on the host.
+ * - 161.26.0.0/16: IBM Cloud's service network (its DNS resolvers 161.26.0.10/11, NTP, package
+ *   mirrors), reachable from every IBM Cloud server.
+ * The metadata servers of AWS, GCP, Azure, Oracle, DigitalOcean, Hetzner (169.254.169.254),
+ * Tencent (169.254.0.23) and Alibaba (100.100.100.200) are in link-local and shared space above.
+ */
+export const PROVIDER_SERVICE_ADDRESSES: readonly string[] = ['168.63.129.16/32', '161.26.0.0/16'];
+
+/**
+ * Every blocked destination, the VM network included (VM to VM is blocked anyway; this also
+ * covers an operator's VM network outside the private ranges), as an nftables interval set
+ * takes them: sorted, and without a network inside another (overlaps are refused).
+ */
+function blockedSet(plan: AddressPlan, extra: readonly string[]): string[] {
+  const ranges = [...BLOCKED_DESTINATIONS, ...PROVIDER_SERVICE_ADDRESSES, ...extra].map((c) => parseCidr(c));
+  ranges.push({ base: plan.base, prefix: plan.prefix });
+  const outer = ranges.filter(
+    (r, i) =>
+      !ranges.some(
+        (o, j) => j !== i && cidrContains(o, r) && (o.prefix < r.prefix || (o.prefix === r.prefix && j < i)),
+      ),
+  );
+  return outer.sort((a, b) => a.base - b.base).map(formatCidr);
 }
 
 function allowRules(policy: NetworkPolicy): string[] {
@@ -140,7 +161,7 @@ export function renderRuleset(vms: readonly RulesetVm[], options: RulesetOptions
     '\tset blocked {',
     '\t\ttype ipv4_addr',
     '\t\tflags interval',
-    `\t\telements = { ${blockedSet(plan).join(', ')} }`,
+    `\t\telements = { ${blockedSet(plan, options.blocked ?? []).join(', ')} }`,
     '\t}',
     '\tset dns_taps {',
     '\t\ttype ifname',
