@@ -40,6 +40,10 @@ export const SIM = {
   internal: '10.99.0.10',
   /** The cloud metadata server. */
   metadata: '169.254.169.254',
+  /** Azure's WireServer: a provider service at a public address. */
+  wireServer: '168.63.129.16',
+  /** A public-looking host the operator blocks (WARREN_VM_BLOCKED_CIDRS), TEST-NET-1. */
+  operatorBlocked: '192.0.2.10',
   /** The internet side of the host's uplink: its default gateway. */
   gateway: '198.51.100.1',
 } as const;
@@ -140,7 +144,15 @@ export class NetLab {
     await inHost('route', 'add', 'default', 'via', SIM.gateway);
     await inInet('addr', 'add', `${SIM.gateway}/30`, 'dev', 'up1');
     await inInet('link', 'set', 'up1', 'up');
-    for (const a of [SIM.web, SIM.web2, SIM.dns, SIM.internal, SIM.metadata]) {
+    for (const a of [
+      SIM.web,
+      SIM.web2,
+      SIM.dns,
+      SIM.internal,
+      SIM.metadata,
+      SIM.wireServer,
+      SIM.operatorBlocked,
+    ]) {
       await inInet('addr', 'add', `${a}/32`, 'dev', 'lo');
     }
   }
@@ -286,6 +298,8 @@ async function serveInternet(): Promise<void> {
   web(SIM.internal, 80, 'internal secret');
   web(SIM.metadata, 80, 'metadata secret');
   web(SIM.gateway, 80, 'the uplink gateway');
+  web(SIM.wireServer, 80, 'wireserver secret');
+  web(SIM.operatorBlocked, 80, 'operator-blocked secret');
 
   const sink = createSocket('udp4');
   sink.on('message', (m, r) => emit({ type: 'udp', from: r.address, data: m.toString() }));

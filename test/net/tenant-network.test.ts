@@ -57,6 +57,21 @@ const kinds = {
     req.on('error', (e) => finish(e.code || 'error'));
   }),
   dns: (p) => new dns.promises.Resolver({ timeout: 1500, tries: 1 }).resolve4(p.name).then((a) => a.join(','), (e) => e.code),
+  any: (p) => new dns.promises.Resolver({ timeout: 1500, tries: 1 }).resolveAny(p.name).then((a) => 'answered ' + a.length, (e) => e.code),
+  // One query over TCP, by hand: its RCODE, or what became of the connection.
+  dnstcp: (p) => settle((finish) => {
+    const labels = p.name.split('.').map((l) => Buffer.concat([Buffer.from([l.length]), Buffer.from(l)]));
+    const q = Buffer.concat([Buffer.from([0, 0, 0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0]), ...labels, Buffer.from([0, p.type >> 8, p.type & 255, 0, 1])]);
+    q.writeUInt16BE(q.length - 2, 0);
+    const s = net.connect({ host: p.host, port: 53 }, () => s.write(q));
+    let buf = Buffer.alloc(0);
+    s.on('data', (d) => {
+      buf = Buffer.concat([buf, d]);
+      if (buf.length >= 6) { s.destroy(); finish('rcode ' + (buf.readUInt16BE(4) & 15)); }
+    });
+    s.on('close', () => finish('closed'));
+    s.on('error', (e) => finish(e.code || 'error'));
+  }),
   udp: (p) => settle((finish) => {
     const s = dgram.createSocket('udp4');
     s.on('error', (e) => { s.close(); finish(e.code || 'error'); });
@@ -92,6 +107,8 @@ type Probe =
   | { kind: 'tcp'; host: string; port: number }
   | { kind: 'get'; url: string }
   | { kind: 'dns'; name: string }
+  | { kind: 'any'; name: string }
+  | { kind: 'dnstcp'; host: string; name: string; type: number }
   | { kind: 'udp'; host: string; port: number; payload: string; from?: string }
   | { kind: 'upload'; url: string; bytes: number };
 
@@ -158,6 +175,8 @@ describe('tenant networks: isolation, egress policies, rebuild and removal', { t
         WARREN_VM_NETWORK: '10.213.0.0/16',
         WARREN_VM_DNS_UPSTREAM: SIM.dns,
         WARREN_DNS_PORT: String(DNS_PORT),
+        WARREN_VM_BLOCKED_CIDRS: '192.0.2.0/24',
+        WARREN_VM_DNS_ALLOWLIST_NAMES: 'web.example.test',
       },
     );
     child.stderr!.on('data', (c) => (agentLog += c));
@@ -350,18 +369,25 @@ describe('tenant networks: isolation, egress policies, rebuild and removal', { t
     assert.equal(fromHost.stdout.trim(), 'tenant-b', fromHost.stderr);
 
     const seen = internet.mark();
-    const [http, name, dnsTcp] = await probe(a.vmId, [
+    const [http, name, dnsTcp, queryTcp, any, axfr] = await probe(a.vmId, [
       { kind: 'get', url: `http://${SIM.web}/` },
       { kind: 'dns', name: 'web.example.test' },
       { kind: 'tcp', host: netA.hostIp, port: 53 },
+      { kind: 'dnstcp', host: netA.hostIp, name: 'web.example.test', type: 1 },
+      { kind: 'any', name: 'web.example.test' },
+      { kind: 'dnstcp', host: netA.hostIp, name: 'example.test', type: 252 },
     ]);
     assert.equal(http, '200 hello from the internet');
     assert.equal(name, SIM.web);
     assert.equal(dnsTcp, 'open', 'DNS over TCP is redirected to the forwarder too');
+    assert.equal(queryTcp, 'rcode 0');
+    // Finding 5: what a workload never needs is refused by the forwarder, never relayed.
+    assert.deepEqual([any, axfr], ['EREFUSED', 'rcode 5'], 'ANY and a zone transfer are refused');
     const events = seen.seen();
     // Masqueraded behind the uplink; the DNS query came from the host's forwarder, not the VM.
     assert.ok(events.some((e) => e.type === 'http' && e.from === UPLINK_IP && e.to === `${SIM.web}:80`));
     assert.ok(events.some((e) => e.type === 'dns' && e.from === UPLINK_IP && e.name === 'web.example.test'));
+    assert.ok(!events.some((e) => e.type === 'dns' && e.name === 'example.test'), 'no zone transfer relayed');
   });
 
   test('tenant A reaches neither tenant B nor the host, the control plane, internal addresses or the metadata server', async () => {
@@ -380,6 +406,10 @@ describe('tenant networks: isolation, egress policies, rebuild and removal', { t
       ['a closed port of the host', { kind: 'tcp', host: netA.hostIp, port: 22 }],
       ['the internal host', { kind: 'get', url: `http://${SIM.internal}/` }],
       ['the metadata server', { kind: 'get', url: `http://${SIM.metadata}/latest/meta-data/` }],
+      // Finding 9: public addresses that are the provider's or the host's own.
+      ['Azure’s WireServer', { kind: 'get', url: `http://${SIM.wireServer}/` }],
+      ['the uplink’s gateway (the host’s own network)', { kind: 'get', url: `http://${SIM.gateway}/` }],
+      ['a range the operator blocked', { kind: 'get', url: `http://${SIM.operatorBlocked}/` }],
     ];
     const results = await probe(a.vmId, [
       ...targets.map(([, p]) => p),
@@ -391,7 +421,10 @@ describe('tenant networks: isolation, egress policies, rebuild and removal', { t
       Object.fromEntries(targets.map(([what]) => [what, 'timeout'])),
     );
     assert.equal(results.at(-1), '200 hello from the internet', 'the internet still answers meanwhile');
-    assert.ok(!seen.seen().some((e) => e.to === `${SIM.internal}:80` || e.to === `${SIM.metadata}:80`));
+    const secret = [SIM.internal, SIM.metadata, SIM.wireServer, SIM.gateway, SIM.operatorBlocked].map(
+      (h) => `${h}:80`,
+    );
+    assert.ok(!seen.seen().some((e) => secret.includes(e.to ?? '')));
   });
 
   test('packets with a spoofed source IP, MAC or ARP sender are dropped at the TAP', async () => {
@@ -480,6 +513,7 @@ describe('tenant networks: isolation, egress policies, rebuild and removal', { t
       { kind: 'get', url: `http://${SIM.web2}/` },
       { kind: 'get', url: `http://${SIM.internal}/` },
       { kind: 'udp', host: SIM.web, port: 9000, payload: 'allowlist-udp' },
+      { kind: 'dns', name: 'web.example.test' },
       { kind: 'dns', name: 'other.example.test' },
     ]);
     assert.deepEqual(results, [
@@ -488,8 +522,9 @@ describe('tenant networks: isolation, egress policies, rebuild and removal', { t
       'timeout',
       'timeout',
       'sent',
-      // Names still resolve: an allowlisted service has to be found.
-      SIM.web2,
+      // An allowlisted service has to be found; other names (WARREN_VM_DNS_ALLOWLIST_NAMES) not.
+      SIM.web,
+      'EREFUSED',
     ]);
     await sleep(500);
     assert.ok(!seen.seen().some((e) => e.type === 'udp'), 'port 9000 is not listed');
@@ -513,6 +548,36 @@ describe('tenant networks: isolation, egress policies, rebuild and removal', { t
     assert.ok(limited!.ms >= 2500, `${limited!.ms} ms at 8 Mbit/s`);
     assert.ok(limited!.ms > 2 * free!.ms, `${limited!.ms} ms limited vs ${free!.ms} ms`);
     a = await setPolicy(a, { egress: 'internet', allowlist: [], bandwidthMbit: null }, unlimited);
+  });
+
+  test('an upstream resolver the host cannot reach (an outage) ends neither the agent nor DNS after it', async () => {
+    // Finding 10: without a route the forwarder's connect() to the upstream fails, which once
+    // ended the whole agent at the first query of any guest.
+    await inHost('ip', 'route', 'del', 'default');
+    try {
+      const outcome = await probe(a.vmId, [
+        { kind: 'dns', name: 'web.example.test' },
+        { kind: 'dnstcp', host: netA.hostIp, name: 'web.example.test', type: 1 },
+      ]).catch((e: Error) => e);
+      if (outcome instanceof Error) {
+        // The exec went through the agent: say whether the agent is what ended.
+        const ended = agent!.exitCode !== null || agent!.signalCode !== null;
+        const exit = ended ? Promise.resolve() : new Promise<void>((r) => agent!.once('exit', () => r()));
+        await Promise.race([exit, sleep(5_000)]);
+        assert.fail(
+          `the probe failed (${outcome.message}); the host agent ${agent!.exitCode === null && agent!.signalCode === null ? 'still runs' : `exited (${agent!.exitCode ?? agent!.signalCode})`}:\n${agentLog}`,
+        );
+      }
+      const [udp, tcp] = outcome;
+      assert.notEqual(udp, SIM.web);
+      assert.notEqual(tcp, 'rcode 0');
+      assert.equal(agent!.exitCode, null, `the host agent exited:\n${agentLog}`);
+      assert.equal(agent!.signalCode, null);
+      assert.equal((await exec(b.vmId, ['true'])).exitCode, 0, 'exec of another tenant still works');
+    } finally {
+      await lab.exec(lab.hostNs, ['ip', 'route', 'replace', 'default', 'via', SIM.gateway]);
+    }
+    assert.deepEqual(await probe(a.vmId, [{ kind: 'dns', name: 'web.example.test' }]), [SIM.web]);
   });
 
   test('kill -9 and restart of the host agent: the same ruleset, TAPs and addresses, repaired if tampered with', async () => {
