@@ -90,7 +90,15 @@ test('upstream resolvers: IPv4 or IPv6, port 53 unless given', () => {
   assert.deepEqual(parseUpstream('2001:db8::53'), { host: '2001:db8::53', port: 53 });
   assert.deepEqual(parseUpstream('[2001:db8::53]:5300'), { host: '2001:db8::53', port: 5300 });
   assert.deepEqual(parseUpstream('fe80::1%eth0'), { host: 'fe80::1%eth0', port: 53 });
-  for (const bad of ['dns.example', '192.0.2.53:0', '192.0.2.300', '[fe80::1']) {
+  for (const bad of [
+    'dns.example',
+    '192.0.2.53:0',
+    '192.0.2.300',
+    '[fe80::1',
+    '[2001:db8::53]:0',
+    '[2001:db8::53]:70000',
+    '[1.2.3]:53',
+  ]) {
     assert.throws(() => parseUpstream(bad), { code: 'INVALID_ARGUMENT' }, bad);
   }
 });

@@ -55,14 +55,16 @@ const MAX_TCP_BACKLOG = 64 * 1024;
 
 /** Parses WARREN_VM_DNS_UPSTREAM: `1.1.1.1`, `1.1.1.1:5353`, `::1`, `[::1]:53`. */
 export function parseUpstream(text: string): { host: string; port: number } {
+  // A port outside 1-65535 would make every relayed query throw in connect().
+  const valid = (port: number) => port >= 1 && port <= 65535;
   const v6 = /^\[([0-9a-fA-F:.]+)\](?::(\d{1,5}))?$/.exec(text);
-  if (v6) return { host: v6[1]!, port: Number(v6[2] ?? 53) };
+  if (v6 && isIPv6(v6[1]!) && valid(Number(v6[2] ?? 53))) return { host: v6[1]!, port: Number(v6[2] ?? 53) };
   if (isIPv6(text)) return { host: text, port: 53 };
   const v4 = /^([\d.]+)(?::(\d{1,5}))?$/.exec(text);
   if (v4) {
     parseIpv4(v4[1]!);
     const port = Number(v4[2] ?? 53);
-    if (port >= 1 && port <= 65535) return { host: v4[1]!, port };
+    if (valid(port)) return { host: v4[1]!, port };
   }
   throw new WarrenError('INVALID_ARGUMENT', `not a resolver address (ip or ip:port): ${text}`);
 }
