@@ -6,8 +6,9 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 # qemu: the VMM; e2fsprogs: ext4 images; busybox-static, cpio, kmod: guest images;
 # debootstrap: the standard profile; procps: pgrep in tests; tini: a reaping init for daemons;
-# iproute2 and nftables: tenant networks (TAP devices, the firewall) and their namespaced tests.
-packages=(qemu-system-x86 qemu-utils e2fsprogs busybox-static cpio kmod debootstrap procps tini ca-certificates iproute2 nftables)
+# iproute2 and nftables: tenant networks (TAP devices, the firewall) and their namespaced tests;
+# chromium: the browser test of dashboard isolation (driven by playwright-core, never a download).
+packages=(qemu-system-x86 qemu-utils e2fsprogs busybox-static cpio kmod debootstrap procps tini ca-certificates iproute2 nftables chromium)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
