@@ -79,6 +79,43 @@ export const ControlPlaneConfig = z.strictObject({
     .int()
     .min(1000)
     .default(10 * 60_000),
+  /**
+   * WARREN_DASHBOARD_RESPONSE_IDLE_MS: a dashboard response whose body stops moving for this
+   * long (the VM stalls mid-answer, or the client stops reading) is cut off, so a hostile VM
+   * cannot hold connections open forever. Event streams should send a heartbeat more often.
+   */
+  dashboardResponseIdleMs: z.coerce
+    .number()
+    .int()
+    .min(1000)
+    .default(5 * 60_000),
+  /**
+   * WARREN_DASHBOARD_DOMAIN: browsers open tenant `demo`'s dashboard at `demo.<this domain>`,
+   * its own origin, so the browser keeps tenants' cookies, storage and scripts apart. Every
+   * request whose Host is under it goes to a dashboard, never to the API. `dashboard.localhost`
+   * works on one machine (browsers resolve `*.localhost` to loopback); in production a domain
+   * of its own (wildcard DNS and certificate), not under the API's site.
+   */
+  dashboardDomain: z
+    .string()
+    .toLowerCase()
+    .max(200)
+    .regex(
+      /^([a-z0-9]([a-z0-9-]*[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]*[a-z0-9])?$/,
+      'must be a DNS name like dash.example.com',
+    )
+    .default('dashboard.localhost'),
+  /**
+   * WARREN_DASHBOARD_PUBLIC_URL: how browsers reach the dashboard domain (scheme, domain, port),
+   * e.g. `https://dash.example.com` behind a TLS proxy; login links are built from it. When
+   * unset: `http://<domain>:<the port the login request came in on>`.
+   */
+  dashboardPublicUrl: z
+    .url({ protocol: /^https?$/, error: 'must be an http(s) URL like https://dash.example.com' })
+    .refine((u) => new URL(u).pathname === '/' && !u.includes('?') && !u.includes('#'), 'must have no path')
+    .optional(),
+  /** WARREN_DASHBOARD_LOGIN_TTL_MS: how long a one-time dashboard login link (`POST /v1/sessions`) stays valid. */
+  dashboardLoginTtlMs: z.coerce.number().int().min(5_000).max(3_600_000).default(60_000),
 });
 export type ControlPlaneConfig = z.infer<typeof ControlPlaneConfig>;
 
@@ -108,6 +145,10 @@ export const CONFIG_ENV: Record<keyof ControlPlaneConfig, string> = {
   dashboardBodyLimitBytes: 'WARREN_DASHBOARD_BODY_LIMIT_BYTES',
   dashboardTimeoutMs: 'WARREN_DASHBOARD_TIMEOUT_MS',
   dashboardWsIdleMs: 'WARREN_DASHBOARD_WS_IDLE_MS',
+  dashboardResponseIdleMs: 'WARREN_DASHBOARD_RESPONSE_IDLE_MS',
+  dashboardDomain: 'WARREN_DASHBOARD_DOMAIN',
+  dashboardPublicUrl: 'WARREN_DASHBOARD_PUBLIC_URL',
+  dashboardLoginTtlMs: 'WARREN_DASHBOARD_LOGIN_TTL_MS',
 };
 
 export function loadConfig(
@@ -119,7 +160,16 @@ export function loadConfig(
     if (env[name] !== undefined && env[name] !== '') raw[key] = env[name];
   }
   const r = ControlPlaneConfig.safeParse({ ...raw, ...overrides });
-  if (r.success) return r.data;
+  if (r.success) {
+    const publicUrl = r.data.dashboardPublicUrl;
+    if (publicUrl !== undefined && new URL(publicUrl).hostname !== r.data.dashboardDomain) {
+      throw new WarrenError(
+        'INVALID_ARGUMENT',
+        `WARREN_DASHBOARD_PUBLIC_URL: its host must be WARREN_DASHBOARD_DOMAIN (${r.data.dashboardDomain}) (see docs/configuration.md)`,
+      );
+    }
+    return r.data;
+  }
   const issue = r.error.issues[0];
   const key = issue?.path[0] as keyof ControlPlaneConfig | undefined;
   const name = key && CONFIG_ENV[key] ? CONFIG_ENV[key] : 'configuration';

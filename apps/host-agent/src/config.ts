@@ -53,6 +53,9 @@ function defaultMemoryMiB(): number {
   );
 }
 
+/** Defaults of the dashboard proxy's idle limits, also for a remote API built without a config (tests). */
+export const PROXY_IDLE_DEFAULTS = { idleMs: 5 * 60_000, wsIdleMs: 10 * 60_000 } as const;
+
 /**
  * All host-agent settings, validated once at start. Each comes from an environment
  * variable (shown in the comment) and has a default that works on a single machine.
@@ -198,6 +201,14 @@ export const HostAgentConfig = z.strictObject({
         .max(1024),
     )
     .default([]),
+  /**
+   * WARREN_PROXY_IDLE_MS: the dashboard proxy ends an exchange with a VM when nothing arrives
+   * from it for this long, before its answer or in the middle of its body (a stalled or hostile
+   * VM would otherwise hold the connection, and the control plane's, forever).
+   */
+  proxyIdleMs: z.coerce.number().int().min(1000).default(PROXY_IDLE_DEFAULTS.idleMs),
+  /** WARREN_PROXY_WS_IDLE_MS: a proxied WebSocket without a byte either way for this long is closed. */
+  proxyWsIdleMs: z.coerce.number().int().min(1000).default(PROXY_IDLE_DEFAULTS.wsIdleMs),
 });
 export type HostAgentConfig = z.infer<typeof HostAgentConfig>;
 
@@ -231,6 +242,8 @@ export const ENV_NAMES: Record<keyof HostAgentConfig, string> = {
   vmDnsTcpIdleMs: 'WARREN_VM_DNS_TCP_IDLE_MS',
   vmDnsAllowlistNames: 'WARREN_VM_DNS_ALLOWLIST_NAMES',
   vmBlockedCidrs: 'WARREN_VM_BLOCKED_CIDRS',
+  proxyIdleMs: 'WARREN_PROXY_IDLE_MS',
+  proxyWsIdleMs: 'WARREN_PROXY_WS_IDLE_MS',
 };
 
 /**

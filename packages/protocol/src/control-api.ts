@@ -296,17 +296,36 @@ export function dashboardPrefix(tenant: string): string {
 }
 
 /**
- * The browser session cookie for the dashboard proxy. It holds a random session id (the store
- * keeps its hash), is HttpOnly so a dashboard's JavaScript cannot read it, and is never
- * forwarded to a VM.
+ * The browser session cookie of a dashboard origin (`<tenant>.<WARREN_DASHBOARD_DOMAIN>`). It
+ * holds a random session id (the store keeps its hash) and is HttpOnly, so no script reads it.
+ * The `__Host-` prefix makes browsers refuse it with a `Domain` attribute or a `Path` other
+ * than `/`: another tenant's page on a sibling host cannot plant one, and the page itself
+ * cannot add one on a deeper path. Never forwarded to a VM, never accepted by the /v1 API or
+ * the path form `/t/<tenant>/dashboard/`.
  */
-export const SESSION_COOKIE = 'warren_session';
+export const SESSION_COOKIE = '__Host-warren_session';
 
 /**
- * `POST /v1/sessions`: a session opens the dashboard of exactly one tenant. A tenant key's
- * session is for its own tenant; the admin names the tenant, because every dashboard shares
- * the control plane's origin and an all-tenant session would let one tenant's dashboard
- * script reach the others (docs/architecture.md#dashboard-proxy).
+ * Whether a cookie name looks like the platform's session cookie: `warren_session` under any
+ * case, spacing or `__Host-`/`__Secure-` prefix. Such cookies are never forwarded to a VM, and
+ * a VM may not set them.
+ */
+export function isPlatformCookieName(name: string): boolean {
+  return (
+    name
+      .trim()
+      .toLowerCase()
+      .replace(/^__(host|secure)-/, '') === 'warren_session'
+  );
+}
+
+/** Paths on a dashboard origin that the platform answers itself; the app never sees them. */
+export const DASHBOARD_LOGIN_PATH = '/.warren/login';
+export const DASHBOARD_LOGOUT_PATH = '/.warren/logout';
+
+/**
+ * `POST /v1/sessions`: a one-time login link for one tenant's dashboard origin. A tenant key's
+ * link is for its own tenant; the admin names the tenant (a session opens one tenant only).
  */
 export const CreateSessionRequest = z.strictObject({ tenant: TenantRef.optional() });
 export type CreateSessionRequest = z.input<typeof CreateSessionRequest>;
@@ -314,9 +333,14 @@ export type CreateSessionRequest = z.input<typeof CreateSessionRequest>;
 export const Session = z.object({
   tenantId: TenantId,
   tenantName: ResourceName,
-  /** The dashboard's URL path on the control plane. */
-  dashboardPath: z.string(),
-  expiresAt: z.string(),
+  /** The tenant's dashboard origin, `<scheme>://<tenant>.<WARREN_DASHBOARD_DOMAIN>[:port]/`. */
+  dashboardUrl: z.string(),
+  /**
+   * Open this in the browser once, before `loginExpiresAt`: it sets the dashboard origin's
+   * session cookie and goes on to `/`. The code in it works once.
+   */
+  loginUrl: z.string(),
+  loginExpiresAt: z.string(),
 });
 export type Session = z.infer<typeof Session>;
 

@@ -132,6 +132,11 @@ export const ERROR_CODES = {
     fault: 'user',
     fix: "The tenant's dashboard cannot be reached: start the tenant (`warren tenant start NAME`) and wait until it is running, and make sure its app listens on the tenant's dashboard port (default 8080) on all interfaces, not only on 127.0.0.1.",
   },
+  DUPLICATE_SESSION_COOKIE: {
+    status: 400,
+    fault: 'user',
+    fix: "The request carries more than one dashboard session cookie, which a browser does not do by itself (a page planted one): clear this site's cookies in the browser and open a new login link (`POST /v1/sessions`).",
+  },
   API_UNREACHABLE: {
     status: 503,
     fault: 'platform',

@@ -6,7 +6,8 @@ import {
 } from 'node:http';
 import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
 import type { Socket } from 'node:net';
-import type { Readable } from 'node:stream';
+import type { Readable, Writable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import { PROXY_UPSTREAM_HEADER, WarrenError } from '@warren/protocol';
 import type { HostsTable } from '../store/database.ts';
 
@@ -47,15 +48,17 @@ export interface ForwardInit {
 export class DashboardProxy {
   readonly #timeoutMs: number;
   readonly #wsIdleMs: number;
+  readonly #responseIdleMs: number;
   // Keep-alive pools: one TCP (or TLS) handshake per agent, not per dashboard request.
   readonly #http = new HttpAgent({ keepAlive: true });
   readonly #https = new HttpsAgent({ keepAlive: true });
   /** Open WebSocket tunnels and streaming responses, ended when the control plane closes. */
   readonly #live = new Set<{ destroy(): unknown }>();
 
-  constructor(options: { timeoutMs: number; wsIdleMs: number }) {
+  constructor(options: { timeoutMs: number; wsIdleMs: number; responseIdleMs: number }) {
     this.#timeoutMs = options.timeoutMs;
     this.#wsIdleMs = options.wsIdleMs;
+    this.#responseIdleMs = options.responseIdleMs;
   }
 
   forward(host: HostRef, init: ForwardInit): Promise<Exchange> {
@@ -172,10 +175,32 @@ export class DashboardProxy {
     client.pipe(upstream);
   }
 
-  /** Tracks a streaming response so closing the control plane ends it instead of waiting. */
-  track(stream: { destroy(): unknown; once(event: 'close', f: () => void): unknown }): void {
-    this.#live.add(stream);
-    stream.once('close', () => this.#live.delete(stream));
+  /**
+   * Streams the VM's response body to the client, with backpressure. When nothing moves for
+   * WARREN_DASHBOARD_RESPONSE_IDLE_MS (the VM stalls mid-answer, or the client stops reading),
+   * both ends are cut: a stalled body would otherwise hold a connection to the agent, and the
+   * client's, forever. Closing the control plane ends it too.
+   */
+  async stream(res: IncomingMessage, client: Writable): Promise<void> {
+    const entry = {
+      destroy: () => {
+        res.destroy();
+        client.destroy();
+      },
+    };
+    this.#live.add(entry);
+    const timer = setTimeout(entry.destroy, this.#responseIdleMs);
+    const touch = () => timer.refresh();
+    res.on('data', touch);
+    client.on('drain', touch);
+    try {
+      await pipeline(res, client);
+    } catch {
+      entry.destroy();
+    } finally {
+      clearTimeout(timer);
+      this.#live.delete(entry);
+    }
   }
 
   close(): void {

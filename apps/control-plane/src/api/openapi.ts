@@ -1,4 +1,4 @@
-import { ERROR_CODES, SESSION_COOKIE } from '@warren/protocol';
+import { ERROR_CODES } from '@warren/protocol';
 import { z } from 'zod';
 import type { RegisteredRoute } from './route.ts';
 
@@ -30,7 +30,6 @@ export function openApiDocument(routes: RegisteredRoute[], version: string): unk
       summary: r.summary,
       'x-warren-auth': r.auth,
       ...(r.auth === 'public' ? { security: [] } : {}),
-      ...(r.session ? { security: [{ bearer: [] }, { session: [] }] } : {}),
       parameters: [...params, ...query],
       ...(r.body && !r.streamBody
         ? { requestBody: { required: true, content: { 'application/json': { schema: json(r.body) } } } }
@@ -56,8 +55,6 @@ export function openApiDocument(routes: RegisteredRoute[], version: string): unk
     components: {
       securitySchemes: {
         bearer: { type: 'http', scheme: 'bearer' },
-        // The browser session of the dashboard proxy (`POST /v1/sessions`); only routes that list it take it.
-        session: { type: 'apiKey', in: 'cookie', name: SESSION_COOKIE },
       },
       schemas: {
         Error: {

@@ -1,8 +1,8 @@
 import { parseOrThrow, TenantRef, WarrenError } from '@warren/protocol';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { z } from 'zod';
-import { actorOf, type Principal } from '../auth/principal.ts';
-import { authenticateRequest } from '../auth/sessions.ts';
+import { actorOf, authenticate, type Principal } from '../auth/principal.ts';
+import { authenticateSession } from '../auth/sessions.ts';
 import { now } from '../ids.ts';
 import type { TenantsTable } from '../store/database.ts';
 import type { Db } from '../store/index.ts';
@@ -12,11 +12,14 @@ import { toWarrenError } from './errors.ts';
 /**
  * Who may call a route. `tenant` routes take a tenant key (scoped to its tenant) or the admin
  * token; `admin` only the admin token; `host` a host agent's token; `join` the join token.
+ * `session` routes (only those of a dashboard origin) take the origin's session cookie and no
+ * bearer token; every other route ignores cookies, so no page can drive the API with them.
  */
-export type RouteAuth = 'public' | 'admin' | 'tenant' | 'host' | 'join';
+export type RouteAuth = 'public' | 'admin' | 'tenant' | 'host' | 'join' | 'session';
 
 const ALLOWED: Record<RouteAuth, Principal['kind'][]> = {
   public: [],
+  session: ['admin', 'tenant'],
   admin: ['admin'],
   tenant: ['admin', 'tenant'],
   host: ['host'],
@@ -28,11 +31,6 @@ export interface RouteSpec<B extends z.ZodType | undefined, Q extends z.ZodType 
   /** Fastify path; a `:tenant` segment is resolved and scope-checked before the handler. */
   url: string;
   auth: RouteAuth;
-  /**
-   * Also accept the browser session cookie (`POST /v1/sessions`) when there is no bearer
-   * token. Only the dashboard proxy and logout do: the /v1 API never acts on a cookie.
-   */
-  session?: boolean;
   summary: string;
   body?: B;
   query?: Q;
@@ -71,7 +69,6 @@ export interface RegisteredRoute {
   query?: z.ZodType;
   response: { status: number; schema?: z.ZodType; contentType?: string };
   streamBody: boolean;
-  session: boolean;
   audit?: string;
 }
 
@@ -86,7 +83,7 @@ export function defineRoute<B extends z.ZodType | undefined, Q extends z.ZodType
   spec: RouteSpec<B, Q>,
   handler: (ctx: RouteContext<Infer<B>, Infer<Q>>) => Promise<unknown>,
 ): void {
-  registry.push({ ...spec, streamBody: spec.streamBody ?? false, session: spec.session ?? false });
+  registry.push({ ...spec, streamBody: spec.streamBody ?? false });
   app.route({
     method: spec.method,
     url: spec.url,
@@ -97,13 +94,17 @@ export function defineRoute<B extends z.ZodType | undefined, Q extends z.ZodType
       let principal: Principal | undefined;
       try {
         if (spec.auth !== 'public') {
-          principal = await authenticateRequest(db, req.headers, spec.session ?? false);
+          principal =
+            spec.auth === 'session'
+              ? await authenticateSession(db, req.headers, req.method)
+              : await authenticate(db, req.headers.authorization);
           if (!ALLOWED[spec.auth].includes(principal.kind)) {
             throw new WarrenError('FORBIDDEN', `${spec.method} ${spec.url} needs ${describe(spec.auth)}`);
           }
         }
         let tenant: TenantsTable | undefined;
-        if (params.tenant !== undefined) {
+        // A public route has no principal to scope by; one that names a tenant checks its own way.
+        if (params.tenant !== undefined && spec.auth !== 'public') {
           audit.target = params.tenant;
           const ref = parseOrThrow(TenantRef, params.tenant);
           tenant = await findTenantForPrincipal(db, principal, ref);
@@ -153,6 +154,8 @@ function describe(auth: RouteAuth): string {
       return 'the join token';
     case 'public':
       return 'no token';
+    case 'session':
+      return "the dashboard origin's session cookie";
   }
 }
 

@@ -4,12 +4,13 @@ import Fastify, { type FastifyInstance, type FastifyReply } from 'fastify';
 import { DashboardProxy } from '../agents/dashboard-proxy.ts';
 import type { Api } from './context.ts';
 import { apiContext } from './context.ts';
+import { rewriteDashboardHost } from './dashboard-host.ts';
 import { toWarrenError } from './errors.ts';
 import { openApiDocument } from './openapi.ts';
 import { defineRoute, type RegisteredRoute } from './route.ts';
 import { adminRoutes } from './routes/admin.ts';
 import { agentRoutes } from './routes/agent.ts';
-import { dashboardRoutes } from './routes/dashboard.ts';
+import { checkDashboardRequest, dashboardRoutes } from './routes/dashboard.ts';
 import { guestRoutes } from './routes/guest.ts';
 import { sessionRoutes } from './routes/sessions.ts';
 import { tenantRoutes } from './routes/tenants.ts';
@@ -37,6 +38,8 @@ export function createApiServer(services: Omit<Api, 'route'>, log: (m: string) =
     genReqId: () => `req_${randomBytes(8).toString('hex')}`,
     // Long names or ids in a path are refused by validation anyway; this keeps the router cheap.
     routerOptions: { maxParamLength: 200 },
+    // Requests to a dashboard origin (`<tenant>.<WARREN_DASHBOARD_DOMAIN>`) reach only its routes.
+    rewriteUrl: rewriteDashboardHost(services.config.dashboardDomain),
     // Router-level refusals (bad percent-encoding, over-long params) get our error format too.
     frameworkErrors: (error, _req, reply: FastifyReply) => {
       void reply.status(400).send(new WarrenError('INVALID_ARGUMENT', error.message.slice(0, 300)).toBody());
@@ -59,7 +62,8 @@ export function createApiServer(services: Omit<Api, 'route'>, log: (m: string) =
     void reply.status(e.status).send(e.toBody());
   });
   app.setNotFoundHandler((req, reply) => {
-    const e = new WarrenError('NOT_FOUND', `no route ${req.method} ${req.url.split('?')[0]!.slice(0, 200)}`);
+    const url = req.originalUrl ?? req.url;
+    const e = new WarrenError('NOT_FOUND', `no route ${req.method} ${url.split('?')[0]!.slice(0, 200)}`);
     void reply.status(404).send(e.toBody());
   });
 
@@ -86,6 +90,7 @@ export function createApiServer(services: Omit<Api, 'route'>, log: (m: string) =
   const proxy = new DashboardProxy({
     timeoutMs: services.config.dashboardTimeoutMs,
     wsIdleMs: services.config.dashboardWsIdleMs,
+    responseIdleMs: services.config.dashboardResponseIdleMs,
   });
   // WebSocket handshakes take the same route handlers (and so the same auth) as any request.
   routeUpgrades(app);
@@ -95,6 +100,7 @@ export function createApiServer(services: Omit<Api, 'route'>, log: (m: string) =
     // A dashboard's bodies are its own business: no parser reads them, they stream through.
     scope.removeAllContentTypeParsers();
     scope.addContentTypeParser('*', (_req, _payload, done) => done(null));
+    scope.addHook('onRequest', checkDashboardRequest);
     dashboardRoutes(
       {
         ...api,

@@ -12,6 +12,7 @@ export interface Database {
   operations: OperationsTable;
   audit_events: AuditEventsTable;
   sessions: SessionsTable;
+  dashboard_logins: DashboardLoginsTable;
 }
 
 export interface TenantsTable {
@@ -109,6 +110,15 @@ export interface SessionsTable {
   /** The key (or admin token) that opened it; deleting the key deletes the session. */
   key_id: string;
   /** The one tenant whose dashboard it opens. */
+  tenant_id: string;
+  created_at: string;
+  expires_at: string;
+}
+
+/** A one-time login code for a dashboard origin (`POST /v1/sessions`), redeemed at most once. */
+export interface DashboardLoginsTable {
+  code_hash: string;
+  key_id: string;
   tenant_id: string;
   created_at: string;
   expires_at: string;

@@ -88,7 +88,14 @@ function takeUpgrade(req: IncomingMessage): { socket: Socket; head: Buffer } | u
 
 const PORT = /^[1-9][0-9]{0,4}$/;
 
-export function registerProxyRoutes(app: FastifyInstance, resolve: ResolveVmTarget): void {
+export interface ProxyIdle {
+  /** Nothing from the VM for this long, before its answer or within its body: the exchange ends. */
+  idleMs: number;
+  /** A WebSocket without a byte either way for this long is closed. */
+  wsIdleMs: number;
+}
+
+export function registerProxyRoutes(app: FastifyInstance, resolve: ResolveVmTarget, idle: ProxyIdle): void {
   // Keep-alive to each VM port: a dashboard page is dozens of requests.
   const pool = new Agent({ keepAlive: true });
   const live = new Set<{ destroy(): unknown }>();
@@ -105,7 +112,7 @@ export function registerProxyRoutes(app: FastifyInstance, resolve: ResolveVmTarg
     scope.route<{ Params: { id: string; port: string } }>({
       method: ['GET', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'],
       url: '/v1/vms/:id/proxy/:port/*',
-      handler: (req, reply) => proxy(req, reply, resolve, pool, live),
+      handler: (req, reply) => proxy(req, reply, resolve, pool, live, idle),
     });
   });
 }
@@ -116,6 +123,7 @@ async function proxy(
   resolve: ResolveVmTarget,
   pool: Agent,
   live: Set<{ destroy(): unknown }>,
+  idle: ProxyIdle,
 ): Promise<unknown> {
   const upgrade = takeUpgrade(req.raw);
   const { id, port: portText } = req.params;
@@ -142,6 +150,22 @@ async function proxy(
     ...(upgrade ? {} : { agent: pool }),
   });
   let answered = false;
+  // From the request on: a VM that accepts and never answers, or stalls in the middle of its
+  // body, is cut off. Each byte from the VM (and each drain of a slow client) restarts it.
+  const stalled = setTimeout(() => {
+    if (!answered) {
+      up.destroy(
+        new WarrenError(
+          'DASHBOARD_UNAVAILABLE',
+          `VM ${id} sent nothing on port ${port} for ${idle.idleMs} ms (WARREN_PROXY_IDLE_MS)`,
+        ),
+      );
+      return;
+    }
+    // Mid-body there is no way to say why: the client sees the connection end early.
+    up.destroy();
+    reply.raw.destroy();
+  }, idle.idleMs);
   const vmRes = await new Promise<
     | { kind: 'response'; res: IncomingMessage }
     | { kind: 'upgrade'; res: IncomingMessage; socket: Socket; head: Buffer }
@@ -154,7 +178,10 @@ async function proxy(
       answered = true;
       ok({ kind: 'upgrade', res, socket, head });
     });
-    up.on('error', (e: NodeJS.ErrnoException) => fail(unreachable(id, port, e)));
+    up.on('error', (e: NodeJS.ErrnoException) => {
+      clearTimeout(stalled);
+      fail(e instanceof WarrenError ? e : unreachable(id, port, e));
+    });
     // The control plane going away (its timeout, its client leaving) ends the attempt.
     (upgrade?.socket ?? reply.raw).once('close', () => {
       if (!answered) up.destroy();
@@ -167,6 +194,7 @@ async function proxy(
   out.push([PROXY_UPSTREAM_HEADER, '1']);
   reply.hijack();
   if (vmRes.kind === 'upgrade') {
+    clearTimeout(stalled);
     const client = upgrade?.socket;
     if (!client) {
       vmRes.socket.destroy();
@@ -188,6 +216,7 @@ async function proxy(
     live.add(entry);
     for (const s of [client, vmRes.socket]) {
       s.setNoDelay(true);
+      s.setTimeout(idle.wsIdleMs, entry.destroy);
       s.on('error', entry.destroy);
       s.on('close', entry.destroy);
     }
@@ -200,9 +229,13 @@ async function proxy(
   reply.raw.writeHead(res.statusCode ?? 502, toObject(out));
   live.add(reply.raw);
   reply.raw.once('close', () => {
+    clearTimeout(stalled);
     live.delete(reply.raw);
     if (!res.complete) res.destroy();
   });
+  res.on('data', () => stalled.refresh());
+  reply.raw.on('drain', () => stalled.refresh());
+  res.on('end', () => clearTimeout(stalled));
   res.on('error', () => reply.raw.destroy());
   res.pipe(reply.raw);
   return;

@@ -1,6 +1,7 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { tenantIdOfVm, WarrenError } from '@warren/protocol';
 import Fastify, { type FastifyInstance } from 'fastify';
+import { PROXY_IDLE_DEFAULTS } from '../config.ts';
 import type { Host } from '../host.ts';
 import { registerFileRoutes, streamExec, useWarrenErrors } from './common.ts';
 import { guestIpTarget, type ResolveVmTarget, registerProxyRoutes } from './proxy.ts';
@@ -15,6 +16,8 @@ export interface RemoteApiOptions {
    * (tests point it at a loopback server).
    */
   resolveVmTarget?: ResolveVmTarget;
+  /** The dashboard proxy's idle limits (WARREN_PROXY_IDLE_MS, WARREN_PROXY_WS_IDLE_MS). */
+  proxyIdle?: { idleMs: number; wsIdleMs: number };
 }
 
 const digest = (s: string) => createHash('sha256').update(s).digest();
@@ -53,7 +56,11 @@ export function createRemoteApi(host: Host, options: RemoteApiOptions): FastifyI
     streamExec(guestOf, req.params.id, req.body, reply),
   );
   registerFileRoutes(app, guestOf);
-  registerProxyRoutes(app, options.resolveVmTarget ?? guestIpTarget(host.vms));
+  registerProxyRoutes(
+    app,
+    options.resolveVmTarget ?? guestIpTarget(host.vms),
+    options.proxyIdle ?? PROXY_IDLE_DEFAULTS,
+  );
   app.post('/v1/wake', async (_req, reply) => {
     options.onWake();
     return reply.status(204).send();

@@ -46,7 +46,11 @@ export async function connectControlPlane(
   // The token is fixed before joining because the API has to listen (and check it) first.
   const agentToken = credentials?.agentToken ?? newAgentToken();
   let reconciler: Reconciler | undefined;
-  const api = createRemoteApi(host, { agentToken, onWake: () => reconciler?.wake() });
+  const api = createRemoteApi(host, {
+    agentToken,
+    onWake: () => reconciler?.wake(),
+    proxyIdle: { idleMs: config.proxyIdleMs, wsIdleMs: config.proxyWsIdleMs },
+  });
   const listen = agentListenOf(config);
   await api.listen({ host: listen.host, port: listen.port });
   try {

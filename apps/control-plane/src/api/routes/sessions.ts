@@ -1,9 +1,14 @@
-import { CreateSessionRequest, dashboardPrefix, Session, WarrenError } from '@warren/protocol';
-import { clearedSessionCookie, createSession, endSessions, sessionCookie } from '../../auth/sessions.ts';
+import { CreateSessionRequest, DASHBOARD_LOGIN_PATH, Session, WarrenError } from '@warren/protocol';
+import { createLoginCode } from '../../auth/sessions.ts';
 import { findTenantForPrincipal } from '../../tenants/scope.ts';
 import type { Api } from '../context.ts';
+import { dashboardOriginOf } from '../dashboard-host.ts';
 
-/** Browser log-in and log-out for the dashboard proxy (the cookie is useless to the /v1 API). */
+/**
+ * Browser log-in to a dashboard origin, step 1: a one-time login link. The API's origin never
+ * gets a session cookie (no cookie works there); the tenant's own origin sets it when the
+ * browser opens the link (`routes/dashboard.ts`, step 2).
+ */
 export function sessionRoutes(api: Api): void {
   api.route(
     {
@@ -11,12 +16,12 @@ export function sessionRoutes(api: Api): void {
       url: '/v1/sessions',
       auth: 'tenant',
       summary:
-        "Log a browser in to one tenant's dashboard: answers with the HttpOnly session cookie (Set-Cookie)",
+        "A one-time login link for one tenant's dashboard origin: opened in a browser, it sets that origin's session cookie",
       body: CreateSessionRequest,
       response: { status: 201, schema: Session },
       audit: 'session.create',
     },
-    async ({ body, principal, reply, audit }) => {
+    async ({ req, body, principal, reply, audit }) => {
       const ref = body.tenant ?? (principal?.kind === 'tenant' ? principal.tenantId : undefined);
       if (ref === undefined) {
         throw new WarrenError(
@@ -27,33 +32,16 @@ export function sessionRoutes(api: Api): void {
       audit.target = ref;
       const tenant = await findTenantForPrincipal(api.db, principal, ref);
       audit.tenantId = tenant.id;
-      const ttl = api.config.sessionTtlMs;
-      const session = await createSession(api.db, principal!, tenant.id, ttl);
-      reply.header('set-cookie', sessionCookie(session.id, ttl));
+      const login = await createLoginCode(api.db, principal!, tenant.id, api.config.dashboardLoginTtlMs);
+      const origin = dashboardOriginOf(api.config, tenant.name, req.raw.socket.localPort ?? api.config.port);
       reply.header('cache-control', 'no-store');
       return {
         tenantId: tenant.id,
         tenantName: tenant.name,
-        dashboardPath: `${dashboardPrefix(tenant.name)}/`,
-        expiresAt: session.expiresAt,
+        dashboardUrl: `${origin}/`,
+        loginUrl: `${origin}${DASHBOARD_LOGIN_PATH}?code=${login.code}`,
+        loginExpiresAt: login.expiresAt,
       } satisfies Session;
-    },
-  );
-
-  api.route(
-    {
-      method: 'DELETE',
-      url: '/v1/sessions/current',
-      auth: 'tenant',
-      session: true,
-      summary: 'Log out: ends the session named by the cookie and clears the cookie',
-      response: { status: 204 },
-      audit: 'session.delete',
-    },
-    async ({ req, reply, audit }) => {
-      audit.target = 'current';
-      await endSessions(api.db, req.headers.cookie);
-      reply.header('set-cookie', clearedSessionCookie());
     },
   );
 }
