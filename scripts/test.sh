@@ -9,7 +9,7 @@ bash scripts/install-deps.sh
 node_modules/.bin/tsc -p tsconfig.json --noEmit
 node_modules/.bin/biome check . >/dev/null || node_modules/.bin/biome check .
 files=("$@")
-[ ${#files[@]} -gt 0 ] || files=(test/unit/*.test.ts test/api/*.test.ts test/vm/*.test.ts test/net/*.test.ts)
+[ ${#files[@]} -gt 0 ] || files=(test/unit/*.test.ts test/api/*.test.ts test/browser/*.test.ts test/vm/*.test.ts test/net/*.test.ts)
 # Safety net: a VM started by a test in this machine's own namespace never gets a NIC, so it
 # can never reach the real network. test/net/ turns networking on inside its own namespaces.
 export WARREN_NETWORK=off
