@@ -393,7 +393,14 @@ describe('tenant dashboards in a real browser', {
       .execute();
     await context.addCookies([
       { name: 'warren_session', value: id, domain: '127.0.0.1', path: '/', httpOnly: true },
-      { name: '__Host-warren_session', value: id, domain: '127.0.0.1', path: '/', httpOnly: true, secure: true },
+      {
+        name: '__Host-warren_session',
+        value: id,
+        domain: '127.0.0.1',
+        path: '/',
+        httpOnly: true,
+        secure: true,
+      },
     ]);
     const set = (await context.cookies(t.url)).filter((c) => c.value === id).map((c) => c.name);
     assert.deepEqual(set.sort(), ['__Host-warren_session', 'warren_session']);

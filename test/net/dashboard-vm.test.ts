@@ -6,6 +6,7 @@
 import assert from 'node:assert/strict';
 import type { ChildProcess } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
+import { request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -183,7 +184,7 @@ describe('dashboard proxy through a real VM', { timeout: 400_000 }, () => {
     assert.notEqual(seen.headers['x-forwarded-for'], '6.6.6.6');
   });
 
-  test('without credentials 401; with tenant B’s key 404; with a session cookie the VM sees no cookie of ours', async () => {
+  test('without credentials 401; with tenant B’s key 404; on its own origin by a login link, and the VM sees no cookie of ours', async () => {
     const none = await fetch(`${t!.url}/t/dash-a/dashboard/`);
     assert.equal(none.status, 401);
     const other = await fetch(`${t!.url}/t/dash-a/dashboard/`, {
@@ -196,13 +197,45 @@ describe('dashboard proxy through a real VM', { timeout: 400_000 }, () => {
       headers: { authorization: `Bearer ${keyA}`, 'content-type': 'application/json' },
       body: JSON.stringify({}),
     });
-    assert.ok(login.status === 200 || login.status === 201, await login.clone().text());
-    const cookie = (login.headers.get('set-cookie') ?? '').split(';')[0]!;
-    assert.match(cookie, /^warren_session=/);
-    const viaCookie = await fetch(`${t!.url}/t/dash-a/dashboard/x`, { headers: { cookie } });
-    assert.equal(viaCookie.status, 200);
-    const seen = (await viaCookie.json()) as { headers: Record<string, string> };
-    assert.equal(seen.headers.cookie, undefined);
+    assert.equal(login.status, 201, await login.clone().text());
+    assert.equal(login.headers.get('set-cookie'), null);
+    const link = new URL(((await login.json()) as { loginUrl: string }).loginUrl);
+    assert.equal(link.hostname, 'dash-a.dashboard.localhost');
+    // The browser's request to <tenant>.dashboard.localhost, sent to the control plane's address.
+    const onOrigin = (path: string, cookie?: string) =>
+      new Promise<{ status: number; setCookie: string[]; body: string }>((resolve, reject) => {
+        const req = request(`${t!.url}${path}`, {
+          headers: { host: link.host, ...(cookie ? { cookie } : {}) },
+        });
+        req.on('response', (res) => {
+          let body = '';
+          res.on('data', (c) => (body += c));
+          res.on('end', () =>
+            resolve({ status: res.statusCode!, setCookie: res.headers['set-cookie'] ?? [], body }),
+          );
+        });
+        req.on('error', reject);
+        req.end();
+      });
+    const page = await onOrigin(`${link.pathname}${link.search}`);
+    assert.equal(page.status, 200, page.body);
+    const cookie = page.setCookie[0]!.split(';')[0]!;
+    assert.match(cookie, /^__Host-warren_session=/);
+    const viaCookie = await onOrigin('/x', `theme=dark; ${cookie}`);
+    assert.equal(viaCookie.status, 200, viaCookie.body);
+    const seen = JSON.parse(viaCookie.body) as { url: string; headers: Record<string, string> };
+    assert.equal(seen.url, '/x');
+    assert.equal(seen.headers.cookie, 'theme=dark');
+    assert.equal(seen.headers['x-forwarded-prefix'], undefined);
+    // The app's own cookie stays on its origin; in the path form, inside its prefix.
+    assert.deepEqual(viaCookie.setCookie, ['app=1; Path=/']);
+    // The path form honours no cookie.
+    const pathForm = await fetch(`${t!.url}/t/dash-a/dashboard/x`, { headers: { cookie } });
+    assert.equal(pathForm.status, 401);
+    const withKey = await fetch(`${t!.url}/t/dash-a/dashboard/x`, {
+      headers: { authorization: `Bearer ${keyA}` },
+    });
+    assert.deepEqual(withKey.headers.getSetCookie(), ['app=1; Path=/t/dash-a/dashboard/']);
   });
 
   test('a WebSocket echo in the VM answers through the proxy', async () => {
