@@ -80,6 +80,29 @@ export const HostAgentConfig = z.strictObject({
   tcgTranslationCacheMiB: z.coerce.number().int().min(16).max(4096).default(128),
   /** WARREN_PIDS_MAX: process limit of each VM's QEMU (threads count). */
   pidsMax: z.coerce.number().int().min(16).default(512),
+  /**
+   * WARREN_JAIL_UID_BASE: first uid (and gid) of the range each VM's QEMU gets its own uid from.
+   * No /etc/passwd entries are needed; the range must not hold any account or subuid range, and
+   * agents sharing a machine need ranges that do not overlap.
+   */
+  jailUidBase: z.coerce
+    .number()
+    .int()
+    .min(1000)
+    .max(2 ** 32 - 2)
+    .default(600_000),
+  /** WARREN_JAIL_UID_COUNT: how many uids that range holds, so how many VMs this host can have at most. */
+  jailUidCount: z.coerce
+    .number()
+    .int()
+    .min(1)
+    .max(2 ** 31)
+    .default(65_536),
+  /**
+   * WARREN_CONSOLE_LOG_MIB: size at which a VM's console.log is rotated to console.log.1; the two
+   * files together never exceed twice this.
+   */
+  consoleLogMiB: z.coerce.number().int().min(1).max(1024).default(8),
   /** WARREN_HOST_AGENT_SOCKET: the local API's unix socket (root only). */
   socketPath: z.string().optional(),
   /**
@@ -222,6 +245,9 @@ export const ENV_NAMES: Record<keyof HostAgentConfig, string> = {
   stopTimeoutMs: 'WARREN_STOP_TIMEOUT_MS',
   tcgTranslationCacheMiB: 'WARREN_TCG_TB_MIB',
   pidsMax: 'WARREN_PIDS_MAX',
+  jailUidBase: 'WARREN_JAIL_UID_BASE',
+  jailUidCount: 'WARREN_JAIL_UID_COUNT',
+  consoleLogMiB: 'WARREN_CONSOLE_LOG_MIB',
   socketPath: 'WARREN_HOST_AGENT_SOCKET',
   controlPlaneUrl: 'WARREN_CONTROL_PLANE_URL',
   joinToken: 'WARREN_JOIN_TOKEN',

@@ -28,6 +28,7 @@ export async function openHost(config: HostAgentConfig, log: (m: string) => void
   const driver = new QemuDriver({
     binary: config.qemuBinary,
     tcgTranslationCacheMiB: config.tcgTranslationCacheMiB,
+    consoleLogBytes: config.consoleLogMiB * 1024 * 1024,
   });
   const network = config.network === 'on' ? await openNetwork(config, log) : undefined;
   const vms = await VmManager.open({
@@ -39,6 +40,7 @@ export async function openHost(config: HostAgentConfig, log: (m: string) => void
     bootTimeoutMs: config.bootTimeoutMs,
     stopTimeoutMs: config.stopTimeoutMs,
     pidsMax: config.pidsMax,
+    jailUids: { base: config.jailUidBase, count: config.jailUidCount },
     ...(network ? { network } : {}),
     log,
   });

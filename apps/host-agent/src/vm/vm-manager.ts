@@ -13,6 +13,7 @@ import { guestNetArg, lowestFreeIndex, tapName, type VmNetwork, vmNetworkAt } fr
 import type { HostNetwork } from '../net/host-network.ts';
 import type { RulesetVm } from '../net/ruleset.ts';
 import type { RunningVm, VmExit, VmLaunchSpec, VmmDriver } from '../vmm/driver.ts';
+import { JailIdAllocator, type UidRange } from './jail-ids.ts';
 
 export const VmId = z
   .string()
@@ -74,6 +75,8 @@ const VmRecord = z.object({
       guestIp: z.string(),
     })
     .optional(),
+  /** The uid and gid its VMM runs as, its own on this host; held as long as this record exists. */
+  jail: z.object({ uid: z.number().int().positive(), gid: z.number().int().positive() }).optional(),
   /** What the firewall lets the VM reach; kept here so an agent restart renders the same rules before any heartbeat. */
   networkPolicy: NetworkPolicy.optional(),
 });
@@ -96,6 +99,8 @@ export interface VmManagerOptions {
   bootTimeoutMs: number;
   stopTimeoutMs: number;
   pidsMax: number;
+  /** The uids VMs' QEMUs run as, one each. */
+  jailUids: UidRange;
   /** Tenant networking; without it VMs get no NIC. */
   network?: HostNetwork;
   log?: (message: string) => void;
@@ -130,10 +135,19 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
   readonly #reserved = new Set<number>();
   #allocating: Promise<unknown> = Promise.resolve();
   #networkSync: Promise<void> = Promise.resolve();
+  readonly #jailIds: JailIdAllocator;
 
   private constructor(options: VmManagerOptions) {
     super();
     this.#o = options;
+    this.#jailIds = new JailIdAllocator(options.jailUids, async () => {
+      const held = new Set<number>();
+      for (const id of await this.#ids()) {
+        const r = await this.#read(id).catch(() => undefined);
+        if (r?.jail) held.add(r.jail.uid);
+      }
+      return held;
+    });
   }
 
   /** Opens the manager and re-attaches to every VM whose QEMU survived an agent restart. */
@@ -291,7 +305,7 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
     const req = parseOrThrow(CreateVmRequest, request);
     const id = req.id ?? `vm-${randomBytes(4).toString('hex')}`;
     const dir = this.dirOf(id);
-    if (join(dir, 'agent.sock').length > MAX_SOCKET_PATH) {
+    if (this.#o.driver.longestSocketPath(dir).length > MAX_SOCKET_PATH) {
       throw new WarrenError(
         'HOST_UNSUPPORTED',
         `VM socket paths under ${dir} exceed ${MAX_SOCKET_PATH} bytes; use a shorter WARREN_DATA_DIR`,
@@ -316,18 +330,21 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
           createdAt: new Date().toISOString(),
           desired: 'stopped',
         };
-        if (req.network && this.#o.network) {
-          record.networkPolicy = req.network;
-          // Held until the rename: from then on the record on disk is what reserves the link.
-          record.network = await this.#allocateNetwork(id, async (net) => {
-            record.network = net;
+        // The uid and the link are held until the rename: from then on the record on disk holds them.
+        await this.#jailIds.allocate(async (ids) => {
+          record.jail = ids;
+          if (req.network && this.#o.network) {
+            record.networkPolicy = req.network;
+            record.network = await this.#allocateNetwork(id, async (net) => {
+              record.network = net;
+              await this.#write(record, partial);
+              await rename(partial, dir);
+            });
+          } else {
             await this.#write(record, partial);
             await rename(partial, dir);
-          });
-        } else {
-          await this.#write(record, partial);
-          await rename(partial, dir);
-        }
+          }
+        });
         return this.#status(record);
       } catch (e) {
         await rm(partial, { recursive: true, force: true });
@@ -381,7 +398,9 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
       try {
         record.desired = 'running';
         delete record.lastExit;
-        await this.#write(record);
+        if (record.jail) await this.#write(record);
+        // A VM made before QEMUs were jailed gets its own uid at its first start since.
+        else await this.#jailIds.allocate((ids) => this.#write(Object.assign(record, { jail: ids })));
         if (record.network && this.#o.network) {
           // The TAP and the rules that confine it exist before QEMU, so the guest's first packet is filtered.
           await this.#o.network.ensureTap(id, record.network);
@@ -582,6 +601,7 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
       rootDisk: join(dir, 'root.qcow2'),
       dataDisk: join(dir, 'data.img'),
       accel: this.#o.accel,
+      ...(record.jail ? { jail: record.jail } : {}),
       ...(cgroup ? { cgroup } : {}),
       ...(record.network && this.#o.network
         ? {

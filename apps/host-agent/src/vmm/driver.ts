@@ -3,6 +3,12 @@ import type { Accelerator } from '../accel.ts';
 import type { CgroupHandle } from '../cgroups/cgroups.ts';
 import type { GuestTransport } from '../guest/transport.ts';
 
+/** The uid and gid a VM's VMM process runs as. */
+export interface JailIds {
+  uid: number;
+  gid: number;
+}
+
 /** Everything a VMM needs to launch one VM; paths are inside the VM's own state directory. */
 export interface VmLaunchSpec {
   id: string;
@@ -15,6 +21,11 @@ export interface VmLaunchSpec {
   dataDisk: string;
   accel: Accelerator;
   cgroup?: CgroupHandle;
+  /**
+   * The unprivileged uid and gid this VM's VMM runs as, its own among the VMs of this host
+   * (allocated at create, kept in vm.json, freed with the VM).
+   */
+  jail?: JailIds;
   /** A NIC on this pre-made TAP; `kernelArg` tells the guest its addresses. */
   network?: { tap: string; mac: string; kernelArg: string };
 }
@@ -52,6 +63,8 @@ export interface VmmDriver {
   readonly name: string;
   /** Creates the VM's writable root disk as a copy-on-write layer over the image rootfs. */
   createRootDisk(baseImage: string, target: string): Promise<void>;
+  /** The longest unix socket path the driver uses for a VM in `dir` (the kernel allows 107 bytes). */
+  longestSocketPath(dir: string): string;
   launch(spec: VmLaunchSpec): Promise<RunningVm>;
   /** Finds the VMM process of a VM that kept running while the host agent was down. */
   attach(spec: VmLaunchSpec): Promise<RunningVm | undefined>;

@@ -1,12 +1,29 @@
 import { AGENT_PORT_NAME } from '@warren/protocol';
 import type { VmLaunchSpec } from '../driver.ts';
 
+/** Files of a VM that stay outside its jail, in the VM directory: only the host agent touches them. */
 export const QEMU_FILES = {
-  qmp: 'qmp.sock',
-  agent: 'agent.sock',
   console: 'console.log',
   log: 'qemu.log',
   pid: 'qemu.pid',
+  /** The directory QEMU is confined to (see jail.ts). */
+  jail: 'jail',
+} as const;
+
+/**
+ * Paths as QEMU sees them, inside its jail: it is pivot_rooted into `<vmdir>/jail`, so `/` is
+ * that directory. The sockets live in `/sock`, the one directory QEMU may create files in.
+ */
+export const JAIL_PATHS = {
+  kernel: '/kernel',
+  initrd: '/initrd',
+  rootfs: '/rootfs',
+  rootDisk: '/root.qcow2',
+  dataDisk: '/data.img',
+  sockets: '/sock',
+  qmp: '/sock/qmp.sock',
+  agent: '/sock/agent.sock',
+  console: '/sock/console.sock',
 } as const;
 
 /** A marker in QEMU's command line that ties a process to its VM when re-attaching. */
@@ -18,10 +35,11 @@ export interface QemuArgOptions {
   tcgTranslationCacheMiB: number;
   /** Host TSC frequency; under TCG the guest's TSC runs at it. */
   hostTscKHz?: number;
+  /** The descriptor of the VM's TAP, opened by the launcher before QEMU lost its privileges. */
+  tapFd?: number;
 }
 
 export function qemuArgs(spec: VmLaunchSpec, options: QemuArgOptions): string[] {
-  const f = (name: keyof typeof QEMU_FILES) => `${spec.dir}/${QEMU_FILES[name]}`;
   const cmdline = [
     'console=ttyS0',
     spec.image.manifest.cmdline,
@@ -32,6 +50,8 @@ export function qemuArgs(spec: VmLaunchSpec, options: QemuArgOptions): string[] 
     // The platform firewall drops IPv6 from VMs; a guest without it does not try and wait.
     ...(spec.network ? ['ipv6.disable=1', spec.network.kernelArg] : []),
   ].join(' ');
+  if (spec.network && options.tapFd === undefined)
+    throw new Error('a VM with a NIC needs its TAP descriptor');
   return [
     '-name',
     `${processName(spec.id)},debug-threads=on`,
@@ -50,30 +70,37 @@ export function qemuArgs(spec: VmLaunchSpec, options: QemuArgOptions): string[] 
     '-no-user-config',
     '-nographic',
     '-no-reboot',
+    // Starts paused: the host agent connects the console before the guest's first output.
+    '-S',
     // Defence in depth: seccomp filter denying what a VMM never needs.
     '-sandbox',
     'on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny',
     '-kernel',
-    spec.image.kernelPath,
+    JAIL_PATHS.kernel,
     '-initrd',
-    spec.image.initrdPath,
+    JAIL_PATHS.initrd,
     '-append',
     cmdline,
-    '-drive',
-    `id=root,file=${spec.rootDisk},format=qcow2,if=none,discard=unmap`,
+    // The image's rootfs is named as the overlay's backing node here, because the path stored
+    // in root.qcow2 is the image store's, which does not exist inside the jail.
+    '-blockdev',
+    `driver=raw,node-name=rootfs,read-only=on,file.driver=file,file.filename=${JAIL_PATHS.rootfs}`,
+    '-blockdev',
+    `driver=qcow2,node-name=root,backing=rootfs,discard=unmap,file.driver=file,file.filename=${JAIL_PATHS.rootDisk}`,
     '-device',
     'virtio-blk-device,drive=root',
-    '-drive',
-    `id=data,file=${spec.dataDisk},format=raw,if=none,discard=unmap`,
+    '-blockdev',
+    `driver=raw,node-name=data,discard=unmap,file.driver=file,file.filename=${JAIL_PATHS.dataDisk}`,
     '-device',
     'virtio-blk-device,drive=data',
     '-device',
     'virtio-rng-device',
-    // A TAP the host agent made and firewalled; QEMU runs no scripts (and its sandbox forbids spawning).
+    // The TAP the host agent made and firewalled, already opened: QEMU runs in an empty network
+    // namespace without /dev/net/tun, so this descriptor is its only way to any network.
     ...(spec.network
       ? [
           '-netdev',
-          `tap,id=net0,ifname=${spec.network.tap},script=no,downscript=no,vhost=off`,
+          `tap,id=net0,fd=${options.tapFd},vhost=off`,
           '-device',
           `virtio-net-device,netdev=net0,mac=${spec.network.mac}`,
         ]
@@ -81,14 +108,16 @@ export function qemuArgs(spec: VmLaunchSpec, options: QemuArgOptions): string[] 
     '-device',
     'virtio-serial-device',
     '-chardev',
-    `socket,id=agent,path=${f('agent')},server=on,wait=off`,
+    `socket,id=agent,path=${JAIL_PATHS.agent},server=on,wait=off`,
     '-device',
     `virtserialport,chardev=agent,name=${AGENT_PORT_NAME}`,
+    // The serial console goes to the host agent, which writes a size-capped log (console-log.ts);
+    // with no agent connected QEMU drops it, so a guest can never fill the host's disk with it.
     '-chardev',
-    `file,id=console,path=${f('console')}`,
+    `socket,id=console,path=${JAIL_PATHS.console},server=on,wait=off`,
     '-serial',
     'chardev:console',
     '-qmp',
-    `unix:${f('qmp')},server=on,wait=off`,
+    `unix:${JAIL_PATHS.qmp},server=on,wait=off`,
   ];
 }

@@ -1,23 +1,36 @@
 import { spawn } from 'node:child_process';
 import { closeSync, openSync } from 'node:fs';
-import { readFile, writeFile } from 'node:fs/promises';
+import { readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { connect, type Socket } from 'node:net';
+import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { run } from '@warren/images';
 import { WarrenError } from '@warren/protocol';
 import { VirtioSerialTransport } from '../../guest/transport.ts';
+import { writeCappedLog } from '../console-log.ts';
 import type { RunningVm, VmExit, VmLaunchSpec, VmmDriver } from '../driver.ts';
-import { processName, QEMU_FILES, qemuArgs } from './qemu-args.ts';
+import { fileSizeLimit, hostPathOf, launcher, prepareJail, resolveQemuBinary, TAP_FD } from './jail.ts';
+import { JAIL_PATHS, processName, QEMU_FILES, qemuArgs } from './qemu-args.ts';
 import { QmpClient } from './qmp-client.ts';
 
 export interface QemuDriverOptions {
   binary: string;
   tcgTranslationCacheMiB: number;
+  /** Size at which a VM's console.log is rotated (one older file is kept). */
+  consoleLogBytes: number;
+}
+
+/** Where the host agent finds a VM's sockets: in its jail, or (QEMUs started before jails) in the VM directory. */
+interface Sockets {
+  qmp: string;
+  agent: string;
+  console?: string;
 }
 
 /**
- * QEMU `-M microvm`, controlled over QMP. QEMU runs in its own session (setsid), so it
- * outlives the host agent; a restarted agent finds it again through the pid file, after
- * checking that the pid still belongs to this VM's QEMU.
+ * QEMU `-M microvm`, controlled over QMP, each VM's QEMU confined by jail.ts. QEMU runs in its
+ * own session (setsid), so it outlives the host agent; a restarted agent finds it again through
+ * the pid file, after checking that the pid still belongs to this VM's QEMU.
  */
 export class QemuDriver implements VmmDriver {
   readonly name = 'qemu';
@@ -34,43 +47,67 @@ export class QemuDriver implements VmmDriver {
     });
   }
 
+  longestSocketPath(dir: string): string {
+    return hostPathOf(dir, JAIL_PATHS.console);
+  }
+
   async launch(spec: VmLaunchSpec): Promise<RunningVm> {
+    const ids = spec.jail;
+    if (!ids) throw new WarrenError('INTERNAL', `VM ${spec.id} has no uid to run its QEMU as`);
     this.#hostTscKHz ??= await hostTscKHz();
+    const binary = await resolveQemuBinary(this.#options.binary);
+    const { libDirs } = await prepareJail(spec, ids);
     const args = qemuArgs(spec, {
       ...this.#options,
       ...(this.#hostTscKHz ? { hostTscKHz: this.#hostTscKHz } : {}),
+      ...(spec.network ? { tapFd: TAP_FD } : {}),
     });
-    const logFd = openSync(`${spec.dir}/${QEMU_FILES.log}`, 'a');
-    // The shell joins the VM's cgroups and then becomes QEMU, so QEMU is limited from its
-    // first instruction and never runs outside them.
-    const joinCgroups = 'for f in $WARREN_CGROUP_PROCS; do echo $$ > "$f" || exit 125; done; exec "$@"';
-    const child = spawn('/bin/sh', ['-c', joinCgroups, 'sh', this.#options.binary, ...args], {
+    const kvm = spec.accel === 'kvm' ? await deviceNumber('/dev/kvm') : undefined;
+    const l = launcher(spec, args, {
+      binary,
+      ids,
+      libDirs,
+      fsizeBytes: await fileSizeLimit(spec),
+      ...(kvm ? { kvm } : {}),
+    });
+    const pidFile = join(spec.dir, QEMU_FILES.pid);
+    await rm(pidFile, { force: true });
+    const logFd = openSync(join(spec.dir, QEMU_FILES.log), 'a', 0o600);
+    for (const [name, text] of Object.entries(l.scripts))
+      await writeFile(join(spec.dir, name), text, { mode: 0o700 });
+    const child = spawn('/bin/sh', [join(spec.dir, 'launch.sh')], {
       cwd: spec.dir,
       detached: true,
       stdio: ['ignore', logFd, logFd],
-      env: {
-        PATH: process.env.PATH ?? '/usr/bin:/bin',
-        WARREN_CGROUP_PROCS: spec.cgroup?.procsFiles.join(' ') ?? '',
-      },
+      env: l.env,
     });
     closeSync(logFd);
-    const pid = child.pid;
-    if (pid === undefined) {
-      throw new WarrenError(
-        'HOST_UNSUPPORTED',
-        `cannot start ${this.#options.binary}; install qemu-system-x86`,
-      );
+    const launcherPid = child.pid;
+    if (launcherPid === undefined) {
+      throw new WarrenError('HOST_UNSUPPORTED', 'cannot start the QEMU launcher (/bin/sh)');
     }
-    await writeFile(`${spec.dir}/${QEMU_FILES.pid}`, `${pid}\n`);
     const childExit = new Promise<{ code: number | null; signal: string | null }>((resolve) => {
       child.once('exit', (code, signal) => resolve({ code, signal }));
     });
-    let qmp: QmpClient;
+    const sockets = jailSockets(spec.dir);
+    let qmp: QmpClient | undefined;
     try {
-      qmp = await connectQmp(spec.dir, () => child.exitCode !== null || child.signalCode !== null);
+      qmp = await connectQmp(sockets.qmp, () => child.exitCode !== null || child.signalCode !== null);
+      // Written by the launcher before it became QEMU: QEMU's pid outside its PID namespace.
+      const pid = Number((await readFile(pidFile, 'utf8')).trim());
+      if (!(await isVmProcess(pid, spec))) throw new Error(`pid ${pid} in ${pidFile} is not this VM's QEMU`);
+      const console = await connectSocket(sockets.console!, 5_000);
+      const vm = new QemuVm(spec, pid, sockets, qmp, console, this.#options.consoleLogBytes, childExit, () =>
+        child.unref(),
+      );
+      // QEMU was started paused (-S), so the console is connected before the guest's first line.
+      await qmp.execute('cont');
+      return vm;
     } catch (e) {
+      qmp?.close();
+      // The launcher leads its own process group, and QEMU stays in it.
       try {
-        process.kill(pid, 'SIGKILL');
+        process.kill(-launcherPid, 'SIGKILL');
       } catch {
         // Already gone.
       }
@@ -80,19 +117,33 @@ export class QemuDriver implements VmmDriver {
         `QEMU for ${spec.id} did not start: ${(e as Error).message}\n${log}`,
       );
     }
-    // The child stays referenced while it is tracked, so awaiting its exit keeps Node
-    // alive; detach() lets go of it.
-    return new QemuVm(spec, pid, qmp, childExit, () => child.unref());
   }
 
   async attach(spec: VmLaunchSpec): Promise<RunningVm | undefined> {
-    const pid = Number((await readFile(`${spec.dir}/${QEMU_FILES.pid}`, 'utf8').catch(() => '')).trim());
+    const pid = Number((await readFile(join(spec.dir, QEMU_FILES.pid), 'utf8').catch(() => '')).trim());
     if (!Number.isInteger(pid) || pid <= 1) return undefined;
-    if (!(await isVmProcess(pid, spec))) return undefined;
-    const qmp = await QmpClient.connect(`${spec.dir}/${QEMU_FILES.qmp}`, 5_000).catch(() => undefined);
+    const kind = await vmProcessKind(pid, spec);
+    if (!kind) return undefined;
+    // A QEMU from before jails keeps its sockets in the VM directory and its console in a file.
+    const sockets: Sockets =
+      kind === 'jailed'
+        ? jailSockets(spec.dir)
+        : { qmp: join(spec.dir, 'qmp.sock'), agent: join(spec.dir, 'agent.sock') };
+    const qmp = await QmpClient.connect(sockets.qmp, 5_000).catch(() => undefined);
     if (!qmp) return undefined;
-    return new QemuVm(spec, pid, qmp, undefined, () => {});
+    const console = sockets.console
+      ? await connectSocket(sockets.console, 5_000).catch(() => undefined)
+      : undefined;
+    return new QemuVm(spec, pid, sockets, qmp, console, this.#options.consoleLogBytes, undefined, () => {});
   }
+}
+
+function jailSockets(dir: string): Sockets {
+  return {
+    qmp: hostPathOf(dir, JAIL_PATHS.qmp),
+    agent: hostPathOf(dir, JAIL_PATHS.agent),
+    console: hostPathOf(dir, JAIL_PATHS.console),
+  };
 }
 
 class QemuVm implements RunningVm {
@@ -100,6 +151,7 @@ class QemuVm implements RunningVm {
   readonly transport: VirtioSerialTransport;
   readonly exited: Promise<VmExit>;
   readonly #qmp: QmpClient;
+  readonly #console: Socket | undefined;
   #shutdownReason: string | undefined;
   #detached = false;
   readonly #release: () => void;
@@ -107,22 +159,32 @@ class QemuVm implements RunningVm {
   constructor(
     spec: VmLaunchSpec,
     pid: number,
+    sockets: Sockets,
     qmp: QmpClient,
-    childExit: Promise<{ code: number | null; signal: string | null }> | undefined,
+    console: Socket | undefined,
+    consoleLogBytes: number,
+    launcherExit: Promise<{ code: number | null; signal: string | null }> | undefined,
     release: () => void,
   ) {
     this.#release = release;
     this.pid = pid;
     this.#qmp = qmp;
-    this.transport = new VirtioSerialTransport(`${spec.dir}/${QEMU_FILES.agent}`);
+    this.#console = console;
+    this.transport = new VirtioSerialTransport(sockets.agent);
+    if (console) {
+      console.on('error', () => {});
+      // Ends when QEMU closes the socket or the agent lets go; the log is only ever capped, never lost to an error here.
+      writeCappedLog(console, join(spec.dir, QEMU_FILES.console), consoleLogBytes).catch(() => {});
+    }
     qmp.on('event', (e) => {
       if (e.event === 'SHUTDOWN') this.#shutdownReason = String(e.data?.reason ?? 'unknown');
     });
-    // Our own child reports its exit status; a re-attached QEMU is another process's
-    // child, so all we can see is that it is gone.
-    const ended = childExit ?? waitUntilGone(pid, spec, qmp).then(() => ({ code: null, signal: null }));
+    // The launcher (unshare) waits for QEMU and ends as QEMU ended; a re-attached QEMU is
+    // another process's child, so all we can see is that it is gone.
+    const ended = launcherExit ?? waitUntilGone(pid, spec, qmp).then(() => ({ code: null, signal: null }));
     this.exited = ended.then(async ({ code, signal }) => {
       qmp.close();
+      console?.destroy();
       return describeExit(code, signal, this.#shutdownReason, await logTail(spec.dir));
     });
   }
@@ -144,10 +206,10 @@ class QemuVm implements RunningVm {
     this.#detached = true;
     this.#qmp.removeAllListeners('event');
     this.#qmp.close();
+    this.#console?.destroy();
     this.#release();
   }
 }
-
 function describeExit(
   code: number | null,
   signal: string | null,
@@ -168,11 +230,11 @@ function describeExit(
   return { code, signal, reason: log ? `${why}; last log lines: ${log}` : why, graceful: false };
 }
 
-async function connectQmp(dir: string, exited: () => boolean): Promise<QmpClient> {
+async function connectQmp(path: string, exited: () => boolean): Promise<QmpClient> {
   const deadline = Date.now() + 10_000;
   for (;;) {
     try {
-      return await QmpClient.connect(`${dir}/${QEMU_FILES.qmp}`, 5_000);
+      return await QmpClient.connect(path, 5_000);
     } catch (e) {
       if (exited()) throw new Error('QEMU exited during start');
       if (Date.now() > deadline) throw e;
@@ -181,19 +243,57 @@ async function connectQmp(dir: string, exited: () => boolean): Promise<QmpClient
   }
 }
 
-/** True if `pid` is alive (not a zombie) and its command line names this VM. */
-async function isVmProcess(pid: number, spec: VmLaunchSpec): Promise<boolean> {
+function connectSocket(path: string, timeoutMs: number): Promise<Socket> {
+  return new Promise((resolve, reject) => {
+    const socket = connect(path);
+    const timer = setTimeout(() => {
+      socket.destroy();
+      reject(new Error(`no connection to ${path} within ${timeoutMs} ms`));
+    }, timeoutMs);
+    socket.once('connect', () => {
+      clearTimeout(timer);
+      resolve(socket);
+    });
+    socket.once('error', (e) => {
+      clearTimeout(timer);
+      reject(e);
+    });
+  });
+}
+
+/**
+ * `jailed` if `pid` is alive (not a zombie), its command line names this VM and its environment
+ * this VM directory (jail.ts puts it there); `legacy` for a QEMU from before jails, whose
+ * command line names the directory; undefined for anything else (a reused pid).
+ */
+async function vmProcessKind(pid: number, spec: VmLaunchSpec): Promise<'jailed' | 'legacy' | undefined> {
   try {
     const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
     const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
-    if (state === 'Z' || state === 'X') return false;
+    if (state === 'Z' || state === 'X') return undefined;
     const argv = (await readFile(`/proc/${pid}/cmdline`, 'utf8')).split('\0');
-    return (
-      argv.some((a) => a.startsWith(`${processName(spec.id)},`)) && argv.some((a) => a.includes(spec.dir))
-    );
+    if (!argv.some((a) => a.startsWith(`${processName(spec.id)},`))) return undefined;
+    const env = (await readFile(`/proc/${pid}/environ`, 'utf8')).split('\0');
+    if (env.includes(`WARREN_VM_DIR=${spec.dir}`)) return 'jailed';
+    return argv.some((a) => a.includes(spec.dir)) ? 'legacy' : undefined;
   } catch {
-    return false;
+    return undefined;
   }
+}
+
+async function isVmProcess(pid: number, spec: VmLaunchSpec): Promise<boolean> {
+  return (await vmProcessKind(pid, spec)) !== undefined;
+}
+
+/** The major and minor number of a device node, for a node of the jail's own. */
+async function deviceNumber(path: string): Promise<{ major: number; minor: number }> {
+  const s = await stat(path).catch(() => undefined);
+  if (!s?.isCharacterDevice())
+    throw new WarrenError('HOST_UNSUPPORTED', `${path} is missing; use WARREN_ACCEL=tcg`);
+  // Linux's dev_t encoding (glibc's gnu_dev_major/minor).
+  const major = ((s.rdev >> 8) & 0xfff) | (Math.floor(s.rdev / 2 ** 32) & ~0xfff);
+  const minor = (s.rdev & 0xff) | ((s.rdev >> 12) & ~0xff);
+  return { major, minor };
 }
 
 async function waitUntilGone(pid: number, spec: VmLaunchSpec, qmp: QmpClient): Promise<void> {
