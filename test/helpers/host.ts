@@ -15,11 +15,12 @@ export interface TestHost extends Host {
  * off: these tests run in the machine's own namespace, where VMs must never get a route out
  * (test/net/ tests networking inside namespaces they create).
  */
-export async function openTestHost(): Promise<TestHost> {
+/** `env`: further host-agent settings, by their environment names (WARREN_...). */
+export async function openTestHost(env: Record<string, string> = {}): Promise<TestHost> {
   // Short path: VM sockets live under it and unix socket paths are limited to 107 bytes.
   const dataDir = await mkdtemp(join(tmpdir(), 'wt-'));
   const host = await openHost(
-    loadConfig({}, { dataDir, imagesDir: TEST_IMAGES_DIR, bootTimeoutMs: 90_000, network: 'off' }),
+    loadConfig(env, { dataDir, imagesDir: TEST_IMAGES_DIR, bootTimeoutMs: 90_000, network: 'off' }),
   );
   let disposed = false;
   return {
