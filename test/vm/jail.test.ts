@@ -15,6 +15,8 @@ import { minimalImage } from '../helpers/image.ts';
 import { until } from '../helpers/until.ts';
 
 const CONSOLE_CAP = 1024 * 1024;
+/** A low disk bandwidth for these VMs, so that writing a few MiB takes measurably long. */
+const IO_MIBPS = 4;
 
 function run(argv: string[]) {
   const r = spawnSync(argv[0]!, argv.slice(1), { encoding: 'buffer', maxBuffer: 1 << 26 });
@@ -27,7 +29,10 @@ describe('QEMU jail', { timeout: 600_000 }, () => {
 
   before(async () => {
     const image = await minimalImage();
-    host = await openTestHost({ WARREN_CONSOLE_LOG_MIB: String(CONSOLE_CAP / 1024 / 1024) });
+    host = await openTestHost({
+      WARREN_CONSOLE_LOG_MIB: String(CONSOLE_CAP / 1024 / 1024),
+      WARREN_VM_IO_MIBPS: String(IO_MIBPS),
+    });
     for (const id of Object.values(vm)) {
       await host.vms.create({ id, image, diskMiB: 32 });
       await host.vms.start(id);
@@ -181,5 +186,28 @@ describe('QEMU jail', { timeout: 600_000 }, () => {
     // And the VM is still fine.
     const echo = await collect((o) => guest.exec({ argv: ['echo', 'alive'] }, o));
     assert.equal(echo.stdout, 'alive\n');
+  });
+
+  test("a guest writing to its disk is held to the VM's I/O limit", async (t) => {
+    if (!host.cgroups.version) {
+      t.skip(`cgroups unavailable: ${host.cgroups.reason}`);
+      return;
+    }
+    const guest = await host.vms.guest(vm.b);
+    const mib = 4 * IO_MIBPS;
+    const started = Date.now();
+    let stderr = '';
+    const exit = await guest.exec(
+      {
+        argv: ['dd', 'if=/dev/zero', 'of=/workspace/io', 'bs=1M', `count=${mib}`, 'conv=fsync'],
+        timeoutMs: 120_000,
+      },
+      { onStderr: (c) => (stderr += c) },
+    );
+    assert.equal(exit.exitCode, 0, stderr);
+    // Throttling only ever slows I/O down, so this bound cannot be met by luck: at the limit the
+    // write takes mib / IO_MIBPS seconds (the first second's burst allowance taken off).
+    const seconds = (Date.now() - started) / 1000;
+    assert.ok(seconds >= mib / IO_MIBPS - 1, `${mib} MiB written in ${seconds} s, over ${IO_MIBPS} MiB/s`);
   });
 });

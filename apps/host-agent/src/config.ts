@@ -81,6 +81,13 @@ export const HostAgentConfig = z.strictObject({
   /** WARREN_PIDS_MAX: process limit of each VM's QEMU (threads count). */
   pidsMax: z.coerce.number().int().min(16).default(512),
   /**
+   * WARREN_VM_IO_MIBPS: disk bandwidth of each VM, reads and writes each, through its cgroup on
+   * the disk holding WARREN_DATA_DIR; 0 for none.
+   */
+  vmIoMiBps: z.coerce.number().int().min(0).default(200),
+  /** WARREN_VM_IOPS: disk operations per second of each VM, reads and writes each; 0 for none. */
+  vmIops: z.coerce.number().int().min(0).default(10_000),
+  /**
    * WARREN_JAIL_UID_BASE: first uid (and gid) of the range each VM's QEMU gets its own uid from.
    * No /etc/passwd entries are needed; the range must not hold any account or subuid range, and
    * agents sharing a machine need ranges that do not overlap.
@@ -245,6 +252,8 @@ export const ENV_NAMES: Record<keyof HostAgentConfig, string> = {
   stopTimeoutMs: 'WARREN_STOP_TIMEOUT_MS',
   tcgTranslationCacheMiB: 'WARREN_TCG_TB_MIB',
   pidsMax: 'WARREN_PIDS_MAX',
+  vmIoMiBps: 'WARREN_VM_IO_MIBPS',
+  vmIops: 'WARREN_VM_IOPS',
   jailUidBase: 'WARREN_JAIL_UID_BASE',
   jailUidCount: 'WARREN_JAIL_UID_COUNT',
   consoleLogMiB: 'WARREN_CONSOLE_LOG_MIB',

@@ -1,6 +1,13 @@
+import { mkdir } from 'node:fs/promises';
 import { ImageStore } from '@warren/images';
 import { chooseAccelerator } from './accel.ts';
-import { detectCgroups } from './cgroups/cgroups.ts';
+import {
+  blockDeviceOf,
+  type CgroupDriver,
+  detectCgroups,
+  type IoLimit,
+  supportsIoLimits,
+} from './cgroups/cgroups.ts';
 import { type HostAgentConfig, imagesDirOf } from './config.ts';
 import { addressPlan } from './net/address.ts';
 import { parseUpstream, systemResolver } from './net/dns-forwarder.ts';
@@ -24,6 +31,8 @@ export async function openHost(config: HostAgentConfig, log: (m: string) => void
   log(`accelerator: ${accel.accel} (${accel.reason})`);
   const cg = await detectCgroups(config.cgroups);
   log(`resource limits: ${cg.driver ? cg.reason : `cgroups not used: ${cg.reason}`}`);
+  const io = cg.driver ? await ioLimitOf(config, cg.driver) : { reason: 'no cgroups' };
+  log(io.limit ? `I/O limit per VM: ${io.reason}` : `no I/O limit per VM: ${io.reason}`);
   const store = new ImageStore(imagesDirOf(config));
   const driver = new QemuDriver({
     binary: config.qemuBinary,
@@ -40,6 +49,7 @@ export async function openHost(config: HostAgentConfig, log: (m: string) => void
     bootTimeoutMs: config.bootTimeoutMs,
     stopTimeoutMs: config.stopTimeoutMs,
     pidsMax: config.pidsMax,
+    ...(io.limit ? { ioLimit: io.limit } : {}),
     jailUids: { base: config.jailUidBase, count: config.jailUidCount },
     ...(network ? { network } : {}),
     log,
@@ -51,6 +61,28 @@ export async function openHost(config: HostAgentConfig, log: (m: string) => void
     accel,
     ...(network ? { network } : {}),
     cgroups: { ...(cg.driver ? { version: cg.driver.version } : {}), reason: cg.reason },
+  };
+}
+
+/** The I/O limit each VM's cgroup gets, on the disk that holds the VMs' disks, if this host can have one. */
+async function ioLimitOf(
+  config: HostAgentConfig,
+  driver: CgroupDriver,
+): Promise<{ limit?: IoLimit; reason: string }> {
+  if (config.vmIoMiBps === 0 && config.vmIops === 0)
+    return { reason: 'turned off (WARREN_VM_IO_MIBPS=0, WARREN_VM_IOPS=0)' };
+  if (!(await supportsIoLimits(driver))) {
+    return {
+      reason: `cgroup ${driver.version} at ${driver.root} has no ${driver.version === 'v1' ? 'blkio' : 'io'} controller`,
+    };
+  }
+  await mkdir(config.dataDir, { recursive: true });
+  const device = await blockDeviceOf(config.dataDir);
+  if (!device) return { reason: `${config.dataDir} is not on a block device` };
+  const limit = { device, bytesPerSecond: config.vmIoMiBps * 1024 * 1024, opsPerSecond: config.vmIops };
+  return {
+    limit,
+    reason: `${config.vmIoMiBps} MiB/s and ${config.vmIops} operations/s each way on disk ${device}`,
   };
 }
 

@@ -1,5 +1,5 @@
 import { existsSync } from 'node:fs';
-import { mkdir, readFile, rmdir, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rmdir, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { WarrenError } from '@warren/protocol';
 
@@ -8,6 +8,15 @@ export interface ResourceLimits {
   cpus: number;
   memoryBytes: number;
   pidsMax: number;
+  /** Disk bandwidth and operations per second, each direction, on the device holding the VMs' disks. */
+  io?: IoLimit;
+}
+
+export interface IoLimit {
+  /** `major:minor` of a whole disk (see blockDeviceOf). */
+  device: string;
+  bytesPerSecond: number;
+  opsPerSecond: number;
 }
 
 /** A cgroup (v1: one per controller hierarchy) that holds one VM's QEMU. */
@@ -21,6 +30,8 @@ export interface CgroupHandle {
 
 export interface CgroupDriver {
   readonly version: 'v1' | 'v2';
+  /** Where the hierarchy is mounted. */
+  readonly root: string;
   create(name: string, limits: ResourceLimits): Promise<CgroupHandle>;
   open(name: string): CgroupHandle;
 }
@@ -45,12 +56,21 @@ export class CgroupV2 implements CgroupDriver {
     await mkdir(parent, { recursive: true });
     await writeFile(join(this.root, 'cgroup.subtree_control'), '+cpu +memory +pids').catch(() => {});
     await writeFile(join(parent, 'cgroup.subtree_control'), '+cpu +memory +pids');
+    if (limits.io) {
+      await writeFile(join(this.root, 'cgroup.subtree_control'), '+io').catch(() => {});
+      await writeFile(join(parent, 'cgroup.subtree_control'), '+io');
+    }
     const dir = join(parent, name);
     await mkdir(dir, { recursive: true });
     await writeFile(join(dir, 'cpu.max'), `${Math.round(limits.cpus * CPU_PERIOD_US)} ${CPU_PERIOD_US}`);
     await writeFile(join(dir, 'memory.max'), String(limits.memoryBytes));
     await writeFile(join(dir, 'memory.swap.max'), '0').catch(() => {});
     await writeFile(join(dir, 'pids.max'), String(limits.pidsMax));
+    if (limits.io) {
+      const { device, bytesPerSecond: b, opsPerSecond: o } = limits.io;
+      const v = (n: number) => (n > 0 ? String(n) : 'max');
+      await writeFile(join(dir, 'io.max'), `${device} rbps=${v(b)} wbps=${v(b)} riops=${v(o)} wiops=${v(o)}`);
+    }
     return this.open(name);
   }
 
@@ -76,18 +96,29 @@ export class CgroupV1 implements CgroupDriver {
 
   async create(name: string, limits: ResourceLimits): Promise<CgroupHandle> {
     const handle = this.open(name);
-    const [cpu, memory, pids] = handle.paths as [string, string, string];
+    const [cpu, memory, pids, blkio] = handle.paths as [string, string, string, string | undefined];
     for (const dir of handle.paths) await mkdir(dir, { recursive: true });
     await writeFile(join(cpu, 'cpu.cfs_period_us'), String(CPU_PERIOD_US));
     await writeFile(join(cpu, 'cpu.cfs_quota_us'), String(Math.round(limits.cpus * CPU_PERIOD_US)));
     await writeFile(join(memory, 'memory.limit_in_bytes'), String(limits.memoryBytes));
     await writeFile(join(memory, 'memory.memsw.limit_in_bytes'), String(limits.memoryBytes)).catch(() => {});
     await writeFile(join(pids, 'pids.max'), String(limits.pidsMax));
+    if (limits.io && blkio) {
+      // blkio v1 sees only I/O its tasks issue themselves: reads, and writes with O_DIRECT (QEMU
+      // opens the VM's disks so when an I/O limit is set); buffered writeback is not charged.
+      const { device, bytesPerSecond: b, opsPerSecond: o } = limits.io;
+      for (const dir of ['read', 'write']) {
+        await writeFile(join(blkio, `blkio.throttle.${dir}_bps_device`), `${device} ${b}`);
+        await writeFile(join(blkio, `blkio.throttle.${dir}_iops_device`), `${device} ${o}`);
+      }
+    }
     return handle;
   }
 
   open(name: string): CgroupHandle {
-    const paths = ['cpu', 'memory', 'pids'].map((c) => join(this.root, c, PARENT, name));
+    // blkio last, and only where mounted: hosts without it still get CPU, memory and pids limits.
+    const controllers = ['cpu', 'memory', 'pids', ...(existsSync(join(this.root, 'blkio')) ? ['blkio'] : [])];
+    const paths = controllers.map((c) => join(this.root, c, PARENT, name));
     return {
       version: 'v1',
       procsFiles: paths.map((p) => join(p, 'cgroup.procs')),
@@ -141,6 +172,30 @@ export async function detectCgroups(
   if (setting === 'required')
     throw new WarrenError('HOST_UNSUPPORTED', `no cgroup v1 or v2 hierarchy at ${root}`);
   return { reason: `no cgroup hierarchy at ${root}` };
+}
+
+/** Whether a driver can limit I/O on this host: v2 needs the io controller, v1 the blkio hierarchy. */
+export async function supportsIoLimits(driver: CgroupDriver): Promise<boolean> {
+  if (driver.version === 'v1')
+    return existsSync(join(driver.root, 'blkio', 'blkio.throttle.read_bps_device'));
+  const controllers = await readFile(join(driver.root, 'cgroup.controllers'), 'utf8').catch(() => '');
+  return controllers.split(/\s+/).includes('io');
+}
+
+/**
+ * The whole disk (`major:minor`) a path's filesystem is on, the device an I/O limit is written
+ * for; undefined when that is no block device (tmpfs, overlayfs, a network filesystem).
+ */
+export async function blockDeviceOf(path: string): Promise<string | undefined> {
+  const dev = (await stat(path)).dev;
+  // Linux's dev_t encoding (glibc's gnu_dev_major/minor).
+  const major = Math.floor(dev / 256) & 0xfff;
+  const minor = (dev & 0xff) | (Math.floor(dev / 4096) & ~0xff);
+  const sys = `/sys/dev/block/${major}:${minor}`;
+  if (!existsSync(sys)) return undefined;
+  // Limits apply to whole disks only: a partition's limit goes to its disk.
+  if (existsSync(join(sys, 'partition'))) return (await readFile(join(sys, '..', 'dev'), 'utf8')).trim();
+  return `${major}:${minor}`;
 }
 
 /** The cgroup paths a process is in, from /proc (for tests and diagnostics). */

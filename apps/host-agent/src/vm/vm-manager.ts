@@ -7,7 +7,7 @@ import { type ImageStore, run } from '@warren/images';
 import { NetworkPolicy, parseOrThrow, WarrenError } from '@warren/protocol';
 import { z } from 'zod';
 import type { Accelerator } from '../accel.ts';
-import type { CgroupDriver } from '../cgroups/cgroups.ts';
+import type { CgroupDriver, IoLimit } from '../cgroups/cgroups.ts';
 import { GuestClient } from '../guest/guest-client.ts';
 import { guestNetArg, lowestFreeIndex, tapName, type VmNetwork, vmNetworkAt } from '../net/address.ts';
 import type { HostNetwork } from '../net/host-network.ts';
@@ -99,6 +99,8 @@ export interface VmManagerOptions {
   bootTimeoutMs: number;
   stopTimeoutMs: number;
   pidsMax: number;
+  /** Each VM's disk I/O limit, when this host can enforce one (cgroups, and a block device under dataDir). */
+  ioLimit?: IoLimit;
   /** The uids VMs' QEMUs run as, one each. */
   jailUids: UidRange;
   /** Tenant networking; without it VMs get no NIC. */
@@ -590,6 +592,7 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
           cpus: record.cpus,
           memoryBytes: record.memoryMiB * 1024 * 1024 + VMM_OVERHEAD_BYTES,
           pidsMax: this.#o.pidsMax,
+          ...(this.#o.ioLimit ? { io: this.#o.ioLimit } : {}),
         })
       : this.#o.cgroups?.open(record.id);
     return {
@@ -602,6 +605,7 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
       dataDisk: join(dir, 'data.img'),
       accel: this.#o.accel,
       ...(record.jail ? { jail: record.jail } : {}),
+      directIo: this.#o.ioLimit !== undefined,
       ...(cgroup ? { cgroup } : {}),
       ...(record.network && this.#o.network
         ? {

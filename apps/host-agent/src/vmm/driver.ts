@@ -26,6 +26,11 @@ export interface VmLaunchSpec {
    * (allocated at create, kept in vm.json, freed with the VM).
    */
   jail?: JailIds;
+  /**
+   * Opens the VM's own disks with O_DIRECT, so their I/O is the VMM's, charged to its cgroup
+   * (cgroup v1 does not charge buffered writeback); set when an I/O limit is in force.
+   */
+  directIo?: boolean;
   /** A NIC on this pre-made TAP; `kernelArg` tells the guest its addresses. */
   network?: { tap: string; mac: string; kernelArg: string };
 }
