@@ -17,5 +17,8 @@ export * from './net/dns-message.ts';
 export * from './net/host-network.ts';
 export * from './net/ruleset.ts';
 export * from './vm/vm-manager.ts';
+export * from './vmm/console-log.ts';
 export * from './vmm/driver.ts';
+export * from './vmm/qemu/jail.ts';
+export * from './vmm/qemu/qemu-args.ts';
 export * from './vmm/qemu/qemu-driver.ts';
