@@ -7,8 +7,9 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # qemu: the VMM; e2fsprogs: ext4 images; busybox-static, cpio, kmod: guest images;
 # debootstrap: the standard profile; procps: pgrep in tests; tini: a reaping init for daemons;
 # iproute2 and nftables: tenant networks (TAP devices, the firewall) and their namespaced tests;
+# mount, util-linux (unshare, pivot_root, setpriv, prlimit) and perl-base: the QEMU jail;
 # chromium: the browser test of dashboard isolation (driven by playwright-core, never a download).
-packages=(qemu-system-x86 qemu-utils e2fsprogs busybox-static cpio kmod debootstrap procps tini ca-certificates iproute2 nftables chromium)
+packages=(qemu-system-x86 qemu-utils mount util-linux perl-base e2fsprogs busybox-static cpio kmod debootstrap procps tini ca-certificates iproute2 nftables chromium)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
