@@ -1,6 +1,8 @@
 export type { RegisteredRoute, RouteAuth } from './api/route.ts';
+export { DISPLAY_BODY_CHARS, displayPrefix, newToken, TOKEN_PREFIX } from './auth/tokens.ts';
 export { CONFIG_ENV, ControlPlaneConfig, loadConfig, stateDirOf } from './config.ts';
 export { type ControlPlane, openControlPlane } from './control-plane.ts';
 export { placeTenant } from './scheduler/place.ts';
 export { fits, type HostCandidate, rank, score } from './scheduler/policy.ts';
 export { openStore, SqliteStoreDialect, type Store, type StoreDialect } from './store/index.ts';
+export { migrationProvider } from './store/migrations/index.ts';

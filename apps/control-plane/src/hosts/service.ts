@@ -8,7 +8,7 @@ import {
   vmIdOfTenant,
   WarrenError,
 } from '@warren/protocol';
-import { displayPrefix, hashToken, newToken } from '../auth/tokens.ts';
+import { insertCredential } from '../auth/credentials.ts';
 import type { ControlPlaneConfig } from '../config.ts';
 import { newId, now } from '../ids.ts';
 import { releaseTenant } from '../scheduler/place.ts';
@@ -33,9 +33,8 @@ export class HostService {
    * its credentials file) keeps the host id and its tenants and rotates the host token.
    */
   async join(req: JoinRequest): Promise<JoinResponse> {
-    const token = newToken('host');
     const t = now();
-    const hostId = await this.#db.transaction().execute(async (trx) => {
+    const { hostId, token } = await this.#db.transaction().execute(async (trx) => {
       const existing = await trx
         .selectFrom('hosts')
         .select('id')
@@ -79,21 +78,8 @@ export class HostService {
           })
           .execute();
       }
-      await trx
-        .insertInto('api_keys')
-        .values({
-          id: newId('key'),
-          kind: 'host',
-          name: `host ${req.name}`,
-          tenant_id: null,
-          host_id: id,
-          token_hash: hashToken(token),
-          prefix: displayPrefix(token),
-          created_at: t,
-          last_used_at: null,
-        })
-        .execute();
-      return id;
+      const { token } = await insertCredential(trx, { kind: 'host', name: `host ${req.name}`, hostId: id });
+      return { hostId: id, token };
     });
     return { hostId, token, heartbeatIntervalMs: this.#config.heartbeatIntervalMs };
   }

@@ -73,7 +73,14 @@ export interface ApiKeysTable {
   tenant_id: string | null;
   host_id: string | null;
   token_hash: string;
+  /** The kind prefix and a few characters (auth/tokens.ts `displayPrefix`), never more. */
   prefix: string;
+  /** 1: a join token that the first successful join consumes. */
+  single_use: Generated<number>;
+  /** 1: the admin or join token whose plaintext is in a state file; a restart replaces it when the file is lost. */
+  bootstrap: Generated<number>;
+  /** Refused from then on; null: does not expire. */
+  expires_at: string | null;
   created_at: string;
   last_used_at: string | null;
 }

@@ -13,8 +13,7 @@ import {
   WarrenError,
 } from '@warren/protocol';
 import { z } from 'zod';
-import { displayPrefix, hashToken, newToken } from '../../auth/tokens.ts';
-import { newId, now } from '../../ids.ts';
+import { insertCredential } from '../../auth/credentials.ts';
 import { findTenantForPrincipal, tenantFilter } from '../../tenants/scope.ts';
 import { operationView } from '../../tenants/view.ts';
 import type { Api } from '../context.ts';
@@ -73,19 +72,11 @@ export function adminRoutes(api: Api): void {
       audit.target = body.tenant;
       const tenant = await findTenantForPrincipal(api.db, principal, body.tenant);
       audit.tenantId = tenant.id;
-      const token = newToken('tenant');
-      const row = {
-        id: newId('key'),
-        kind: 'tenant' as const,
+      const { row, token } = await insertCredential(api.db, {
+        kind: 'tenant',
         name: body.name ?? `key for ${tenant.name}`,
-        tenant_id: tenant.id,
-        host_id: null,
-        token_hash: hashToken(token),
-        prefix: displayPrefix(token),
-        created_at: now(),
-        last_used_at: null,
-      };
-      await api.db.insertInto('api_keys').values(row).execute();
+        tenantId: tenant.id,
+      });
       audit.target = `${tenant.name}/${row.id}`;
       return { key: keyView(row, tenant.name), token };
     },

@@ -4,6 +4,7 @@ import * as m0001 from './0001-initial.ts';
 import * as m0002 from './0002-network.ts';
 import * as m0003 from './0003-sessions.ts';
 import * as m0004 from './0004-indexes.ts';
+import * as m0005 from './0005-credentials-retention.ts';
 import * as m0006 from './0006-dashboard-logins.ts';
 
 /**
@@ -15,6 +16,7 @@ const MIGRATIONS = {
   '0002-network': m0002,
   '0003-sessions': m0003,
   '0004-indexes': m0004,
+  '0005-credentials-retention': m0005,
   '0006-dashboard-logins': m0006,
 };
 
