@@ -41,6 +41,9 @@ const { values } = parseArgs({
     'baseline-runs': { type: 'string', default: '3' },
   },
 });
+/** The simulated hosts join in process, as if with the reusable join token. */
+const JOINED_BY = { kind: 'join', keyId: 'key_0000000000000000', singleUse: false } as const;
+
 const int = (name: keyof typeof values): number => {
   const n = Number(values[name]);
   if (!Number.isInteger(n) || n < 1) throw new Error(`--${name}: a positive integer, got ${values[name]}`);
@@ -160,13 +163,16 @@ try {
   let t0 = performance.now();
   const hostIds: string[] = [];
   for (const [i, capacity] of hostSpecs.entries()) {
-    const { hostId } = await cp.hosts.join({
-      name: `sim-host-${i}`,
-      address: sinkUrl,
-      agentToken: randomBytes(32).toString('base64url'),
-      agentVersion: 'bench',
-      capacity,
-    });
+    const { hostId } = await cp.hosts.join(
+      {
+        name: `sim-host-${i}`,
+        address: sinkUrl,
+        agentToken: randomBytes(32).toString('base64url'),
+        agentVersion: 'bench',
+        capacity,
+      },
+      JOINED_BY,
+    );
     await cp.hosts.heartbeat(hostId, {
       agentVersion: 'bench',
       capacity,
@@ -215,13 +221,16 @@ try {
   try {
     for (let i = 0; i < 20; i++) {
       const capacity = { vcpus: 64, memoryMiB: 256 * 1024, diskMiB: 2048 * 1024 };
-      const { hostId } = await warm.hosts.join({
-        name: `warm-${i}`,
-        address: sinkUrl,
-        agentToken: randomBytes(32).toString('base64url'),
-        agentVersion: 'bench',
-        capacity,
-      });
+      const { hostId } = await warm.hosts.join(
+        {
+          name: `warm-${i}`,
+          address: sinkUrl,
+          agentToken: randomBytes(32).toString('base64url'),
+          agentVersion: 'bench',
+          capacity,
+        },
+        JOINED_BY,
+      );
       await warm.hosts.heartbeat(hostId, {
         agentVersion: 'bench',
         capacity,

@@ -116,6 +116,15 @@ export const ControlPlaneConfig = z.strictObject({
     .optional(),
   /** WARREN_DASHBOARD_LOGIN_TTL_MS: how long a one-time dashboard login link (`POST /v1/sessions`) stays valid. */
   dashboardLoginTtlMs: z.coerce.number().int().min(5_000).max(3_600_000).default(60_000),
+  /**
+   * WARREN_REJOIN_TOKEN_TTL_MS: how long a re-join token (`warren host rejoin`) stays valid;
+   * it is single-use and good for one host only.
+   */
+  rejoinTokenTtlMs: z.coerce
+    .number()
+    .int()
+    .min(60_000)
+    .default(24 * 3600_000),
 });
 export type ControlPlaneConfig = z.infer<typeof ControlPlaneConfig>;
 
@@ -149,6 +158,7 @@ export const CONFIG_ENV: Record<keyof ControlPlaneConfig, string> = {
   dashboardDomain: 'WARREN_DASHBOARD_DOMAIN',
   dashboardPublicUrl: 'WARREN_DASHBOARD_PUBLIC_URL',
   dashboardLoginTtlMs: 'WARREN_DASHBOARD_LOGIN_TTL_MS',
+  rejoinTokenTtlMs: 'WARREN_REJOIN_TOKEN_TTL_MS',
 };
 
 export function loadConfig(

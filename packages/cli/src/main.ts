@@ -8,8 +8,12 @@ import { WarrenError } from '@warren/protocol';
 import * as auditList from './commands/audit/list.ts';
 import * as hostDrain from './commands/host/drain.ts';
 import * as hostList from './commands/host/list.ts';
+import * as hostRejoin from './commands/host/rejoin.ts';
 import * as imageBuild from './commands/image/build.ts';
 import * as imageList from './commands/image/list.ts';
+import * as joinTokenCreate from './commands/join-token/create.ts';
+import * as joinTokenList from './commands/join-token/list.ts';
+import * as joinTokenRevoke from './commands/join-token/revoke.ts';
 import * as keyCreate from './commands/key/create.ts';
 import * as keyList from './commands/key/list.ts';
 import * as keyRevoke from './commands/key/revoke.ts';
@@ -41,6 +45,10 @@ const COMMANDS: Record<string, Command> = {
   'tenant exec': tenantExec,
   'host list': hostList,
   'host drain': hostDrain,
+  'host rejoin': hostRejoin,
+  'join-token create': joinTokenCreate,
+  'join-token list': joinTokenList,
+  'join-token revoke': joinTokenRevoke,
   'key create': keyCreate,
   'key list': keyList,
   'key revoke': keyRevoke,
@@ -120,6 +128,7 @@ async function main(argv: string[]): Promise<number> {
         name: { type: 'string' },
         limit: { type: 'string' },
         undo: { type: 'boolean' },
+        'single-use': { type: 'boolean' },
       },
     });
     const two = positionals.slice(0, 2).join(' ');

@@ -257,10 +257,41 @@ export const CreateKeyRequest = z.strictObject({
 export const CreatedKey = z.object({ key: ApiKey, token: z.string() });
 export type CreatedKey = z.infer<typeof CreatedKey>;
 
+/**
+ * A token host agents join with. `hostId`: a re-join token, good only for re-joining that
+ * host; `singleUse`: the first successful join consumes it; `bootstrap`: the token in the
+ * control plane's `join-token` file, which a restart replaces if the file is lost.
+ */
+export const JoinToken = z.object({
+  id: KeyId,
+  name: z.string(),
+  prefix: z.string(),
+  singleUse: z.boolean(),
+  hostId: HostId.nullable(),
+  bootstrap: z.boolean(),
+  expiresAt: z.string().nullable(),
+  createdAt: z.string(),
+  lastUsedAt: z.string().nullable(),
+});
+export type JoinToken = z.infer<typeof JoinToken>;
+
+export const CreateJoinTokenRequest = z.strictObject({
+  name: z
+    .string()
+    .min(1)
+    .max(100)
+    .regex(/^[\x20-\x7e]+$/, 'printable ASCII only')
+    .optional(),
+  singleUse: z.boolean().default(false),
+});
+export type CreateJoinTokenRequest = z.input<typeof CreateJoinTokenRequest>;
+export const CreatedJoinToken = z.object({ joinToken: JoinToken, token: z.string() });
+export type CreatedJoinToken = z.infer<typeof CreatedJoinToken>;
+
 export const AuditEvent = z.object({
   id: z.number().int(),
   at: z.string(),
-  /** `admin`, `key:<id>` (a tenant key), `host:<id>` or `join-token`. */
+  /** `admin`, `key:<id>` (a tenant key), `host:<id>` or `join-token:<id>`. */
   actor: z.string(),
   /** e.g. `tenant.create`, `key.revoke`, `host.drain`. */
   action: z.string(),
@@ -365,9 +396,14 @@ export const JoinRequest = z.strictObject({
   agentToken: z.string().min(32).max(200),
   agentVersion: z.string().max(40),
   capacity: Resources,
+  /**
+   * The host token this agent holds from an earlier join under `name`, if any: the proof that
+   * lets it join again under a name that exists (otherwise HOST_EXISTS).
+   */
+  hostToken: z.string().max(200).optional(),
 });
 export type JoinRequest = z.infer<typeof JoinRequest>;
-/** `token` authenticates the agent's heartbeats; joining again with the same name rotates it. */
+/** `token` authenticates the agent's heartbeats; a re-join under the same name rotates it. */
 export const JoinResponse = z.object({ hostId: HostId, token: z.string(), heartbeatIntervalMs: z.number() });
 export type JoinResponse = z.infer<typeof JoinResponse>;
 

@@ -137,6 +137,11 @@ export const ERROR_CODES = {
     fault: 'user',
     fix: "The request carries more than one dashboard session cookie, which a browser does not do by itself (a page planted one): clear this site's cookies in the browser and open a new login link (`POST /v1/sessions`).",
   },
+  HOST_EXISTS: {
+    status: 409,
+    fault: 'user',
+    fix: 'A host of that name has joined already. A new machine needs its own WARREN_HOST_NAME; an agent that lost its credentials re-joins with the token `warren host rejoin NAME` prints.',
+  },
   API_UNREACHABLE: {
     status: 503,
     fault: 'platform',

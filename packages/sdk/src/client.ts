@@ -3,6 +3,7 @@ import type { z } from 'zod';
 import { Audit } from './audit.ts';
 import { Hosts } from './hosts.ts';
 import { Http } from './http.ts';
+import { JoinTokens } from './join-tokens.ts';
 import { Keys } from './keys.ts';
 import { Operations } from './operations.ts';
 import { Tenants } from './tenants.ts';
@@ -34,6 +35,7 @@ export class WarrenClient {
   readonly operations: Operations;
   readonly hosts: Hosts;
   readonly keys: Keys;
+  readonly joinTokens: JoinTokens;
   readonly audit: Audit;
   readonly #http: Http;
 
@@ -53,6 +55,7 @@ export class WarrenClient {
     this.operations = new Operations(http);
     this.hosts = new Hosts(http);
     this.keys = new Keys(http);
+    this.joinTokens = new JoinTokens(http);
     this.audit = new Audit(http);
   }
 

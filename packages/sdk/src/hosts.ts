@@ -1,4 +1,4 @@
-import { Host } from '@warren/protocol';
+import { CreatedJoinToken, Host } from '@warren/protocol';
 import { z } from 'zod';
 import { type Http, path } from './http.ts';
 
@@ -24,5 +24,13 @@ export class Hosts {
   /** A draining host gets no new tenants; its tenants keep running. `false` undoes it. */
   async drain(ref: string, draining = true): Promise<Host> {
     return this.#http.json(Host, 'POST', path`/v1/hosts/${ref}/drain`, { json: { draining } });
+  }
+
+  /**
+   * A single-use join token with which this host's agent may join again under its name (it
+   * lost its credentials, or a new machine replaces it); shown only this once.
+   */
+  async rejoin(ref: string): Promise<CreatedJoinToken> {
+    return this.#http.json(CreatedJoinToken, 'POST', path`/v1/hosts/${ref}/rejoin`);
   }
 }

@@ -1,11 +1,14 @@
 export type {
   ApiKey,
   AuditEvent,
+  CreatedJoinToken,
   CreatedKey,
+  CreateJoinTokenRequest,
   CreateTenantRequest,
   ErrorCode,
   ExecExit,
   Host,
+  JoinToken,
   ListTenantsQuery,
   Operation,
   Tenant,
@@ -18,6 +21,7 @@ export * from './audit.ts';
 export * from './client.ts';
 export * from './hosts.ts';
 export { Http, type HttpOptions, path } from './http.ts';
+export * from './join-tokens.ts';
 export * from './keys.ts';
 export * from './operations.ts';
 export * from './tenants.ts';

@@ -12,7 +12,11 @@ export type Principal =
   | { kind: 'admin'; keyId: string; onlyTenantId?: string }
   | { kind: 'tenant'; keyId: string; tenantId: string }
   | { kind: 'host'; keyId: string; hostId: string }
-  | { kind: 'join'; keyId: string };
+  /**
+   * A join token. `hostId`: it may only re-join that host (an admin's `POST
+   * /v1/hosts/{host}/rejoin`); `singleUse`: the join that uses it consumes it.
+   */
+  | { kind: 'join'; keyId: string; hostId?: string; singleUse: boolean };
 
 export function actorOf(p: Principal | undefined): string {
   if (!p) return 'anonymous';
@@ -24,7 +28,7 @@ export function actorOf(p: Principal | undefined): string {
     case 'host':
       return `host:${p.hostId}`;
     case 'join':
-      return 'join-token';
+      return `join-token:${p.keyId}`;
   }
 }
 
@@ -44,10 +48,11 @@ export async function authenticate(db: Db, header: string | undefined): Promise<
   if (!looksLikeToken(token)) throw invalid();
   const row = await db
     .selectFrom('api_keys')
-    .select(['id', 'kind', 'tenant_id', 'host_id', 'last_used_at'])
+    .select(['id', 'kind', 'tenant_id', 'host_id', 'last_used_at', 'single_use', 'expires_at'])
     .where('token_hash', '=', hashToken(token))
     .executeTakeFirst();
   if (!row) throw invalid();
+  if (row.expires_at !== null && row.expires_at <= now()) throw invalid();
   // Minute granularity: enough to see which keys are in use without a write per request.
   const t = now();
   if (!row.last_used_at || row.last_used_at.slice(0, 16) !== t.slice(0, 16)) {
@@ -63,6 +68,11 @@ export async function authenticate(db: Db, header: string | undefined): Promise<
       if (!row.host_id) throw invalid();
       return { kind: 'host', keyId: row.id, hostId: row.host_id };
     case 'join':
-      return { kind: 'join', keyId: row.id };
+      return {
+        kind: 'join',
+        keyId: row.id,
+        ...(row.host_id ? { hostId: row.host_id } : {}),
+        singleUse: row.single_use === 1,
+      };
   }
 }

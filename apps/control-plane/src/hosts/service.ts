@@ -9,6 +9,8 @@ import {
   WarrenError,
 } from '@warren/protocol';
 import { insertCredential } from '../auth/credentials.ts';
+import type { Principal } from '../auth/principal.ts';
+import { hashToken } from '../auth/tokens.ts';
 import type { ControlPlaneConfig } from '../config.ts';
 import { newId, now } from '../ids.ts';
 import { releaseTenant } from '../scheduler/place.ts';
@@ -17,6 +19,8 @@ import type { Db } from '../store/index.ts';
 import { safeImages } from '../tenants/service.ts';
 import { networkOf } from '../tenants/view.ts';
 import { healthySince, isHealthy } from './health.ts';
+
+type JoinPrincipal = Extract<Principal, { kind: 'join' }>;
 
 /** Host agents: joining, heartbeats (which carry actual state and return desired state), views. */
 export class HostService {
@@ -29,17 +33,50 @@ export class HostService {
   }
 
   /**
-   * A host joins with the join token. Joining again under the same name (an agent that lost
-   * its credentials file) keeps the host id and its tenants and rotates the host token.
+   * A host joins with a join token. A name that has joined before belongs to that host: joining
+   * under it again (an agent that lost its host token, a replacement machine) takes the record
+   * over, with its tenants, so it needs proof: the host's current token in `hostToken`, or a
+   * join token an admin made for exactly this host (`POST /v1/hosts/{host}/rejoin`). Without
+   * that, anyone holding the join token could redirect a host's exec and file traffic to an
+   * address of their choosing. A re-join keeps the host id and tenants and rotates the host
+   * token. A single-use join token is consumed in the same transaction, so it joins once.
    */
-  async join(req: JoinRequest): Promise<JoinResponse> {
+  async join(req: JoinRequest, by: JoinPrincipal): Promise<JoinResponse> {
     const t = now();
-    const { hostId, token } = await this.#db.transaction().execute(async (trx) => {
+    return this.#db.transaction().execute(async (trx) => {
       const existing = await trx
         .selectFrom('hosts')
-        .select('id')
+        .select(['id', 'name'])
         .where('name', '=', req.name)
         .executeTakeFirst();
+      if (by.hostId !== undefined && existing?.id !== by.hostId) {
+        const bound = await trx
+          .selectFrom('hosts')
+          .select('name')
+          .where('id', '=', by.hostId)
+          .executeTakeFirst();
+        throw new WarrenError(
+          'FORBIDDEN',
+          `this join token re-joins host ${bound?.name ?? by.hostId} only, not ${req.name}`,
+        );
+      }
+      if (
+        existing &&
+        by.hostId === undefined &&
+        !(await this.#holdsHostToken(trx, existing.id, req.hostToken))
+      ) {
+        throw new WarrenError(
+          'HOST_EXISTS',
+          `host ${req.name} has already joined; joining under its name again needs its own host token, or a re-join token from \`warren host rejoin ${req.name}\``,
+        );
+      }
+      if (by.singleUse) {
+        const used = await trx.deleteFrom('api_keys').where('id', '=', by.keyId).executeTakeFirst();
+        // Another join took it first (both authenticated before either committed).
+        if (Number(used.numDeletedRows) === 0) {
+          throw new WarrenError('UNAUTHENTICATED', 'invalid or revoked token');
+        }
+      }
       const id = existing?.id ?? newId('host');
       if (existing) {
         await trx
@@ -54,6 +91,7 @@ export class HostService {
           })
           .where('id', '=', id)
           .execute();
+        // The old host token, and any re-join token still out for this host.
         await trx.deleteFrom('api_keys').where('host_id', '=', id).execute();
       } else {
         await trx
@@ -79,9 +117,20 @@ export class HostService {
           .execute();
       }
       const { token } = await insertCredential(trx, { kind: 'host', name: `host ${req.name}`, hostId: id });
-      return { hostId: id, token };
+      return { hostId: id, token, heartbeatIntervalMs: this.#config.heartbeatIntervalMs };
     });
-    return { hostId, token, heartbeatIntervalMs: this.#config.heartbeatIntervalMs };
+  }
+
+  async #holdsHostToken(db: Db, hostId: string, token: string | undefined): Promise<boolean> {
+    if (token === undefined) return false;
+    const row = await db
+      .selectFrom('api_keys')
+      .select('id')
+      .where('kind', '=', 'host')
+      .where('host_id', '=', hostId)
+      .where('token_hash', '=', hashToken(token))
+      .executeTakeFirst();
+    return row !== undefined;
   }
 
   /**

@@ -189,12 +189,15 @@ export class Reconciler {
         `not joined to ${this.#o.controlPlaneUrl} and no join token: set WARREN_JOIN_TOKEN or WARREN_JOIN_TOKEN_FILE`,
       );
     }
+    // Joining again under a name that exists needs this host's token (or a re-join token as
+    // the join token): send the one we hold, if any.
     const joined = await this.#o.client.join(this.#o.joinToken, {
       name: this.#o.hostName,
       address: this.#o.address,
       agentToken: this.#o.agentToken,
       agentVersion: this.#o.agentVersion,
       capacity: this.#o.capacity,
+      ...(this.#credentials ? { hostToken: this.#credentials.token } : {}),
     });
     const credentials: Credentials = {
       controlPlaneUrl: this.#o.controlPlaneUrl,

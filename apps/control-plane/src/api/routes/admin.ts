@@ -2,10 +2,13 @@ import {
   ApiKey,
   AuditEvent,
   AuditQuery,
+  CreatedJoinToken,
   CreatedKey,
+  CreateJoinTokenRequest,
   CreateKeyRequest,
   DrainRequest,
   Host,
+  JoinToken,
   KeyId,
   Operation,
   OperationId,
@@ -14,6 +17,12 @@ import {
 } from '@warren/protocol';
 import { z } from 'zod';
 import { insertCredential } from '../../auth/credentials.ts';
+import {
+  createJoinToken,
+  createRejoinToken,
+  listJoinTokens,
+  revokeJoinToken,
+} from '../../hosts/join-tokens.ts';
 import { findTenantForPrincipal, tenantFilter } from '../../tenants/scope.ts';
 import { operationView } from '../../tenants/view.ts';
 import type { Api } from '../context.ts';
@@ -55,6 +64,67 @@ export function adminRoutes(api: Api): void {
     async ({ params, body, audit }) => {
       audit.target = params.host;
       return api.hosts.drain(params.host!, body.draining);
+    },
+  );
+
+  api.route(
+    {
+      method: 'POST',
+      url: '/v1/hosts/:host/rejoin',
+      auth: 'admin',
+      summary:
+        'A single-use join token that lets this host join again under its name (lost credentials, replaced machine); shown only here',
+      response: { status: 201, schema: CreatedJoinToken },
+      audit: 'host.rejoin',
+    },
+    async ({ params, audit }) => {
+      audit.target = params.host;
+      const host = await api.hosts.find(params.host!);
+      return createRejoinToken(api.db, host, api.config.rejoinTokenTtlMs);
+    },
+  );
+
+  api.route(
+    {
+      method: 'POST',
+      url: '/v1/join-tokens',
+      auth: 'admin',
+      summary: 'Create a join token for new hosts (singleUse: consumed by the first join); shown only here',
+      body: CreateJoinTokenRequest,
+      response: { status: 201, schema: CreatedJoinToken },
+      audit: 'join-token.create',
+    },
+    async ({ body, audit }) => {
+      const created = await createJoinToken(api.db, body);
+      audit.target = created.joinToken.id;
+      return created;
+    },
+  );
+
+  api.route(
+    {
+      method: 'GET',
+      url: '/v1/join-tokens',
+      auth: 'admin',
+      summary: 'List join tokens (never the tokens themselves), with the one in the join-token file',
+      response: { status: 200, schema: z.object({ joinTokens: z.array(JoinToken) }) },
+    },
+    async () => ({ joinTokens: await listJoinTokens(api.db) }),
+  );
+
+  api.route(
+    {
+      method: 'DELETE',
+      url: '/v1/join-tokens/:key',
+      auth: 'admin',
+      summary: 'Revoke a join token; joined hosts keep working with their own host tokens',
+      response: { status: 204 },
+      audit: 'join-token.revoke',
+    },
+    async ({ params, audit }) => {
+      audit.target = params.key;
+      await revokeJoinToken(api.db, parseOrThrow(KeyId, params.key));
+      return undefined;
     },
   );
 

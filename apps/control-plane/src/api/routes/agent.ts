@@ -1,4 +1,10 @@
-import { HeartbeatRequest, HeartbeatResponse, JoinRequest, JoinResponse } from '@warren/protocol';
+import {
+  HeartbeatRequest,
+  HeartbeatResponse,
+  JoinRequest,
+  JoinResponse,
+  WarrenError,
+} from '@warren/protocol';
 import type { Api } from '../context.ts';
 
 /** The host agents' side of the API: join once, then heartbeat. */
@@ -8,14 +14,16 @@ export function agentRoutes(api: Api): void {
       method: 'POST',
       url: '/v1/agent/join',
       auth: 'join',
-      summary: 'A host agent joins with the join token and receives its own host token',
+      summary:
+        "A host agent joins with a join token and receives its own host token; an existing host's name needs that host's token or a re-join token",
       body: JoinRequest,
       response: { status: 200, schema: JoinResponse },
       audit: 'host.join',
     },
-    async ({ body, audit }) => {
+    async ({ body, audit, principal }) => {
       audit.target = body.name;
-      return api.hosts.join(body);
+      if (principal?.kind !== 'join') throw new WarrenError('FORBIDDEN', 'joining needs a join token');
+      return api.hosts.join(body, principal);
     },
   );
 
