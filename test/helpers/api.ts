@@ -1,12 +1,18 @@
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
-import { createServer, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo, Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { ControlPlaneConfig } from '@warren/control-plane';
 import { type ControlPlane, loadConfig, openControlPlane } from '@warren/control-plane';
-import type { DesiredTenant, HeartbeatResponse, Resources } from '@warren/protocol';
+import {
+  type DesiredTenant,
+  type HeartbeatResponse,
+  PROXY_UPSTREAM_HEADER,
+  type Resources,
+} from '@warren/protocol';
+import { serveWebSocketEcho, wsAccept } from './ws-echo.ts';
 
 export interface TestControlPlane {
   cp: ControlPlane;
@@ -18,14 +24,18 @@ export interface TestControlPlane {
   close(keepData?: boolean): Promise<void>;
 }
 
-/** A real control plane on 127.0.0.1 and a free port, with its own temporary data directory. */
+/**
+ * A real control plane on 127.0.0.1 and a free port, with its own temporary data directory.
+ * Tests drive the API at machine speed, so the per-credential burst is raised out of their way
+ * (the limiter still runs on every request); test/api/limits.test.ts sets its own.
+ */
 export async function openTestControlPlane(
   overrides: Partial<ControlPlaneConfig> = {},
   dataDir?: string,
 ): Promise<TestControlPlane> {
   const dir = dataDir ?? (await mkdtemp(join(tmpdir(), 'wcp-')));
   const cp = await openControlPlane(
-    loadConfig({}, { dataDir: dir, host: '127.0.0.1', port: 0, ...overrides }),
+    loadConfig({}, { dataDir: dir, host: '127.0.0.1', port: 0, rateLimitBurst: 1_000_000, ...overrides }),
   );
   const url = await cp.listen();
   const adminToken = (await readFile(cp.credentials.adminTokenPath, 'utf8')).trim();
@@ -96,9 +106,17 @@ export class FakeAgent {
   #server: Server | undefined;
   #address = '';
   #timer: NodeJS.Timeout | undefined;
+  readonly #tunnels = new Set<Socket>();
   desired: DesiredTenant[] = [];
   /** Requests the control plane made to this agent, for assertions. */
   readonly seen: { method: string; url: string; auth: string | undefined; body: string }[] = [];
+  /**
+   * While set, exec and dashboard (`/proxy/`) answers send their first bytes, then stay open
+   * until it resolves: long-running streams, for the concurrency caps' tests.
+   */
+  gate: Promise<void> | undefined;
+  /** Exec and dashboard answers open right now. */
+  streaming = 0;
 
   constructor(name: string, capacity: Resources) {
     this.name = name;
@@ -150,9 +168,15 @@ export class FakeAgent {
           res.writeHead(401).end('{"error":{"code":"UNAUTHENTICATED","message":"no","fix":""}}');
         } else if (req.url!.endsWith('/exec')) {
           res.writeHead(200, { 'content-type': 'application/x-ndjson' });
-          res.end(
-            `${JSON.stringify({ stdout: Buffer.from('fake\n').toString('base64') })}\n${JSON.stringify({ exit: { exitCode: 0, signal: null, timedOut: false } })}\n`,
+          res.write(`${JSON.stringify({ stdout: Buffer.from('fake\n').toString('base64') })}\n`);
+          void this.#held(
+            res,
+            `${JSON.stringify({ exit: { exitCode: 0, signal: null, timedOut: false } })}\n`,
           );
+        } else if (req.url!.includes('/proxy/')) {
+          res.writeHead(200, { 'content-type': 'text/plain', [PROXY_UPSTREAM_HEADER]: '1' });
+          res.write('dashboard ');
+          void this.#held(res, 'page\n');
         } else if (req.url!.includes('/files') && req.method === 'PUT') {
           res
             .writeHead(201, { 'content-type': 'application/json' })
@@ -162,8 +186,29 @@ export class FakeAgent {
         } else res.writeHead(204).end();
       });
     });
+    // A dashboard's WebSocket: the handshake answered as the VM's (with the agent's marker), then an echo.
+    this.#server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => {
+      this.seen.push({ method: req.method!, url: req.url!, auth: req.headers.authorization, body: '' });
+      if (req.headers.authorization !== `Bearer ${this.#agentToken}` || !req.url!.includes('/proxy/')) {
+        socket.destroy();
+        return;
+      }
+      socket.write(
+        `HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n${PROXY_UPSTREAM_HEADER}: 1\r\nSec-WebSocket-Accept: ${wsAccept(String(req.headers['sec-websocket-key']))}\r\n\r\n`,
+      );
+      this.#tunnels.add(socket);
+      socket.once('close', () => this.#tunnels.delete(socket));
+      serveWebSocketEcho(socket, head);
+    });
     await new Promise<void>((r) => this.#server!.listen(0, '127.0.0.1', r));
     this.#address = `http://127.0.0.1:${(this.#server.address() as AddressInfo).port}`;
+  }
+
+  async #held(res: ServerResponse, last: string): Promise<void> {
+    this.streaming++;
+    await this.gate;
+    this.streaming--;
+    res.end(last);
   }
 
   cpUrl = '';
@@ -199,6 +244,8 @@ export class FakeAgent {
 
   async stop(): Promise<void> {
     clearInterval(this.#timer);
+    // A half-closed tunnel would hold server.close() forever.
+    for (const socket of this.#tunnels) socket.destroy();
     await new Promise<void>((r) => (this.#server ? this.#server.close(() => r()) : r()));
   }
 }

@@ -125,6 +125,24 @@ export const ControlPlaneConfig = z.strictObject({
     .int()
     .min(60_000)
     .default(24 * 3600_000),
+  /**
+   * WARREN_RATE_LIMIT_PER_SECOND: requests per second one credential (tenant key, admin token,
+   * host or join token; a session counts as its key) may send sustained; 0 turns the limit off.
+   */
+  rateLimitPerSecond: z.coerce.number().min(0).max(1_000_000).default(50),
+  /** WARREN_RATE_LIMIT_BURST: requests one credential may send at once before the rate applies. */
+  rateLimitBurst: z.coerce.number().int().min(1).max(1_000_000).default(200),
+  /** WARREN_TENANT_MAX_EXECS: exec streams one tenant may have open at once. */
+  tenantMaxExecs: z.coerce.number().int().min(1).default(16),
+  /**
+   * WARREN_TENANT_MAX_DASHBOARD_STREAMS: dashboard requests in flight plus open WebSocket
+   * tunnels one tenant may have at once.
+   */
+  tenantMaxDashboardStreams: z.coerce.number().int().min(1).default(100),
+  /** WARREN_AUDIT_RETENTION_DAYS: audit events older than this are deleted. */
+  auditRetentionDays: z.coerce.number().int().min(1).default(90),
+  /** WARREN_OPERATION_RETENTION_DAYS: finished operations older than this (since they ended) are deleted. */
+  operationRetentionDays: z.coerce.number().int().min(1).default(7),
 });
 export type ControlPlaneConfig = z.infer<typeof ControlPlaneConfig>;
 
@@ -159,6 +177,12 @@ export const CONFIG_ENV: Record<keyof ControlPlaneConfig, string> = {
   dashboardPublicUrl: 'WARREN_DASHBOARD_PUBLIC_URL',
   dashboardLoginTtlMs: 'WARREN_DASHBOARD_LOGIN_TTL_MS',
   rejoinTokenTtlMs: 'WARREN_REJOIN_TOKEN_TTL_MS',
+  rateLimitPerSecond: 'WARREN_RATE_LIMIT_PER_SECOND',
+  rateLimitBurst: 'WARREN_RATE_LIMIT_BURST',
+  tenantMaxExecs: 'WARREN_TENANT_MAX_EXECS',
+  tenantMaxDashboardStreams: 'WARREN_TENANT_MAX_DASHBOARD_STREAMS',
+  auditRetentionDays: 'WARREN_AUDIT_RETENTION_DAYS',
+  operationRetentionDays: 'WARREN_OPERATION_RETENTION_DAYS',
 };
 
 export function loadConfig(

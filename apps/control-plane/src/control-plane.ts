@@ -1,13 +1,16 @@
 import { rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { AgentClient } from './agents/agent-client.ts';
+import { RateLimiter } from './api/rate-limit.ts';
 import { type ApiServer, createApiServer } from './api/server.ts';
 import { type BootstrapResult, bootstrapCredentials } from './auth/bootstrap.ts';
 import { deleteExpiredSessions } from './auth/sessions.ts';
 import { type ControlPlaneConfig, stateDirOf } from './config.ts';
 import { HostService } from './hosts/service.ts';
 import { now } from './ids.ts';
+import { pruneHistory } from './retention.ts';
 import { dialectFromConfig, openStore, type Store, type StoreDialect } from './store/index.ts';
+import { TenantStreams } from './tenants/concurrency.ts';
 import { TenantService } from './tenants/service.ts';
 
 export interface ControlPlane extends ApiServer {
@@ -23,7 +26,8 @@ export interface ControlPlane extends ApiServer {
 
 /**
  * Wires the control plane from validated configuration: store (migrated), credentials
- * (created on first start), services, API, and the sweeper that fails overdue operations.
+ * (created on first start), services, API, and the sweeper that fails overdue operations and
+ * prunes old history.
  */
 export async function openControlPlane(
   config: ControlPlaneConfig,
@@ -47,11 +51,17 @@ export async function openControlPlane(
         .catch(() => {});
     },
   });
-  const server = createApiServer({ db: store.db, config, tenants, hosts, agents }, log);
+  const rateLimiter = new RateLimiter(config.rateLimitPerSecond, config.rateLimitBurst);
+  const streams = new TenantStreams({
+    exec: config.tenantMaxExecs,
+    dashboard: config.tenantMaxDashboardStreams,
+  });
+  const server = createApiServer({ db: store.db, config, tenants, hosts, agents, rateLimiter, streams }, log);
   const sweeper = setInterval(() => {
     void failOverdueOperations(store, config).catch((e) => log(`operation sweeper: ${e}`));
     // Expired sessions are refused anyway; this only keeps the table small.
     void deleteExpiredSessions(store.db).catch((e) => log(`session sweeper: ${e}`));
+    void pruneHistory(store.db, config).catch((e) => log(`retention sweeper: ${e}`));
   }, 5_000);
   sweeper.unref();
   let closed = false;

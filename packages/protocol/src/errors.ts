@@ -142,6 +142,16 @@ export const ERROR_CODES = {
     fault: 'user',
     fix: 'A host of that name has joined already. A new machine needs its own WARREN_HOST_NAME; an agent that lost its credentials re-joins with the token `warren host rejoin NAME` prints.',
   },
+  RATE_LIMITED: {
+    status: 429,
+    fault: 'user',
+    fix: 'This credential sent more requests than its rate limit allows; wait the seconds in the Retry-After header, then send fewer requests (WARREN_RATE_LIMIT_PER_SECOND, WARREN_RATE_LIMIT_BURST).',
+  },
+  TOO_MANY_STREAMS: {
+    status: 429,
+    fault: 'user',
+    fix: 'The tenant has as many exec streams or dashboard connections open as it may (WARREN_TENANT_MAX_EXECS, WARREN_TENANT_MAX_DASHBOARD_STREAMS); wait for one to end, or close unused ones.',
+  },
   API_UNREACHABLE: {
     status: 503,
     fault: 'platform',

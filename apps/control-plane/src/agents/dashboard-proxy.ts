@@ -171,6 +171,9 @@ export class DashboardProxy {
       s.on('error', entry.destroy);
       s.on('close', entry.destroy);
     }
+    // WebSocket has no half-close (closing is a frame): a client that ended its side is gone,
+    // and a VM that never closes back must not keep the tunnel (and the tenant's stream) open.
+    client.on('end', entry.destroy);
     upstream.pipe(client);
     client.pipe(upstream);
   }

@@ -4,7 +4,9 @@ import type { AgentClient } from '../agents/agent-client.ts';
 import type { ControlPlaneConfig } from '../config.ts';
 import type { HostService } from '../hosts/service.ts';
 import type { Db } from '../store/index.ts';
+import type { TenantStreams } from '../tenants/concurrency.ts';
 import type { TenantService } from '../tenants/service.ts';
+import type { RateLimiter } from './rate-limit.ts';
 import { defineRoute, type RegisteredRoute, type RouteContext, type RouteSpec } from './route.ts';
 
 /** What every route module gets: services, and `route()` bound to the app and registry. */
@@ -14,6 +16,10 @@ export interface Api {
   tenants: TenantService;
   hosts: HostService;
   agents: AgentClient;
+  /** Per-credential request rate, checked by every authenticated route. */
+  rateLimiter: RateLimiter;
+  /** Per-tenant caps on open exec and dashboard streams. */
+  streams: TenantStreams;
   route<B extends z.ZodType | undefined = undefined, Q extends z.ZodType | undefined = undefined>(
     spec: RouteSpec<B, Q>,
     handler: (
@@ -32,6 +38,6 @@ export function apiContext(
 ): Api {
   return {
     ...services,
-    route: (spec, handler) => defineRoute(app, services.db, registry, spec, handler as never),
+    route: (spec, handler) => defineRoute(app, services, registry, spec, handler as never),
   };
 }

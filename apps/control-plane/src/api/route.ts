@@ -8,6 +8,7 @@ import type { TenantsTable } from '../store/database.ts';
 import type { Db } from '../store/index.ts';
 import { findTenantForPrincipal } from '../tenants/scope.ts';
 import { toWarrenError } from './errors.ts';
+import type { RateLimiter } from './rate-limit.ts';
 
 /**
  * Who may call a route. `tenant` routes take a tenant key (scoped to its tenant) or the admin
@@ -78,11 +79,12 @@ export interface RegisteredRoute {
  */
 export function defineRoute<B extends z.ZodType | undefined, Q extends z.ZodType | undefined>(
   app: FastifyInstance,
-  db: Db,
+  services: { db: Db; rateLimiter?: RateLimiter },
   registry: RegisteredRoute[],
   spec: RouteSpec<B, Q>,
   handler: (ctx: RouteContext<Infer<B>, Infer<Q>>) => Promise<unknown>,
 ): void {
+  const { db, rateLimiter } = services;
   registry.push({ ...spec, streamBody: spec.streamBody ?? false });
   app.route({
     method: spec.method,
@@ -98,6 +100,13 @@ export function defineRoute<B extends z.ZodType | undefined, Q extends z.ZodType
             spec.auth === 'session'
               ? await authenticateSession(db, req.headers, req.method)
               : await authenticate(db, req.headers.authorization);
+          try {
+            rateLimiter?.take(principal.keyId);
+          } catch (e) {
+            const wait = (e as WarrenError).details?.retryAfterSeconds;
+            if (wait !== undefined) reply.header('retry-after', String(wait));
+            throw e;
+          }
           if (!ALLOWED[spec.auth].includes(principal.kind)) {
             throw new WarrenError('FORBIDDEN', `${spec.method} ${spec.url} needs ${describe(spec.auth)}`);
           }
@@ -128,8 +137,9 @@ export function defineRoute<B extends z.ZodType | undefined, Q extends z.ZodType
         return reply.status(spec.response.status).send(result);
       } catch (error) {
         const e = toWarrenError(error);
-        // Requests without a valid token are not recorded: anyone could fill the log with them.
-        if (spec.audit && e.code !== 'UNAUTHENTICATED') {
+        // Requests without a valid token are not recorded: anyone could fill the log with them;
+        // nor are those over the rate limit, which exists to bound exactly that work.
+        if (spec.audit && e.code !== 'UNAUTHENTICATED' && e.code !== 'RATE_LIMITED') {
           // A tenant probing another tenant's resource is recorded against the prober only.
           if (principal?.kind === 'tenant' && audit.tenantId !== principal.tenantId) {
             audit.tenantId = principal.tenantId;

@@ -104,7 +104,7 @@ export function createApiServer(services: Omit<Api, 'route'>, log: (m: string) =
     dashboardRoutes(
       {
         ...api,
-        route: (spec, handler) => defineRoute(scope, services.db, dashboard, spec, handler as never),
+        route: (spec, handler) => defineRoute(scope, services, dashboard, spec, handler as never),
       },
       proxy,
     );

@@ -1,0 +1,51 @@
+import { WarrenError } from '@warren/protocol';
+
+/** What is counted: exec streams, and dashboard requests in flight plus open WebSocket tunnels. */
+export type StreamKind = 'exec' | 'dashboard';
+
+const SETTING: Record<StreamKind, string> = {
+  exec: 'WARREN_TENANT_MAX_EXECS',
+  dashboard: 'WARREN_TENANT_MAX_DASHBOARD_STREAMS',
+};
+
+/**
+ * Per-tenant caps on the long-lived streams the control plane proxies to a tenant's VM, so
+ * one tenant cannot hold all of the control plane's (and its hosts') sockets and memory. A
+ * stream is counted from `acquire` until its release function is called (once; later calls
+ * do nothing). In memory, per control-plane process.
+ */
+export class TenantStreams {
+  readonly #limits: Record<StreamKind, number>;
+  readonly #open = new Map<string, number>();
+
+  constructor(limits: Record<StreamKind, number>) {
+    this.#limits = limits;
+  }
+
+  /** Counts one stream of `kind` for the tenant, or throws TOO_MANY_STREAMS at its cap. */
+  acquire(tenant: { id: string; name: string }, kind: StreamKind): () => void {
+    const key = `${kind}:${tenant.id}`;
+    const n = this.#open.get(key) ?? 0;
+    const limit = this.#limits[kind];
+    if (n >= limit) {
+      throw new WarrenError(
+        'TOO_MANY_STREAMS',
+        `tenant ${tenant.name} has ${n} ${kind} streams open, its limit (${SETTING[kind]} = ${limit}); wait for one to end`,
+        { details: { kind, limit } },
+      );
+    }
+    this.#open.set(key, n + 1);
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      const left = (this.#open.get(key) ?? 1) - 1;
+      if (left > 0) this.#open.set(key, left);
+      else this.#open.delete(key);
+    };
+  }
+
+  open(tenantId: string, kind: StreamKind): number {
+    return this.#open.get(`${kind}:${tenantId}`) ?? 0;
+  }
+}
