@@ -55,6 +55,8 @@ function codeOfStatus(status: number): ErrorCode {
       return 'CONFLICT';
     case 413:
       return 'PAYLOAD_TOO_LARGE';
+    case 429:
+      return 'RATE_LIMITED';
     case 502:
     case 503:
     case 504:
