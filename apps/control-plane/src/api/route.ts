@@ -100,13 +100,7 @@ export function defineRoute<B extends z.ZodType | undefined, Q extends z.ZodType
             spec.auth === 'session'
               ? await authenticateSession(db, req.headers, req.method)
               : await authenticate(db, req.headers.authorization);
-          try {
-            rateLimiter?.take(principal.keyId);
-          } catch (e) {
-            const wait = (e as WarrenError).details?.retryAfterSeconds;
-            if (wait !== undefined) reply.header('retry-after', String(wait));
-            throw e;
-          }
+          rateLimiter?.take(principal.keyId);
           if (!ALLOWED[spec.auth].includes(principal.kind)) {
             throw new WarrenError('FORBIDDEN', `${spec.method} ${spec.url} needs ${describe(spec.auth)}`);
           }

@@ -59,6 +59,8 @@ export function createApiServer(services: Omit<Api, 'route'>, log: (m: string) =
     const e = toWarrenError(error);
     if (e.code === 'INTERNAL')
       log(`${req.id} ${req.method} ${req.url}: ${String((error as Error)?.stack ?? error)}`);
+    const retryAfter = e.details?.retryAfterSeconds;
+    if (typeof retryAfter === 'number') reply.header('retry-after', String(retryAfter));
     void reply.status(e.status).send(e.toBody());
   });
   app.setNotFoundHandler((req, reply) => {

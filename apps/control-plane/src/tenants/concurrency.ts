@@ -44,8 +44,4 @@ export class TenantStreams {
       else this.#open.delete(key);
     };
   }
-
-  open(tenantId: string, kind: StreamKind): number {
-    return this.#open.get(`${kind}:${tenantId}`) ?? 0;
-  }
 }
