@@ -6,3 +6,4 @@ export { placeTenant } from './scheduler/place.ts';
 export { fits, type HostCandidate, rank, score } from './scheduler/policy.ts';
 export { openStore, SqliteStoreDialect, type Store, type StoreDialect } from './store/index.ts';
 export { migrationProvider } from './store/migrations/index.ts';
+export { TenantStreams } from './tenants/concurrency.ts';

@@ -22,6 +22,21 @@ export class TenantStreams {
     this.#limits = limits;
   }
 
+  /**
+   * Counts one stream of `kind` for the tenant until `until` (the reply, or a tunnel's socket)
+   * closes, however that happens; throws TOO_MANY_STREAMS at the cap. A stream that closed
+   * before this call (its client left while the route was awaiting) is not counted.
+   */
+  hold(
+    tenant: { id: string; name: string },
+    kind: StreamKind,
+    until: { readonly closed: boolean; once(event: 'close', f: () => void): unknown },
+  ): void {
+    const release = this.acquire(tenant, kind);
+    if (until.closed) release();
+    else until.once('close', release);
+  }
+
   /** Counts one stream of `kind` for the tenant, or throws TOO_MANY_STREAMS at its cap. */
   acquire(tenant: { id: string; name: string }, kind: StreamKind): () => void {
     const key = `${kind}:${tenant.id}`;

@@ -183,8 +183,7 @@ async function forward(
 ): Promise<unknown> {
   const upgrade = takeUpgrade(req.raw);
   const host = await hostOf(api, tenant);
-  const release = api.streams.acquire(tenant, 'dashboard');
-  (upgrade?.socket ?? reply.raw).once('close', release);
+  api.streams.hold(tenant, 'dashboard', upgrade?.socket ?? reply.raw);
   const length = Number(req.headers['content-length'] ?? 0);
   if (length > api.config.dashboardBodyLimitBytes) {
     // Refused before reading it; closing the connection spares reading a body nobody wants.

@@ -35,8 +35,7 @@ export function guestRoutes(api: Api): void {
     async ({ tenant, body, req, reply }) => {
       const host = await runningOn(tenant!);
       // Counted until the reply is done or its client gone, whichever way the exec ends.
-      const release = api.streams.acquire(tenant!, 'exec');
-      reply.raw.once('close', release);
+      api.streams.hold(tenant!, 'exec', reply.raw);
       const abort = new AbortController();
       req.raw.on('close', () => abort.abort());
       const res = await api.agents.request(host, 'POST', `/v1/vms/${vmIdOfTenant(tenant!.id)}/exec`, {
