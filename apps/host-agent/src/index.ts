@@ -1,4 +1,5 @@
 export * from './accel.ts';
+export * from './api/common.ts';
 export * from './api/remote.ts';
 export * from './api/server.ts';
 export * from './cgroups/cgroups.ts';

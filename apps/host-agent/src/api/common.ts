@@ -35,7 +35,7 @@ export function useWarrenErrors(app: FastifyInstance): void {
  * then `{"exit": {...}}` or `{"error": {...}}`. Errors before the command starts (bad body,
  * VM not running) are ordinary error replies; after the 200 they can only be a last line.
  */
-export async function streamExec(guestOf: GuestOf, id: string, body: unknown, reply: FastifyReply) {
+async function streamExec(guestOf: GuestOf, id: string, body: unknown, reply: FastifyReply) {
   const { stdin, ...spec } = parseOrThrow(TenantExecRequest, body);
   const guest = await guestOf(id);
   reply.hijack();
@@ -58,12 +58,23 @@ export async function streamExec(guestOf: GuestOf, id: string, body: unknown, re
   reply.raw.end();
 }
 
+/** The routes both APIs serve for a VM's guest: health, exec and files. */
+export function registerGuestRoutes(app: FastifyInstance, guestOf: GuestOf): void {
+  app.get<{ Params: { id: string } }>('/v1/vms/:id/health', async (req) =>
+    (await guestOf(req.params.id)).health(),
+  );
+  app.post<{ Params: { id: string } }>('/v1/vms/:id/exec', (req, reply) =>
+    streamExec(guestOf, req.params.id, req.body, reply),
+  );
+  registerFileRoutes(app, guestOf);
+}
+
 /**
  * `PUT /v1/vms/:id/files?path=` streams an `application/octet-stream` body into the guest;
  * `GET` streams the file back. Bodies are never buffered, so their size is the guest's
  * disk's business, not the agent's memory's.
  */
-export function registerFileRoutes(app: FastifyInstance, guestOf: GuestOf): void {
+function registerFileRoutes(app: FastifyInstance, guestOf: GuestOf): void {
   app.addContentTypeParser('application/octet-stream', (_req, payload, done) => done(null, payload));
   app.put<{ Params: { id: string } }>('/v1/vms/:id/files', async (req, reply) => {
     const { path } = parseOrThrow(FileQuery, req.query);

@@ -3,7 +3,7 @@ import { tenantIdOfVm, WarrenError } from '@warren/protocol';
 import Fastify, { type FastifyInstance } from 'fastify';
 import { PROXY_IDLE_DEFAULTS } from '../config.ts';
 import type { Host } from '../host.ts';
-import { registerFileRoutes, streamExec, useWarrenErrors } from './common.ts';
+import { registerGuestRoutes, useWarrenErrors } from './common.ts';
 import { guestIpTarget, type ResolveVmTarget, registerProxyRoutes } from './proxy.ts';
 
 export interface RemoteApiOptions {
@@ -49,13 +49,7 @@ export function createRemoteApi(host: Host, options: RemoteApiOptions): FastifyI
     return host.vms.guest(id);
   };
 
-  app.get<{ Params: { id: string } }>('/v1/vms/:id/health', async (req) =>
-    (await guestOf(req.params.id)).health(),
-  );
-  app.post<{ Params: { id: string } }>('/v1/vms/:id/exec', (req, reply) =>
-    streamExec(guestOf, req.params.id, req.body, reply),
-  );
-  registerFileRoutes(app, guestOf);
+  registerGuestRoutes(app, guestOf);
   registerProxyRoutes(
     app,
     options.resolveVmTarget ?? guestIpTarget(host.vms),

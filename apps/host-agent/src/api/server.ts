@@ -1,6 +1,6 @@
 import Fastify, { type FastifyInstance } from 'fastify';
 import type { Host } from '../host.ts';
-import { registerFileRoutes, streamExec, useWarrenErrors } from './common.ts';
+import { registerGuestRoutes, useWarrenErrors } from './common.ts';
 
 /**
  * The host agent's local API, served on a root-only unix socket, for operators and tests.
@@ -28,12 +28,6 @@ export function createApi(host: Host): FastifyInstance {
     await host.vms.destroy(req.params.id);
     return reply.status(204).send();
   });
-  app.get<{ Params: { id: string } }>('/v1/vms/:id/health', async (req) =>
-    (await guestOf(req.params.id)).health(),
-  );
-  app.post<{ Params: { id: string } }>('/v1/vms/:id/exec', (req, reply) =>
-    streamExec(guestOf, req.params.id, req.body, reply),
-  );
-  registerFileRoutes(app, guestOf);
+  registerGuestRoutes(app, guestOf);
   return app;
 }
