@@ -3,7 +3,7 @@
  * bodies, the NDJSON exec stream and the file routes. Each API decides which VM ids a
  * caller may name through `guestOf`.
  */
-import { Readable } from 'node:stream';
+import { Readable, type Writable } from 'node:stream';
 import { EXEC_CONTENT_TYPE, FileQuery, parseOrThrow, TenantExecRequest, WarrenError } from '@warren/protocol';
 import type { FastifyInstance, FastifyReply } from 'fastify';
 import type { GuestClient } from '../guest/guest-client.ts';
@@ -40,7 +40,10 @@ async function streamExec(guestOf: GuestOf, id: string, body: unknown, reply: Fa
   const guest = await guestOf(id);
   reply.hijack();
   reply.raw.writeHead(200, { 'content-type': EXEC_CONTENT_TYPE });
-  const line = (v: unknown) => reply.raw.write(`${JSON.stringify(v)}\n`);
+  const out = reply.raw;
+  // A full reply buffer (a slow or stalled reader) holds the command's output in the guest.
+  const line = (v: unknown): Promise<void> | undefined =>
+    out.write(`${JSON.stringify(v)}\n`) || out.destroyed ? undefined : drained(out);
   const abort = new AbortController();
   // The caller going away kills the command in the guest.
   reply.raw.on('close', () => abort.abort());
@@ -56,6 +59,18 @@ async function streamExec(guestOf: GuestOf, id: string, body: unknown, reply: Fa
     line(e instanceof WarrenError ? e.toBody() : new WarrenError('INTERNAL', String(e)).toBody());
   }
   reply.raw.end();
+}
+
+function drained(out: Writable): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      out.off('drain', done);
+      out.off('close', done);
+      resolve();
+    };
+    out.on('drain', done);
+    out.on('close', done);
+  });
 }
 
 /** The routes both APIs serve for a VM's guest: health, exec and files. */

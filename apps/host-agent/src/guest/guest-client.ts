@@ -22,11 +22,18 @@ import {
 import type { z } from 'zod';
 import type { GuestTransport } from './transport.ts';
 
+/**
+ * Receives one chunk of a command's output. Returning a promise holds the rest of the output
+ * in the guest until it settles: that is how a slow reader's backpressure reaches the command
+ * (through HTTP/2 flow control), so the host holds at most one stream window per exec.
+ */
+export type OutputSink = (chunk: Buffer) => unknown;
+
 export interface ExecOptions {
   /** Data for the command's stdin; when absent stdin is /dev/null. */
   stdin?: Readable | Buffer | string;
-  onStdout?: (chunk: Buffer) => void;
-  onStderr?: (chunk: Buffer) => void;
+  onStdout?: OutputSink;
+  onStderr?: OutputSink;
   /** Aborting kills the command in the guest. */
   signal?: AbortSignal;
 }
@@ -219,7 +226,21 @@ export class GuestClient {
           return;
         }
         const decoder = new FrameDecoder();
+        let held = 0;
+        const hold = (pending: unknown) => {
+          if (!(pending instanceof Promise)) return;
+          // Paused, the stream stops granting the guest window, and the guest stops reading
+          // the command's pipe, and the command blocks.
+          held++;
+          stream.pause();
+          const release = () => {
+            if (--held === 0 && !settled) stream.resume();
+          };
+          pending.then(release, release);
+        };
         stream.on('data', (chunk: Buffer) => {
+          // A guest may go on sending after its last frame; nobody listens any more.
+          if (settled) return;
           let frames: ReturnType<FrameDecoder['push']>;
           try {
             frames = decoder.push(chunk);
@@ -229,8 +250,9 @@ export class GuestClient {
             return;
           }
           for (const frame of frames) {
-            if (frame.type === FrameType.Stdout) options.onStdout?.(frame.payload);
-            else if (frame.type === FrameType.Stderr) options.onStderr?.(frame.payload);
+            if (settled) return;
+            if (frame.type === FrameType.Stdout) hold(options.onStdout?.(frame.payload));
+            else if (frame.type === FrameType.Stderr) hold(options.onStderr?.(frame.payload));
             else if (frame.type === FrameType.Exit) {
               try {
                 const exit = parseOrThrow(
