@@ -70,8 +70,18 @@ export const HostAgentConfig = z.strictObject({
   accel: z.enum(['auto', 'kvm', 'tcg']).default('auto'),
   /** WARREN_QEMU: the QEMU system emulator binary. */
   qemuBinary: z.string().default('qemu-system-x86_64'),
-  /** WARREN_CGROUPS: `auto` uses cgroups (v1 or v2) when writable, `required` fails without. */
-  cgroups: z.enum(['auto', 'required', 'off']).default('auto'),
+  /**
+   * WARREN_CGROUPS: `on` limits each VM's CPU, memory and processes with cgroups (v1 or v2,
+   * whichever the host runs) and refuses to start without a writable hierarchy; `off` runs VMs
+   * without those limits, on purpose. `auto` and `required`, the values of earlier versions,
+   * mean `on`: neither may drop the limits silently any more.
+   */
+  cgroups: z.preprocess(
+    (v) => (v === 'auto' || v === 'required' ? 'on' : v),
+    z.enum(['on', 'off']).default('on'),
+  ),
+  /** WARREN_CGROUP_ROOT: where the cgroup hierarchy is mounted (v2: the unified root; v1: the parent of cpu/, memory/, pids/). */
+  cgroupRoot: z.string().startsWith('/').default('/sys/fs/cgroup'),
   /** WARREN_BOOT_TIMEOUT_MS: from QEMU start to guest agent ready. TCG boots take seconds. */
   bootTimeoutMs: z.coerce.number().int().positive().default(120_000),
   /** WARREN_STOP_TIMEOUT_MS: graceful guest shutdown before the VM is killed. */
@@ -110,6 +120,12 @@ export const HostAgentConfig = z.strictObject({
    * files together never exceed twice this.
    */
   consoleLogMiB: z.coerce.number().int().min(1).max(1024).default(8),
+  /**
+   * WARREN_MAX_STREAMS_PER_VM: exec and file streams one VM may have open at once through the
+   * remote API (the control plane's path); one more is TOO_MANY_STREAMS. Each holds up to one
+   * HTTP/2 window (8 MiB) of output in the agent while its reader is slow.
+   */
+  maxStreamsPerVm: z.coerce.number().int().min(1).max(1024).default(16),
   /** WARREN_HOST_AGENT_SOCKET: the local API's unix socket (root only). */
   socketPath: z.string().optional(),
   /**
@@ -248,6 +264,7 @@ export const ENV_NAMES: Record<keyof HostAgentConfig, string> = {
   accel: 'WARREN_ACCEL',
   qemuBinary: 'WARREN_QEMU',
   cgroups: 'WARREN_CGROUPS',
+  cgroupRoot: 'WARREN_CGROUP_ROOT',
   bootTimeoutMs: 'WARREN_BOOT_TIMEOUT_MS',
   stopTimeoutMs: 'WARREN_STOP_TIMEOUT_MS',
   tcgTranslationCacheMiB: 'WARREN_TCG_TB_MIB',
@@ -257,6 +274,7 @@ export const ENV_NAMES: Record<keyof HostAgentConfig, string> = {
   jailUidBase: 'WARREN_JAIL_UID_BASE',
   jailUidCount: 'WARREN_JAIL_UID_COUNT',
   consoleLogMiB: 'WARREN_CONSOLE_LOG_MIB',
+  maxStreamsPerVm: 'WARREN_MAX_STREAMS_PER_VM',
   socketPath: 'WARREN_HOST_AGENT_SOCKET',
   controlPlaneUrl: 'WARREN_CONTROL_PLANE_URL',
   joinToken: 'WARREN_JOIN_TOKEN',

@@ -1,5 +1,6 @@
 import { mkdir } from 'node:fs/promises';
 import { ImageStore } from '@warren/images';
+import type { CgroupState } from '@warren/protocol';
 import { chooseAccelerator } from './accel.ts';
 import {
   blockDeviceOf,
@@ -9,6 +10,7 @@ import {
   supportsIoLimits,
 } from './cgroups/cgroups.ts';
 import { type HostAgentConfig, imagesDirOf } from './config.ts';
+import { lockDownDataDir } from './fs-modes.ts';
 import { addressPlan } from './net/address.ts';
 import { parseUpstream, systemResolver } from './net/dns-forwarder.ts';
 import { HostNetwork } from './net/host-network.ts';
@@ -20,17 +22,22 @@ export interface Host {
   store: ImageStore;
   vms: VmManager;
   accel: { accel: 'kvm' | 'tcg'; reason: string };
-  cgroups: { version?: 'v1' | 'v2'; reason: string };
+  /** `state` is what the heartbeat reports: the cgroup version in use, or `off` by the operator's choice. */
+  cgroups: { state: CgroupState; reason: string };
   /** Tenant networking; absent with WARREN_NETWORK=off. */
   network?: HostNetwork;
 }
 
 /** Wires the host side from validated configuration: image store, VMM driver, cgroups, VMs. */
 export async function openHost(config: HostAgentConfig, log: (m: string) => void = () => {}): Promise<Host> {
+  // Before anything is written: tenant disks and credentials are root's alone.
+  await lockDownDataDir(config.dataDir);
   const accel = await chooseAccelerator(config.accel);
   log(`accelerator: ${accel.accel} (${accel.reason})`);
-  const cg = await detectCgroups(config.cgroups);
-  log(`resource limits: ${cg.driver ? cg.reason : `cgroups not used: ${cg.reason}`}`);
+  const cg = await detectCgroups(config.cgroups, config.cgroupRoot);
+  log(
+    `resource limits: ${cg.driver ? cg.reason : `OFF, VMs run without CPU, memory and pids limits: ${cg.reason}`}`,
+  );
   const io = cg.driver ? await ioLimitOf(config, cg.driver) : { reason: 'no cgroups' };
   log(io.limit ? `I/O limit per VM: ${io.reason}` : `no I/O limit per VM: ${io.reason}`);
   const store = new ImageStore(imagesDirOf(config));
@@ -60,7 +67,7 @@ export async function openHost(config: HostAgentConfig, log: (m: string) => void
     vms,
     accel,
     ...(network ? { network } : {}),
-    cgroups: { ...(cg.driver ? { version: cg.driver.version } : {}), reason: cg.reason },
+    cgroups: { state: cg.state, reason: cg.reason },
   };
 }
 

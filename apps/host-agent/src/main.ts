@@ -11,6 +11,7 @@ import { WarrenError } from '@warren/protocol';
 import { createApi } from './api/server.ts';
 import { loadConfig, socketPathOf } from './config.ts';
 import { connectControlPlane } from './control/connect.ts';
+import { lockDownDataDir, PRIVATE_DIR_MODE, PRIVATE_FILE_MODE } from './fs-modes.ts';
 import { openHost } from './host.ts';
 
 function log(message: string) {
@@ -27,18 +28,18 @@ async function takeLock(dataDir: string): Promise<string> {
       throw new WarrenError('CONFLICT', `another host agent (pid ${other}) runs on ${dataDir}`);
     }
   }
-  await writeFile(path, `${process.pid}\n`);
+  await writeFile(path, `${process.pid}\n`, { mode: PRIVATE_FILE_MODE });
   return path;
 }
 
 export async function runHostAgent(): Promise<void> {
   const config = loadConfig();
-  await mkdir(config.dataDir, { recursive: true, mode: 0o700 });
+  await lockDownDataDir(config.dataDir);
   const lock = await takeLock(config.dataDir);
   const host = await openHost(config, log);
   const app = createApi(host);
   const socketPath = socketPathOf(config);
-  await mkdir(dirname(socketPath), { recursive: true });
+  await mkdir(dirname(socketPath), { recursive: true, mode: PRIVATE_DIR_MODE });
   await rm(socketPath, { force: true });
   await app.listen({ path: socketPath });
   await chmod(socketPath, 0o600);

@@ -214,6 +214,12 @@ export const Allocation = z.object({
 });
 
 export const HostHealth = z.enum(['healthy', 'unhealthy']);
+/**
+ * How a host limits its VMs' CPU, memory and processes: a cgroup version, or `off` when its
+ * operator turned limits off (WARREN_CGROUPS=off). A host agent never runs without them silently.
+ */
+export const CgroupState = z.enum(['v1', 'v2', 'off']);
+export type CgroupState = z.infer<typeof CgroupState>;
 export const Host = z.object({
   id: HostId,
   name: ResourceName,
@@ -224,6 +230,8 @@ export const Host = z.object({
   health: HostHealth,
   draining: z.boolean(),
   agentVersion: z.string(),
+  /** From the host's last heartbeat; `unknown` until the first one this control plane saw. */
+  cgroups: z.union([CgroupState, z.literal('unknown')]),
   images: z.array(z.string()),
   tenants: z.number().int(),
   lastHeartbeatAt: z.string().nullable(),
@@ -421,6 +429,8 @@ export const HeartbeatRequest = z.strictObject({
   agentVersion: z.string().max(40),
   capacity: Resources,
   health: z.enum(['ok', 'degraded']),
+  /** Optional: agents older than this field do not send it. */
+  cgroups: CgroupState.optional(),
   images: z.array(ImageSummary).max(1000),
   /** Every tenant VM on the host, including those being created or deleted. */
   vms: z.array(ReportedVm).max(10_000),

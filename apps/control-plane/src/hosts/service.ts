@@ -1,4 +1,5 @@
 import {
+  type CgroupState,
   type DesiredTenant,
   type HeartbeatRequest,
   type HeartbeatResponse,
@@ -26,6 +27,11 @@ type JoinPrincipal = Extract<Principal, { kind: 'join' }>;
 export class HostService {
   readonly #db: Db;
   readonly #config: ControlPlaneConfig;
+  /**
+   * Each host's cgroup state from its last heartbeat. Kept in memory until the hosts table has a
+   * column for it: after a restart a host shows `unknown` for one heartbeat interval.
+   */
+  readonly #cgroups = new Map<string, CgroupState>();
 
   constructor(db: Db, config: ControlPlaneConfig) {
     this.#db = db;
@@ -140,6 +146,7 @@ export class HostService {
    */
   async heartbeat(hostId: string, hb: HeartbeatRequest): Promise<HeartbeatResponse> {
     const t = now();
+    if (hb.cgroups) this.#cgroups.set(hostId, hb.cgroups);
     const tenants = await this.#db.transaction().execute(async (trx) => {
       await trx
         .updateTable('hosts')
@@ -319,6 +326,7 @@ export class HostService {
       health: this.isHealthy(r) ? 'healthy' : 'unhealthy',
       draining: r.draining === 1,
       agentVersion: r.agent_version,
+      cgroups: this.#cgroups.get(r.id) ?? 'unknown',
       images: safeImages(r.images).map((i) => i.id),
       tenants,
       lastHeartbeatAt: r.last_heartbeat_at,

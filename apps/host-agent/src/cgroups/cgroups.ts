@@ -1,7 +1,7 @@
 import { existsSync } from 'node:fs';
 import { mkdir, readFile, rmdir, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { WarrenError } from '@warren/protocol';
+import { type CgroupState, WarrenError } from '@warren/protocol';
 
 export interface ResourceLimits {
   /** CPU time per period as a number of whole CPUs (e.g. 2 = 200%). */
@@ -148,30 +148,36 @@ async function removeGroups(dirs: string[]): Promise<void> {
   }
 }
 
-/** Picks the cgroup version this host runs; undefined when cgroups are off or unusable. */
+/**
+ * Picks the cgroup version this host runs. Without a writable hierarchy the agent refuses to
+ * start (CGROUPS_UNAVAILABLE): VMs without CPU, memory and pids limits let one tenant starve
+ * the others, so running without them must be the operator's explicit choice (`off`).
+ */
 export async function detectCgroups(
-  setting: 'auto' | 'required' | 'off',
+  setting: 'on' | 'off',
   root = '/sys/fs/cgroup',
-): Promise<{ driver?: CgroupDriver; reason: string }> {
-  if (setting === 'off') return { reason: 'disabled by configuration (WARREN_CGROUPS=off)' };
+): Promise<{ state: CgroupState; driver?: CgroupDriver; reason: string }> {
+  if (setting === 'off') return { state: 'off', reason: 'disabled by configuration (WARREN_CGROUPS=off)' };
   let driver: CgroupDriver | undefined;
   if (existsSync(join(root, 'cgroup.controllers'))) driver = new CgroupV2(root);
   else if (existsSync(join(root, 'memory', 'memory.limit_in_bytes'))) driver = new CgroupV1(root);
-  if (driver) {
-    const probe = `probe-${process.pid}`;
-    try {
-      const h = await driver.create(probe, { cpus: 1, memoryBytes: 64 * 1024 * 1024, pidsMax: 16 });
-      await h.remove();
-      return { driver, reason: `cgroup ${driver.version} at ${root}` };
-    } catch (e) {
-      const reason = `cgroup ${driver.version} at ${root} is not writable: ${(e as Error).message}`;
-      if (setting === 'required') throw new WarrenError('HOST_UNSUPPORTED', reason);
-      return { reason };
-    }
+  if (!driver) {
+    throw new WarrenError(
+      'CGROUPS_UNAVAILABLE',
+      `no cgroup v1 or v2 hierarchy at ${root}: mount one, point WARREN_CGROUP_ROOT at it, or set WARREN_CGROUPS=off to run VMs without resource limits`,
+    );
   }
-  if (setting === 'required')
-    throw new WarrenError('HOST_UNSUPPORTED', `no cgroup v1 or v2 hierarchy at ${root}`);
-  return { reason: `no cgroup hierarchy at ${root}` };
+  const probe = `probe-${process.pid}`;
+  try {
+    const h = await driver.create(probe, { cpus: 1, memoryBytes: 64 * 1024 * 1024, pidsMax: 16 });
+    await h.remove();
+  } catch (e) {
+    throw new WarrenError(
+      'CGROUPS_UNAVAILABLE',
+      `cgroup ${driver.version} at ${root} is not writable (${(e as Error).message}): run the agent as root with the hierarchy mounted read-write, or set WARREN_CGROUPS=off to run VMs without resource limits`,
+    );
+  }
+  return { state: driver.version, driver, reason: `cgroup ${driver.version} at ${root}` };
 }
 
 /** Whether a driver can limit I/O on this host: v2 needs the io controller, v1 the blkio hierarchy. */

@@ -70,6 +70,7 @@ export async function connectControlPlane(
       agentToken,
       agentVersion: AGENT_VERSION,
       capacity: await capacityOf(config),
+      cgroups: host.cgroups.state,
       ...(joinToken ? { joinToken } : {}),
       ...(credentials ? { credentials } : {}),
       heartbeatMs: config.heartbeatMs,

@@ -1,5 +1,6 @@
 import type { ImageStore } from '@warren/images';
 import {
+  type CgroupState,
   type DesiredState,
   type DesiredTenant,
   type ErrorSummary,
@@ -29,6 +30,8 @@ export interface ReconcilerOptions {
   agentToken: string;
   agentVersion: string;
   capacity: Resources;
+  /** Reported with every heartbeat, so `warren host list` shows hosts that run without limits. */
+  cgroups?: CgroupState;
   /** Needed to join, and to join again when the control plane forgot this host's token. */
   joinToken?: string;
   /** Saved credentials for `controlPlaneUrl`, when this host joined before. */
@@ -236,6 +239,7 @@ export class Reconciler {
       agentVersion: this.#o.agentVersion,
       capacity: this.#o.capacity,
       health: 'ok',
+      ...(this.#o.cgroups ? { cgroups: this.#o.cgroups } : {}),
       images,
       vms,
     };

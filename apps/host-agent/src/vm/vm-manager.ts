@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
-import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { type ImageStore, run } from '@warren/images';
@@ -8,6 +8,7 @@ import { NetworkPolicy, parseOrThrow, WarrenError } from '@warren/protocol';
 import { z } from 'zod';
 import type { Accelerator } from '../accel.ts';
 import type { CgroupDriver, IoLimit } from '../cgroups/cgroups.ts';
+import { PRIVATE_DIR_MODE, PRIVATE_FILE_MODE } from '../fs-modes.ts';
 import { GuestClient } from '../guest/guest-client.ts';
 import { guestNetArg, lowestFreeIndex, tapName, type VmNetwork, vmNetworkAt } from '../net/address.ts';
 import type { HostNetwork } from '../net/host-network.ts';
@@ -155,7 +156,7 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
   /** Opens the manager and re-attaches to every VM whose QEMU survived an agent restart. */
   static async open(options: VmManagerOptions): Promise<VmManager> {
     const m = new VmManager(options);
-    await mkdir(m.#vmsDir, { recursive: true });
+    await mkdir(m.#vmsDir, { recursive: true, mode: PRIVATE_DIR_MODE });
     await m.#removeDebris();
     for (const id of await m.#ids()) {
       const record = await m.#read(id).catch(() => undefined);
@@ -319,10 +320,12 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
       const partial = join(this.#vmsDir, `${PARTIAL_PREFIX}${id}`);
       // Left over only if this process lost a create mid-way without reaching the cleanup below.
       await rm(partial, { recursive: true, force: true });
-      await mkdir(partial);
+      await mkdir(partial, { mode: PRIVATE_DIR_MODE });
       try {
         await this.#o.driver.createRootDisk(image.rootfsPath, join(partial, 'root.qcow2'));
         await createDataVolume(join(partial, 'data.img'), req.diskMiB);
+        // Made by qemu-img and mkfs under whatever umask they apply: set, not assumed.
+        for (const disk of ['root.qcow2', 'data.img']) await chmod(join(partial, disk), PRIVATE_FILE_MODE);
         const record: VmRecord = {
           id,
           imageId: image.id,
@@ -670,7 +673,7 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
   async #write(record: VmRecord, dir = this.dirOf(record.id)): Promise<void> {
     const path = join(dir, 'vm.json');
     const tmp = `${path}.tmp`;
-    await writeFile(tmp, JSON.stringify(record, null, 2));
+    await writeFile(tmp, JSON.stringify(record, null, 2), { mode: PRIVATE_FILE_MODE });
     await rename(tmp, path);
   }
 
