@@ -26,6 +26,7 @@ import { REPO_ROOT } from '../helpers/image.ts';
 import { until } from '../helpers/until.ts';
 
 const MiB = 1024 * 1024;
+const STREAMS_PER_VM = 4;
 /**
  * What the agent and the guest may hold for a stalled reader: one HTTP/2 stream window toward
  * the guest (8 MiB), the pipe and the guest agent's own buffers, the reply's buffer. The
@@ -51,7 +52,7 @@ before(async () => {
   client = await GuestClient.connect(new VirtioSerialTransport(sock));
   app = Fastify({ logger: false });
   useWarrenErrors(app);
-  registerGuestRoutes(app, async () => client);
+  registerGuestRoutes(app, async () => client, { maxStreamsPerVm: STREAMS_PER_VM });
   await app.listen({ host: '127.0.0.1', port: 0 });
   port = (app.server.address() as AddressInfo).port;
 });
@@ -174,6 +175,68 @@ describe('a stalled reader (finding 3: backpressure)', () => {
     } finally {
       socket.destroy();
       await rm(big, { force: true });
+    }
+  });
+});
+
+describe('many streams to one VM (finding 8: a cap per VM)', () => {
+  test(`the ${STREAMS_PER_VM + 1}th concurrent exec or file stream to one VM is refused`, async () => {
+    const aborts: AbortController[] = [];
+    const pids: string[] = [];
+    /** An exec that runs until its client goes away; resolves once the agent answered 200. */
+    const longExec = async (vm: string) => {
+      const abort = new AbortController();
+      aborts.push(abort);
+      const pidFile = join(dir, `sleep-${aborts.length}.pid`);
+      const res = await fetch(`http://127.0.0.1:${port}/v1/vms/${vm}/exec`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ argv: ['sh', '-c', `echo $$ > ${pidFile}; exec sleep 600`] }),
+        signal: abort.signal,
+      });
+      if (res.status === 200) pids.push(pidFile);
+      return { res, abort };
+    };
+    try {
+      const held = [];
+      for (let i = 0; i < STREAMS_PER_VM; i++) held.push(await longExec('vm-1'));
+      for (const { res } of held) assert.equal(res.status, 200);
+
+      const extra = await fetch(`http://127.0.0.1:${port}/v1/vms/vm-1/exec`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ argv: ['true'] }),
+      });
+      assert.equal(extra.status, 429);
+      assert.equal(((await extra.json()) as { error: { code: string } }).error.code, 'TOO_MANY_STREAMS');
+      const file = await fetch(`http://127.0.0.1:${port}/v1/vms/vm-1/files?path=/etc/hostname`);
+      assert.equal(file.status, 429, 'file streams count too');
+      await file.body?.cancel();
+
+      // The cap is per VM: another VM is not affected.
+      const other = await longExec('vm-2');
+      assert.equal(other.res.status, 200);
+      other.abort.abort();
+
+      // A stream that ends gives its slot back.
+      held[0]!.abort.abort();
+      const again = await until('a slot is free again', async () => {
+        const r = await longExec('vm-1');
+        if (r.res.status === 200) return r;
+        r.abort.abort();
+        return undefined;
+      });
+      assert.equal(again.res.status, 200);
+    } finally {
+      for (const a of aborts) a.abort();
+      for (const f of pids) {
+        const pid = await until(
+          'the sleep started',
+          () => existsSync(f) && Number(readFileSync(f, 'utf8')),
+          20_000,
+        );
+        await until(`sleep ${pid} is killed when its client leaves`, () => !alive(pid), 20_000);
+      }
     }
   });
 });

@@ -77,6 +77,11 @@ export const ERROR_CODES = {
     fault: 'platform',
     fix: 'This host lacks something the VM needs (the message names it); install it or change the setting.',
   },
+  CGROUPS_UNAVAILABLE: {
+    status: 500,
+    fault: 'platform',
+    fix: 'The host agent found no writable cgroup v1 or v2 hierarchy, so VMs would run without CPU, memory and pids limits: mount one (WARREN_CGROUP_ROOT says where, /sys/fs/cgroup by default; inside `ip netns exec` /sys is remounted without it), or set WARREN_CGROUPS=off to run without limits on purpose.',
+  },
   GUEST_UNAVAILABLE: {
     status: 503,
     fault: 'guest',
@@ -150,7 +155,7 @@ export const ERROR_CODES = {
   TOO_MANY_STREAMS: {
     status: 429,
     fault: 'user',
-    fix: 'The tenant has as many exec streams or dashboard connections open as it may (WARREN_TENANT_MAX_EXECS, WARREN_TENANT_MAX_DASHBOARD_STREAMS); wait for one to end, or close unused ones.',
+    fix: 'The tenant has as many exec streams or dashboard connections open as it may (WARREN_TENANT_MAX_EXECS, WARREN_TENANT_MAX_DASHBOARD_STREAMS), or its VM as many exec and file streams as its host agent allows (WARREN_MAX_STREAMS_PER_VM); wait for one to end, or close unused ones.',
   },
   API_UNREACHABLE: {
     status: 503,

@@ -40,6 +40,8 @@ async function streamExec(guestOf: GuestOf, id: string, body: unknown, reply: Fa
   const guest = await guestOf(id);
   reply.hijack();
   reply.raw.writeHead(200, { 'content-type': EXEC_CONTENT_TYPE });
+  // Sent now, not with the first output: a quiet command has started too.
+  reply.raw.flushHeaders();
   const out = reply.raw;
   // A full reply buffer (a slow or stalled reader) holds the command's output in the guest.
   const line = (v: unknown): Promise<void> | undefined =>
@@ -73,15 +75,54 @@ function drained(out: Writable): Promise<void> {
   });
 }
 
+export interface GuestRouteOptions {
+  /**
+   * Exec and file streams one VM may have open at once; unlimited when absent (the local API,
+   * which only root reaches). Every stream holds memory and a guest process, so a flood of them
+   * through the remote API, from many clients or a compromised control plane, is refused.
+   */
+  maxStreamsPerVm?: number;
+}
+
 /** The routes both APIs serve for a VM's guest: health, exec and files. */
-export function registerGuestRoutes(app: FastifyInstance, guestOf: GuestOf): void {
+export function registerGuestRoutes(
+  app: FastifyInstance,
+  guestOf: GuestOf,
+  options: GuestRouteOptions = {},
+): void {
+  const slots = streamSlots(options.maxStreamsPerVm);
   app.get<{ Params: { id: string } }>('/v1/vms/:id/health', async (req) =>
     (await guestOf(req.params.id)).health(),
   );
-  app.post<{ Params: { id: string } }>('/v1/vms/:id/exec', (req, reply) =>
-    streamExec(guestOf, req.params.id, req.body, reply),
-  );
-  registerFileRoutes(app, guestOf);
+  app.post<{ Params: { id: string } }>('/v1/vms/:id/exec', async (req, reply) => {
+    slots(req.params.id, reply);
+    return streamExec(guestOf, req.params.id, req.body, reply);
+  });
+  registerFileRoutes(app, guestOf, slots);
+}
+
+type TakeSlot = (vmId: string, reply: FastifyReply) => void;
+
+/** Counts open streams per VM; a slot is given back when its reply closes, however it ends. */
+function streamSlots(max: number | undefined): TakeSlot {
+  const open = new Map<string, number>();
+  return (vmId, reply) => {
+    if (max === undefined) return;
+    const n = open.get(vmId) ?? 0;
+    if (n >= max) {
+      throw new WarrenError(
+        'TOO_MANY_STREAMS',
+        `VM ${vmId} already has ${n} exec and file streams open, the most this host allows (WARREN_MAX_STREAMS_PER_VM)`,
+        { details: { kind: 'vm', limit: max } },
+      );
+    }
+    open.set(vmId, n + 1);
+    reply.raw.once('close', () => {
+      const left = (open.get(vmId) ?? 1) - 1;
+      if (left > 0) open.set(vmId, left);
+      else open.delete(vmId);
+    });
+  };
 }
 
 /**
@@ -89,10 +130,11 @@ export function registerGuestRoutes(app: FastifyInstance, guestOf: GuestOf): voi
  * `GET` streams the file back. Bodies are never buffered, so their size is the guest's
  * disk's business, not the agent's memory's.
  */
-function registerFileRoutes(app: FastifyInstance, guestOf: GuestOf): void {
+function registerFileRoutes(app: FastifyInstance, guestOf: GuestOf, slots: TakeSlot): void {
   app.addContentTypeParser('application/octet-stream', (_req, payload, done) => done(null, payload));
   app.put<{ Params: { id: string } }>('/v1/vms/:id/files', async (req, reply) => {
     const { path } = parseOrThrow(FileQuery, req.query);
+    slots(req.params.id, reply);
     const guest = await guestOf(req.params.id);
     const body = req.body instanceof Readable ? req.body : Readable.from([]);
     if (req.body !== undefined && !(req.body instanceof Readable))
@@ -102,6 +144,7 @@ function registerFileRoutes(app: FastifyInstance, guestOf: GuestOf): void {
   });
   app.get<{ Params: { id: string } }>('/v1/vms/:id/files', async (req, reply) => {
     const { path } = parseOrThrow(FileQuery, req.query);
+    slots(req.params.id, reply);
     const guest = await guestOf(req.params.id);
     const stream = await guest.readFile(path);
     return reply.type('application/octet-stream').send(stream);

@@ -49,7 +49,7 @@ export function createRemoteApi(host: Host, options: RemoteApiOptions): FastifyI
     return host.vms.guest(id);
   };
 
-  registerGuestRoutes(app, guestOf);
+  registerGuestRoutes(app, guestOf, { maxStreamsPerVm: host.config.maxStreamsPerVm });
   registerProxyRoutes(
     app,
     options.resolveVmTarget ?? guestIpTarget(host.vms),
