@@ -40,6 +40,13 @@ after(() => rm(dir, { recursive: true, force: true }));
 
 let guestAgent: ChildProcess;
 let client: GuestClient;
+/** VM ids served by a hostile guest instead of the real guest agent. */
+const hostile = new Map<string, GuestClient>();
+/** Whatever escaped to the process: on a real agent, each of these would have ended it. */
+const escaped: unknown[] = [];
+const onEscape = (e: unknown) => escaped.push(e);
+process.on('uncaughtExceptionMonitor', onEscape);
+process.on('unhandledRejection', onEscape);
 let app: FastifyInstance;
 let port = 0;
 
@@ -52,13 +59,16 @@ before(async () => {
   client = await GuestClient.connect(new VirtioSerialTransport(sock));
   app = Fastify({ logger: false });
   useWarrenErrors(app);
-  registerGuestRoutes(app, async () => client, { maxStreamsPerVm: STREAMS_PER_VM });
+  registerGuestRoutes(app, async (id) => hostile.get(id) ?? client, { maxStreamsPerVm: STREAMS_PER_VM });
   await app.listen({ host: '127.0.0.1', port: 0 });
   port = (app.server.address() as AddressInfo).port;
 });
 
 after(async () => {
+  process.off('uncaughtExceptionMonitor', onEscape);
+  process.off('unhandledRejection', onEscape);
   await app?.close();
+  for (const c of hostile.values()) c.close();
   client?.close();
   guestAgent?.kill('SIGKILL');
 });
@@ -182,8 +192,8 @@ describe('a stalled reader (finding 3: backpressure)', () => {
 describe('many streams to one VM (finding 8: a cap per VM)', () => {
   test(`the ${STREAMS_PER_VM + 1}th concurrent exec or file stream to one VM is refused`, async () => {
     const aborts: AbortController[] = [];
-    const pids: string[] = [];
-    /** An exec that runs until its client goes away; resolves once the agent answered 200. */
+    const pids: number[] = [];
+    /** An exec that runs until its client goes away; resolves once its command runs (or it was refused). */
     const longExec = async (vm: string) => {
       const abort = new AbortController();
       aborts.push(abort);
@@ -194,7 +204,10 @@ describe('many streams to one VM (finding 8: a cap per VM)', () => {
         body: JSON.stringify({ argv: ['sh', '-c', `echo $$ > ${pidFile}; exec sleep 600`] }),
         signal: abort.signal,
       });
-      if (res.status === 200) pids.push(pidFile);
+      if (res.status === 200) {
+        const started = () => existsSync(pidFile) && Number(readFileSync(pidFile, 'utf8'));
+        pids.push(await until('the command runs', started, 20_000));
+      }
       return { res, abort };
     };
     try {
@@ -229,14 +242,218 @@ describe('many streams to one VM (finding 8: a cap per VM)', () => {
       assert.equal(again.res.status, 200);
     } finally {
       for (const a of aborts) a.abort();
-      for (const f of pids) {
-        const pid = await until(
-          'the sleep started',
-          () => existsSync(f) && Number(readFileSync(f, 'utf8')),
-          20_000,
-        );
+      for (const pid of pids) {
         await until(`sleep ${pid} is killed when its client leaves`, () => !alive(pid), 20_000);
       }
     }
+  });
+});
+
+/**
+ * A fake guest: an HTTP/2 server on a unix socket that answers every stream with `respond`,
+ * which also gets the raw channel (to cut it or write garbage into it).
+ */
+async function hostileGuest(
+  respond: (stream: http2.ServerHttp2Stream, channel: Socket) => void,
+): Promise<{ sock: string; server: Server }> {
+  const h2 = http2.createServer();
+  let channel: Socket | undefined;
+  h2.on('stream', (stream) => {
+    stream.on('error', () => {});
+    respond(stream, channel!);
+  });
+  h2.on('sessionError', () => {});
+  const sock = join(dir, `hostile-${hostile.size}-${Date.now()}.sock`);
+  const server = createServer((s) => {
+    s.on('error', () => {});
+    channel = s;
+    h2.emit('connection', s);
+  });
+  await new Promise<void>((r) => server.listen(sock, r));
+  return { sock, server };
+}
+
+interface ExecLine {
+  stdout?: string;
+  stderr?: string;
+  exit?: { exitCode: number | null };
+  error?: { code: string };
+}
+
+/** The NDJSON lines of an exec answer, read to the end (or to the connection's end). */
+async function execLines(vm: string, argv = ['true']): Promise<{ status: number; lines: ExecLine[] }> {
+  const res = await fetch(`http://127.0.0.1:${port}/v1/vms/${vm}/exec`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ argv }),
+    signal: AbortSignal.timeout(20_000),
+  });
+  const text = await res.text().catch(() => '');
+  return {
+    status: res.status,
+    lines: text
+      .split('\n')
+      .filter(Boolean)
+      .map((l) => JSON.parse(l) as ExecLine),
+  };
+}
+
+const frame = (type: number, payload: string | Buffer) => encodeFrame(type as never, payload);
+/** Set by a hostile guest that has more to send once the host's answer is complete. */
+const late = new Map<'send', () => Promise<void>>();
+const EXIT = JSON.stringify({ exitCode: 0, signal: null, timedOut: false, durationMs: 1 });
+
+describe('a hostile guest or client cannot end the agent (finding 10, host agent part)', () => {
+  const guests: [string, Parameters<typeof hostileGuest>[0], (lines: ExecLine[]) => void][] = [
+    [
+      'output after the exit frame',
+      (s) => {
+        s.respond({ ':status': 200 });
+        s.write(Buffer.concat([frame(FrameType.Exit, EXIT), frame(FrameType.Stdout, 'late')]));
+        // After the host answered its client: late output must not reach a finished reply.
+        late.set('send', () => new Promise<void>((r) => s.end(frame(FrameType.Stdout, 'later'), r)));
+      },
+      (lines) => assert.deepEqual(lines.at(-1)?.exit?.exitCode, 0),
+    ],
+    [
+      'output after an error frame',
+      (s) => {
+        s.respond({ ':status': 200 });
+        const err = JSON.stringify({ error: { code: 'EXEC_FAILED', message: 'no', fix: '' } });
+        s.write(Buffer.concat([frame(FrameType.Error, err), frame(FrameType.Stderr, 'late')]));
+        // After the host answered its client: late output must not reach a finished reply.
+        late.set('send', () => new Promise<void>((r) => s.end(frame(FrameType.Stdout, 'later'), r)));
+      },
+      (lines) => assert.equal(lines.at(-1)?.error?.code, 'EXEC_FAILED'),
+    ],
+    [
+      'a stream reset in the middle of the output',
+      (s) => {
+        s.respond({ ':status': 200 });
+        s.write(frame(FrameType.Stdout, 'half'), () => s.close(http2.constants.NGHTTP2_INTERNAL_ERROR));
+      },
+      (lines) => assert.equal(lines.at(-1)?.error?.code, 'GUEST_UNAVAILABLE'),
+    ],
+    [
+      'the whole channel cut in the middle of the output',
+      (s, channel) => {
+        s.respond({ ':status': 200 });
+        s.write(frame(FrameType.Stdout, 'half'), () => channel.destroy());
+      },
+      (lines) => assert.equal(lines.at(-1)?.error?.code, 'GUEST_UNAVAILABLE'),
+    ],
+    [
+      'garbage bytes on the channel after the handshake',
+      (s, channel) => {
+        s.respond({ ':status': 200 });
+        channel.write(Buffer.alloc(4096, 0xff));
+      },
+      (lines) => assert.ok(lines.at(-1)?.error, JSON.stringify(lines)),
+    ],
+    [
+      'an oversized frame',
+      (s) => {
+        s.respond({ ':status': 200 });
+        const h = Buffer.alloc(5);
+        h.writeUInt8(FrameType.Stdout, 0);
+        h.writeUInt32BE(0xffffffff, 1);
+        s.write(h);
+      },
+      (lines) => assert.equal(lines.at(-1)?.error?.code, 'GUEST_PROTOCOL'),
+    ],
+  ];
+  for (const [name, respond, check] of guests) {
+    test(`exec through a guest that sends ${name}`, async () => {
+      const { sock, server } = await hostileGuest(respond);
+      const vm = `hostile-${hostile.size}`;
+      hostile.set(vm, await GuestClient.connect(new VirtioSerialTransport(sock)));
+      try {
+        late.clear();
+        const { status, lines } = await execLines(vm);
+        assert.equal(status, 200);
+        check(lines);
+        await late.get('send')?.();
+        // A round trip through the agent after the late bytes are on the channel: the agent has
+        // read them by the time it answers (and it answers, so it is still up).
+        assert.equal((await execLines('vm-1', ['true'])).status, 200);
+        assert.deepEqual(escaped, []);
+      } finally {
+        hostile.get(vm)?.close();
+        server.close();
+      }
+    });
+  }
+
+  test('a guest that speaks no HTTP/2 at all fails the connection, nothing else', async () => {
+    const sock = join(dir, 'garbage.sock');
+    const server = createServer((s) => {
+      s.on('error', () => {});
+      s.end(Buffer.alloc(64 * 1024, 0x41));
+    });
+    await new Promise<void>((r) => server.listen(sock, r));
+    try {
+      await assert.rejects(GuestClient.connect(new VirtioSerialTransport(sock), 5_000), {
+        code: 'GUEST_UNAVAILABLE',
+      });
+      assert.deepEqual(escaped, []);
+    } finally {
+      server.close();
+    }
+  });
+
+  test('file streams cut by the guest end the download, not the agent', async () => {
+    const { sock, server } = await hostileGuest((s, channel) => {
+      s.respond({ ':status': 200, 'content-length': '1000000' });
+      s.write(Buffer.alloc(1000), () => channel.destroy());
+    });
+    const vm = `hostile-${hostile.size}`;
+    hostile.set(vm, await GuestClient.connect(new VirtioSerialTransport(sock)));
+    try {
+      const res = await fetch(`http://127.0.0.1:${port}/v1/vms/${vm}/files?path=/x`);
+      // Cut before or after the agent's headers: an error answer, or a cut body; never a whole file.
+      const body = await res.arrayBuffer().then(
+        (b) => b.byteLength,
+        () => 'cut',
+      );
+      assert.ok(res.status !== 200 || body === 'cut', `a cut download arrived as whole (${body} bytes)`);
+      const up = await fetch(`http://127.0.0.1:${port}/v1/vms/${vm}/files?path=/x`, {
+        method: 'PUT',
+        headers: { 'content-type': 'application/octet-stream' },
+        body: Buffer.alloc(1024 * 1024),
+      });
+      assert.equal(up.status, 503);
+      assert.deepEqual(escaped, []);
+    } finally {
+      hostile.get(vm)?.close();
+      server.close();
+    }
+  });
+
+  test('clients that go away mid-stream end their streams, not the agent', async () => {
+    const big = join(dir, 'abort.bin');
+    const handle = await open(big, 'w');
+    await handle.truncate(256 * MiB);
+    await handle.close();
+    // An exec flood, a download and an upload, each cut after the first bytes.
+    const cuts = [
+      stalledRequest('POST', '/v1/vms/vm-1/exec', { argv: ['cat', '/dev/zero'] }),
+      stalledRequest('GET', `/v1/vms/vm-1/files?path=${encodeURIComponent(big)}`),
+    ];
+    const upload = connect(port, '127.0.0.1');
+    upload.on('error', () => {});
+    upload.write(
+      `PUT /v1/vms/vm-1/files?path=${encodeURIComponent(join(dir, 'upload.bin'))} HTTP/1.1\r\nhost: agent\r\n` +
+        `content-type: application/octet-stream\r\ncontent-length: ${64 * MiB}\r\n\r\n`,
+    );
+    upload.write(Buffer.alloc(MiB));
+    cuts.push(upload);
+    for (const s of cuts) {
+      await until('the stream started', () => s.bytesWritten > 0 && (s === upload || s.readableLength >= 0));
+      s.destroy();
+    }
+    const after = await execLines('vm-1', ['echo', 'still here']);
+    assert.equal(Buffer.from(after.lines[0]?.stdout ?? '', 'base64').toString(), 'still here\n');
+    assert.deepEqual(escaped, []);
+    await rm(big, { force: true });
   });
 });

@@ -57,7 +57,7 @@ async function stopAgent(agent: ChildProcess): Promise<void> {
   await exited(agent);
 }
 
-function localGet(socketPath: string, path: string): Promise<any> {
+function localGet(socketPath: string, path: string): Promise<{ cgroups: { state: string } }> {
   return new Promise((resolve, reject) => {
     const req = request({ socketPath, path, method: 'GET' }, (res) => {
       let body = '';

@@ -178,7 +178,15 @@ export class GuestClient {
       if (!limited.push(chunk)) stream.pause();
     });
     limited._read = () => stream.resume();
-    stream.on('end', () => limited.push(null));
+    // A channel cut can end the stream like a complete answer: the guest's length tells them apart.
+    const length = Number(headers['content-length'] ?? Number.NaN);
+    stream.on('end', () => {
+      if (Number.isFinite(length) && seen !== length) {
+        limited.destroy(
+          new WarrenError('GUEST_UNAVAILABLE', `file stream cut after ${seen} of ${length} bytes`),
+        );
+      } else limited.push(null);
+    });
     stream.on('error', (e) => limited.destroy(guestError(e)));
     stream.on('close', () => {
       if (!stream.readableEnded && !limited.destroyed)
