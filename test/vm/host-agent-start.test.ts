@@ -127,6 +127,10 @@ describe('file modes (finding 7)', () => {
       join(dataDir, 'control-plane.json'),
     ];
     for (const f of secrets) await writeFile(f, 'tenant secret\n', { mode: 0o644 });
+    // A VM's jail keeps the modes the jail gives it: its root must stay traversable for QEMU's uid.
+    const jail = join(vmDir, 'jail');
+    await mkdir(jail, { mode: 0o755 });
+    await chmod(jail, 0o755);
     await mkdir(join(dataDir, 'images'), { mode: 0o755 });
     await writeFile(join(dataDir, 'images', 'rootfs.img'), 'x', { mode: 0o644 });
     const asNobody = (file: string) =>
@@ -159,6 +163,7 @@ describe('file modes (finding 7)', () => {
         const mode = (await stat(f)).mode & 0o777;
         assert.equal(mode & 0o077, 0, `${f} has mode ${mode.toString(8)}`);
       }
+      assert.equal((await stat(jail)).mode & 0o777, 0o755);
     } finally {
       await stopAgent(agent);
     }

@@ -26,15 +26,22 @@ const SHARED_BITS = 0o077;
  * Only the data directory's own tree is changed. Symlinks are not followed (a link in there
  * must not make the agent chmod something outside). An images directory configured outside the
  * data directory (WARREN_IMAGES_DIR) is left alone: it may be shared or read-only, and holds
- * platform images, not tenant data.
+ * platform images, not tenant data. Paths for which `ownModes` is true are left alone with all
+ * below them: a VM's jail, whose root must stay traversable for the VM's own QEMU uid (it is
+ * reached only through the VM directory, which is root's alone, and its modes are set at every
+ * launch).
  */
-export async function lockDownDataDir(dataDir: string): Promise<void> {
+export async function lockDownDataDir(
+  dataDir: string,
+  ownModes: (path: string) => boolean = () => false,
+): Promise<void> {
   process.umask(AGENT_UMASK);
   await mkdir(dataDir, { recursive: true, mode: PRIVATE_DIR_MODE });
-  await removeSharedBits(dataDir);
+  await removeSharedBits(dataDir, ownModes);
 }
 
-async function removeSharedBits(path: string): Promise<void> {
+async function removeSharedBits(path: string, ownModes: (path: string) => boolean): Promise<void> {
+  if (ownModes(path)) return;
   let st: Awaited<ReturnType<typeof lstat>>;
   try {
     st = await lstat(path);
@@ -54,6 +61,6 @@ async function removeSharedBits(path: string): Promise<void> {
   }
   if (!st.isDirectory()) return;
   for (const name of await readdir(path).catch(() => [] as string[])) {
-    await removeSharedBits(join(path, name));
+    await removeSharedBits(join(path, name), ownModes);
   }
 }

@@ -1,4 +1,5 @@
 import { mkdir } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
 import { ImageStore } from '@warren/images';
 import type { CgroupState } from '@warren/protocol';
 import { chooseAccelerator } from './accel.ts';
@@ -15,6 +16,7 @@ import { addressPlan } from './net/address.ts';
 import { parseUpstream, systemResolver } from './net/dns-forwarder.ts';
 import { HostNetwork } from './net/host-network.ts';
 import { VmManager } from './vm/vm-manager.ts';
+import { QEMU_FILES } from './vmm/qemu/qemu-args.ts';
 import { QemuDriver } from './vmm/qemu/qemu-driver.ts';
 
 export interface Host {
@@ -28,10 +30,22 @@ export interface Host {
   network?: HostNetwork;
 }
 
+/**
+ * The agent's umask and private modes on its data directory (fs-modes.ts), except in each VM's
+ * jail, whose modes the jail sets for the VM's own QEMU uid at every launch.
+ */
+export async function lockDownHostDataDir(config: HostAgentConfig): Promise<void> {
+  const vmsDir = join(config.dataDir, 'vms');
+  await lockDownDataDir(
+    config.dataDir,
+    (path) => basename(path) === QEMU_FILES.jail && dirname(dirname(path)) === vmsDir,
+  );
+}
+
 /** Wires the host side from validated configuration: image store, VMM driver, cgroups, VMs. */
 export async function openHost(config: HostAgentConfig, log: (m: string) => void = () => {}): Promise<Host> {
   // Before anything is written: tenant disks and credentials are root's alone.
-  await lockDownDataDir(config.dataDir);
+  await lockDownHostDataDir(config);
   const accel = await chooseAccelerator(config.accel);
   log(`accelerator: ${accel.accel} (${accel.reason})`);
   const cg = await detectCgroups(config.cgroups, config.cgroupRoot);

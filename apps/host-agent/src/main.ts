@@ -11,8 +11,8 @@ import { WarrenError } from '@warren/protocol';
 import { createApi } from './api/server.ts';
 import { loadConfig, socketPathOf } from './config.ts';
 import { connectControlPlane } from './control/connect.ts';
-import { lockDownDataDir, PRIVATE_DIR_MODE, PRIVATE_FILE_MODE } from './fs-modes.ts';
-import { openHost } from './host.ts';
+import { PRIVATE_DIR_MODE, PRIVATE_FILE_MODE } from './fs-modes.ts';
+import { lockDownHostDataDir, openHost } from './host.ts';
 
 function log(message: string) {
   process.stderr.write(`${new Date().toISOString()} host-agent: ${message}\n`);
@@ -34,7 +34,7 @@ async function takeLock(dataDir: string): Promise<string> {
 
 export async function runHostAgent(): Promise<void> {
   const config = loadConfig();
-  await lockDownDataDir(config.dataDir);
+  await lockDownHostDataDir(config);
   const lock = await takeLock(config.dataDir);
   const host = await openHost(config, log);
   const app = createApi(host);
