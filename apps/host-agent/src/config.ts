@@ -56,6 +56,9 @@ function defaultMemoryMiB(): number {
 /** Defaults of the dashboard proxy's idle limits, also for a remote API built without a config (tests). */
 export const PROXY_IDLE_DEFAULTS = { idleMs: 5 * 60_000, wsIdleMs: 10 * 60_000 } as const;
 
+/** WARREN_MAX_STREAMS_PER_VM's default, also for remote APIs made without a configuration (tests). */
+export const MAX_STREAMS_PER_VM_DEFAULT = 16;
+
 /**
  * All host-agent settings, validated once at start. Each comes from an environment
  * variable (shown in the comment) and has a default that works on a single machine.
@@ -125,7 +128,7 @@ export const HostAgentConfig = z.strictObject({
    * remote API (the control plane's path); one more is TOO_MANY_STREAMS. Each holds up to one
    * HTTP/2 window (8 MiB) of output in the agent while its reader is slow.
    */
-  maxStreamsPerVm: z.coerce.number().int().min(1).max(1024).default(16),
+  maxStreamsPerVm: z.coerce.number().int().min(1).max(1024).default(MAX_STREAMS_PER_VM_DEFAULT),
   /** WARREN_HOST_AGENT_SOCKET: the local API's unix socket (root only). */
   socketPath: z.string().optional(),
   /**

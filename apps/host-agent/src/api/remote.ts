@@ -1,7 +1,7 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { tenantIdOfVm, WarrenError } from '@warren/protocol';
 import Fastify, { type FastifyInstance } from 'fastify';
-import { PROXY_IDLE_DEFAULTS } from '../config.ts';
+import { MAX_STREAMS_PER_VM_DEFAULT, PROXY_IDLE_DEFAULTS } from '../config.ts';
 import type { Host } from '../host.ts';
 import { registerGuestRoutes, useWarrenErrors } from './common.ts';
 import { guestIpTarget, type ResolveVmTarget, registerProxyRoutes } from './proxy.ts';
@@ -18,6 +18,8 @@ export interface RemoteApiOptions {
   resolveVmTarget?: ResolveVmTarget;
   /** The dashboard proxy's idle limits (WARREN_PROXY_IDLE_MS, WARREN_PROXY_WS_IDLE_MS). */
   proxyIdle?: { idleMs: number; wsIdleMs: number };
+  /** WARREN_MAX_STREAMS_PER_VM: exec and file streams one VM may have open at once. */
+  maxStreamsPerVm?: number;
 }
 
 const digest = (s: string) => createHash('sha256').update(s).digest();
@@ -49,7 +51,9 @@ export function createRemoteApi(host: Host, options: RemoteApiOptions): FastifyI
     return host.vms.guest(id);
   };
 
-  registerGuestRoutes(app, guestOf, { maxStreamsPerVm: host.config.maxStreamsPerVm });
+  registerGuestRoutes(app, guestOf, {
+    maxStreamsPerVm: options.maxStreamsPerVm ?? MAX_STREAMS_PER_VM_DEFAULT,
+  });
   registerProxyRoutes(
     app,
     options.resolveVmTarget ?? guestIpTarget(host.vms),

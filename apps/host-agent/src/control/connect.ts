@@ -50,6 +50,7 @@ export async function connectControlPlane(
     agentToken,
     onWake: () => reconciler?.wake(),
     proxyIdle: { idleMs: config.proxyIdleMs, wsIdleMs: config.proxyWsIdleMs },
+    maxStreamsPerVm: config.maxStreamsPerVm,
   });
   const listen = agentListenOf(config);
   await api.listen({ host: listen.host, port: listen.port });
