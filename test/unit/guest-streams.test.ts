@@ -11,8 +11,8 @@
  */
 import assert from 'node:assert/strict';
 import { type ChildProcess, spawn } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
-import { mkdtemp, open, rm } from 'node:fs/promises';
+import { existsSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
+import { mkdir, mkdtemp, open, rm } from 'node:fs/promises';
 import http2 from 'node:http2';
 import type { AddressInfo } from 'node:net';
 import { connect, createServer, type Server, type Socket } from 'node:net';
@@ -429,28 +429,50 @@ describe('a hostile guest or client cannot end the agent (finding 10, host agent
     }
   });
 
-  test('clients that go away mid-stream end their streams, not the agent', async () => {
+  test('clients that go away mid-stream end their streams in the guest, and not the agent', async () => {
     const big = join(dir, 'abort.bin');
     const handle = await open(big, 'w');
     await handle.truncate(256 * MiB);
     await handle.close();
-    // An exec flood, a download and an upload, each cut after the first bytes.
-    const cuts = [
-      stalledRequest('POST', '/v1/vms/vm-1/exec', { argv: ['cat', '/dev/zero'] }),
-      stalledRequest('GET', `/v1/vms/vm-1/files?path=${encodeURIComponent(big)}`),
-    ];
+    const uploads = join(dir, 'uploads');
+    await mkdir(uploads);
+    const pidFile = join(dir, 'abort-flood.pid');
+    const guestHasOpen = (path: string) =>
+      readdirSync(`/proc/${guestAgent.pid}/fd`).some((fd) => {
+        try {
+          return readlinkSync(`/proc/${guestAgent.pid}/fd/${fd}`) === path;
+        } catch {
+          return false;
+        }
+      });
+
+    // An exec flood, a download and an upload, each cut once it runs in the guest.
+    const exec = stalledRequest('POST', '/v1/vms/vm-1/exec', {
+      argv: ['sh', '-c', `echo $$ > ${pidFile}; exec cat /dev/zero`],
+    });
+    const pid = await until(
+      'the flood runs',
+      () => existsSync(pidFile) && Number(readFileSync(pidFile, 'utf8')),
+    );
+    exec.destroy();
+    await until('the command is killed', () => !alive(pid), 20_000);
+
+    const download = stalledRequest('GET', `/v1/vms/vm-1/files?path=${encodeURIComponent(big)}`);
+    await until('the guest reads the file', () => guestHasOpen(big), 20_000);
+    download.destroy();
+    await until('the guest closes the file', () => !guestHasOpen(big), 20_000);
+
     const upload = connect(port, '127.0.0.1');
     upload.on('error', () => {});
     upload.write(
-      `PUT /v1/vms/vm-1/files?path=${encodeURIComponent(join(dir, 'upload.bin'))} HTTP/1.1\r\nhost: agent\r\n` +
+      `PUT /v1/vms/vm-1/files?path=${encodeURIComponent(join(uploads, 'f.bin'))} HTTP/1.1\r\nhost: agent\r\n` +
         `content-type: application/octet-stream\r\ncontent-length: ${64 * MiB}\r\n\r\n`,
     );
     upload.write(Buffer.alloc(MiB));
-    cuts.push(upload);
-    for (const s of cuts) {
-      await until('the stream started', () => s.bytesWritten > 0 && (s === upload || s.readableLength >= 0));
-      s.destroy();
-    }
+    await until('the guest writes the upload', () => readdirSync(uploads).length > 0, 20_000);
+    upload.destroy();
+    await until('the guest drops the partial upload', () => readdirSync(uploads).length === 0, 20_000);
+
     const after = await execLines('vm-1', ['echo', 'still here']);
     assert.equal(Buffer.from(after.lines[0]?.stdout ?? '', 'base64').toString(), 'still here\n');
     assert.deepEqual(escaped, []);

@@ -178,6 +178,12 @@ export class GuestClient {
       if (!limited.push(chunk)) stream.pause();
     });
     limited._read = () => stream.resume();
+    // The reader gone (its client left): end the stream in the guest too, instead of leaving it
+    // paused with a window of data held here until the request's deadline.
+    limited._destroy = (err, callback) => {
+      if (!stream.closed) stream.close(http2.constants.NGHTTP2_CANCEL);
+      callback(err);
+    };
     // A channel cut can end the stream like a complete answer: the guest's length tells them apart.
     const length = Number(headers['content-length'] ?? Number.NaN);
     stream.on('end', () => {
