@@ -115,6 +115,8 @@ describe('host agent restart', { timeout: 600_000 }, () => {
     assert.equal(status.body.state, 'running');
     assert.equal(status.body.pid, pid);
     const exec = await api(socket(), 'POST', '/v1/vms/vm-survivor/exec', { argv: ['echo', 'still here'] });
+    // A single answer instead of NDJSON lines is an error: show it.
+    assert.ok(Array.isArray(exec.body), JSON.stringify(exec));
     const lines = exec.body as Record<string, any>[];
     const stdout = lines
       .filter((l) => l.stdout)
