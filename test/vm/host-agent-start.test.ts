@@ -6,7 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { chmod, mkdir, mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
 import { request } from 'node:http';
 import { tmpdir } from 'node:os';
@@ -153,8 +153,6 @@ describe('file modes (finding 7)', () => {
         dataDir,
         join(dataDir, 'vms'),
         vmDir,
-        join(dataDir, 'images'),
-        join(dataDir, 'images', 'rootfs.img'),
         join(dataDir, 'host-agent.pid'),
         socket,
         ...secrets,
@@ -164,6 +162,10 @@ describe('file modes (finding 7)', () => {
         assert.equal(mode & 0o077, 0, `${f} has mode ${mode.toString(8)}`);
       }
       assert.equal((await stat(jail)).mode & 0o777, 0o755);
+      // Platform images are no tenant's: the store's modes stay (a jailed QEMU reads its blobs).
+      assert.equal((await stat(join(dataDir, 'images', 'rootfs.img'))).mode & 0o777, 0o644);
+      // What it makes from now on, and what it starts, is private too.
+      assert.match(readFileSync(`/proc/${agent.pid}/status`, 'utf8'), /^Umask:\s+0077$/m);
     } finally {
       await stopAgent(agent);
     }

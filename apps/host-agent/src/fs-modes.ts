@@ -18,10 +18,18 @@ export const PRIVATE_FILE_MODE = 0o600;
 const SHARED_BITS = 0o077;
 
 /**
- * Sets the process's umask for files made from now on, by this process and by what it starts
- * (qemu-img, mkfs, QEMU itself), and takes group and other access off everything already under
- * `dataDir`: files that an earlier version, or a build run before the agent (`npm start` builds
- * the image into the data directory under the shell's umask 022), left readable.
+ * The daemon's umask, for files made by it and by what it starts (qemu-img, mkfs, QEMU). Set by
+ * the daemon only (main.ts), not by `openHost`: a process that also builds images (a test, the
+ * CLI) would otherwise copy 0700 modes into the guest's root filesystem.
+ */
+export function setAgentUmask(): void {
+  process.umask(AGENT_UMASK);
+}
+
+/**
+ * Takes group and other access off everything already under `dataDir`: files that an earlier
+ * version, or a build run before the agent (`npm start` builds the image into the data directory
+ * under the shell's umask 022), left readable. Files the agent makes get explicit modes.
  *
  * Only the data directory's own tree is changed. Symlinks are not followed (a link in there
  * must not make the agent chmod something outside). An images directory configured outside the
@@ -35,7 +43,6 @@ export async function lockDownDataDir(
   dataDir: string,
   ownModes: (path: string) => boolean = () => false,
 ): Promise<void> {
-  process.umask(AGENT_UMASK);
   await mkdir(dataDir, { recursive: true, mode: PRIVATE_DIR_MODE });
   await removeSharedBits(dataDir, ownModes);
 }

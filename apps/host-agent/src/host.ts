@@ -31,14 +31,19 @@ export interface Host {
 }
 
 /**
- * The agent's umask and private modes on its data directory (fs-modes.ts), except in each VM's
- * jail, whose modes the jail sets for the VM's own QEMU uid at every launch.
+ * Private modes on the agent's data directory (fs-modes.ts), except where others own the modes:
+ * each VM's jail (set for the VM's own QEMU uid at every launch), and the image store and build
+ * caches, which hold platform images and their inputs, no tenant data: the store keeps blobs
+ * 0444 so a jailed QEMU can read its kernel, initrd and base image, and the builder copies modes
+ * from its cache into the images it makes.
  */
 export async function lockDownHostDataDir(config: HostAgentConfig): Promise<void> {
   const vmsDir = join(config.dataDir, 'vms');
+  const platformDirs = new Set([imagesDirOf(config), join(config.dataDir, 'cache')]);
   await lockDownDataDir(
     config.dataDir,
-    (path) => basename(path) === QEMU_FILES.jail && dirname(dirname(path)) === vmsDir,
+    (path) =>
+      platformDirs.has(path) || (basename(path) === QEMU_FILES.jail && dirname(dirname(path)) === vmsDir),
   );
 }
 

@@ -11,7 +11,7 @@ import { WarrenError } from '@warren/protocol';
 import { createApi } from './api/server.ts';
 import { loadConfig, socketPathOf } from './config.ts';
 import { connectControlPlane } from './control/connect.ts';
-import { PRIVATE_DIR_MODE, PRIVATE_FILE_MODE } from './fs-modes.ts';
+import { PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, setAgentUmask } from './fs-modes.ts';
 import { lockDownHostDataDir, openHost } from './host.ts';
 
 function log(message: string) {
@@ -34,6 +34,7 @@ async function takeLock(dataDir: string): Promise<string> {
 
 export async function runHostAgent(): Promise<void> {
   const config = loadConfig();
+  setAgentUmask();
   await lockDownHostDataDir(config);
   const lock = await takeLock(config.dataDir);
   const host = await openHost(config, log);
