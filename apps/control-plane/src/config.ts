@@ -1,7 +1,9 @@
-import { WarrenError } from '@warren/protocol';
+import { RESOURCE_LIMITS, type ResourceKind, WarrenError } from '@warren/protocol';
 import { z } from 'zod';
 
-const mib = (max: number) => z.coerce.number().int().min(1).max(max);
+/** A setting that is an amount of a tenant resource, within the protocol's bounds for it. */
+const amount = (resource: ResourceKind) =>
+  z.coerce.number().int().min(RESOURCE_LIMITS[resource].min).max(RESOURCE_LIMITS[resource].max);
 
 /**
  * All control-plane settings, validated once at start. Each comes from the environment
@@ -45,17 +47,17 @@ export const ControlPlaneConfig = z.strictObject({
   /** WARREN_DEFAULT_PROFILE: image profile used when a create request names no image. */
   defaultProfile: z.string().min(1).default('standard'),
   /** WARREN_DEFAULT_VCPUS / _MEMORY_MIB / _DISK_MIB: resources of a tenant created without them. */
-  defaultVcpus: mib(1024).default(1),
-  defaultMemoryMiB: mib(4 * 1024 * 1024).default(1024),
-  defaultDiskMiB: mib(64 * 1024 * 1024).default(4096),
+  defaultVcpus: amount('vcpus').default(RESOURCE_LIMITS.vcpus.default),
+  defaultMemoryMiB: amount('memoryMiB').default(RESOURCE_LIMITS.memoryMiB.default),
+  defaultDiskMiB: amount('diskMiB').default(RESOURCE_LIMITS.diskMiB.default),
   /** WARREN_QUOTA_VCPUS / _MEMORY_MIB / _DISK_MIB: a tenant's quota when the admin sets none. */
-  quotaVcpus: mib(1024).default(4),
-  quotaMemoryMiB: mib(4 * 1024 * 1024).default(8192),
-  quotaDiskMiB: mib(64 * 1024 * 1024).default(65_536),
+  quotaVcpus: amount('vcpus').default(4),
+  quotaMemoryMiB: amount('memoryMiB').default(8192),
+  quotaDiskMiB: amount('diskMiB').default(65_536),
   /** WARREN_MAX_VCPUS / _MEMORY_MIB / _DISK_MIB: platform maximum for any one tenant (and quota). */
-  maxVcpus: mib(1024).default(16),
-  maxMemoryMiB: mib(4 * 1024 * 1024).default(65_536),
-  maxDiskMiB: mib(64 * 1024 * 1024).default(1024 * 1024),
+  maxVcpus: amount('vcpus').default(16),
+  maxMemoryMiB: amount('memoryMiB').default(65_536),
+  maxDiskMiB: amount('diskMiB').default(1024 * 1024),
   /** WARREN_MAX_TENANTS: how many tenants the platform holds at most. */
   maxTenants: z.coerce.number().int().min(1).default(10_000),
   /** WARREN_SESSION_TTL_MS: how long a browser session (dashboard cookie) lasts; not extended by use. */

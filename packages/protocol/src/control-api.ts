@@ -29,18 +29,30 @@ export const OperationId = z
 /** A tenant is addressed by id or by name in every path: `/v1/tenants/{tenant}`. */
 export const TenantRef = z.union([TenantId, ResourceName]);
 
+/**
+ * The one definition of how big a tenant's VM may be, and what it gets when its creator names
+ * no size. The control plane validates requests and its settings (defaults, quotas, maximums)
+ * against these bounds, the host agent its VM create requests, the CLI its flags: a size one of
+ * them accepts, the others accept too.
+ */
+export const RESOURCE_LIMITS = {
+  vcpus: { min: 1, max: 1024, default: 1 },
+  memoryMiB: { min: 128, max: 4 * 1024 * 1024, default: 1024 },
+  diskMiB: { min: 16, max: 64 * 1024 * 1024, default: 4096 },
+} as const;
+export type ResourceKind = keyof typeof RESOURCE_LIMITS;
+
+/** An amount of one resource (vCPUs, MiB), within its bounds. */
+export function resourceAmount(resource: ResourceKind) {
+  const { min, max } = RESOURCE_LIMITS[resource];
+  return z.number().int().min(min).max(max);
+}
+
 export const Resources = z.strictObject({
-  vcpus: z.number().int().min(1).max(1024),
-  memoryMiB: z
-    .number()
-    .int()
-    .min(128)
-    .max(4 * 1024 * 1024),
-  diskMiB: z
-    .number()
-    .int()
-    .min(16)
-    .max(64 * 1024 * 1024),
+  vcpus: resourceAmount('vcpus'),
+  memoryMiB: resourceAmount('memoryMiB'),
+  /** Size of the persistent data volume mounted at /workspace. */
+  diskMiB: resourceAmount('diskMiB'),
 });
 export type Resources = z.infer<typeof Resources>;
 
@@ -128,19 +140,9 @@ export const CreateTenantRequest = z.strictObject({
   name: ResourceName,
   /** An image id or unique prefix; the newest image of the default profile when absent. */
   image: z.string().min(1).max(80).optional(),
-  vcpus: z.number().int().min(1).max(1024).optional(),
-  memoryMiB: z
-    .number()
-    .int()
-    .min(128)
-    .max(4 * 1024 * 1024)
-    .optional(),
-  diskMiB: z
-    .number()
-    .int()
-    .min(16)
-    .max(64 * 1024 * 1024)
-    .optional(),
+  vcpus: resourceAmount('vcpus').optional(),
+  memoryMiB: resourceAmount('memoryMiB').optional(),
+  diskMiB: resourceAmount('diskMiB').optional(),
   /** The most this tenant may ever use (admin only); platform defaults when absent. */
   quota: Resources.partial().optional(),
   network: NetworkPolicy.optional(),

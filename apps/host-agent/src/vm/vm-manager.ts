@@ -4,7 +4,7 @@ import { chmod, mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'no
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { type ImageStore, run } from '@warren/images';
-import { NetworkPolicy, parseOrThrow, WarrenError } from '@warren/protocol';
+import { NetworkPolicy, parseOrThrow, RESOURCE_LIMITS, resourceAmount, WarrenError } from '@warren/protocol';
 import { z } from 'zod';
 import type { Accelerator } from '../accel.ts';
 import type { CgroupDriver, IoLimit } from '../cgroups/cgroups.ts';
@@ -26,20 +26,10 @@ export const VmId = z
 export const CreateVmRequest = z.strictObject({
   id: VmId.optional(),
   image: z.string().min(8).max(80),
-  cpus: z.number().int().min(1).max(64).default(1),
-  memoryMiB: z
-    .number()
-    .int()
-    .min(128)
-    .max(256 * 1024)
-    .default(512),
+  cpus: resourceAmount('vcpus').default(RESOURCE_LIMITS.vcpus.default),
+  memoryMiB: resourceAmount('memoryMiB').default(RESOURCE_LIMITS.memoryMiB.default),
   /** Size of the persistent data volume mounted at /workspace. */
-  diskMiB: z
-    .number()
-    .int()
-    .min(16)
-    .max(16 * 1024 * 1024)
-    .default(1024),
+  diskMiB: resourceAmount('diskMiB').default(RESOURCE_LIMITS.diskMiB.default),
   /**
    * Gives the VM a NIC behind the platform firewall with this policy (tenant VMs get one from
    * the reconciler). Without it, or with WARREN_NETWORK=off, the VM has no network at all.
