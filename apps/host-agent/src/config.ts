@@ -1,5 +1,5 @@
 import { availableParallelism, hostname, totalmem } from 'node:os';
-import { ResourceName, Resources, WarrenError } from '@warren/protocol';
+import { defaultHostAgentSocket, ResourceName, Resources, WarrenError } from '@warren/protocol';
 import { z } from 'zod';
 import { addressPlan, formatCidr, parseCidr } from './net/address.ts';
 import { parseUpstream } from './net/dns-forwarder.ts';
@@ -129,8 +129,12 @@ export const HostAgentConfig = z.strictObject({
    * HTTP/2 window (8 MiB) of output in the agent while its reader is slow.
    */
   maxStreamsPerVm: z.coerce.number().int().min(1).max(1024).default(MAX_STREAMS_PER_VM_DEFAULT),
-  /** WARREN_HOST_AGENT_SOCKET: the local API's unix socket (root only). */
-  socketPath: z.string().optional(),
+  /** WARREN_HOST_AGENT_SOCKET: the local API's unix socket (root only); `<dataDir>/host-agent.sock` when unset. */
+  socketPath: z.string().startsWith('/').optional(),
+  /** WARREN_KERNEL_PACKAGE: Debian kernel package (or metapackage) images are built with; the builder's default when unset. */
+  kernelPackage: z.string().min(1).max(200).optional(),
+  /** WARREN_DEBIAN_MIRROR: mirror standard images are built from; the one in the host's apt sources when unset. */
+  debianMirror: z.url({ protocol: /^https?$/, error: 'must be an http(s) URL' }).optional(),
   /**
    * WARREN_CONTROL_PLANE_URL: the control plane this host joins. Unset, the agent runs
    * standalone and only its local API drives VMs.
@@ -279,6 +283,8 @@ export const ENV_NAMES: Record<keyof HostAgentConfig, string> = {
   consoleLogMiB: 'WARREN_CONSOLE_LOG_MIB',
   maxStreamsPerVm: 'WARREN_MAX_STREAMS_PER_VM',
   socketPath: 'WARREN_HOST_AGENT_SOCKET',
+  kernelPackage: 'WARREN_KERNEL_PACKAGE',
+  debianMirror: 'WARREN_DEBIAN_MIRROR',
   controlPlaneUrl: 'WARREN_CONTROL_PLANE_URL',
   joinToken: 'WARREN_JOIN_TOKEN',
   joinTokenFile: 'WARREN_JOIN_TOKEN_FILE',
@@ -328,7 +334,7 @@ export function imagesDirOf(config: HostAgentConfig): string {
 }
 
 export function socketPathOf(config: HostAgentConfig): string {
-  return config.socketPath ?? `${config.dataDir}/host-agent.sock`;
+  return config.socketPath ?? defaultHostAgentSocket(config.dataDir);
 }
 
 /** The host and port of WARREN_AGENT_LISTEN, brackets of an IPv6 host removed. */

@@ -13,6 +13,7 @@ export * from './fs-modes.ts';
 export * from './guest/guest-client.ts';
 export * from './guest/transport.ts';
 export * from './host.ts';
+export * from './images.ts';
 export * from './net/address.ts';
 export * from './net/dns-forwarder.ts';
 export * from './net/dns-message.ts';

@@ -1,11 +1,10 @@
+import { Profile } from '@warren/protocol';
 import { z } from 'zod';
+
+export { PROFILES, Profile } from '@warren/protocol';
 
 const Digest = z.string().regex(/^[0-9a-f]{64}$/, 'a sha256 digest is 64 lowercase hex digits');
 const Blob = z.strictObject({ digest: Digest, size: z.number().int().nonnegative() });
-
-export const PROFILES = ['minimal', 'standard'] as const;
-export const Profile = z.enum(PROFILES);
-export type Profile = z.infer<typeof Profile>;
 
 /**
  * What an image is. The image id is the sha256 of this document's canonical JSON, so the

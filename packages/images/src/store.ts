@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { chmod, mkdir, readdir, readFile, rename, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { parseOrThrow, WarrenError } from '@warren/protocol';
+import { parseOrThrow, type StoredImage, WarrenError } from '@warren/protocol';
 import { z } from 'zod';
 import { canonicalJson, sha256, sha256File } from './digest.ts';
 import { IMAGE_ID_PREFIX, ImageManifest } from './manifest.ts';
@@ -14,14 +14,8 @@ export interface VerifiedImage {
   rootfsPath: string;
 }
 
-export interface ImageSummary {
-  id: string;
-  profile: string;
-  createdAt: string;
-  rootfsBytes: number;
-  guestAgentVersion: string;
-  kernelRelease: string;
-}
+/** What `list()` says of each image; the host agent's local API sends it as is. */
+export type ImageSummary = StoredImage;
 
 const RecipeRecord = z.object({ imageId: z.string(), createdAt: z.string() });
 

@@ -162,6 +162,11 @@ export const ERROR_CODES = {
     fault: 'platform',
     fix: 'The control plane does not answer at that URL; check --api-url / WARREN_API_URL and that `warren up` (or `npm start`) is running.',
   },
+  HOST_AGENT_UNREACHABLE: {
+    status: 503,
+    fault: 'platform',
+    fix: 'No host agent answers on its local socket (WARREN_HOST_AGENT_SOCKET, default <WARREN_DATA_DIR>/host-agent.sock): start it with `warren up` (or `npm start`), and run the command as root, since the socket is root-only.',
+  },
   INTERNAL: {
     status: 500,
     fault: 'platform',

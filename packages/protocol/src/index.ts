@@ -3,4 +3,5 @@ export * from './errors.ts';
 export * from './frames.ts';
 export * from './guest-api.ts';
 export * from './http-headers.ts';
+export * from './local-api.ts';
 export * from './validate.ts';

@@ -7,6 +7,8 @@ export interface HttpOptions {
   token?: string | undefined;
   /** Replaces the global fetch (tests, proxies, instrumentation). */
   fetch?: typeof fetch;
+  /** How errors name the server (`the Warren API at <url>` by default). */
+  describe?: string;
 }
 
 export type Query = Record<string, string | number | boolean | undefined>;
@@ -85,6 +87,7 @@ export class Http {
   readonly baseUrl: string;
   readonly #token: string | undefined;
   readonly #fetch: typeof fetch;
+  readonly #describe: string;
 
   constructor(options: HttpOptions) {
     let parsed: URL;
@@ -102,6 +105,7 @@ export class Http {
     this.baseUrl = parsed.href.replace(/\/+$/, '');
     this.#token = options.token;
     this.#fetch = options.fetch ?? globalThis.fetch;
+    this.#describe = options.describe ?? `the Warren API at ${this.baseUrl}`;
   }
 
   url(path: string, query?: Query): URL {
@@ -115,7 +119,7 @@ export class Http {
   unreachable(e: unknown, during?: string): WarrenError {
     return new WarrenError(
       'API_UNREACHABLE',
-      `cannot reach the Warren API at ${this.baseUrl}${during ? ` ${during}` : ''}: ${describeCause(e)}`,
+      `cannot reach ${this.#describe}${during ? ` ${during}` : ''}: ${describeCause(e)}`,
       { cause: e },
     );
   }

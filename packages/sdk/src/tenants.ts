@@ -14,6 +14,7 @@ import {
 } from '@warren/protocol';
 import { z } from 'zod';
 import { type Http, path } from './http.ts';
+import { ndjsonObjects } from './ndjson.ts';
 
 /**
  * The exec request as the API takes it, except that stdin may also be raw bytes: the SDK
@@ -34,8 +35,6 @@ export type FileData = Buffer | Uint8Array | NodeJS.ReadableStream | AsyncIterab
 const TenantList = z.object({ tenants: z.array(Tenant) });
 // Lenient on extra fields so a newer control plane can add to the exit record.
 const ExitLine = z.object(ExecExitSchema.shape);
-/** Bounds what one NDJSON line may buffer: a stdout chunk is far smaller. */
-const MAX_EXEC_LINE = 16 * 1024 * 1024;
 
 export class Tenants {
   readonly #http: Http;
@@ -84,37 +83,7 @@ export class Tenants {
       json,
       signal: options.signal,
     });
-    if (!res.body) throw new WarrenError('INTERNAL', 'the exec answer has no body');
-    const decoder = new TextDecoder();
-    let pending = '';
-    try {
-      for await (const chunk of res.body) {
-        pending += decoder.decode(chunk, { stream: true });
-        let nl = pending.indexOf('\n');
-        while (nl >= 0) {
-          const exit = handleExecLine(pending.slice(0, nl), options);
-          pending = pending.slice(nl + 1);
-          // Leaving the loop cancels the rest of the body and frees the connection.
-          if (exit) return exit;
-          nl = pending.indexOf('\n');
-        }
-        if (pending.length > MAX_EXEC_LINE) {
-          throw new WarrenError('INTERNAL', `the exec stream sent a line longer than ${MAX_EXEC_LINE} bytes`);
-        }
-      }
-    } catch (e) {
-      if (e instanceof WarrenError) throw e;
-      if ((e as Error)?.name === 'AbortError') {
-        throw new WarrenError('CONFLICT', 'exec cancelled by the caller', { cause: e });
-      }
-      throw this.#http.unreachable(e, 'during exec');
-    }
-    const exit = handleExecLine(pending + decoder.decode(), options);
-    if (exit) return exit;
-    throw new WarrenError(
-      'API_UNREACHABLE',
-      `the exec stream from ${this.#http.baseUrl} ended before the command's exit status; the command may still be running`,
-    );
+    return readExecStream(this.#http, res, options);
   }
 
   /** Writes a file in the tenant's VM, streaming `data`; `filePath` is absolute. */
@@ -168,25 +137,31 @@ export class Tenants {
   }
 }
 
-/** Delivers one NDJSON line of an exec stream; returns the exit record on the last line. */
-function handleExecLine(line: string, options: ExecOptions): ExecExit | undefined {
-  if (line.trim() === '') return undefined;
-  let msg: Record<string, unknown>;
+/**
+ * Reads an exec answer (`{"stdout"}`/`{"stderr"}` lines, then `{"exit"}` or `{"error"}`),
+ * delivering output as it streams; resolves with the exit record. Shared with the host agent's
+ * local API, whose exec stream is the same.
+ */
+export async function readExecStream(http: Http, res: Response, options: ExecOptions): Promise<ExecExit> {
+  if (!res.body) throw new WarrenError('INTERNAL', 'the exec answer has no body');
   try {
-    msg = JSON.parse(line);
-  } catch {
-    throw new WarrenError('INTERNAL', `the exec stream sent a line that is not JSON: ${line.slice(0, 100)}`);
+    for await (const msg of ndjsonObjects(res.body, 'exec')) {
+      if (typeof msg.stdout === 'string') options.onStdout?.(Buffer.from(msg.stdout, 'base64'));
+      else if (typeof msg.stderr === 'string') options.onStderr?.(Buffer.from(msg.stderr, 'base64'));
+      // Leaving the loop cancels the rest of the body and frees the connection.
+      else if (msg.exit !== undefined) return parseOrThrow(ExitLine, msg.exit, 'INTERNAL');
+      else if (msg.error !== undefined) throw WarrenError.fromBody(msg);
+      // Anything else is a kind of line newer than this SDK: skipping it keeps old clients working.
+    }
+  } catch (e) {
+    if (e instanceof WarrenError) throw e;
+    if ((e as Error)?.name === 'AbortError') {
+      throw new WarrenError('CONFLICT', 'exec cancelled by the caller', { cause: e });
+    }
+    throw http.unreachable(e, 'during exec');
   }
-  if (typeof msg !== 'object' || msg === null) {
-    throw new WarrenError(
-      'INTERNAL',
-      `the exec stream sent a line that is not an object: ${line.slice(0, 100)}`,
-    );
-  }
-  if (typeof msg.stdout === 'string') options.onStdout?.(Buffer.from(msg.stdout, 'base64'));
-  else if (typeof msg.stderr === 'string') options.onStderr?.(Buffer.from(msg.stderr, 'base64'));
-  else if (msg.exit !== undefined) return parseOrThrow(ExitLine, msg.exit, 'INTERNAL');
-  else if (msg.error !== undefined) throw WarrenError.fromBody(msg);
-  // Anything else is a kind of line newer than this SDK: skipping it keeps old clients working.
-  return undefined;
+  throw new WarrenError(
+    'API_UNREACHABLE',
+    `the exec stream from ${http.baseUrl} ended before the command's exit status; the command may still be running`,
+  );
 }

@@ -1,5 +1,7 @@
+import { EXEC_CONTENT_TYPE, ImageBuildRequest, parseOrThrow, WarrenError } from '@warren/protocol';
 import Fastify, { type FastifyInstance } from 'fastify';
 import type { Host } from '../host.ts';
+import { buildHostImage } from '../images.ts';
 import { registerGuestRoutes, useWarrenErrors } from './common.ts';
 
 /**
@@ -18,6 +20,29 @@ export function createApi(host: Host): FastifyInstance {
     pid: process.pid,
   }));
   app.get('/v1/images', async () => ({ images: await host.store.list() }));
+  /**
+   * Builds an image (or finds its recipe cached) and streams NDJSON: `{"progress": {...}}` per
+   * step, then `{"result": {...}}` or `{"error": {...}}`. A caller that leaves does not stop the
+   * build: it finishes into the store, and the next build of that recipe is a cache hit.
+   */
+  app.post('/v1/images/build', async (req, reply) => {
+    const request = parseOrThrow(ImageBuildRequest, req.body ?? {});
+    reply.hijack();
+    reply.raw.writeHead(200, { 'content-type': EXEC_CONTENT_TYPE });
+    const line = (v: unknown) => {
+      if (!reply.raw.destroyed) reply.raw.write(`${JSON.stringify(v)}\n`);
+    };
+    try {
+      const result = await buildHostImage(host.config, host.store, {
+        ...request,
+        onProgress: (progress) => line({ progress }),
+      });
+      line({ result });
+    } catch (e) {
+      line(e instanceof WarrenError ? e.toBody() : new WarrenError('INTERNAL', String(e)).toBody());
+    }
+    reply.raw.end();
+  });
   app.get('/v1/vms', async () => ({ vms: await host.vms.list() }));
   app.post('/v1/vms', async (req, reply) => reply.status(201).send(await host.vms.create(req.body as never)));
   app.get<{ Params: { id: string } }>('/v1/vms/:id', async (req) => host.vms.get(req.params.id));
