@@ -9,19 +9,19 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 bash scripts/install-deps.sh
-# `warren` on PATH for the operator's other shells, unless another warren is there already.
+# `warren` on PATH for the operator's other shells, unless another warren is there already
+# (bin/warren.mjs was the CLI's entry before it became bin/warren).
 if [ "$(id -u)" -eq 0 ] && [ -d /usr/local/bin ]; then
   link=/usr/local/bin/warren
-  if [ ! -e "$link" ] || [ "$(readlink -f "$link")" = "$root/packages/cli/bin/warren.mjs" ]; then
-    ln -sfn "$root/packages/cli/bin/warren.mjs" "$link"
+  target="$(readlink -f "$link" 2>/dev/null || true)"
+  if [ ! -e "$link" ] || [ "$target" = "$root/packages/cli/bin/warren" ] || [ "$target" = "$root/packages/cli/bin/warren.mjs" ]; then
+    ln -sfn "$root/packages/cli/bin/warren" "$link"
   else
     echo "warren: $link is another program; use $root/node_modules/.bin/warren" >&2
   fi
 fi
 profile="${WARREN_PROFILE:-standard}"
-# A cache hit when the image exists; otherwise the build prints each step as it goes.
-image=$(node_modules/.bin/warren image build --profile "$profile" | tail -n 1)
-echo "warren: default image ($profile) $image" >&2
 export WARREN_DEFAULT_PROFILE="${WARREN_DEFAULT_PROFILE:-$profile}"
-# tini reaps QEMUs that outlive a host-agent restart and get re-parented here.
-exec tini -s -- node_modules/.bin/warren up
+# tini reaps QEMUs that outlive a host-agent restart and get re-parented here. `up --profile`
+# first builds that image if there is none (a cache hit otherwise; each step printed as it goes).
+exec tini -s -- node_modules/.bin/warren up --profile "$profile"

@@ -6,7 +6,7 @@ import { type LocalFiles, localFiles, readLocalUrl } from '@warren/cli/connectio
 import { emit } from '@warren/cli/output';
 import { buildHostImage, imagesDirOf, loadConfig } from '@warren/host-agent';
 import { ImageStore } from '@warren/images';
-import { parseOrThrow, Profile } from '@warren/protocol';
+import { Profile, parseOrThrow } from '@warren/protocol';
 import { WarrenClient } from '@warren/sdk';
 
 export const usage =

@@ -6,7 +6,7 @@
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { WarrenError } from '@warren/protocol';
-import { WarrenClient } from '@warren/sdk';
+import { nodeFetch, WarrenClient } from '@warren/sdk';
 
 export interface ConnectionFlags {
   'api-url'?: string | undefined;
@@ -138,11 +138,14 @@ export async function resolveConnection(
   return { url, token, urlSource, tokenSource: 'local' };
 }
 
-/** An SDK client for the control plane this invocation should talk to. */
+/**
+ * An SDK client for the control plane this invocation should talk to, over node:http rather
+ * than the global fetch, whose first use costs a third of the CLI's start-up.
+ */
 export async function connect(
   flags: ConnectionFlags,
   env: NodeJS.ProcessEnv = process.env,
 ): Promise<WarrenClient> {
   const { url, token } = await resolveConnection(flags, env);
-  return new WarrenClient({ url, token });
+  return new WarrenClient({ url, token, fetch: nodeFetch() });
 }

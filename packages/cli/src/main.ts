@@ -1,32 +1,21 @@
 /**
- * `warren`: one file per command under commands/<noun>/<verb>.ts. Every command takes
- * --json. Errors print their stable code and how to fix them. Exit codes: 0 ok, 1 error,
- * 2 usage error (INVALID_ARGUMENT); `tenant exec` and `vm run` exit with the command's code.
+ * `warren`: one file per command under commands/<noun>/<verb>.ts, each loaded only when it
+ * runs, so a command loads the SDK and nothing else (`npm run bench:cli` measures it). Every
+ * command takes --json. Errors print their stable code and how to fix them. Exit codes: 0 ok,
+ * 1 error, 2 usage error (INVALID_ARGUMENT); `tenant exec` and `vm run` exit with the
+ * command's code.
+ *
+ * `up`, `control-plane` and `host-agent` run the daemons, which live in apps/platform: this
+ * program runs that one's `warren-platform` by name (bin/warren does it directly when the
+ * command comes first), so no daemon code is ever loaded here.
  */
+import { spawn } from 'node:child_process';
+import { accessSync, constants } from 'node:fs';
+import { constants as osConstants } from 'node:os';
+import { delimiter, dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { WarrenError } from '@warren/protocol';
-import * as auditList from './commands/audit/list.ts';
-import * as hostDrain from './commands/host/drain.ts';
-import * as hostList from './commands/host/list.ts';
-import * as hostRejoin from './commands/host/rejoin.ts';
-import * as imageBuild from './commands/image/build.ts';
-import * as imageList from './commands/image/list.ts';
-import * as joinTokenCreate from './commands/join-token/create.ts';
-import * as joinTokenList from './commands/join-token/list.ts';
-import * as joinTokenRevoke from './commands/join-token/revoke.ts';
-import * as keyCreate from './commands/key/create.ts';
-import * as keyList from './commands/key/list.ts';
-import * as keyRevoke from './commands/key/revoke.ts';
-import * as platformUp from './commands/platform/up.ts';
-import * as tenantCreate from './commands/tenant/create.ts';
-import * as tenantDelete from './commands/tenant/delete.ts';
-import * as tenantExec from './commands/tenant/exec.ts';
-import * as tenantList from './commands/tenant/list.ts';
-import * as tenantShow from './commands/tenant/show.ts';
-import * as tenantStart from './commands/tenant/start.ts';
-import * as tenantStop from './commands/tenant/stop.ts';
-import * as vmRun from './commands/vm/run.ts';
-import { reportError } from './output.ts';
+import cliPackage from '../package.json' with { type: 'json' };
 
 interface Command {
   usage: string;
@@ -34,53 +23,47 @@ interface Command {
   run: (args: never, rest: string[], operands: string[]) => Promise<number>;
 }
 
-const COMMANDS: Record<string, Command> = {
-  up: platformUp,
-  'tenant create': tenantCreate,
-  'tenant list': tenantList,
-  'tenant show': tenantShow,
-  'tenant start': tenantStart,
-  'tenant stop': tenantStop,
-  'tenant delete': tenantDelete,
-  'tenant exec': tenantExec,
-  'host list': hostList,
-  'host drain': hostDrain,
-  'host rejoin': hostRejoin,
-  'join-token create': joinTokenCreate,
-  'join-token list': joinTokenList,
-  'join-token revoke': joinTokenRevoke,
-  'key create': keyCreate,
-  'key list': keyList,
-  'key revoke': keyRevoke,
-  audit: auditList,
-  'image build': imageBuild,
-  'image list': imageList,
-  'vm run': vmRun,
-  'control-plane': {
-    usage: 'warren control-plane   (runs the control plane daemon in the foreground)',
-    run: async () => {
-      const { runControlPlane } = await import('@warren/control-plane/daemon');
-      await runControlPlane();
-      return new Promise<number>(() => {});
-    },
-  },
-  'host-agent': {
-    usage: 'warren host-agent   (runs the host agent daemon in the foreground)',
-    run: async () => {
-      const { runHostAgent } = await import('@warren/host-agent/daemon');
-      await runHostAgent();
-      return new Promise<number>(() => {});
-    },
-  },
+const COMMANDS: Record<string, () => Promise<Command>> = {
+  'tenant create': () => import('./commands/tenant/create.ts'),
+  'tenant list': () => import('./commands/tenant/list.ts'),
+  'tenant show': () => import('./commands/tenant/show.ts'),
+  'tenant start': () => import('./commands/tenant/start.ts'),
+  'tenant stop': () => import('./commands/tenant/stop.ts'),
+  'tenant delete': () => import('./commands/tenant/delete.ts'),
+  'tenant exec': () => import('./commands/tenant/exec.ts'),
+  'host list': () => import('./commands/host/list.ts'),
+  'host drain': () => import('./commands/host/drain.ts'),
+  'host rejoin': () => import('./commands/host/rejoin.ts'),
+  'join-token create': () => import('./commands/join-token/create.ts'),
+  'join-token list': () => import('./commands/join-token/list.ts'),
+  'join-token revoke': () => import('./commands/join-token/revoke.ts'),
+  'key create': () => import('./commands/key/create.ts'),
+  'key list': () => import('./commands/key/list.ts'),
+  'key revoke': () => import('./commands/key/revoke.ts'),
+  audit: () => import('./commands/audit/list.ts'),
+  'image build': () => import('./commands/image/build.ts'),
+  'image list': () => import('./commands/image/list.ts'),
+  'vm run': () => import('./commands/vm/run.ts'),
+};
+
+/** Commands `warren-platform` (apps/platform) runs; `warren up --help` shows each one's options. */
+const PLATFORM_COMMANDS: Record<string, string> = {
+  up: 'warren up [--profile minimal|standard] [--json]   (runs the control plane and a host agent on this machine in the foreground)',
+  'control-plane': 'warren control-plane   (runs the control plane daemon in the foreground)',
+  'host-agent': 'warren host-agent   (runs the host agent daemon in the foreground)',
 };
 
 /** Options every command takes, whether or not its usage line shows them. */
 const GLOBAL_OPTIONS = new Set(['json', 'help', 'verbose', 'api-url', 'token']);
 
-function help(): string {
-  return `usage:\n${Object.values(COMMANDS)
-    .map((c) => `  ${c.usage}`)
-    .join('\n')}
+async function help(): Promise<string> {
+  const usages = [
+    ...Object.values(PLATFORM_COMMANDS).slice(0, 1),
+    ...(await Promise.all(Object.values(COMMANDS).map(async (load) => (await load()).usage))),
+    ...Object.values(PLATFORM_COMMANDS).slice(1),
+  ];
+  return `usage:\n${usages.map((u) => `  ${u}`).join('\n')}
+  warren --version
 
 connection (API commands): --api-url URL and --token TOKEN, else WARREN_API_URL and WARREN_TOKEN,
 else the control plane that \`warren up\` runs on this machine (${'$'}{WARREN_DATA_DIR:-/var/lib/warren}/control-plane/).
@@ -88,13 +71,62 @@ every command takes --json; docs/cli.md has an example of each.
 `;
 }
 
+/** A usage error (INVALID_ARGUMENT, exit 2); the protocol is loaded only when one happens. */
+async function usageError(message: string): Promise<Error> {
+  const { WarrenError } = await import('@warren/protocol');
+  return new WarrenError('INVALID_ARGUMENT', message);
+}
+
 /** Turns node's parseArgs errors (unknown option, missing value) into usage errors. */
-function usageError(e: unknown): unknown {
+async function fromParseError(e: unknown): Promise<unknown> {
   const code = (e as { code?: unknown })?.code;
   if (typeof code === 'string' && code.startsWith('ERR_PARSE_ARGS')) {
-    return new WarrenError('INVALID_ARGUMENT', `${(e as Error).message}; see \`warren --help\``);
+    return usageError(`${(e as Error).message}; see \`warren --help\``);
   }
   return e;
+}
+
+/**
+ * `warren-platform` in the node_modules/.bin of the checkout this CLI runs from (found upwards
+ * from this file: the sources and the bundle sit at different depths), else on PATH.
+ */
+function findPlatform(): string | undefined {
+  const candidates: string[] = [];
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (let up = 0; up < 6; up++, dir = dirname(dir)) {
+    candidates.push(join(dir, 'node_modules', '.bin', 'warren-platform'));
+  }
+  for (const dir of (process.env.PATH ?? '').split(delimiter)) candidates.push(join(dir, 'warren-platform'));
+  return candidates.find((path) => {
+    try {
+      accessSync(path, constants.X_OK);
+      return true;
+    } catch {
+      return false;
+    }
+  });
+}
+
+/**
+ * Runs a platform command in `warren-platform` with these same arguments. The child gets its
+ * own process group, so a terminal's Ctrl-C reaches it once, through here, not twice.
+ */
+async function runPlatform(argv: string[]): Promise<number> {
+  const platform = findPlatform();
+  if (!platform) {
+    throw await usageError(
+      'this command is run by warren-platform (apps/platform), found neither in this checkout nor on PATH; run `npm install` in the Warren checkout, or `npm start`',
+    );
+  }
+  const child = spawn(platform, argv, { stdio: 'inherit', detached: true });
+  const forward = (signal: NodeJS.Signals) => child.kill(signal);
+  for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(signal, forward);
+  return new Promise((resolve, reject) => {
+    child.once('error', reject);
+    child.once('exit', (code, signal) =>
+      resolve(code ?? 128 + ((signal && osConstants.signals[signal]) || 0)),
+    );
+  });
 }
 
 async function main(argv: string[]): Promise<number> {
@@ -111,6 +143,7 @@ async function main(argv: string[]): Promise<number> {
         json: { type: 'boolean' },
         help: { type: 'boolean', short: 'h' },
         verbose: { type: 'boolean', short: 'v' },
+        version: { type: 'boolean' },
         'api-url': { type: 'string' },
         token: { type: 'string' },
         force: { type: 'boolean' },
@@ -131,13 +164,20 @@ async function main(argv: string[]): Promise<number> {
         'single-use': { type: 'boolean' },
       },
     });
+    if (values.version && positionals.length === 0) {
+      if (json) process.stdout.write(`${JSON.stringify({ version: cliPackage.version }, null, 2)}\n`);
+      else process.stdout.write(`warren ${cliPackage.version}\n`);
+      return 0;
+    }
+    if (positionals[0] !== undefined && PLATFORM_COMMANDS[positionals[0]]) return await runPlatform(argv);
     const two = positionals.slice(0, 2).join(' ');
     const words = COMMANDS[two] ? 2 : 1;
-    const command = COMMANDS[two] ?? COMMANDS[positionals[0] ?? ''];
-    if (!command) {
-      process.stderr.write(help());
+    const load = COMMANDS[two] ?? COMMANDS[positionals[0] ?? ''];
+    if (!load) {
+      process.stderr.write(await help());
       return values.help ? 0 : 2;
     }
+    const command = await load();
     if (values.help) {
       process.stderr.write(`usage: ${command.usage}\n`);
       return 0;
@@ -146,15 +186,13 @@ async function main(argv: string[]): Promise<number> {
     // (e.g. --undo on `tenant stop`), not something to ignore silently.
     for (const option of Object.keys(values)) {
       if (!GLOBAL_OPTIONS.has(option) && !command.usage.includes(`--${option}`)) {
-        throw new WarrenError(
-          'INVALID_ARGUMENT',
-          `--${option} is not an option here; usage: ${command.usage}`,
-        );
+        throw await usageError(`--${option} is not an option here; usage: ${command.usage}`);
       }
     }
     return await command.run(values as never, rest, positionals.slice(words));
   } catch (e) {
-    return reportError(usageError(e), json);
+    const { reportError } = await import('./output.ts');
+    return reportError(await fromParseError(e), json);
   }
 }
 

@@ -1,31 +1,26 @@
-import { join } from 'node:path';
-import { imagesDirOf, loadConfig } from '@warren/host-agent';
-import { buildImage, ImageStore, Profile } from '@warren/images';
-import { parseOrThrow } from '@warren/protocol';
+import { Profile, parseOrThrow } from '@warren/protocol';
+import { HostAgentClient } from '@warren/sdk';
 import { emit } from '../../output.ts';
 
-export const usage = 'warren image build [--profile minimal|standard] [--force] [--json]';
+export const usage =
+  'warren image build [--profile minimal|standard] [--force] [--json]   (the host agent on this machine builds it; root)';
 
 /** Progress goes to stderr; stdout is the image id (or, with --json, the build result). */
 export async function run(args: { profile?: string; force?: boolean; json?: boolean }): Promise<number> {
-  const config = loadConfig();
   const profile = parseOrThrow(Profile, args.profile ?? 'standard');
-  const store = new ImageStore(imagesDirOf(config));
   const started = performance.now();
   let lastStep = 0;
-  const result = await buildImage(store, {
-    profile,
-    force: args.force ?? false,
-    cacheDir: join(config.dataDir, 'cache'),
-    ...(process.env.WARREN_KERNEL_PACKAGE ? { kernelPackage: process.env.WARREN_KERNEL_PACKAGE } : {}),
-    ...(process.env.WARREN_DEBIAN_MIRROR ? { debianMirror: process.env.WARREN_DEBIAN_MIRROR } : {}),
-    onProgress: (p) => {
-      if (p.step !== lastStep) {
-        lastStep = p.step;
-        process.stderr.write(`[${p.step}/${p.steps}] ${p.title}\n`);
-      } else if (p.detail) process.stderr.write(`      ${p.detail.slice(0, 160)}\n`);
+  const result = await new HostAgentClient().buildImage(
+    { profile, force: args.force ?? false },
+    {
+      onProgress: (p) => {
+        if (p.step !== lastStep) {
+          lastStep = p.step;
+          process.stderr.write(`[${p.step}/${p.steps}] ${p.title}\n`);
+        } else if (p.detail) process.stderr.write(`      ${p.detail.slice(0, 160)}\n`);
+      },
     },
-  });
+  );
   const seconds = ((performance.now() - started) / 1000).toFixed(1);
   process.stderr.write(
     result.cached

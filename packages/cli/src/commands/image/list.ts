@@ -1,12 +1,10 @@
-import { imagesDirOf, loadConfig } from '@warren/host-agent';
-import { ImageStore } from '@warren/images';
+import { HostAgentClient } from '@warren/sdk';
 import { emit, table } from '../../output.ts';
 
-export const usage = 'warren image list [--json]';
+export const usage = 'warren image list [--json]   (asks the host agent on this machine; root)';
 
 export async function run(args: { json?: boolean }): Promise<number> {
-  const store = new ImageStore(imagesDirOf(loadConfig()));
-  const images = await store.list();
+  const images = await new HostAgentClient().listImages();
   emit(args.json ?? false, { images }, () =>
     table(
       images.map((i) => ({
