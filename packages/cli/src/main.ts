@@ -11,11 +11,16 @@
  */
 import { spawn } from 'node:child_process';
 import { accessSync, constants } from 'node:fs';
+import * as nodeModule from 'node:module';
 import { constants as osConstants } from 'node:os';
 import { delimiter, dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import cliPackage from '../package.json' with { type: 'json' };
+
+// V8 keeps the compiled code of the chunks this loads next (the SDK, zod) in the system's temp
+// directory, so a second `warren` skips compiling them (Node 22.1+; a no-op elsewhere).
+nodeModule.enableCompileCache?.();
 
 interface Command {
   usage: string;
