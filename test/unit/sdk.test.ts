@@ -1,7 +1,8 @@
 /**
  * The SDK against a small HTTP server in this file that plays the control plane: errors,
  * network failures, the exec NDJSON stream, operation polling and path encoding. The real
- * control plane is covered by the end-to-end tests.
+ * control plane is covered by the end-to-end tests. Every test runs twice: over node's global
+ * fetch, and over `nodeFetch`, the node:http transport the CLI uses.
  */
 import assert from 'node:assert/strict';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
@@ -10,14 +11,22 @@ import { Readable } from 'node:stream';
 import { after, before, beforeEach, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Operation, Tenant } from '@warren/protocol';
-import { WarrenClient, WarrenError } from '@warren/sdk';
+import { nodeFetch, WarrenClient, WarrenError } from '@warren/sdk';
 
 type Handler = (req: IncomingMessage, res: ServerResponse, body: Buffer) => unknown;
 
 let handler: Handler = (_req, res) => res.writeHead(500).end();
 const seen: { method: string; url: string; auth: string | undefined; body: Buffer }[] = [];
 let server: Server;
+let baseUrl = '';
 let warren: WarrenClient;
+
+const TRANSPORTS: { name: string; fetch: () => typeof fetch | undefined }[] = [
+  { name: 'global fetch', fetch: () => undefined },
+  { name: 'nodeFetch (the CLI)', fetch: () => nodeFetch() },
+];
+/** A client over the transport under test. */
+let client: (url: string, token: string) => WarrenClient = (url, token) => new WarrenClient({ url, token });
 
 before(async () => {
   server = createServer(async (req, res) => {
@@ -29,7 +38,7 @@ before(async () => {
   });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   const { port } = server.address() as AddressInfo;
-  warren = new WarrenClient({ url: `http://127.0.0.1:${port}/`, token: 'tok-123' });
+  baseUrl = `http://127.0.0.1:${port}/`;
 });
 after(
   () =>
@@ -76,261 +85,282 @@ const operation = (status: Operation['status'], error: Operation['error'] = null
   updatedAt: NOW,
 });
 
-describe('errors', () => {
-  test('an error body becomes a WarrenError with its code and message', async () => {
-    handler = (_req, res) =>
-      json(res, 409, { error: { code: 'NO_CAPACITY', message: 'no host has 64 vCPUs free', fix: 'x' } });
-    await assert.rejects(warren.tenants.create({ name: 'demo', vcpus: 64 }), (e) => {
-      assert.ok(e instanceof WarrenError);
-      assert.equal(e.code, 'NO_CAPACITY');
-      assert.equal(e.message, 'no host has 64 vCPUs free');
-      return true;
+for (const transport of TRANSPORTS) {
+  describe(transport.name, () => {
+    before(() => {
+      client = (url, token) => {
+        const f = transport.fetch();
+        return new WarrenClient({ url, token, ...(f ? { fetch: f } : {}) });
+      };
+      warren = client(baseUrl, 'tok-123');
     });
-    assert.equal(seen[0]!.auth, 'Bearer tok-123');
-    assert.deepEqual(JSON.parse(seen[0]!.body.toString()), { name: 'demo', vcpus: 64 });
-  });
 
-  test('a body that is not a Warren error falls back to a code from the HTTP status', async () => {
-    handler = (_req, res) => res.writeHead(502, { 'content-type': 'text/html' }).end('<h1>Bad Gateway</h1>');
-    await assert.rejects(warren.tenants.get('demo'), {
-      code: 'API_UNREACHABLE',
-      message: /HTTP 502.*Bad Gateway/,
+    describe('errors', () => {
+      test('an error body becomes a WarrenError with its code and message', async () => {
+        handler = (_req, res) =>
+          json(res, 409, { error: { code: 'NO_CAPACITY', message: 'no host has 64 vCPUs free', fix: 'x' } });
+        await assert.rejects(warren.tenants.create({ name: 'demo', vcpus: 64 }), (e) => {
+          assert.ok(e instanceof WarrenError);
+          assert.equal(e.code, 'NO_CAPACITY');
+          assert.equal(e.message, 'no host has 64 vCPUs free');
+          return true;
+        });
+        assert.equal(seen[0]!.auth, 'Bearer tok-123');
+        assert.deepEqual(JSON.parse(seen[0]!.body.toString()), { name: 'demo', vcpus: 64 });
+      });
+
+      test('a body that is not a Warren error falls back to a code from the HTTP status', async () => {
+        handler = (_req, res) =>
+          res.writeHead(502, { 'content-type': 'text/html' }).end('<h1>Bad Gateway</h1>');
+        await assert.rejects(warren.tenants.get('demo'), {
+          code: 'API_UNREACHABLE',
+          message: /HTTP 502.*Bad Gateway/,
+        });
+        handler = (_req, res) => res.writeHead(401).end();
+        await assert.rejects(warren.hosts.list(), { code: 'UNAUTHENTICATED' });
+      });
+
+      test('an unreachable URL gives API_UNREACHABLE naming the URL and the cause', async () => {
+        const probe = createServer();
+        await new Promise<void>((r) => probe.listen(0, '127.0.0.1', r));
+        const { port } = probe.address() as AddressInfo;
+        await new Promise<void>((r) => probe.close(() => r()));
+        const dead = client(`http://127.0.0.1:${port}`, 't');
+        await assert.rejects(dead.health(), (e) => {
+          assert.ok(e instanceof WarrenError);
+          assert.equal(e.code, 'API_UNREACHABLE');
+          assert.match(
+            e.message,
+            new RegExp(`cannot reach the Warren API at http://127\\.0\\.0\\.1:${port}: .*ECONNREFUSED`),
+          );
+          return true;
+        });
+      });
+
+      test('a response of the wrong shape is an INTERNAL error, not a crash later', async () => {
+        handler = (_req, res) => json(res, 200, { id: 'nope' });
+        await assert.rejects(warren.tenants.get('demo'), { code: 'INTERNAL', message: /unexpected shape/ });
+      });
+
+      test('requests are validated before they are sent', async () => {
+        await assert.rejects(warren.tenants.create({ name: 'Not A Name' }), { code: 'INVALID_ARGUMENT' });
+        assert.equal(seen.length, 0);
+      });
     });
-    handler = (_req, res) => res.writeHead(401).end();
-    await assert.rejects(warren.hosts.list(), { code: 'UNAUTHENTICATED' });
-  });
 
-  test('an unreachable URL gives API_UNREACHABLE naming the URL and the cause', async () => {
-    const probe = createServer();
-    await new Promise<void>((r) => probe.listen(0, '127.0.0.1', r));
-    const { port } = probe.address() as AddressInfo;
-    await new Promise<void>((r) => probe.close(() => r()));
-    const dead = new WarrenClient({ url: `http://127.0.0.1:${port}`, token: 't' });
-    await assert.rejects(dead.health(), (e) => {
-      assert.ok(e instanceof WarrenError);
-      assert.equal(e.code, 'API_UNREACHABLE');
-      assert.match(
-        e.message,
-        new RegExp(`cannot reach the Warren API at http://127\\.0\\.0\\.1:${port}: .*ECONNREFUSED`),
-      );
-      return true;
+    describe('paths', () => {
+      test('each name is one encoded path segment, so it cannot escape its collection', async () => {
+        handler = (_req, res) =>
+          json(res, 404, { error: { code: 'NOT_FOUND', message: 'no such tenant', fix: '' } });
+        await assert.rejects(warren.tenants.get('a/../b'), { code: 'NOT_FOUND' });
+        await assert.rejects(warren.tenants.stop('x?y#z'), { code: 'NOT_FOUND' });
+        await assert.rejects(warren.hosts.drain('a/b'), { code: 'NOT_FOUND' });
+        await assert.rejects(warren.keys.revoke('../hosts'), { code: 'NOT_FOUND' });
+        assert.deepEqual(
+          seen.map((s) => `${s.method} ${s.url}`),
+          [
+            'GET /v1/tenants/a%2F..%2Fb',
+            'POST /v1/tenants/x%3Fy%23z/stop',
+            'POST /v1/hosts/a%2Fb/drain',
+            'DELETE /v1/keys/..%2Fhosts',
+          ],
+        );
+      });
+
+      test('`.` and `..` are refused: URL parsers would collapse them', async () => {
+        for (const ref of ['..', '.', '']) {
+          await assert.rejects(warren.tenants.delete(ref), { code: 'INVALID_ARGUMENT' });
+        }
+        assert.equal(seen.length, 0);
+      });
+
+      test('query values are encoded', async () => {
+        handler = (_req, res) => json(res, 200, { tenants: [tenant()] });
+        const list = await warren.tenants.list({ state: 'running', host: 'h-1' });
+        assert.equal(list[0]!.name, 'demo');
+        handler = (_req, res) => res.writeHead(200).end('hi');
+        assert.equal((await warren.tenants.downloadBuffer('demo', '/tmp/a b&c=d')).toString(), 'hi');
+        assert.deepEqual(
+          seen.map((s) => s.url),
+          ['/v1/tenants?state=running&host=h-1', '/v1/tenants/demo/files?path=%2Ftmp%2Fa+b%26c%3Dd'],
+        );
+      });
     });
-  });
 
-  test('a response of the wrong shape is an INTERNAL error, not a crash later', async () => {
-    handler = (_req, res) => json(res, 200, { id: 'nope' });
-    await assert.rejects(warren.tenants.get('demo'), { code: 'INTERNAL', message: /unexpected shape/ });
-  });
+    describe('exec', () => {
+      const b64 = (s: string) => Buffer.from(s).toString('base64');
 
-  test('requests are validated before they are sent', async () => {
-    await assert.rejects(warren.tenants.create({ name: 'Not A Name' }), { code: 'INVALID_ARGUMENT' });
-    assert.equal(seen.length, 0);
-  });
-});
-
-describe('paths', () => {
-  test('each name is one encoded path segment, so it cannot escape its collection', async () => {
-    handler = (_req, res) =>
-      json(res, 404, { error: { code: 'NOT_FOUND', message: 'no such tenant', fix: '' } });
-    await assert.rejects(warren.tenants.get('a/../b'), { code: 'NOT_FOUND' });
-    await assert.rejects(warren.tenants.stop('x?y#z'), { code: 'NOT_FOUND' });
-    await assert.rejects(warren.hosts.drain('a/b'), { code: 'NOT_FOUND' });
-    await assert.rejects(warren.keys.revoke('../hosts'), { code: 'NOT_FOUND' });
-    assert.deepEqual(
-      seen.map((s) => `${s.method} ${s.url}`),
-      [
-        'GET /v1/tenants/a%2F..%2Fb',
-        'POST /v1/tenants/x%3Fy%23z/stop',
-        'POST /v1/hosts/a%2Fb/drain',
-        'DELETE /v1/keys/..%2Fhosts',
-      ],
-    );
-  });
-
-  test('`.` and `..` are refused: URL parsers would collapse them', async () => {
-    for (const ref of ['..', '.', '']) {
-      await assert.rejects(warren.tenants.delete(ref), { code: 'INVALID_ARGUMENT' });
-    }
-    assert.equal(seen.length, 0);
-  });
-
-  test('query values are encoded', async () => {
-    handler = (_req, res) => json(res, 200, { tenants: [tenant()] });
-    const list = await warren.tenants.list({ state: 'running', host: 'h-1' });
-    assert.equal(list[0]!.name, 'demo');
-    handler = (_req, res) => res.writeHead(200).end('hi');
-    assert.equal((await warren.tenants.downloadBuffer('demo', '/tmp/a b&c=d')).toString(), 'hi');
-    assert.deepEqual(
-      seen.map((s) => s.url),
-      ['/v1/tenants?state=running&host=h-1', '/v1/tenants/demo/files?path=%2Ftmp%2Fa+b%26c%3Dd'],
-    );
-  });
-});
-
-describe('exec', () => {
-  const b64 = (s: string) => Buffer.from(s).toString('base64');
-
-  /** Writes `text` in pieces of `size` bytes with pauses, so lines arrive split. */
-  async function dribble(res: ServerResponse, text: string, size: number) {
-    res.writeHead(200, { 'content-type': 'application/x-ndjson' });
-    for (let i = 0; i < text.length; i += size) {
-      res.write(text.slice(i, i + size));
-      await sleep(2);
-    }
-    res.end();
-  }
-
-  test('parses the NDJSON stream with lines split across chunks', async () => {
-    const stream = [
-      { stdout: b64('hello ') },
-      { stderr: b64('warn\n') },
-      { stdout: b64('world\n') },
-      { future: 'ignored' },
-      { exit: { exitCode: 3, signal: null, timedOut: false, durationMs: 12 } },
-    ]
-      .map((l) => JSON.stringify(l))
-      .join('\n');
-    handler = (_req, res) => dribble(res, `${stream}\n`, 5);
-    const out: Buffer[] = [];
-    const err: Buffer[] = [];
-    const exit = await warren.tenants.exec(
-      'demo',
-      { argv: ['sh', '-c', 'x'], stdin: Buffer.from('in') },
-      { onStdout: (b) => out.push(b), onStderr: (b) => err.push(b) },
-    );
-    assert.deepEqual(exit, { exitCode: 3, signal: null, timedOut: false, durationMs: 12 });
-    assert.equal(Buffer.concat(out).toString(), 'hello world\n');
-    assert.equal(Buffer.concat(err).toString(), 'warn\n');
-    assert.ok(out.every((b) => Buffer.isBuffer(b)));
-    assert.deepEqual(JSON.parse(seen[0]!.body.toString()), { argv: ['sh', '-c', 'x'], stdin: b64('in') });
-    assert.equal(seen[0]!.url, '/v1/tenants/demo/exec');
-  });
-
-  test('the last line may lack its newline', async () => {
-    handler = (_req, res) =>
-      dribble(
-        res,
-        JSON.stringify({ exit: { exitCode: 0, signal: null, timedOut: false, durationMs: 1 } }),
-        3,
-      );
-    assert.equal((await warren.tenants.exec('demo', { argv: ['true'] })).exitCode, 0);
-  });
-
-  test('an error line throws a WarrenError with its code', async () => {
-    const lines = `${JSON.stringify({ stdout: b64('partial') })}\n${JSON.stringify({
-      error: { code: 'HOST_UNAVAILABLE', message: 'host h1 stopped answering', fix: '' },
-    })}\n`;
-    handler = (_req, res) => dribble(res, lines, 4);
-    let out = '';
-    await assert.rejects(warren.tenants.exec('demo', { argv: ['true'] }, { onStdout: (b) => (out += b) }), {
-      code: 'HOST_UNAVAILABLE',
-      message: 'host h1 stopped answering',
-    });
-    assert.equal(out, 'partial');
-  });
-
-  test('a stream that ends without an exit line is an error', async () => {
-    handler = (_req, res) => dribble(res, `${JSON.stringify({ stdout: b64('x') })}\n`, 100);
-    await assert.rejects(warren.tenants.exec('demo', { argv: ['true'] }), { code: 'API_UNREACHABLE' });
-  });
-
-  test('aborting drops the stream and rejects with CONFLICT', async () => {
-    let closed = false;
-    handler = (req, res) => {
-      res.writeHead(200, { 'content-type': 'application/x-ndjson' });
-      res.write(`${JSON.stringify({ stdout: b64('started') })}\n`);
-      req.socket.once('close', () => (closed = true));
-    };
-    const abort = new AbortController();
-    await assert.rejects(
-      warren.tenants.exec(
-        'demo',
-        { argv: ['sleep', '60'] },
-        { onStdout: () => abort.abort(), signal: abort.signal },
-      ),
-      { code: 'CONFLICT' },
-    );
-    // The server sees the connection go, which is how it knows to kill the command.
-    while (!closed) await sleep(5);
-  });
-
-  test('an error answer before the stream starts is a WarrenError', async () => {
-    handler = (_req, res) =>
-      json(res, 409, { error: { code: 'TENANT_NOT_RUNNING', message: 'demo is stopped', fix: '' } });
-    await assert.rejects(warren.tenants.exec('demo', { argv: ['true'] }), { code: 'TENANT_NOT_RUNNING' });
-  });
-});
-
-describe('operations.wait', () => {
-  test('polls until the operation is done and reports the tenant state', async () => {
-    let polls = 0;
-    const states: string[] = [];
-    handler = (req, res) => {
-      if (req.url!.startsWith('/v1/operations/')) {
-        polls++;
-        return json(res, 200, operation(polls < 3 ? 'running' : 'succeeded'));
+      /** Writes `text` in pieces of `size` bytes with pauses, so lines arrive split. */
+      async function dribble(res: ServerResponse, text: string, size: number) {
+        res.writeHead(200, { 'content-type': 'application/x-ndjson' });
+        for (let i = 0; i < text.length; i += size) {
+          res.write(text.slice(i, i + size));
+          await sleep(2);
+        }
+        res.end();
       }
-      json(res, 200, tenant((['provisioning', 'starting', 'running'] as const)[polls - 1]));
-    };
-    const op = await warren.operations.wait('op_0123456789abcdef', {
-      intervalMs: 5,
-      onProgress: (p) => states.push(p.tenant!.state),
+
+      test('parses the NDJSON stream with lines split across chunks', async () => {
+        const stream = [
+          { stdout: b64('hello ') },
+          { stderr: b64('warn\n') },
+          { stdout: b64('world\n') },
+          { future: 'ignored' },
+          { exit: { exitCode: 3, signal: null, timedOut: false, durationMs: 12 } },
+        ]
+          .map((l) => JSON.stringify(l))
+          .join('\n');
+        handler = (_req, res) => dribble(res, `${stream}\n`, 5);
+        const out: Buffer[] = [];
+        const err: Buffer[] = [];
+        const exit = await warren.tenants.exec(
+          'demo',
+          { argv: ['sh', '-c', 'x'], stdin: Buffer.from('in') },
+          { onStdout: (b) => out.push(b), onStderr: (b) => err.push(b) },
+        );
+        assert.deepEqual(exit, { exitCode: 3, signal: null, timedOut: false, durationMs: 12 });
+        assert.equal(Buffer.concat(out).toString(), 'hello world\n');
+        assert.equal(Buffer.concat(err).toString(), 'warn\n');
+        assert.ok(out.every((b) => Buffer.isBuffer(b)));
+        assert.deepEqual(JSON.parse(seen[0]!.body.toString()), { argv: ['sh', '-c', 'x'], stdin: b64('in') });
+        assert.equal(seen[0]!.url, '/v1/tenants/demo/exec');
+      });
+
+      test('the last line may lack its newline', async () => {
+        handler = (_req, res) =>
+          dribble(
+            res,
+            JSON.stringify({ exit: { exitCode: 0, signal: null, timedOut: false, durationMs: 1 } }),
+            3,
+          );
+        assert.equal((await warren.tenants.exec('demo', { argv: ['true'] })).exitCode, 0);
+      });
+
+      test('an error line throws a WarrenError with its code', async () => {
+        const lines = `${JSON.stringify({ stdout: b64('partial') })}\n${JSON.stringify({
+          error: { code: 'HOST_UNAVAILABLE', message: 'host h1 stopped answering', fix: '' },
+        })}\n`;
+        handler = (_req, res) => dribble(res, lines, 4);
+        let out = '';
+        await assert.rejects(
+          warren.tenants.exec('demo', { argv: ['true'] }, { onStdout: (b) => (out += b) }),
+          {
+            code: 'HOST_UNAVAILABLE',
+            message: 'host h1 stopped answering',
+          },
+        );
+        assert.equal(out, 'partial');
+      });
+
+      test('a stream that ends without an exit line is an error', async () => {
+        handler = (_req, res) => dribble(res, `${JSON.stringify({ stdout: b64('x') })}\n`, 100);
+        await assert.rejects(warren.tenants.exec('demo', { argv: ['true'] }), { code: 'API_UNREACHABLE' });
+      });
+
+      test('aborting drops the stream and rejects with CONFLICT', async () => {
+        let closed = false;
+        handler = (req, res) => {
+          res.writeHead(200, { 'content-type': 'application/x-ndjson' });
+          res.write(`${JSON.stringify({ stdout: b64('started') })}\n`);
+          req.socket.once('close', () => (closed = true));
+        };
+        const abort = new AbortController();
+        await assert.rejects(
+          warren.tenants.exec(
+            'demo',
+            { argv: ['sleep', '60'] },
+            { onStdout: () => abort.abort(), signal: abort.signal },
+          ),
+          { code: 'CONFLICT' },
+        );
+        // The server sees the connection go, which is how it knows to kill the command.
+        while (!closed) await sleep(5);
+      });
+
+      test('an error answer before the stream starts is a WarrenError', async () => {
+        handler = (_req, res) =>
+          json(res, 409, { error: { code: 'TENANT_NOT_RUNNING', message: 'demo is stopped', fix: '' } });
+        await assert.rejects(warren.tenants.exec('demo', { argv: ['true'] }), { code: 'TENANT_NOT_RUNNING' });
+      });
     });
-    assert.equal(op.status, 'succeeded');
-    assert.equal(polls, 3);
-    assert.deepEqual(states, ['provisioning', 'starting', 'running']);
-  });
 
-  test('a failed operation throws its error code', async () => {
-    let polls = 0;
-    handler = (_req, res) =>
-      json(
-        res,
-        200,
-        ++polls < 2
-          ? operation('running')
-          : operation('failed', { code: 'VM_BOOT_FAILED', message: 'the guest did not boot in 120 s' }),
-      );
-    await assert.rejects(warren.operations.wait('op_0123456789abcdef', { intervalMs: 5 }), {
-      code: 'VM_BOOT_FAILED',
-      message: /create of tenant demo failed: the guest did not boot/,
+    describe('operations.wait', () => {
+      test('polls until the operation is done and reports the tenant state', async () => {
+        let polls = 0;
+        const states: string[] = [];
+        handler = (req, res) => {
+          if (req.url!.startsWith('/v1/operations/')) {
+            polls++;
+            return json(res, 200, operation(polls < 3 ? 'running' : 'succeeded'));
+          }
+          json(res, 200, tenant((['provisioning', 'starting', 'running'] as const)[polls - 1]));
+        };
+        const op = await warren.operations.wait('op_0123456789abcdef', {
+          intervalMs: 5,
+          onProgress: (p) => states.push(p.tenant!.state),
+        });
+        assert.equal(op.status, 'succeeded');
+        assert.equal(polls, 3);
+        assert.deepEqual(states, ['provisioning', 'starting', 'running']);
+      });
+
+      test('a failed operation throws its error code', async () => {
+        let polls = 0;
+        handler = (_req, res) =>
+          json(
+            res,
+            200,
+            ++polls < 2
+              ? operation('running')
+              : operation('failed', { code: 'VM_BOOT_FAILED', message: 'the guest did not boot in 120 s' }),
+          );
+        await assert.rejects(warren.operations.wait('op_0123456789abcdef', { intervalMs: 5 }), {
+          code: 'VM_BOOT_FAILED',
+          message: /create of tenant demo failed: the guest did not boot/,
+        });
+        assert.equal(polls, 2);
+      });
+
+      test('gives up with TIMEOUT after timeoutMs', async () => {
+        handler = (_req, res) => json(res, 200, operation('running'));
+        await assert.rejects(
+          warren.operations.wait('op_0123456789abcdef', { intervalMs: 10, timeoutMs: 50 }),
+          {
+            code: 'TIMEOUT',
+          },
+        );
+      });
     });
-    assert.equal(polls, 2);
-  });
 
-  test('gives up with TIMEOUT after timeoutMs', async () => {
-    handler = (_req, res) => json(res, 200, operation('running'));
-    await assert.rejects(warren.operations.wait('op_0123456789abcdef', { intervalMs: 10, timeoutMs: 50 }), {
-      code: 'TIMEOUT',
+    describe('files', () => {
+      test('upload streams a Node stream and download returns one', async () => {
+        handler = (_req, res, body) => json(res, 201, { path: '/data/x', bytes: body.length });
+        const written = await warren.tenants.upload(
+          'demo',
+          '/data/x',
+          Readable.from([Buffer.from('ab'), Buffer.from('cd')]),
+        );
+        assert.deepEqual(written, { path: '/data/x', bytes: 4 });
+        assert.equal(seen[0]!.body.toString(), 'abcd');
+        assert.equal(seen[0]!.method, 'PUT');
+
+        handler = (_req, res) =>
+          res.writeHead(200, { 'content-type': 'application/octet-stream' }).end('file data');
+        const stream = await warren.tenants.download('demo', '/data/x');
+        let text = '';
+        for await (const c of stream) text += c;
+        assert.equal(text, 'file data');
+      });
+
+      test('relative paths and `..` are refused before sending', async () => {
+        await assert.rejects(warren.tenants.upload('demo', 'rel', Buffer.from('x')), {
+          code: 'INVALID_ARGUMENT',
+        });
+        await assert.rejects(warren.tenants.download('demo', '/a/../etc/shadow'), {
+          code: 'INVALID_ARGUMENT',
+        });
+        assert.equal(seen.length, 0);
+      });
     });
   });
-});
-
-describe('files', () => {
-  test('upload streams a Node stream and download returns one', async () => {
-    handler = (_req, res, body) => json(res, 201, { path: '/data/x', bytes: body.length });
-    const written = await warren.tenants.upload(
-      'demo',
-      '/data/x',
-      Readable.from([Buffer.from('ab'), Buffer.from('cd')]),
-    );
-    assert.deepEqual(written, { path: '/data/x', bytes: 4 });
-    assert.equal(seen[0]!.body.toString(), 'abcd');
-    assert.equal(seen[0]!.method, 'PUT');
-
-    handler = (_req, res) =>
-      res.writeHead(200, { 'content-type': 'application/octet-stream' }).end('file data');
-    const stream = await warren.tenants.download('demo', '/data/x');
-    let text = '';
-    for await (const c of stream) text += c;
-    assert.equal(text, 'file data');
-  });
-
-  test('relative paths and `..` are refused before sending', async () => {
-    await assert.rejects(warren.tenants.upload('demo', 'rel', Buffer.from('x')), {
-      code: 'INVALID_ARGUMENT',
-    });
-    await assert.rejects(warren.tenants.download('demo', '/a/../etc/shadow'), { code: 'INVALID_ARGUMENT' });
-    assert.equal(seen.length, 0);
-  });
-});
+}
