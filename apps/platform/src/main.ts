@@ -6,31 +6,28 @@
  */
 import { parseArgs } from 'node:util';
 import { reportError } from '@warren/cli/output';
+import { isPlatformCommand, PLATFORM_COMMANDS, type PlatformCommand } from '@warren/cli/platform-commands';
 import { WarrenError } from '@warren/protocol';
 import * as up from './up.ts';
 
-const COMMANDS: Record<string, { usage: string; run: (args: never, operands: string[]) => Promise<number> }> =
-  {
-    up: { usage: up.usage, run: (args, operands) => up.run(args, [], operands) },
-    'control-plane': {
-      usage: 'warren control-plane   (runs the control plane daemon in the foreground)',
-      run: async () => {
-        const { runControlPlane } = await import('@warren/control-plane/daemon');
-        await runControlPlane();
-        return new Promise<number>(() => {});
-      },
-    },
-    'host-agent': {
-      usage: 'warren host-agent   (runs the host agent daemon in the foreground)',
-      run: async () => {
-        const { runHostAgent } = await import('@warren/host-agent/daemon');
-        await runHostAgent();
-        return new Promise<number>(() => {});
-      },
-    },
-  };
+type Run = (args: never, operands: string[]) => Promise<number>;
 
-export const usages = Object.values(COMMANDS).map((c) => c.usage);
+/** Each runs until its daemon stops the process (SIGTERM, SIGINT). */
+const RUN: Record<PlatformCommand, Run> = {
+  up: (args, operands) => up.run(args, [], operands),
+  'control-plane': async () => {
+    const { runControlPlane } = await import('@warren/control-plane/daemon');
+    await runControlPlane();
+    return new Promise<number>(() => {});
+  },
+  'host-agent': async () => {
+    const { runHostAgent } = await import('@warren/host-agent/daemon');
+    await runHostAgent();
+    return new Promise<number>(() => {});
+  },
+};
+
+const usages = Object.values(PLATFORM_COMMANDS);
 
 async function main(argv: string[]): Promise<number> {
   const json = argv.includes('--json');
@@ -46,24 +43,22 @@ async function main(argv: string[]): Promise<number> {
         profile: { type: 'string' },
       },
     });
-    const command = COMMANDS[positionals[0] ?? ''];
-    if (!command) {
+    const word = positionals[0];
+    if (!isPlatformCommand(word)) {
       process.stderr.write(`usage:\n${usages.map((u) => `  ${u}`).join('\n')}\n`);
       return values.help ? 0 : 2;
     }
+    const usage = PLATFORM_COMMANDS[word];
     if (values.help) {
-      process.stderr.write(`usage: ${command.usage}\n`);
+      process.stderr.write(`usage: ${usage}\n`);
       return 0;
     }
     for (const option of Object.keys(values)) {
-      if (!['json', 'verbose'].includes(option) && !command.usage.includes(`--${option}`)) {
-        throw new WarrenError(
-          'INVALID_ARGUMENT',
-          `--${option} is not an option here; usage: ${command.usage}`,
-        );
+      if (!['json', 'verbose'].includes(option) && !usage.includes(`--${option}`)) {
+        throw new WarrenError('INVALID_ARGUMENT', `--${option} is not an option here; usage: ${usage}`);
       }
     }
-    return await command.run(values as never, positionals.slice(1));
+    return await RUN[word](values as never, positionals.slice(1));
   } catch (e) {
     const code = (e as { code?: unknown })?.code;
     const err =

@@ -4,13 +4,13 @@ import { fileURLToPath } from 'node:url';
 import { noOperands } from '@warren/cli/args';
 import { type LocalFiles, localFiles, readLocalUrl } from '@warren/cli/connection';
 import { emit } from '@warren/cli/output';
+import { PLATFORM_COMMANDS } from '@warren/cli/platform-commands';
 import { buildHostImage, imagesDirOf, loadConfig } from '@warren/host-agent';
 import { ImageStore } from '@warren/images';
 import { Profile, parseOrThrow } from '@warren/protocol';
 import { WarrenClient } from '@warren/sdk';
 
-export const usage =
-  'warren up [--profile minimal|standard] [--json]   (runs the control plane and a host agent on this machine in the foreground)';
+const usage = PLATFORM_COMMANDS.up;
 
 /** The daemons' entry points, each of which runs its daemon when it is the main module. */
 const DAEMONS = {

@@ -17,6 +17,7 @@ import { delimiter, dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import cliPackage from '../package.json' with { type: 'json' };
+import { isPlatformCommand, PLATFORM_COMMANDS } from './platform-commands.ts';
 
 // V8 keeps the compiled code of the chunks this loads next (the SDK, zod) in the system's temp
 // directory, so a second `warren` skips compiling them (Node 22.1+; a no-op elsewhere).
@@ -49,13 +50,6 @@ const COMMANDS: Record<string, () => Promise<Command>> = {
   'image build': () => import('./commands/image/build.ts'),
   'image list': () => import('./commands/image/list.ts'),
   'vm run': () => import('./commands/vm/run.ts'),
-};
-
-/** Commands `warren-platform` (apps/platform) runs; `warren up --help` shows each one's options. */
-const PLATFORM_COMMANDS: Record<string, string> = {
-  up: 'warren up [--profile minimal|standard] [--json]   (runs the control plane and a host agent on this machine in the foreground)',
-  'control-plane': 'warren control-plane   (runs the control plane daemon in the foreground)',
-  'host-agent': 'warren host-agent   (runs the host agent daemon in the foreground)',
 };
 
 /** Options every command takes, whether or not its usage line shows them. */
@@ -174,7 +168,7 @@ async function main(argv: string[]): Promise<number> {
       else process.stdout.write(`warren ${cliPackage.version}\n`);
       return 0;
     }
-    if (positionals[0] !== undefined && PLATFORM_COMMANDS[positionals[0]]) return await runPlatform(argv);
+    if (isPlatformCommand(positionals[0])) return await runPlatform(argv);
     const two = positionals.slice(0, 2).join(' ');
     const words = COMMANDS[two] ? 2 : 1;
     const load = COMMANDS[two] ?? COMMANDS[positionals[0] ?? ''];
