@@ -92,7 +92,7 @@ describe('warren CLI', { timeout: 600_000 }, () => {
     assert.match(r.stderr, /fix:/);
   });
 
-  test('warren up runs the control plane and a host agent until SIGTERM', async () => {
+  test('warren up --profile finds (or builds) that image, then runs both daemons until SIGTERM', async () => {
     await stop(agent);
     const upDir = await mkdtemp(join(tmpdir(), 'wt-up-'));
     const port = await new Promise<number>((resolve) => {
@@ -108,7 +108,10 @@ describe('warren CLI', { timeout: 600_000 }, () => {
       WARREN_AGENT_LISTEN: '127.0.0.1:0',
       WARREN_HOST_NAME: 'up-host',
     };
-    const up = spawn(WARREN, ['up', '--json'], { env: upEnv, stdio: ['ignore', 'pipe', 'pipe'] });
+    const up = spawn(WARREN, ['up', '--profile', 'minimal', '--json'], {
+      env: upEnv,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     let stdout = '';
     let stderr = '';
     up.stdout!.on('data', (b) => (stdout += b));
@@ -116,6 +119,8 @@ describe('warren CLI', { timeout: 600_000 }, () => {
     try {
       await until('warren up prints its URL', async () => stdout.includes('"url"'), 120_000);
       assert.equal(JSON.parse(stdout).url, `http://127.0.0.1:${port}`);
+      // The test image's recipe is built already: a cache hit, named before the daemons start.
+      assert.match(stderr, /default image \(minimal\) sha256:[0-9a-f]{64} \(cached\)/);
       // The CLI finds the local control plane and admin token by itself, and the agent joined.
       const cli = (...args: string[]) =>
         new Promise<{ code: number; out: string }>((resolve) =>
