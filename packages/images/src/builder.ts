@@ -1,4 +1,4 @@
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { WarrenError } from '@warren/protocol';
@@ -55,7 +55,43 @@ export interface BuildResult {
 const KERNEL_CMDLINE =
   'root=/dev/vda rw panic=-1 reboot=t i8042.noaux i8042.nomux i8042.nopnp quiet loglevel=4';
 
+/** Umask bits that take read access from group or others. */
+const UNREADABLE_BITS = 0o044;
+
+/**
+ * This process's umask, read without changing it. `process.umask()` reads it by setting it to 0
+ * and back, a window in which libuv's threads may create files with any mode (hence Node's
+ * deprecation DEP0139); Linux shows it in /proc/self/status (since 4.7), and only older kernels
+ * fall back to that.
+ */
+export function currentUmask(): number {
+  try {
+    const m = /^Umask:\s*([0-7]+)$/m.exec(readFileSync('/proc/self/status', 'utf8'));
+    if (m) return Number.parseInt(m[1]!, 8);
+  } catch {
+    // No /proc: fall through.
+  }
+  return process.umask();
+}
+
+/**
+ * Refuses to build under a umask that takes read access from group or others: the files the
+ * build and its tools (debootstrap, dpkg, mkfs.ext4 -d) create keep their modes in the guest,
+ * whose unprivileged user could then not even run /bin/sh.
+ */
+function checkUmask(): void {
+  const umask = currentUmask();
+  if (umask & UNREADABLE_BITS) {
+    const octal = umask.toString(8).padStart(4, '0');
+    throw new WarrenError(
+      'IMAGE_BUILD_FAILED',
+      `refusing to build an image under umask ${octal}: the guest's files would keep the modes it gives (e.g. /usr readable by root only) and its agent user could not run them; build under umask 0022 (\`umask 022\`, or through the host agent, which builds in a process of its own under 0022)`,
+    );
+  }
+}
+
 export async function buildImage(store: ImageStore, options: BuildOptions): Promise<BuildResult> {
+  checkUmask();
   const steps = 6;
   const progress = (step: number, title: string, detail?: string) =>
     options.onProgress?.({ step, steps, title, ...(detail === undefined ? {} : { detail }) });
