@@ -19,8 +19,8 @@ const SHARED_BITS = 0o077;
 
 /**
  * The daemon's umask, for files made by it and by what it starts (qemu-img, mkfs, QEMU). Set by
- * the daemon only (main.ts), not by `openHost`: a process that also builds images (a test, the
- * CLI) would otherwise copy 0700 modes into the guest's root filesystem.
+ * the daemon only (main.ts), not by `openHost`. Image builds, whose files keep their modes in
+ * the guest's root filesystem, run in a child process under 022 (images.ts).
  */
 export function setAgentUmask(): void {
   process.umask(AGENT_UMASK);
