@@ -8,8 +8,11 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # debootstrap: the standard profile; procps: pgrep in tests; tini: a reaping init for daemons;
 # iproute2 and nftables: tenant networks (TAP devices, the firewall) and their namespaced tests;
 # mount, util-linux (unshare, pivot_root, setpriv, prlimit) and perl-base: the QEMU jail;
-# chromium: the browser test of dashboard isolation (driven by playwright-core, never a download).
-packages=(qemu-system-x86 qemu-utils mount util-linux perl-base e2fsprogs busybox-static cpio kmod debootstrap procps tini ca-certificates iproute2 nftables chromium)
+# chromium: the browser test of dashboard isolation (driven by playwright-core, never a download);
+# libvirt-daemon, its QEMU driver and virsh: the libvirt VMM driver (WARREN_VMM=libvirt) and its
+# tests (libxml2-utils: xmllint, which virt-xml-validate runs to check the driver's domain XML). Not libvirt-daemon-system, which pulls in systemd: apps/host-agent/src/vmm/libvirt/
+# starts the daemons itself when nothing else runs them.
+packages=(qemu-system-x86 qemu-utils mount util-linux perl-base e2fsprogs busybox-static cpio kmod debootstrap procps tini ca-certificates iproute2 nftables chromium libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libxml2-utils)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
