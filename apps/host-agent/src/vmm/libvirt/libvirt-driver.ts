@@ -1,6 +1,6 @@
-import { chmod, chown, readFile, rm, writeFile } from 'node:fs/promises';
+import { chmod, chown, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { connect, type Socket } from 'node:net';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { run } from '@warren/images';
 import { WarrenError } from '@warren/protocol';
@@ -79,6 +79,8 @@ export class LibvirtDriver implements VmmDriver {
     // A domain of ours under this name that no one re-attached to is a leftover: it goes.
     const stale = await this.#ownDomain(name, spec.dir);
     if (stale) await this.virsh.run(['destroy', name]).catch(() => {});
+    for (const file of [spec.rootDisk, spec.dataDisk, spec.image.kernelPath, spec.image.rootfsPath])
+      await assertReachable(file, ids.uid);
     for (const disk of [spec.rootDisk, spec.dataDisk]) {
       await chown(disk, ids.uid, ids.gid);
       await chmod(disk, 0o600);
@@ -275,6 +277,24 @@ function describeExit(
       ? 'QEMU ended without a shutdown (killed or crashed; libvirt: Stopped Failed)'
       : `QEMU process vanished (libvirt: ${event ? `${event.event} ${event.detail}` : 'no event'})`;
   return { code: null, signal: null, reason: log ? `${why}; last log lines: ${log}` : why, graceful: false };
+}
+
+/**
+ * libvirt hands QEMU its disks, kernel and initrd by path, and QEMU opens them as the VM's uid:
+ * every directory above them must let that uid through (search permission for others, since
+ * each VM has a uid and group of its own). A clear error here beats libvirt's "Permission denied".
+ */
+async function assertReachable(file: string, uid: number): Promise<void> {
+  for (let dir = dirname(file); ; dir = dirname(dir)) {
+    const s = await stat(dir);
+    if (!(s.mode & 0o001) && s.uid !== uid) {
+      throw new WarrenError(
+        'HOST_UNSUPPORTED',
+        `libvirt runs each VM's QEMU as its own uid, which cannot pass ${dir} (mode ${(s.mode & 0o777).toString(8)}) to reach ${file}: run chmod o+x ${dir}`,
+      );
+    }
+    if (dir === '/') return;
+  }
 }
 
 /** The pid of domain `name`'s QEMU, from libvirtd's pid file, checked against the process's command line. */
