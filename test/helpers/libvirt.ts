@@ -2,15 +2,15 @@ import { existsSync } from 'node:fs';
 import {
   domainPrefix,
   ensureLibvirtd,
-  type StartedDaemon,
-  stopDaemons,
+  type StartedLibvirt,
+  stopLibvirt,
   Virsh,
 } from '../../apps/host-agent/src/vmm/libvirt/index.ts';
 
 export interface TestLibvirt {
   virsh: Virsh;
-  /** What this helper started (nothing when a libvirtd already answered). */
-  started: StartedDaemon[];
+  /** What this helper started or wrote (nothing when a libvirtd already answered). */
+  started: StartedLibvirt;
   /** Names of the running domains of an agent's `vms/` directory. */
   domainsOf(vmsDir: string): Promise<string[]>;
   /** Stops, by pid, only what this helper started. */
@@ -28,7 +28,8 @@ export function libvirtSkipReason(): string | undefined {
 
 /**
  * libvirtd for a test file: the one already running if it answers, otherwise one started here
- * (virtlogd and libvirtd under tini, see daemon.ts) and stopped by `stop()` at the end.
+ * (virtlogd and libvirtd under tini, see daemon.ts) and stopped by `stop()` at the end, which
+ * also removes the qemu.conf it wrote on a host that had none.
  */
 export async function startLibvirtForTests(): Promise<TestLibvirt> {
   const virsh = new Virsh();
@@ -40,6 +41,6 @@ export async function startLibvirtForTests(): Promise<TestLibvirt> {
       const names = (await virsh.run(['list', '--all', '--name'])).split('\n').map((l) => l.trim());
       return names.filter((n) => n.startsWith(domainPrefix(vmsDir)));
     },
-    stop: () => stopDaemons(started),
+    stop: () => stopLibvirt(started),
   };
 }

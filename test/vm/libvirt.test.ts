@@ -5,6 +5,7 @@
  * and whatever libvirt daemon this file started is stopped. (G1's contract suite takes these over.)
  */
 import assert from 'node:assert/strict';
+import { existsSync } from 'node:fs';
 import { chmod, mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -18,7 +19,7 @@ import {
   type VmLaunchSpec,
 } from '@warren/host-agent';
 import { ImageStore, run } from '@warren/images';
-import { LibvirtDriver } from '../../apps/host-agent/src/vmm/libvirt/index.ts';
+import { domainName, LibvirtDriver } from '../../apps/host-agent/src/vmm/libvirt/index.ts';
 import { collect } from '../helpers/host.ts';
 import { minimalImage, TEST_IMAGES_DIR } from '../helpers/image.ts';
 import { libvirtSkipReason, startLibvirtForTests, type TestLibvirt } from '../helpers/libvirt.ts';
@@ -59,6 +60,9 @@ describe('libvirt driver', { timeout: 900_000, skip }, () => {
       for (const name of left) await libvirt.virsh.run(['destroy', name]).catch(() => {});
       await libvirt.stop();
       assert.deepEqual(left, [], 'every domain of this test ended with its test');
+      for (const d of libvirt.started.daemons)
+        await until(`${d.name} (pid ${d.pid}) is gone`, () => !existsSync(`/proc/${d.pid}`), 10_000);
+      if (libvirt.started.wroteConfig) assert.equal(existsSync(libvirt.started.wroteConfig), false);
     }
     for (const c of cgroups) await c.remove().catch(() => {});
     if (root) await rm(root, { recursive: true, force: true });
@@ -160,6 +164,10 @@ describe('libvirt driver', { timeout: 900_000, skip }, () => {
     assert.match(await readFile(join(spec.dir, 'console.log'), 'utf8'), /\S/);
   });
 
+  test('starting libvirt is idempotent: with libvirtd answering, a second call starts and writes nothing', async () => {
+    assert.deepEqual(await driver.ensureDaemon(), { daemons: [] });
+  });
+
   test('a guest power-off is reported as such', { timeout: 180_000 }, async () => {
     const spec = await newVm('vm-off');
     const vm = await launch(spec);
@@ -179,7 +187,10 @@ describe('libvirt driver', { timeout: 900_000, skip }, () => {
     vm.kill();
     let exit = await vm.exited;
     assert.deepEqual([exit.reason, exit.graceful], ['killed by the host (SIGKILL)', false]);
-    await until('the domain is gone', async () => (await libvirt!.domainsOf(vmsDir)).length === 0);
+    await until(
+      'the domain is gone',
+      async () => !(await libvirt!.domainsOf(vmsDir)).includes(domainName(spec)),
+    );
 
     vm = await launch(spec);
     process.kill(vm.pid, 'SIGKILL');

@@ -1,6 +1,7 @@
 import { spawn } from 'node:child_process';
 import { closeSync, openSync } from 'node:fs';
-import { access, mkdir, readFile } from 'node:fs/promises';
+import { access, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { dirname } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { run } from '@warren/images';
 import { WarrenError } from '@warren/protocol';
@@ -21,6 +22,29 @@ export interface StartedDaemon {
   pid: number;
 }
 
+/** What ensureLibvirtd started or wrote: nothing at all when a libvirtd already answered. */
+export interface StartedLibvirt {
+  daemons: StartedDaemon[];
+  /** QEMU_CONF, when this call wrote it (the host had none). */
+  wroteConfig?: string;
+}
+
+/** libvirtd's QEMU driver configuration; written only where none exists (see QEMU_CONF_TEXT). */
+export const QEMU_CONF = '/etc/libvirt/qemu.conf';
+/**
+ * Sets only the user libvirtd probes QEMU as and runs unlabelled domains as. With Debian's
+ * default (libvirt-qemu) and a /dev/kvm that user cannot open, libvirt 9.0 finds its cached QEMU
+ * capabilities "probed with KVM, KVM not available now" at every lookup and probes again: each
+ * `virsh create` took ~10 s instead of ~0.35 s (measured here). Warren's domains never run as this
+ * user: each carries a static label with its VM's own uid (domain-xml.ts).
+ */
+const QEMU_CONF_TEXT = `# Written by Warren (apps/host-agent/src/vmm/libvirt/daemon.ts) because this host had none.
+# Warren's domains run as their VM's own uid (a static DAC label in each domain's XML); this user
+# is the one libvirtd probes QEMU's capabilities as, and it must be able to open /dev/kvm.
+user = "root"
+group = "root"
+`;
+
 export interface EnsureLibvirtdOptions {
   virsh: Virsh;
   log?: (message: string) => void;
@@ -34,15 +58,15 @@ export interface EnsureLibvirtdOptions {
  *    (libvirtd will not start without it), /var/log/libvirt, `virtlogd -d` unless one runs, and
  *    `tini -s -- libvirtd` in its own session (tini reaps the QEMUs libvirtd daemonizes at once;
  *    under a slow PID 1 every destroy would wait ~1.7 s for the reap).
- * No configuration file is written: each domain carries its own DAC label (domain-xml.ts), so
- * libvirtd's qemu.conf (absent on such a host; the operator's where present) keeps its defaults.
+ * and, only where the host has no /etc/libvirt/qemu.conf at all, one that makes libvirtd probe
+ * QEMU as root (QEMU_CONF_TEXT says why); an operator's file is never touched.
  * Returns what it started, for tests to stop; the host agent leaves them running (its VMs run
  * in them, and outlive it).
  */
-export async function ensureLibvirtd(options: EnsureLibvirtdOptions): Promise<StartedDaemon[]> {
+export async function ensureLibvirtd(options: EnsureLibvirtdOptions): Promise<StartedLibvirt> {
   const { virsh, log } = options;
   const first = await answers(virsh);
-  if (first === true) return [];
+  if (first === true) return { daemons: [] };
   const unreachable = (why: string) =>
     new WarrenError(
       'HOST_UNSUPPORTED',
@@ -61,8 +85,16 @@ export async function ensureLibvirtd(options: EnsureLibvirtdOptions): Promise<St
     throw unreachable('a libvirtd runs but does not answer: see its log, or restart it');
   }
   const started: StartedDaemon[] = [];
+  let wroteConfig: string | undefined;
   try {
     await ensureQemuUser();
+    await mkdir(dirname(QEMU_CONF), { recursive: true });
+    // 'wx': never over an operator's file, even one that appeared since the check.
+    if (!(await exists(QEMU_CONF))) {
+      await writeFile(QEMU_CONF, QEMU_CONF_TEXT, { mode: 0o644, flag: 'wx' });
+      wroteConfig = QEMU_CONF;
+      log?.(`wrote ${QEMU_CONF} (this host had none): QEMU capability probes run as root`);
+    }
     await mkdir('/var/log/libvirt/qemu', { recursive: true });
     await mkdir('/var/lib/libvirt', { recursive: true });
     await mkdir('/run/libvirt', { recursive: true });
@@ -88,20 +120,24 @@ export async function ensureLibvirtd(options: EnsureLibvirtdOptions): Promise<St
     const deadline = Date.now() + START_TIMEOUT_MS;
     for (;;) {
       const ok = await answers(virsh);
-      if (ok === true) return started;
+      if (ok === true) return { daemons: started, ...(wroteConfig ? { wroteConfig } : {}) };
       if (child.exitCode !== null || Date.now() > deadline)
         throw new Error(`libvirtd did not answer within ${START_TIMEOUT_MS} ms: ${ok}`);
       await sleep(100);
     }
   } catch (e) {
-    await stopDaemons(started);
+    await stopLibvirt({ daemons: started, ...(wroteConfig ? { wroteConfig } : {}) });
     throw unreachable(`starting it failed: ${(e as Error).message}; see ${LIBVIRTD_LOG}`);
   }
 }
 
-/** Stops daemons that ensureLibvirtd started, by pid, each after checking the pid is still that daemon. */
-export async function stopDaemons(started: StartedDaemon[]): Promise<void> {
-  for (const d of [...started].reverse()) {
+/**
+ * Undoes what ensureLibvirtd did (tests; the host agent leaves libvirtd running for its VMs):
+ * stops the daemons it started, by pid, each after checking the pid is still that daemon, and
+ * removes the qemu.conf it wrote if it still holds what it wrote.
+ */
+export async function stopLibvirt(started: StartedLibvirt): Promise<void> {
+  for (const d of [...started.daemons].reverse()) {
     const comm = d.name === 'libvirtd' ? 'tini' : 'virtlogd';
     if ((await commOf(d.pid)) !== comm) continue;
     try {
@@ -112,6 +148,8 @@ export async function stopDaemons(started: StartedDaemon[]): Promise<void> {
     const deadline = Date.now() + 15_000;
     while ((await commOf(d.pid)) === comm && Date.now() < deadline) await sleep(50);
   }
+  if (started.wroteConfig && (await readFile(started.wroteConfig, 'utf8').catch(() => '')) === QEMU_CONF_TEXT)
+    await rm(started.wroteConfig, { force: true });
 }
 
 async function answers(virsh: Virsh): Promise<true | string> {

@@ -8,7 +8,7 @@ import { VirtioSerialTransport } from '../../guest/transport.ts';
 import { writeCappedLog } from '../console-log.ts';
 import type { RunningVm, VmExit, VmLaunchSpec, VmmDriver } from '../driver.ts';
 import { LIBVIRT_CONFINEMENT } from './confinement.ts';
-import { ensureLibvirtd, type StartedDaemon } from './daemon.ts';
+import { ensureLibvirtd, type StartedLibvirt } from './daemon.ts';
 import { domainName, domainXml, LIBVIRT_FILES, metadataDir } from './domain-xml.ts';
 import { type LifecycleEvent, LifecycleEvents, Virsh, VirshError } from './virsh.ts';
 
@@ -57,7 +57,7 @@ export class LibvirtDriver implements VmmDriver {
    * Makes sure libvirtd answers, starting it (and virtlogd) when this host runs none; see
    * daemon.ts. Call once before the first launch or attach; returns what it started.
    */
-  ensureDaemon(): Promise<StartedDaemon[]> {
+  ensureDaemon(): Promise<StartedLibvirt> {
     return ensureLibvirtd({ virsh: this.virsh, ...(this.#options.log ? { log: this.#options.log } : {}) });
   }
 
