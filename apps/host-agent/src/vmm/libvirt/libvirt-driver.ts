@@ -7,7 +7,7 @@ import { WarrenError } from '@warren/protocol';
 import { VirtioSerialTransport } from '../../guest/transport.ts';
 import { writeCappedLog } from '../console-log.ts';
 import type { RunningVm, VmExit, VmLaunchSpec, VmmDriver } from '../driver.ts';
-import { LIBVIRT_CONFINEMENT } from './confinement.ts';
+import { LIBVIRT_CAPABILITIES, LIBVIRT_CONFINEMENT } from './confinement.ts';
 import { ensureLibvirtd, type StartedLibvirt } from './daemon.ts';
 import { domainName, domainXml, LIBVIRT_FILES, metadataDir } from './domain-xml.ts';
 import { type LifecycleEvent, LifecycleEvents, Virsh, VirshError } from './virsh.ts';
@@ -42,10 +42,21 @@ const EVENT_GRACE_MS = 2_000;
 export class LibvirtDriver implements VmmDriver {
   readonly name = 'libvirt';
   readonly confinement = LIBVIRT_CONFINEMENT;
+  readonly capabilities = LIBVIRT_CAPABILITIES;
   readonly virsh: Virsh;
   readonly #options: LibvirtDriverOptions;
   readonly #events: LifecycleEvents;
   #hostTscKHz: number | undefined;
+
+  /**
+   * The driver, once libvirtd answers (started here when the host runs none, see daemon.ts): what
+   * the host agent calls for WARREN_VMM=libvirt, before it re-attaches to running VMs.
+   */
+  static async open(options: LibvirtDriverOptions): Promise<LibvirtDriver> {
+    const driver = new LibvirtDriver(options);
+    await driver.ensureDaemon();
+    return driver;
+  }
 
   constructor(options: LibvirtDriverOptions) {
     this.#options = options;
