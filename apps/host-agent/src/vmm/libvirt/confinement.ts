@@ -10,15 +10,16 @@ export const LIBVIRT_CONFINEMENT = {
   provides: [
     "QEMU runs as the VM's own uid/gid (a static DAC seclabel), with no capabilities and no_new_privs",
     "QEMU's seccomp sandbox (-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny; qemu.conf seccomp_sandbox, on by default)",
-    'a private mount namespace with its own /dev holding only the devices the domain uses (qemu.conf namespaces, on by default)',
-    'the cgroup devices controller limiting device access (cgroup v1)',
+    "a private mount namespace whose /dev holds only libvirt's device list (measured: full, kvm, null, ptmx, pts, random, shm, urandom, zero; qemu.conf namespaces, on by default)",
+    'RLIMIT_CORE 0 (no core dumps of guest memory)',
     "the TAP opened by libvirtd and passed as a descriptor; the VM's disks owned by its uid, mode 0600",
   ],
   /** What Warren's jail gives and libvirt does not. */
   lacks: [
     'no pivot_root: QEMU sees the whole host filesystem, limited only by file permissions for its uid',
     "no PID, network, IPC or UTS namespace: QEMU sees the host's processes and network interfaces",
-    'no RLIMIT_FSIZE/NOFILE/CORE set by Warren',
+    "no RLIMIT_FSIZE: a QEMU taken over can grow the VM's own disks until the host's filesystem is full (NOFILE is libvirt's 20000)",
+    'no cgroup devices controller in use here (measured: QEMU in devices:/ on this cgroup v1 host)',
     'libvirtd, a large daemon running as root, parses what a compromised QEMU sends on its monitor',
     "an operator's qemu.conf can weaken all of the above (seccomp_sandbox = 0, namespaces = [])",
   ],
