@@ -46,7 +46,7 @@ describe('libvirt driver', { timeout: 900_000, skip }, () => {
     // QEMU opens the VM's disks as the VM's uid, which must get through (the driver checks and says so).
     await chmod(root, 0o711);
     vmsDir = join(root, 'vms');
-    await mkdir(vmsDir);
+    await mkdir(vmsDir, { mode: 0o711 });
     driver = new LibvirtDriver(driverOptions);
   });
 
@@ -73,7 +73,8 @@ describe('libvirt driver', { timeout: 900_000, skip }, () => {
     const store = new ImageStore(TEST_IMAGES_DIR);
     const image = await store.verify(await minimalImage());
     const dir = join(vmsDir, id);
-    await mkdir(dir);
+    // As the host agent makes it: root's alone (umask 077).
+    await mkdir(dir, { mode: 0o700 });
     await driver.createRootDisk(image.rootfsPath, join(dir, 'root.qcow2'));
     await run('mkfs.ext4', [
       '-q',
@@ -85,7 +86,7 @@ describe('libvirt driver', { timeout: 900_000, skip }, () => {
       join(dir, 'data.img'),
       '32M',
     ]);
-    const { driver: cg } = await detectCgroups('auto');
+    const { driver: cg } = await detectCgroups('on');
     const cgroup = await cg?.create(`wt-libvirt-${id}`, {
       cpus: 1,
       memoryBytes: (256 + 384) * 1024 * 1024,
@@ -143,6 +144,8 @@ describe('libvirt driver', { timeout: 900_000, skip }, () => {
     await guest.writeFile('/workspace/hello.txt', 'hello from libvirt\n');
     assert.equal((await guest.readFileBuffer('/workspace/hello.txt')).toString(), 'hello from libvirt\n');
 
+    // Its own QEMU may pass through the VM directory, no other uid may.
+    assert.match(await run('stat', ['-c', '%u %g %a', spec.dir]), new RegExp(`^0 ${spec.jail!.gid} 710\n$`));
     const status = await readFile(`/proc/${vm.pid}/status`, 'utf8');
     assert.match(status, new RegExp(`^Uid:\\s+${spec.jail!.uid}\\s`, 'm'));
     assert.match(status, /^CapEff:\s+0+$/m);

@@ -90,8 +90,12 @@ export class LibvirtDriver implements VmmDriver {
     // A domain of ours under this name that no one re-attached to is a leftover: it goes.
     const stale = await this.#ownDomain(name, spec.dir);
     if (stale) await this.virsh.run(['destroy', name]).catch(() => {});
+    // The VM directory is root's alone (the agent's umask 077); its own QEMU, and no other VM's,
+    // may pass through it to its disks: group search for the VM's own gid.
+    await chown(spec.dir, 0, ids.gid);
+    await chmod(spec.dir, 0o710);
     for (const file of [spec.rootDisk, spec.dataDisk, spec.image.kernelPath, spec.image.rootfsPath])
-      await assertReachable(file, ids.uid);
+      await assertReachable(file, ids);
     for (const disk of [spec.rootDisk, spec.dataDisk]) {
       await chown(disk, ids.uid, ids.gid);
       await chmod(disk, 0o600);
@@ -292,13 +296,17 @@ function describeExit(
 
 /**
  * libvirt hands QEMU its disks, kernel and initrd by path, and QEMU opens them as the VM's uid:
- * every directory above them must let that uid through (search permission for others, since
- * each VM has a uid and group of its own). A clear error here beats libvirt's "Permission denied".
+ * every directory above them must let that uid through: its own VM directory does (launch sets
+ * it), the ones above it (the data directory, `vms/`, the image store) need search permission for
+ * others, since each VM has a uid and group of its own. A clear error here beats libvirt's
+ * "Permission denied".
  */
-async function assertReachable(file: string, uid: number): Promise<void> {
+async function assertReachable(file: string, ids: { uid: number; gid: number }): Promise<void> {
   for (let dir = dirname(file); ; dir = dirname(dir)) {
     const s = await stat(dir);
-    if (!(s.mode & 0o001) && s.uid !== uid) {
+    const passes =
+      s.mode & 0o001 || (s.uid === ids.uid && s.mode & 0o100) || (s.gid === ids.gid && s.mode & 0o010);
+    if (!passes) {
       throw new WarrenError(
         'HOST_UNSUPPORTED',
         `libvirt runs each VM's QEMU as its own uid, which cannot pass ${dir} (mode ${(s.mode & 0o777).toString(8)}) to reach ${file}: run chmod o+x ${dir}`,
