@@ -202,7 +202,7 @@ describe('libvirt driver', { timeout: 900_000, skip }, () => {
     assert.match(exit.reason, /QEMU ended without a shutdown \(killed or crashed; libvirt: Stopped Failed\)/);
   });
 
-  test('a fresh driver instance re-attaches to a running domain of its own, and to no other', {
+  test('a fresh driver instance re-attaches to a running domain of its own, not to one of another agent, and destroys a paused one', {
     timeout: 180_000,
   }, async () => {
     const spec = await newVm('vm-attach');
@@ -223,9 +223,15 @@ describe('libvirt driver', { timeout: 900_000, skip }, () => {
     const echo = await collect((o) => guest.exec({ argv: ['echo', 'still here'] }, o));
     assert.equal(echo.stdout, 'still here\n');
     guest.close();
-    await vm.quit();
+    // A domain left paused (an agent that died inside launch) is not adopted but destroyed, and
+    // the driver that watched it reports a destroy it did not ask for.
+    await libvirt!.virsh.run(['suspend', domainName(spec)]);
+    assert.equal(await new LibvirtDriver(driverOptions).attach(spec), undefined);
     const exit = await vm.exited;
-    assert.equal(exit.graceful, true);
+    assert.deepEqual(
+      [exit.reason, exit.graceful],
+      ['domain destroyed outside Warren (virsh destroy)', false],
+    );
     assert.equal(await fresh.attach(spec), undefined);
   });
 });

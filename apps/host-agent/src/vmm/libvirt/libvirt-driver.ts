@@ -140,6 +140,12 @@ export class LibvirtDriver implements VmmDriver {
   async attach(spec: VmLaunchSpec): Promise<RunningVm | undefined> {
     const name = domainName(spec);
     if (!(await this.#ownDomain(name, spec.dir))) return undefined;
+    // Still paused: an agent died inside launch, before the VM joined its cgroup and was resumed.
+    const state = (await this.virsh.run(['domstate', name]).catch(() => '')).trim();
+    if (state !== 'running') {
+      await this.virsh.run(['destroy', name]).catch(() => {});
+      return undefined;
+    }
     const pid = await qemuPid(name);
     if (!pid) return undefined;
     const watch = new DomainWatch(this.#events, name);
