@@ -6,7 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
-import { chmod, mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -19,7 +19,12 @@ import {
   type VmLaunchSpec,
 } from '@warren/host-agent';
 import { ImageStore, run } from '@warren/images';
-import { domainName, LibvirtDriver } from '../../apps/host-agent/src/vmm/libvirt/index.ts';
+import {
+  domainName,
+  domainPrefix,
+  LibvirtDriver,
+  QEMU_LOG_DIR,
+} from '../../apps/host-agent/src/vmm/libvirt/index.ts';
 import { collect } from '../helpers/host.ts';
 import { minimalImage, TEST_IMAGES_DIR } from '../helpers/image.ts';
 import { libvirtSkipReason, startLibvirtForTests, type TestLibvirt } from '../helpers/libvirt.ts';
@@ -63,6 +68,12 @@ describe('libvirt driver', { timeout: 900_000, skip }, () => {
       for (const d of libvirt.started.daemons)
         await until(`${d.name} (pid ${d.pid}) is gone`, () => !existsSync(`/proc/${d.pid}`), 10_000);
       if (libvirt.started.wroteConfig) assert.equal(existsSync(libvirt.started.wroteConfig), false);
+    }
+    // virtlogd keeps each domain's QEMU log after the domain is gone; these are this file's.
+    if (vmsDir) {
+      const prefix = domainPrefix(vmsDir);
+      for (const f of await readdir(QEMU_LOG_DIR).catch(() => [] as string[]))
+        if (f.startsWith(prefix)) await rm(join(QEMU_LOG_DIR, f), { force: true });
     }
     for (const c of cgroups) await c.remove().catch(() => {});
     if (root) await rm(root, { recursive: true, force: true });

@@ -25,8 +25,11 @@ export interface LibvirtDriverOptions {
 
 /** Where libvirtd (system) keeps the pid file of each running domain's QEMU. */
 const QEMU_RUN_DIR = '/run/libvirt/qemu';
-/** Where virtlogd keeps each domain's QEMU stderr (rotated by virtlogd at 2 MiB, 3 kept). */
-const QEMU_LOG_DIR = '/var/log/libvirt/qemu';
+/**
+ * Where virtlogd keeps each domain's QEMU stderr (rotated by virtlogd at 2 MiB, 3 kept). It stays
+ * after the domain is gone, one file per VM; removing it with the VM needs a destroy hook.
+ */
+export const QEMU_LOG_DIR = '/var/log/libvirt/qemu';
 /** How often a running VM's QEMU pid is checked, in case the event stream missed its end. */
 const PID_POLL_MS = 250;
 /** After the pid is gone, how long the `Stopped` event (which carries the reason) may lag. */
