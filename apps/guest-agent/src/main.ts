@@ -6,11 +6,11 @@
  * development machine without a VM. In that mode a shutdown request only ends the agent.
  */
 import { execFile } from 'node:child_process';
-import { closeSync, createReadStream, openSync, readdirSync, readFileSync, rmSync, write } from 'node:fs';
+import { closeSync, openSync, read, readdirSync, readFileSync, rmSync, write } from 'node:fs';
 import { createServer } from 'node:net';
-import { Duplex } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { AGENT_PORT_NAME } from '@warren/protocol';
+import { type PortDevice, servePort } from './port.ts';
 import { createAgentServer, serveChannel } from './server.ts';
 
 const POWER_COMMAND = process.env.WARREN_POWER_COMMAND ?? '/usr/lib/warren/busybox';
@@ -39,80 +39,48 @@ function findPort(): string | undefined {
 }
 
 /**
- * A virtio-serial port is a character device, which libuv treats as a file: reads go
- * through the thread pool. A read returns 0 (end of stream) whenever the host side is
- * not connected, so each host connection is one open/serve/close cycle. After that end,
- * writes are dropped: bytes of a finished session must never reach the next host
- * connection, which expects a fresh HTTP/2 preface.
+ * A virtio-serial port is a character device, which libuv treats as a file: reads and writes
+ * go through the thread pool.
  */
-class PortStream extends Duplex {
-  readonly #fd: number;
-  readonly #reader: ReturnType<typeof createReadStream>;
-  #ended = false;
-
-  constructor(path: string) {
-    super();
-    this.#fd = openSync(path, 'r+');
-    this.#reader = createReadStream('', { fd: this.#fd, autoClose: false, highWaterMark: 256 * 1024 });
-    this.#reader.on('data', (chunk) => {
-      if (!this.push(chunk)) this.#reader.pause();
-    });
-    this.#reader.on('end', () => {
-      this.#ended = true;
-      this.push(null);
-    });
-    this.#reader.on('error', (e) => this.destroy(e));
-  }
-
-  override _read(): void {
-    this.#reader.resume();
-  }
-
-  override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (error?: Error | null) => void): void {
-    if (this.#ended) {
-      callback();
-      return;
-    }
-    const writeFrom = (offset: number) => {
-      write(this.#fd, chunk, offset, chunk.length - offset, null, (err, n) => {
-        if (err) callback(err);
-        else if (offset + n < chunk.length) writeFrom(offset + n);
-        else callback();
-      });
-    };
-    writeFrom(0);
-  }
-
-  override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
-    this.#ended = true;
-    this.#reader.destroy();
-    // Closed on the next turn, after the reader let go of the descriptor.
-    setImmediate(() => {
-      try {
-        closeSync(this.#fd);
-      } catch {
-        // Already closed.
-      }
-      callback(error);
-    });
-  }
+function openPort(path: string): PortDevice & { close(): void } {
+  const fd = openSync(path, 'r+');
+  return {
+    read: (buffer) =>
+      new Promise((resolve, reject) =>
+        read(fd, buffer, 0, buffer.length, null, (err, n) => (err ? reject(err) : resolve(n))),
+      ),
+    write: (data) =>
+      new Promise((resolve, reject) => {
+        const from = (offset: number) =>
+          write(fd, data, offset, data.length - offset, null, (err, n) => {
+            if (err) reject(err);
+            else if (offset + n < data.length) from(offset + n);
+            else resolve();
+          });
+        from(0);
+      }),
+    close: () => closeSync(fd),
+  };
 }
 
-async function servePort(server: ReturnType<typeof createAgentServer>) {
+async function servePorts(server: ReturnType<typeof createAgentServer>) {
   for (;;) {
-    const port = findPort();
-    if (!port) {
+    const path = findPort();
+    if (!path) {
       await sleep(200);
       continue;
     }
-    const started = Date.now();
     try {
-      await serveChannel(server, new PortStream(port));
+      const port = openPort(path);
+      try {
+        await servePort(server, port);
+      } finally {
+        port.close();
+      }
     } catch (e) {
       log(`channel error: ${(e as Error).message}`);
+      await sleep(200);
     }
-    // Host not connected: reads end at once; wait a little before trying again.
-    if (Date.now() - started < 100) await sleep(50);
   }
 }
 
@@ -138,7 +106,7 @@ function main() {
     return;
   }
   log(`starting, looking for port ${AGENT_PORT_NAME}`);
-  void servePort(server);
+  void servePorts(server);
 }
 
 main();

@@ -1,5 +1,6 @@
 import http2, { type ClientHttp2Session, type ClientHttp2Stream, type IncomingHttpHeaders } from 'node:http2';
 import { Readable } from 'node:stream';
+import { setTimeout as sleep } from 'node:timers/promises';
 import {
   type ExecExit,
   ExecExit as ExecExitSchema,
@@ -43,6 +44,8 @@ export interface ExecResult extends ExecExit {}
 /** Extra time the host waits beyond an exec's own timeout before giving up on the guest. */
 const HOST_TIMEOUT_GRACE_MS = 10_000;
 const DEFAULT_REQUEST_TIMEOUT_MS = 30_000;
+/** Pause before a new connection when a handshake was cut (the guest needs a moment to see the end). */
+const HANDSHAKE_RETRY_PAUSE_MS = 100;
 const MiB = 1024 * 1024;
 
 /**
@@ -59,7 +62,29 @@ export class GuestClient {
     this.#session = session;
   }
 
+  /**
+   * Connects and completes the HTTP/2 handshake both ways: the guest's SETTINGS arrived, and
+   * the guest acknowledged ours, which proves our preface reached a fresh session.
+   *
+   * The channel gives the guest no reliable sign of where one host connection ends and the
+   * next begins (docs/architecture.md, "Host ⇄ guest channel"): a connection made right after
+   * another host vanished can still meet the dead host's session, which then ends it. That
+   * connection is lost, but it marks the boundary; a new one meets a fresh session. So a
+   * handshake cut short is retried on a new connection until the deadline.
+   */
   static async connect(transport: GuestTransport, timeoutMs = 10_000): Promise<GuestClient> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      try {
+        return await GuestClient.#handshake(transport, Math.max(1, deadline - Date.now()));
+      } catch (e) {
+        if (!(e instanceof HandshakeCut) || Date.now() + HANDSHAKE_RETRY_PAUSE_MS >= deadline) throw e;
+        await sleep(HANDSHAKE_RETRY_PAUSE_MS);
+      }
+    }
+  }
+
+  static async #handshake(transport: GuestTransport, timeoutMs: number): Promise<GuestClient> {
     const socket = await transport.connect(timeoutMs);
     const session = http2.connect('http://warren-guest', {
       createConnection: () => socket,
@@ -77,18 +102,32 @@ export class GuestClient {
     session.on('error', () => {});
     session.on('connect', () => session.setLocalWindowSize(32 * MiB));
     await new Promise<void>((resolve, reject) => {
+      let theirs = false;
+      let ours = false;
+      const done = () => {
+        if (!theirs || !ours) return;
+        clearTimeout(timer);
+        session.off('close', onClose);
+        resolve();
+      };
       const timer = setTimeout(() => {
+        session.off('close', onClose);
         session.destroy();
         reject(new WarrenError('GUEST_UNAVAILABLE', `guest agent did not answer within ${timeoutMs} ms`));
       }, timeoutMs);
+      const onClose = () => {
+        clearTimeout(timer);
+        reject(new HandshakeCut('GUEST_UNAVAILABLE', 'guest channel closed during the handshake'));
+      };
       session.once('remoteSettings', () => {
-        clearTimeout(timer);
-        resolve();
+        theirs = true;
+        done();
       });
-      session.once('close', () => {
-        clearTimeout(timer);
-        reject(new WarrenError('GUEST_UNAVAILABLE', 'guest channel closed during the handshake'));
+      session.once('localSettings', () => {
+        ours = true;
+        done();
       });
+      session.once('close', onClose);
     });
     return new GuestClient(session);
   }
@@ -357,6 +396,9 @@ export class GuestClient {
     return { headers, body };
   }
 }
+
+/** A handshake the guest's side ended: that connection met a stale session. */
+class HandshakeCut extends WarrenError {}
 
 function withPath(route: string, path: string): string {
   return `${route}?path=${encodeURIComponent(path)}`;
