@@ -11,12 +11,16 @@ import { describe, test } from 'node:test';
 import { GuestClient, type GuestTransport } from '@warren/host-agent';
 import { ConnectionSplitter, type PortDevice, servePort } from '../../apps/guest-agent/src/port.ts';
 import { createAgentServer } from '../../apps/guest-agent/src/server.ts';
+import { until } from '../helpers/until.ts';
 
 class FakePort implements PortDevice {
   #queue: Buffer[] = [];
   #host: Duplex | undefined;
   #wake: (() => void)[] = [];
+  #writers: (() => void)[] = [];
   #broken = false;
+  /** The guest's pending read has not yet run since the host left (it is not woken). */
+  #unseen = false;
 
   /** What the host agent's transport does: a new connection to QEMU's socket. */
   transport(): GuestTransport {
@@ -38,6 +42,7 @@ class FakePort implements PortDevice {
         });
         this.#host?.destroy();
         this.#host = host;
+        this.#unseen = false;
         this.#notify();
         return host;
       },
@@ -57,8 +62,9 @@ class FakePort implements PortDevice {
   }
 
   #notify() {
-    const wake = this.#wake;
-    this.#wake = [];
+    const wake = [...this.#writers, ...(this.#unseen && !this.#broken ? [] : this.#wake)];
+    this.#writers = [];
+    if (!this.#unseen || this.#broken) this.#wake = [];
     for (const w of wake) w();
   }
 
@@ -76,10 +82,24 @@ class FakePort implements PortDevice {
     }
   }
 
+  /** Guest writes waiting for a host to connect. */
+  waitingWrites = 0;
+
+  /**
+   * The host vanishes, and none is connected until the next `transport().connect()`; the
+   * guest's pending read does not run before that (the guest is slow), the session goes on.
+   */
+  dropHostUnseen(): void {
+    this.#unseen = true;
+    this.#host?.destroy();
+  }
+
   async write(data: Buffer): Promise<void> {
     while (!this.#host) {
       if (this.#broken) throw new Error('port removed');
-      await new Promise<void>((resolve) => this.#wake.push(resolve));
+      this.waitingWrites++;
+      await new Promise<void>((resolve) => this.#writers.push(resolve));
+      this.waitingWrites--;
     }
     this.#host.push(Buffer.from(data));
   }
@@ -114,6 +134,37 @@ describe('guest port loop', () => {
       assert.deepEqual([out, exit.exitCode], ['fresh\n', 0]);
       first.close();
       // The vanished host's exec ended with its session (the guest kills the command).
+      assert.equal((await running).code, 'GUEST_UNAVAILABLE');
+    } finally {
+      for (const c of clients) c.close();
+      await stop();
+    }
+  });
+
+  test("output the vanished host's session had on its way does not spoil the next session", async () => {
+    const port = new FakePort();
+    const stop = serve(port);
+    const clients: GuestClient[] = [];
+    try {
+      const first = await GuestClient.connect(port.transport());
+      clients.push(first);
+      let seen = 0;
+      const running = first
+        .exec(
+          { argv: ['sh', '-c', 'while :; do echo output; done'] },
+          { onStdout: (b) => (seen += b.length) },
+        )
+        .catch((e) => e);
+      await until('the command writes output', () => seen > 0, 10_000, 10);
+      port.dropHostUnseen();
+      // The guest's writes of that output now wait for a host, and go to the next one.
+      await until('a guest write waits for a host', () => port.waitingWrites > 0, 10_000, 10);
+      const second = await GuestClient.connect(port.transport(), 5_000);
+      clients.push(second);
+      let out = '';
+      const exit = await second.exec({ argv: ['echo', 'fresh'] }, { onStdout: (b) => (out += b) });
+      assert.deepEqual([out, exit.exitCode], ['fresh\n', 0]);
+      first.close();
       assert.equal((await running).code, 'GUEST_UNAVAILABLE');
     } finally {
       for (const c of clients) c.close();

@@ -34,7 +34,10 @@ export function createAgentServer(options: AgentOptions): http2.Http2Server {
     settings: { maxConcurrentStreams: 256, initialWindowSize: 8 * 1024 * 1024, maxFrameSize: 1024 * 1024 },
   });
   server.on('session', (session) =>
-    session.on('connect', () => session.setLocalWindowSize(32 * 1024 * 1024)),
+    // Destroyed already if the host's first bytes broke it: setting the window would throw.
+    session.on('connect', () => {
+      if (!session.destroyed) session.setLocalWindowSize(32 * 1024 * 1024);
+    }),
   );
   server.setTimeout(0);
   server.on('stream', (stream: ServerHttp2Stream, headers: IncomingHttpHeaders) => {

@@ -100,7 +100,11 @@ export class GuestClient {
       },
     });
     session.on('error', () => {});
-    session.on('connect', () => session.setLocalWindowSize(32 * MiB));
+    // A session that the guest's first bytes already broke is destroyed by the time 'connect'
+    // fires; setting its window would throw out of the event handler.
+    session.on('connect', () => {
+      if (!session.destroyed) session.setLocalWindowSize(32 * MiB);
+    });
     await new Promise<void>((resolve, reject) => {
       let theirs = false;
       let ours = false;
