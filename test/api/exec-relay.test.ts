@@ -7,11 +7,11 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { readFileSync } from 'node:fs';
 import { createServer, type Server, type ServerResponse } from 'node:http';
-import { type AddressInfo, connect, type Socket } from 'node:net';
+import type { AddressInfo } from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import { call, FAKE_IMAGE, FakeAgent, openTestControlPlane, type TestControlPlane } from '../helpers/api.ts';
+import { kernelQueuedOnPorts, plateau, stalledRequest } from '../helpers/stalled-reader.ts';
 import { until } from '../helpers/until.ts';
 
 const MiB = 1024 * 1024;
@@ -82,54 +82,6 @@ after(async () => {
   await t?.close();
 });
 
-/** Bytes the kernel holds for the TCP connections that have one end on one of `ports`. */
-function kernelQueued(ports: number[]): number {
-  const on = new Set(ports);
-  let sum = 0;
-  for (const line of readFileSync('/proc/net/tcp', 'utf8').split('\n').slice(1)) {
-    const f = line.trim().split(/\s+/);
-    if (f.length < 5) continue;
-    const local = Number.parseInt(f[1]!.split(':')[1]!, 16);
-    const remote = Number.parseInt(f[2]!.split(':')[1]!, 16);
-    if (!on.has(local) && !on.has(remote)) continue;
-    const [tx, rx] = f[4]!.split(':').map((h) => Number.parseInt(h, 16));
-    sum += tx! + rx!;
-  }
-  return sum;
-}
-
-function stalledRequest(method: string, path: string, body?: unknown): Socket {
-  const { port } = new URL(t.url);
-  const payload = body === undefined ? '' : JSON.stringify(body);
-  const socket = connect(Number(port), '127.0.0.1');
-  socket.on('error', () => {});
-  socket.write(
-    `${method} ${path} HTTP/1.1\r\nhost: cp\r\nauthorization: Bearer ${key}\r\n` +
-      (payload ? `content-type: application/json\r\ncontent-length: ${Buffer.byteLength(payload)}\r\n` : '') +
-      `\r\n${payload}`,
-  );
-  socket.pause();
-  return socket;
-}
-
-/** Like the host agent's test: wait for a plateau, or stop once far past the bound. */
-async function plateau(bytes: () => number): Promise<number> {
-  let last = -1;
-  let same = 0;
-  return until(
-    'the flood is held back or passes the bound',
-    () => {
-      const v = bytes();
-      if (v > 4 * BOUND) return v;
-      same = v === last ? same + 1 : 0;
-      last = v;
-      return same >= 5 ? v : false;
-    },
-    60_000,
-    200,
-  );
-}
-
 describe('a stalled client of the control plane (finding 3)', () => {
   for (const [name, method, path, body] of [
     ['exec output', 'POST', '/v1/tenants/flood/exec', { argv: ['cat', '/dev/zero'] }],
@@ -137,10 +89,16 @@ describe('a stalled client of the control plane (finding 3)', () => {
   ] as const) {
     test(`cannot make the control plane buffer ${name}`, async () => {
       const start = sent;
-      const socket = stalledRequest(method, path, body);
+      const socket = stalledRequest(Number(new URL(t.url).port), method, path, {
+        body,
+        headers: [`authorization: Bearer ${key}`],
+      });
       try {
         await until('the agent is asked', () => sent > start);
-        const held = await plateau(() => sent - start - kernelQueued([agentPort, socket.localPort!]));
+        const held = await plateau(
+          () => sent - start - kernelQueuedOnPorts([agentPort, socket.localPort!]),
+          BOUND,
+        );
         assert.ok(held < BOUND, `the control plane holds ${held} bytes nobody read (bound ${BOUND})`);
       } finally {
         socket.destroy();

@@ -23,6 +23,7 @@ import { GuestClient, registerGuestRoutes, useWarrenErrors, VirtioSerialTranspor
 import { encodeFrame, FrameType } from '@warren/protocol';
 import Fastify, { type FastifyInstance } from 'fastify';
 import { REPO_ROOT } from '../helpers/image.ts';
+import { kernelQueuedOn, plateau, stalledRequest } from '../helpers/stalled-reader.ts';
 import { until } from '../helpers/until.ts';
 
 const MiB = 1024 * 1024;
@@ -73,65 +74,10 @@ after(async () => {
   guestAgent?.kill('SIGKILL');
 });
 
-/** A client that sends one request and then reads nothing: the slowest reader there is. */
-function stalledRequest(method: string, path: string, body?: unknown): Socket {
-  const payload = body === undefined ? '' : JSON.stringify(body);
-  const socket = connect(port, '127.0.0.1');
-  socket.on('error', () => {});
-  socket.write(
-    `${method} ${path} HTTP/1.1\r\nhost: agent\r\n` +
-      (payload ? `content-type: application/json\r\ncontent-length: ${Buffer.byteLength(payload)}\r\n` : '') +
-      `\r\n${payload}`,
-  );
-  socket.pause();
-  return socket;
-}
-
 /** Bytes a process has written (`wchar`) or read (`rchar`) so far, from /proc. */
 function ioOf(pid: number, field: 'wchar' | 'rchar'): number {
   const m = new RegExp(`^${field}: (\\d+)$`, 'm').exec(readFileSync(`/proc/${pid}/io`, 'utf8'));
   return Number(m?.[1]);
-}
-
-/**
- * Bytes the kernel holds in both directions of the TCP connection of `socket` (its send and
- * receive queues, from /proc/net/tcp): buffered there, not in any process.
- */
-function kernelQueued(socket: Socket): number {
-  const ports = new Set([socket.localPort, socket.remotePort]);
-  let sum = 0;
-  for (const line of readFileSync('/proc/net/tcp', 'utf8').split('\n').slice(1)) {
-    const f = line.trim().split(/\s+/);
-    if (f.length < 5) continue;
-    const local = Number.parseInt(f[1]!.split(':')[1]!, 16);
-    const remote = Number.parseInt(f[2]!.split(':')[1]!, 16);
-    if (!ports.has(local) || !ports.has(remote)) continue;
-    const [tx, rx] = f[4]!.split(':').map((h) => Number.parseInt(h, 16));
-    sum += tx! + rx!;
-  }
-  return sum;
-}
-
-/**
- * Waits until `bytes()` stops growing (the same value over five polls) and returns it; stops
- * early, with the value, once it is far past `BOUND`, since a flood that is not held back never
- * stops growing.
- */
-async function plateau(bytes: () => number): Promise<number> {
-  let last = -1;
-  let same = 0;
-  return until(
-    'the flood is held back or passes the bound',
-    () => {
-      const v = bytes();
-      if (v > 4 * BOUND) return v;
-      same = v === last ? same + 1 : 0;
-      last = v;
-      return same >= 5 ? v : false;
-    },
-    60_000,
-    200,
-  );
 }
 
 function alive(pid: number): boolean {
@@ -146,8 +92,8 @@ function alive(pid: number): boolean {
 describe('a stalled reader (finding 3: backpressure)', () => {
   test('cannot make the agent buffer a command that floods its output', async () => {
     const pidFile = join(dir, 'flood.pid');
-    const socket = stalledRequest('POST', '/v1/vms/vm-1/exec', {
-      argv: ['sh', '-c', `echo $$ > ${pidFile}; exec cat /dev/zero`],
+    const socket = stalledRequest(port, 'POST', '/v1/vms/vm-1/exec', {
+      body: { argv: ['sh', '-c', `echo $$ > ${pidFile}; exec cat /dev/zero`] },
     });
     let pid = 0;
     try {
@@ -156,7 +102,7 @@ describe('a stalled reader (finding 3: backpressure)', () => {
         return text ? Number(text) : undefined;
       });
       // The kernel holds NDJSON lines of base64: 4 bytes for every 3 the command wrote.
-      const held = await plateau(() => ioOf(pid, 'wchar') - (kernelQueued(socket) * 3) / 4);
+      const held = await plateau(() => ioOf(pid, 'wchar') - (kernelQueuedOn(socket) * 3) / 4, BOUND);
       assert.ok(
         held < BOUND,
         `the command wrote ${held} bytes beyond the kernel's that nobody read (bound ${BOUND})`,
@@ -178,9 +124,12 @@ describe('a stalled reader (finding 3: backpressure)', () => {
     await handle.truncate(4 * 1024 * MiB); // sparse: no disk used
     await handle.close();
     const before = ioOf(guestAgent.pid!, 'rchar');
-    const socket = stalledRequest('GET', `/v1/vms/vm-1/files?path=${encodeURIComponent(big)}`);
+    const socket = stalledRequest(port, 'GET', `/v1/vms/vm-1/files?path=${encodeURIComponent(big)}`);
     try {
-      const held = await plateau(() => ioOf(guestAgent.pid!, 'rchar') - before - kernelQueued(socket));
+      const held = await plateau(
+        () => ioOf(guestAgent.pid!, 'rchar') - before - kernelQueuedOn(socket),
+        BOUND,
+      );
       assert.ok(held < BOUND, `the guest read ${held} bytes of the file that nobody took (bound ${BOUND})`);
     } finally {
       socket.destroy();
@@ -447,8 +396,8 @@ describe('a hostile guest or client cannot end the agent (finding 10, host agent
       });
 
     // An exec flood, a download and an upload, each cut once it runs in the guest.
-    const exec = stalledRequest('POST', '/v1/vms/vm-1/exec', {
-      argv: ['sh', '-c', `echo $$ > ${pidFile}; exec cat /dev/zero`],
+    const exec = stalledRequest(port, 'POST', '/v1/vms/vm-1/exec', {
+      body: { argv: ['sh', '-c', `echo $$ > ${pidFile}; exec cat /dev/zero`] },
     });
     const pid = await until(
       'the flood runs',
@@ -457,7 +406,7 @@ describe('a hostile guest or client cannot end the agent (finding 10, host agent
     exec.destroy();
     await until('the command is killed', () => !alive(pid), 20_000);
 
-    const download = stalledRequest('GET', `/v1/vms/vm-1/files?path=${encodeURIComponent(big)}`);
+    const download = stalledRequest(port, 'GET', `/v1/vms/vm-1/files?path=${encodeURIComponent(big)}`);
     await until('the guest reads the file', () => guestHasOpen(big), 20_000);
     download.destroy();
     await until('the guest closes the file', () => !guestHasOpen(big), 20_000);
