@@ -5,9 +5,9 @@
  * two run one daemon in the foreground, for machines that run only one of them.
  */
 import { parseArgs } from 'node:util';
+import { fromParseError, onlyUsageOptions } from '@warren/cli/args';
 import { reportError } from '@warren/cli/output';
 import { isPlatformCommand, PLATFORM_COMMANDS, type PlatformCommand } from '@warren/cli/platform-commands';
-import { WarrenError } from '@warren/protocol';
 import * as up from './up.ts';
 
 type Run = (args: never, operands: string[]) => Promise<number>;
@@ -28,6 +28,7 @@ const RUN: Record<PlatformCommand, Run> = {
 };
 
 const usages = Object.values(PLATFORM_COMMANDS);
+const GLOBAL_OPTIONS = new Set(['json', 'verbose']);
 
 async function main(argv: string[]): Promise<number> {
   const json = argv.includes('--json');
@@ -53,19 +54,10 @@ async function main(argv: string[]): Promise<number> {
       process.stderr.write(`usage: ${usage}\n`);
       return 0;
     }
-    for (const option of Object.keys(values)) {
-      if (!['json', 'verbose'].includes(option) && !usage.includes(`--${option}`)) {
-        throw new WarrenError('INVALID_ARGUMENT', `--${option} is not an option here; usage: ${usage}`);
-      }
-    }
+    onlyUsageOptions(values, usage, GLOBAL_OPTIONS);
     return await RUN[word](values as never, positionals.slice(1));
   } catch (e) {
-    const code = (e as { code?: unknown })?.code;
-    const err =
-      typeof code === 'string' && code.startsWith('ERR_PARSE_ARGS')
-        ? new WarrenError('INVALID_ARGUMENT', `${(e as Error).message}; see \`warren --help\``)
-        : e;
-    return reportError(err, json);
+    return reportError(fromParseError(e), json);
   }
 }
 

@@ -13,6 +13,27 @@ export function oneOperand(operands: string[], what: string, usage: string): str
   return operands[0]!;
 }
 
+/** Turns node's parseArgs errors (unknown option, missing value) into usage errors. */
+export function fromParseError(e: unknown): unknown {
+  const code = (e as { code?: unknown })?.code;
+  if (typeof code === 'string' && code.startsWith('ERR_PARSE_ARGS')) {
+    return new WarrenError('INVALID_ARGUMENT', `${(e as Error).message}; see \`warren --help\``);
+  }
+  return e;
+}
+
+/**
+ * The usage line is the command's option list: an option given that is neither in it nor one
+ * of `global` is a mistake (e.g. --undo on `tenant stop`), not something to ignore silently.
+ */
+export function onlyUsageOptions(options: object, usage: string, global: ReadonlySet<string>): void {
+  for (const option of Object.keys(options)) {
+    if (!global.has(option) && !usage.includes(`--${option}`)) {
+      throw new WarrenError('INVALID_ARGUMENT', `--${option} is not an option here; usage: ${usage}`);
+    }
+  }
+}
+
 export function noOperands(operands: string[], usage: string): void {
   if (operands.length > 0)
     throw new WarrenError('INVALID_ARGUMENT', `unexpected ${operands.join(' ')}; usage: ${usage}`);

@@ -76,15 +76,6 @@ async function usageError(message: string): Promise<Error> {
   return new WarrenError('INVALID_ARGUMENT', message);
 }
 
-/** Turns node's parseArgs errors (unknown option, missing value) into usage errors. */
-async function fromParseError(e: unknown): Promise<unknown> {
-  const code = (e as { code?: unknown })?.code;
-  if (typeof code === 'string' && code.startsWith('ERR_PARSE_ARGS')) {
-    return usageError(`${(e as Error).message}; see \`warren --help\``);
-  }
-  return e;
-}
-
 /**
  * `warren-platform` in the node_modules/.bin of the checkout this CLI runs from (found upwards
  * from this file: the sources and the bundle sit at different depths), else on PATH.
@@ -181,17 +172,15 @@ async function main(argv: string[]): Promise<number> {
       process.stderr.write(`usage: ${command.usage}\n`);
       return 0;
     }
-    // The usage line is the command's option list: one that is not in it is a mistake
-    // (e.g. --undo on `tenant stop`), not something to ignore silently.
-    for (const option of Object.keys(values)) {
-      if (!GLOBAL_OPTIONS.has(option) && !command.usage.includes(`--${option}`)) {
-        throw await usageError(`--${option} is not an option here; usage: ${command.usage}`);
-      }
-    }
+    const { onlyUsageOptions } = await import('./args.ts');
+    onlyUsageOptions(values, command.usage, GLOBAL_OPTIONS);
     return await command.run(values as never, rest, positionals.slice(words));
   } catch (e) {
-    const { reportError } = await import('./output.ts');
-    return reportError(await fromParseError(e), json);
+    const [{ reportError }, { fromParseError }] = await Promise.all([
+      import('./output.ts'),
+      import('./args.ts'),
+    ]);
+    return reportError(fromParseError(e), json);
   }
 }
 
