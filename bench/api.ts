@@ -28,6 +28,7 @@ import {
   openTestControlPlane,
   type TestControlPlane,
 } from '../test/helpers/api.ts';
+import { median, positiveInt } from './common.ts';
 
 const { values } = parseArgs({
   options: {
@@ -37,16 +38,11 @@ const { values } = parseArgs({
     runs: { type: 'string', default: '3' },
   },
 });
-const int = (name: keyof typeof values): number => {
-  const n = Number(values[name]);
-  if (!Number.isInteger(n) || n < 1) throw new Error(`--${name}: a positive integer, got ${values[name]}`);
-  return n;
-};
+const int = (name: keyof typeof values): number => positiveInt(values, name);
 const tenantCount = int('tenants');
 const connections = int('connections');
 const duration = int('duration');
 const runs = int('runs');
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 
 /** Tenants per fake host; hosts get room for a few more than that. */
 const PER_HOST = 100;

@@ -24,6 +24,7 @@ import {
   type TestControlPlane,
 } from '../test/helpers/api.ts';
 import { REPO_ROOT } from '../test/helpers/image.ts';
+import { median, positiveInt } from './common.ts';
 
 const { values } = parseArgs({
   options: {
@@ -32,11 +33,9 @@ const { values } = parseArgs({
     compare: { type: 'string' },
   },
 });
-const runs = Number(values.runs);
+const runs = positiveInt(values, 'runs');
 const tenantCount = Number(values.tenants);
-if (!Number.isInteger(runs) || runs < 1) throw new Error(`--runs: a positive integer, got ${values.runs}`);
 if (!Number.isInteger(tenantCount) || tenantCount < 0) throw new Error(`--tenants: got ${values.tenants}`);
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 
 const NODE = process.execPath;
 const WARREN = join(REPO_ROOT, 'node_modules', '.bin', 'warren');

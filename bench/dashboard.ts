@@ -41,6 +41,7 @@ import { vmIdOfTenant, WarrenError } from '@warren/protocol';
 import autocannon, { type Result } from 'autocannon';
 import { call, FAKE_IMAGE, FakeAgent, openTestControlPlane } from '../test/helpers/api.ts';
 import { serveWebSocketEcho, wsAccept } from '../test/helpers/ws-echo.ts';
+import { median, positiveInt } from './common.ts';
 
 /* ------------------------------------------------------------------------- the responses */
 
@@ -416,11 +417,8 @@ async function main(): Promise<void> {
       sizes: { type: 'string', default: 'small,large' },
     },
   });
-  const int = (name: 'connections' | 'duration' | 'runs' | 'warmup' | 'ws-messages' | 'nginx-workers') => {
-    const n = Number(values[name]);
-    if (!Number.isInteger(n) || n < 1) throw new Error(`--${name}: a positive integer, got ${values[name]}`);
-    return n;
-  };
+  const int = (name: 'connections' | 'duration' | 'runs' | 'warmup' | 'ws-messages' | 'nginx-workers') =>
+    positiveInt(values, name);
   const connections = int('connections');
   const duration = int('duration');
   const runs = int('runs');
@@ -432,7 +430,6 @@ async function main(): Promise<void> {
   if (largeClient !== 'node' && largeClient !== 'autocannon') {
     throw new Error(`--large-client: node or autocannon, got ${largeClient}`);
   }
-  const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
   const quantile = (sorted: number[], q: number) =>
     sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]!;
 

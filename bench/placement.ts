@@ -32,6 +32,7 @@ import {
 } from '@warren/control-plane';
 import { type Resources, WarrenError } from '@warren/protocol';
 import { FAKE_IMAGE } from '../test/helpers/api.ts';
+import { positiveInt } from './common.ts';
 
 const { values } = parseArgs({
   options: {
@@ -44,11 +45,7 @@ const { values } = parseArgs({
 /** The simulated hosts join in process, as if with the reusable join token. */
 const JOINED_BY = { kind: 'join', keyId: 'key_0000000000000000', singleUse: false } as const;
 
-const int = (name: keyof typeof values): number => {
-  const n = Number(values[name]);
-  if (!Number.isInteger(n) || n < 1) throw new Error(`--${name}: a positive integer, got ${values[name]}`);
-  return n;
-};
+const int = (name: keyof typeof values): number => positiveInt(values, name);
 const tenantCount = int('tenants');
 const hostCount = int('hosts');
 const baselineRuns = int('baseline-runs');
