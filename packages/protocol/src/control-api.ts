@@ -255,14 +255,16 @@ export const ApiKey = z.object({
 });
 export type ApiKey = z.infer<typeof ApiKey>;
 
+/** The label an operator gives an API key or a join token, shown in listings. */
+const CredentialLabel = z
+  .string()
+  .min(1)
+  .max(100)
+  .regex(/^[\x20-\x7e]+$/, 'printable ASCII only');
+
 export const CreateKeyRequest = z.strictObject({
   tenant: TenantRef,
-  name: z
-    .string()
-    .min(1)
-    .max(100)
-    .regex(/^[\x20-\x7e]+$/, 'printable ASCII only')
-    .optional(),
+  name: CredentialLabel.optional(),
 });
 export const CreatedKey = z.object({ key: ApiKey, token: z.string() });
 export type CreatedKey = z.infer<typeof CreatedKey>;
@@ -286,12 +288,7 @@ export const JoinToken = z.object({
 export type JoinToken = z.infer<typeof JoinToken>;
 
 export const CreateJoinTokenRequest = z.strictObject({
-  name: z
-    .string()
-    .min(1)
-    .max(100)
-    .regex(/^[\x20-\x7e]+$/, 'printable ASCII only')
-    .optional(),
+  name: CredentialLabel.optional(),
   singleUse: z.boolean().default(false),
 });
 export type CreateJoinTokenRequest = z.input<typeof CreateJoinTokenRequest>;
