@@ -30,7 +30,7 @@ import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { chmod, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { Agent, createServer, request as httpRequest, type IncomingMessage, type Server } from 'node:http';
-import { type AddressInfo, connect, createServer as createNetServer, type Socket } from 'node:net';
+import { type AddressInfo, connect, type Socket } from 'node:net';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -40,6 +40,7 @@ import { createRemoteApi, type Host } from '@warren/host-agent';
 import { vmIdOfTenant, WarrenError } from '@warren/protocol';
 import autocannon, { type Result } from 'autocannon';
 import { call, FAKE_IMAGE, FakeAgent, openTestControlPlane } from '../test/helpers/api.ts';
+import { freePort } from '../test/helpers/free-port.ts';
 import { serveWebSocketEcho, wsAccept } from '../test/helpers/ws-echo.ts';
 import { median, positiveInt } from './common.ts';
 
@@ -297,14 +298,6 @@ function findNginx(bin: string): string | undefined {
     if (!r.error && r.status === 0) return candidate;
   }
   return undefined;
-}
-
-async function freePort(host: string): Promise<number> {
-  const s = createNetServer();
-  await new Promise<void>((r) => s.listen(0, host, r));
-  const { port } = s.address() as AddressInfo;
-  await new Promise((r) => s.close(r));
-  return port;
 }
 
 function nginxConf(dir: string, workers: number, port: number, upstream: string): string {

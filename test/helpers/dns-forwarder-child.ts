@@ -9,19 +9,11 @@
  * answers only after that, then prints `survived`.
  */
 import { createSocket } from 'node:dgram';
-import { type AddressInfo, createServer } from 'node:net';
 import { DnsForwarder } from '@warren/host-agent';
+import { freePort } from './free-port.ts';
 
 const limits = { queriesPerSecond: 1000, tcpPerVm: 8, tcpIdleMs: 5000 };
 const clients = new Map([['127.0.0.1', { names: 'any' as const }]]);
-
-async function freePort(): Promise<number> {
-  const probe = createServer();
-  await new Promise<void>((r) => probe.listen(0, '127.0.0.1', r));
-  const { port } = probe.address() as AddressInfo;
-  await new Promise((r) => probe.close(r));
-  return port;
-}
 
 /** A standard query for web.example.test, type A. */
 const QUERY = Buffer.from('00070100000100000000000003776562076578616d706c6504746573740000010001', 'hex');

@@ -9,7 +9,6 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { createSocket, type Socket } from 'node:dgram';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import type { AddressInfo } from 'node:net';
 import { connect, createServer, type Server, type Socket as TcpSocket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -24,6 +23,7 @@ import {
   refusedReply,
   systemResolver,
 } from '@warren/host-agent';
+import { freePort } from '../helpers/free-port.ts';
 import { until } from '../helpers/until.ts';
 
 const REPO_ROOT = join(import.meta.dirname, '..', '..');
@@ -77,14 +77,6 @@ function answer(q: Buffer): Buffer {
   const a = Buffer.concat([q, Buffer.from([0x2a])]);
   a.writeUInt16BE(0x8180, 2);
   return a;
-}
-
-async function freePort(): Promise<number> {
-  const probe = createServer();
-  await new Promise<void>((r) => probe.listen(0, '127.0.0.1', r));
-  const { port } = probe.address() as AddressInfo;
-  await new Promise((r) => probe.close(r));
-  return port;
 }
 
 const LIMITS: DnsLimits = { queriesPerSecond: 1000, tcpPerVm: 4, tcpIdleMs: 5000 };
