@@ -105,47 +105,52 @@ class FakePort implements PortDevice {
   }
 }
 
-function serve(port: FakePort) {
-  const server = createAgentServer({ onShutdown() {} });
-  const served = servePort(server, port).catch(() => {});
-  return async () => {
+/**
+ * Serves a new FakePort with the guest agent's server while `body` runs; afterwards closes the
+ * clients `body` put in `clients` and stops serving.
+ */
+async function withServedPort(
+  body: (port: FakePort, clients: GuestClient[]) => Promise<void>,
+): Promise<void> {
+  const port = new FakePort();
+  const served = servePort(createAgentServer({ onShutdown() {} }), port).catch(() => {});
+  const clients: GuestClient[] = [];
+  try {
+    await body(port, clients);
+  } finally {
+    for (const c of clients) c.close();
     port.break();
     await served;
-  };
+  }
+}
+
+/** The next host connects and gets a fresh session: it answers, and runs a command to its end. */
+async function connectFresh(port: FakePort, clients: GuestClient[]): Promise<void> {
+  const next = await GuestClient.connect(port.transport(), 5_000);
+  clients.push(next);
+  assert.equal(typeof (await next.health()).apiVersion, 'number');
+  let out = '';
+  const exit = await next.exec({ argv: ['echo', 'fresh'] }, { onStdout: (b) => (out += b) });
+  assert.deepEqual([out, exit.exitCode], ['fresh\n', 0]);
 }
 
 describe('guest port loop', () => {
-  test('a host that connects right after another vanished mid-stream gets a fresh session', async () => {
-    const port = new FakePort();
-    const stop = serve(port);
-    const clients: GuestClient[] = [];
-    try {
+  test('a host that connects right after another vanished mid-stream gets a fresh session', () =>
+    withServedPort(async (port, clients) => {
       const first = await GuestClient.connect(port.transport());
       clients.push(first);
       const running = first.exec({ argv: ['sleep', '30'] }).catch((e) => e);
       // The exec's stream exists in the guest once a later request was answered.
       await first.health();
       port.replaceHost();
-      const second = await GuestClient.connect(port.transport(), 5_000);
-      clients.push(second);
-      assert.equal(typeof (await second.health()).apiVersion, 'number');
-      let out = '';
-      const exit = await second.exec({ argv: ['echo', 'fresh'] }, { onStdout: (b) => (out += b) });
-      assert.deepEqual([out, exit.exitCode], ['fresh\n', 0]);
+      await connectFresh(port, clients);
       first.close();
       // The vanished host's exec ended with its session (the guest kills the command).
       assert.equal((await running).code, 'GUEST_UNAVAILABLE');
-    } finally {
-      for (const c of clients) c.close();
-      await stop();
-    }
-  });
+    }));
 
-  test("output the vanished host's session had on its way does not spoil the next session", async () => {
-    const port = new FakePort();
-    const stop = serve(port);
-    const clients: GuestClient[] = [];
-    try {
+  test("output the vanished host's session had on its way does not spoil the next session", () =>
+    withServedPort(async (port, clients) => {
       const first = await GuestClient.connect(port.transport());
       clients.push(first);
       let seen = 0;
@@ -159,32 +164,19 @@ describe('guest port loop', () => {
       port.dropHostUnseen();
       // The guest's writes of that output now wait for a host, and go to the next one.
       await until('a guest write waits for a host', () => port.waitingWrites > 0, 10_000, 10);
-      const second = await GuestClient.connect(port.transport(), 5_000);
-      clients.push(second);
-      let out = '';
-      const exit = await second.exec({ argv: ['echo', 'fresh'] }, { onStdout: (b) => (out += b) });
-      assert.deepEqual([out, exit.exitCode], ['fresh\n', 0]);
+      await connectFresh(port, clients);
       first.close();
       assert.equal((await running).code, 'GUEST_UNAVAILABLE');
-    } finally {
-      for (const c of clients) c.close();
-      await stop();
-    }
-  });
+    }));
 
-  test('a host that reconnects while the guest is idle is served again, many times over', async () => {
-    const port = new FakePort();
-    const stop = serve(port);
-    try {
+  test('a host that reconnects while the guest is idle is served again, many times over', () =>
+    withServedPort(async (port) => {
       for (let i = 0; i < 5; i++) {
         const client = await GuestClient.connect(port.transport(), 5_000);
         assert.equal(typeof (await client.health()).apiVersion, 'number');
         port.replaceHost();
       }
-    } finally {
-      await stop();
-    }
-  });
+    }));
 });
 
 describe('connection splitter', () => {
