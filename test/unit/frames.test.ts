@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { encodeFrame, FrameDecoder, FrameError, FrameType, MAX_FRAME_PAYLOAD } from '@warren/protocol';
+import { frameHeader } from '../helpers/frame-header.ts';
 
 test('frames survive arbitrary chunking in order', () => {
   const payloads = [Buffer.from('a'), Buffer.alloc(70_000, 7), Buffer.alloc(0), Buffer.from('end')];
@@ -16,9 +17,9 @@ test('frames survive arbitrary chunking in order', () => {
 });
 
 test('an oversized length is refused before its bytes are buffered', () => {
-  const header = Buffer.alloc(5);
-  header.writeUInt8(FrameType.Stdout, 0);
-  header.writeUInt32BE(MAX_FRAME_PAYLOAD + 1, 1);
-  assert.throws(() => new FrameDecoder().push(header), FrameError);
+  assert.throws(
+    () => new FrameDecoder().push(frameHeader(FrameType.Stdout, MAX_FRAME_PAYLOAD + 1)),
+    FrameError,
+  );
   assert.throws(() => encodeFrame(FrameType.Stdout, Buffer.alloc(MAX_FRAME_PAYLOAD + 1)), RangeError);
 });

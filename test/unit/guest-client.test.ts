@@ -15,6 +15,7 @@ import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { GuestClient, VirtioSerialTransport } from '@warren/host-agent';
 import { encodeFrame, FrameType } from '@warren/protocol';
+import { frameHeader } from '../helpers/frame-header.ts';
 import { REPO_ROOT } from '../helpers/image.ts';
 
 const dir = await mkdtemp(join(tmpdir(), 'wt-gc-'));
@@ -83,10 +84,7 @@ describe('against a hostile guest', () => {
       'an oversized frame',
       (s) => {
         s.respond({ ':status': 200 });
-        const h = Buffer.alloc(5);
-        h.writeUInt8(FrameType.Stdout, 0);
-        h.writeUInt32BE(0xffffffff, 1);
-        s.write(h);
+        s.write(frameHeader(FrameType.Stdout, 0xffffffff));
       },
       'GUEST_PROTOCOL',
     ],

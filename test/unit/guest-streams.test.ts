@@ -22,6 +22,7 @@ import { after, before, describe, test } from 'node:test';
 import { GuestClient, registerGuestRoutes, useWarrenErrors, VirtioSerialTransport } from '@warren/host-agent';
 import { encodeFrame, FrameType } from '@warren/protocol';
 import Fastify, { type FastifyInstance } from 'fastify';
+import { frameHeader } from '../helpers/frame-header.ts';
 import { REPO_ROOT } from '../helpers/image.ts';
 import { kernelQueuedOn, plateau, stalledRequest } from '../helpers/stalled-reader.ts';
 import { until } from '../helpers/until.ts';
@@ -303,10 +304,7 @@ describe('a hostile guest or client cannot end the agent (finding 10, host agent
       'an oversized frame',
       (s) => {
         s.respond({ ':status': 200 });
-        const h = Buffer.alloc(5);
-        h.writeUInt8(FrameType.Stdout, 0);
-        h.writeUInt32BE(0xffffffff, 1);
-        s.write(h);
+        s.write(frameHeader(FrameType.Stdout, 0xffffffff));
       },
       (lines) => assert.equal(lines.at(-1)?.error?.code, 'GUEST_PROTOCOL'),
     ],
