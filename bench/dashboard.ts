@@ -41,7 +41,7 @@ import { vmIdOfTenant, WarrenError } from '@warren/protocol';
 import autocannon, { type Result } from 'autocannon';
 import { call, FAKE_IMAGE, FakeAgent, openTestControlPlane } from '../test/helpers/api.ts';
 import { freePort } from '../test/helpers/free-port.ts';
-import { serveWebSocketEcho, wsAccept } from '../test/helpers/ws-echo.ts';
+import { acceptWebSocketEcho } from '../test/helpers/ws-echo.ts';
 import { median, positiveInt } from './common.ts';
 
 /* ------------------------------------------------------------------------- the responses */
@@ -122,10 +122,7 @@ async function upstreamThread(host: string): Promise<void> {
   // side is closing between runs.
   server.keepAliveTimeout = 65_000;
   server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => {
-    socket.write(
-      `HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${wsAccept(String(req.headers['sec-websocket-key']))}\r\n\r\n`,
-    );
-    serveWebSocketEcho(socket, head);
+    acceptWebSocketEcho(req, socket, head);
   });
   await listen(server, host, 0);
   serve(

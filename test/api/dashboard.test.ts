@@ -27,7 +27,7 @@ import { vmIdOfTenant, WarrenError } from '@warren/protocol';
 import type { FastifyInstance } from 'fastify';
 import { call, FAKE_IMAGE, openTestControlPlane, type TestControlPlane } from '../helpers/api.ts';
 import { ProxyAgent } from '../helpers/proxy-agent.ts';
-import { serveWebSocketEcho, wsAccept } from '../helpers/ws-echo.ts';
+import { acceptWebSocketEcho } from '../helpers/ws-echo.ts';
 
 const BODY_LIMIT = 256 * 1024;
 const TIMEOUT_MS = 1500;
@@ -136,10 +136,7 @@ function dashboardServer(who: string): Server {
       socket.end('HTTP/1.1 404 Not Found\r\ncontent-type: text/plain\r\ncontent-length: 5\r\n\r\nnows!');
       return;
     }
-    socket.write(
-      `HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${wsAccept(String(req.headers['sec-websocket-key']))}\r\n\r\n`,
-    );
-    serveWebSocketEcho(socket, head);
+    acceptWebSocketEcho(req, socket, head);
   });
   return server;
 }

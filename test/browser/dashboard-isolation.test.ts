@@ -21,7 +21,7 @@ import { type BrowserContext, chromium, type Page } from 'playwright-core';
 import { call, FAKE_IMAGE, openTestControlPlane, type TestControlPlane } from '../helpers/api.ts';
 import { ProxyAgent } from '../helpers/proxy-agent.ts';
 import { until } from '../helpers/until.ts';
-import { serveWebSocketEcho, wsAccept } from '../helpers/ws-echo.ts';
+import { acceptWebSocketEcho } from '../helpers/ws-echo.ts';
 
 /*
  * The page's globals, for the functions that run in the browser (page.evaluate): the project
@@ -93,10 +93,7 @@ function vm(who: 'a' | 'b'): Server {
   });
   server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => {
     log[who].push({ url: req.url!, headers: req.headers, upgrade: true });
-    socket.write(
-      `HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${wsAccept(String(req.headers['sec-websocket-key']))}\r\n\r\n`,
-    );
-    serveWebSocketEcho(socket, head);
+    acceptWebSocketEcho(req, socket, head);
   });
   return server;
 }

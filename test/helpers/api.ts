@@ -12,7 +12,7 @@ import {
   PROXY_UPSTREAM_HEADER,
   type Resources,
 } from '@warren/protocol';
-import { serveWebSocketEcho, wsAccept } from './ws-echo.ts';
+import { acceptWebSocketEcho } from './ws-echo.ts';
 
 export interface TestControlPlane {
   cp: ControlPlane;
@@ -193,12 +193,9 @@ export class FakeAgent {
         socket.destroy();
         return;
       }
-      socket.write(
-        `HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n${PROXY_UPSTREAM_HEADER}: 1\r\nSec-WebSocket-Accept: ${wsAccept(String(req.headers['sec-websocket-key']))}\r\n\r\n`,
-      );
       this.#tunnels.add(socket);
       socket.once('close', () => this.#tunnels.delete(socket));
-      serveWebSocketEcho(socket, head);
+      acceptWebSocketEcho(req, socket, head, [`${PROXY_UPSTREAM_HEADER}: 1`]);
     });
     await new Promise<void>((r) => this.#server!.listen(0, '127.0.0.1', r));
     this.#address = `http://127.0.0.1:${(this.#server.address() as AddressInfo).port}`;

@@ -3,6 +3,7 @@
  * stand in for a dashboard's WebSocket in tests and benchmarks without another dependency.
  */
 import { createHash } from 'node:crypto';
+import type { IncomingMessage } from 'node:http';
 import type { Socket } from 'node:net';
 
 export function wsAccept(key: string): string {
@@ -46,6 +47,25 @@ export function parseFrame(buf: Buffer): { opcode: number; payload: Buffer; size
   const payload = Buffer.from(buf.subarray(off, off + len));
   if (masked) for (let i = 0; i < payload.length; i++) payload[i]! ^= buf[maskAt + (i % 4)]!;
   return { opcode, payload, size: off + len };
+}
+
+/**
+ * Accepts the WebSocket upgrade `req` on `socket` (101 Switching Protocols with its
+ * Sec-WebSocket-Accept, plus `extraHeaders` as `name: value` lines) and echoes what follows
+ * `head` (`serveWebSocketEcho`).
+ */
+export function acceptWebSocketEcho(
+  req: IncomingMessage,
+  socket: Socket,
+  head: Buffer,
+  extraHeaders: string[] = [],
+): void {
+  socket.write(
+    'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n' +
+      extraHeaders.map((h) => `${h}\r\n`).join('') +
+      `Sec-WebSocket-Accept: ${wsAccept(String(req.headers['sec-websocket-key']))}\r\n\r\n`,
+  );
+  serveWebSocketEcho(socket, head);
 }
 
 /** A minimal RFC 6455 echo: text and binary frames back as they came, ping → pong, close → close. */
