@@ -9,8 +9,8 @@ import { after, before, describe, test } from 'node:test';
 import type { RegisteredRoute } from '@warren/control-plane';
 import {
   call,
-  converge,
-  FAKE_IMAGE,
+  convergeAllRunning,
+  createTenantWithKey,
   FakeAgent,
   openTestControlPlane,
   type TestControlPlane,
@@ -48,25 +48,16 @@ before(async () => {
   );
   for (const who of ['a', 'b'] as const) {
     const name = `tenant-${who}`;
-    const created = await call(t.url, 'POST', '/v1/tenants', {
-      token: t.adminToken,
-      body: { name, image: FAKE_IMAGE },
-    });
-    assert.equal(created.status, 202, created.text);
-    const key = await call(t.url, 'POST', '/v1/keys', { token: t.adminToken, body: { tenant: name } });
-    assert.equal(key.status, 201, key.text);
+    const { created, key } = await createTenantWithKey(t, { name });
     tenants[who] = {
-      id: created.body.tenant.id,
+      id: created.tenant.id,
       name,
-      key: key.body.token,
-      keyId: key.body.key.id,
-      op: created.body.operation.id,
+      key: key.token,
+      keyId: key.key.id,
+      op: created.operation.id,
     };
   }
-  await converge([agent], async () => {
-    const r = await call(t.url, 'GET', '/v1/tenants', { token: t.adminToken });
-    return r.body.tenants.every((x: { state: string }) => x.state === 'running');
-  });
+  await convergeAllRunning(t, [agent]);
 });
 
 after(async () => {

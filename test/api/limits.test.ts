@@ -10,8 +10,8 @@ import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import {
   call,
-  converge,
-  FAKE_IMAGE,
+  convergeAllRunning,
+  createTenantWithKey,
   FakeAgent,
   openTestControlPlane,
   type TestControlPlane,
@@ -35,19 +35,9 @@ async function setup(overrides: Parameters<typeof openTestControlPlane>[0]): Pro
   );
   const keys = {} as Record<'a' | 'b', string>;
   for (const name of ['a', 'b'] as const) {
-    const created = await call(t.url, 'POST', '/v1/tenants', {
-      token: t.adminToken,
-      body: { name, image: FAKE_IMAGE },
-    });
-    assert.equal(created.status, 202, created.text);
-    const key = await call(t.url, 'POST', '/v1/keys', { token: t.adminToken, body: { tenant: name } });
-    assert.equal(key.status, 201, key.text);
-    keys[name] = key.body.token;
+    keys[name] = (await createTenantWithKey(t, { name })).key.token;
   }
-  await converge([agent], async () => {
-    const r = await call(t.url, 'GET', '/v1/tenants', { token: t.adminToken });
-    return r.body.tenants.every((x: { state: string }) => x.state === 'running');
-  });
+  await convergeAllRunning(t, [agent]);
   return { t, agent, keys };
 }
 

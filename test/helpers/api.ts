@@ -1,3 +1,4 @@
+import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
@@ -245,6 +246,33 @@ export class FakeAgent {
     for (const socket of this.#tunnels) socket.destroy();
     await new Promise<void>((r) => (this.#server ? this.#server.close(() => r()) : r()));
   }
+}
+
+/**
+ * Creates a tenant and an API key for it, as the admin; both must succeed. Returns the answers'
+ * bodies: `tenant` and `operation`, and the key's `token` and `key`.
+ */
+export async function createTenantWithKey(
+  t: TestControlPlane,
+  tenant: { name: string; image?: string; [field: string]: unknown },
+  // biome-ignore lint/suspicious/noExplicitAny: the API's JSON, as `call` returns it
+): Promise<{ created: any; key: any }> {
+  const created = await call(t.url, 'POST', '/v1/tenants', {
+    token: t.adminToken,
+    body: { image: FAKE_IMAGE, ...tenant },
+  });
+  assert.equal(created.status, 202, created.text);
+  const key = await call(t.url, 'POST', '/v1/keys', { token: t.adminToken, body: { tenant: tenant.name } });
+  assert.equal(key.status, 201, key.text);
+  return { created: created.body, key: key.body };
+}
+
+/** Heartbeats the agents until every tenant runs. */
+export function convergeAllRunning(t: TestControlPlane, agents: FakeAgent[]): Promise<void> {
+  return converge(agents, async () => {
+    const r = await call(t.url, 'GET', '/v1/tenants', { token: t.adminToken });
+    return r.body.tenants.every((x: { state: string }) => x.state === 'running');
+  });
 }
 
 /** Heartbeats every agent until `check` holds (each round lets the fake agents converge). */
