@@ -25,7 +25,7 @@ import type { RegisteredRoute } from '@warren/control-plane';
 import { createRemoteApi, type Host } from '@warren/host-agent';
 import { vmIdOfTenant, WarrenError } from '@warren/protocol';
 import type { FastifyInstance } from 'fastify';
-import { call, FAKE_IMAGE, openTestControlPlane, type TestControlPlane } from '../helpers/api.ts';
+import { call, createTenantWithKey, openTestControlPlane, type TestControlPlane } from '../helpers/api.ts';
 import { ProxyAgent } from '../helpers/proxy-agent.ts';
 import { acceptWebSocketEcho } from '../helpers/ws-echo.ts';
 
@@ -198,13 +198,8 @@ before(async () => {
   agent.guestIps.set('nothing-listens', '127.0.0.5');
   agent.guestIps.set('sleepy', '127.0.0.2');
   for (const name of ['tenant-a', 'tenant-b', 'no-network', 'nothing-listens', 'sleepy']) {
-    const created = await call(t.url, 'POST', '/v1/tenants', {
-      token: t.adminToken,
-      body: { name, image: FAKE_IMAGE, dashboardPort: port },
-    });
-    assert.equal(created.status, 202, created.text);
-    const key = await call(t.url, 'POST', '/v1/keys', { token: t.adminToken, body: { tenant: name } });
-    tenants[name] = { id: created.body.tenant.id, key: key.body.token, keyId: key.body.key.id };
+    const { created, key } = await createTenantWithKey(t, { name, dashboardPort: port });
+    tenants[name] = { id: created.tenant.id, key: key.token, keyId: key.key.id };
   }
   for (let i = 0; i < 3; i++) await agent.heartbeat();
   const list = await call(t.url, 'GET', '/v1/tenants', { token: t.adminToken });

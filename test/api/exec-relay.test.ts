@@ -10,7 +10,13 @@ import { randomBytes } from 'node:crypto';
 import { createServer, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { after, before, describe, test } from 'node:test';
-import { call, FAKE_IMAGE, FakeAgent, openTestControlPlane, type TestControlPlane } from '../helpers/api.ts';
+import {
+  call,
+  createTenantWithKey,
+  FakeAgent,
+  openTestControlPlane,
+  type TestControlPlane,
+} from '../helpers/api.ts';
 import { kernelQueuedOnPorts, plateau, stalledRequest } from '../helpers/stalled-reader.ts';
 import { until } from '../helpers/until.ts';
 
@@ -62,13 +68,7 @@ before(async () => {
     0,
     { address: `http://127.0.0.1:${agentPort}`, agentToken },
   );
-  const created = await call(t.url, 'POST', '/v1/tenants', {
-    token: t.adminToken,
-    body: { name: 'flood', image: FAKE_IMAGE },
-  });
-  assert.equal(created.status, 202, created.text);
-  key = (await call(t.url, 'POST', '/v1/keys', { token: t.adminToken, body: { tenant: 'flood' } })).body
-    .token;
+  key = (await createTenantWithKey(t, { name: 'flood' })).key.token;
   await until('the tenant runs', async () => {
     await agent.heartbeat();
     return (await call(t.url, 'GET', '/v1/tenants/flood', { token: key })).body?.state === 'running';

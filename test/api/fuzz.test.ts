@@ -9,6 +9,7 @@ import { after, before, describe, test } from 'node:test';
 import {
   call,
   converge,
+  createTenantWithKey,
   FAKE_IMAGE,
   FakeAgent,
   openTestControlPlane,
@@ -25,12 +26,7 @@ before(async () => {
     t.url,
     t.joinToken,
   );
-  await call(t.url, 'POST', '/v1/tenants', {
-    token: t.adminToken,
-    body: { name: 'victim', image: FAKE_IMAGE },
-  });
-  tenantKey = (await call(t.url, 'POST', '/v1/keys', { token: t.adminToken, body: { tenant: 'victim' } }))
-    .body.token;
+  tenantKey = (await createTenantWithKey(t, { name: 'victim' })).key.token;
   await converge(
     [agent],
     async () =>

@@ -18,7 +18,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { type BrowserContext, chromium, type Page } from 'playwright-core';
-import { call, FAKE_IMAGE, openTestControlPlane, type TestControlPlane } from '../helpers/api.ts';
+import { call, createTenantWithKey, openTestControlPlane, type TestControlPlane } from '../helpers/api.ts';
 import { ProxyAgent } from '../helpers/proxy-agent.ts';
 import { until } from '../helpers/until.ts';
 import { acceptWebSocketEcho } from '../helpers/ws-echo.ts';
@@ -134,14 +134,7 @@ describe('tenant dashboards in a real browser', {
     agent.guestIps.set('tenant-a', '127.0.0.2');
     agent.guestIps.set('tenant-b', '127.0.0.4');
     for (const name of ['tenant-a', 'tenant-b']) {
-      const created = await call(t.url, 'POST', '/v1/tenants', {
-        token: t.adminToken,
-        body: { name, image: FAKE_IMAGE, dashboardPort: vmPort },
-      });
-      assert.equal(created.status, 202, created.text);
-      keys[name] = (
-        await call(t.url, 'POST', '/v1/keys', { token: t.adminToken, body: { tenant: name } })
-      ).body.token;
+      keys[name] = (await createTenantWithKey(t, { name, dashboardPort: vmPort })).key.token;
     }
     await until(
       'both tenants to run',
