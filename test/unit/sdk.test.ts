@@ -12,6 +12,7 @@ import { after, before, beforeEach, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Operation, Tenant } from '@warren/protocol';
 import { nodeFetch, WarrenClient, WarrenError } from '@warren/sdk';
+import { freePort } from '../helpers/free-port.ts';
 
 type Handler = (req: IncomingMessage, res: ServerResponse, body: Buffer) => unknown;
 
@@ -121,10 +122,7 @@ for (const transport of TRANSPORTS) {
       });
 
       test('an unreachable URL gives API_UNREACHABLE naming the URL and the cause', async () => {
-        const probe = createServer();
-        await new Promise<void>((r) => probe.listen(0, '127.0.0.1', r));
-        const { port } = probe.address() as AddressInfo;
-        await new Promise<void>((r) => probe.close(() => r()));
+        const port = await freePort();
         const dead = client(`http://127.0.0.1:${port}`, 't');
         await assert.rejects(dead.health(), (e) => {
           assert.ok(e instanceof WarrenError);
