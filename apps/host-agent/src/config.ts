@@ -71,6 +71,11 @@ export const HostAgentConfig = z.strictObject({
   imagesDir: z.string().startsWith('/').optional(),
   /** WARREN_ACCEL: `auto` picks KVM only where it can run ordinary guests, else TCG. */
   accel: z.enum(['auto', 'kvm', 'tcg']).default('auto'),
+  /**
+   * WARREN_VMM: the VMM driver this host runs its VMs with (vmm/drivers.ts lists them); the
+   * host reports it in heartbeats. VMs made under one driver are left alone by another.
+   */
+  vmm: z.enum(['qemu']).default('qemu'),
   /** WARREN_QEMU: the QEMU system emulator binary. */
   qemuBinary: z.string().default('qemu-system-x86_64'),
   /**
@@ -296,6 +301,7 @@ export const ENV_NAMES: Record<keyof HostAgentConfig, string> = {
   capacityMemoryMiB: 'WARREN_CAPACITY_MEMORY_MIB',
   capacityDiskMiB: 'WARREN_CAPACITY_DISK_MIB',
   network: 'WARREN_NETWORK',
+  vmm: 'WARREN_VMM',
   vmNetwork: 'WARREN_VM_NETWORK',
   vmDnsUpstream: 'WARREN_VM_DNS_UPSTREAM',
   dnsPort: 'WARREN_DNS_PORT',

@@ -16,8 +16,8 @@ import { addressPlan } from './net/address.ts';
 import { parseUpstream, systemResolver } from './net/dns-forwarder.ts';
 import { HostNetwork } from './net/host-network.ts';
 import { VmManager } from './vm/vm-manager.ts';
-import { QEMU_FILES } from './vmm/qemu/qemu-args.ts';
-import { QemuDriver } from './vmm/qemu/qemu-driver.ts';
+import type { VmmDriver } from './vmm/driver.ts';
+import { DRIVERS } from './vmm/drivers.ts';
 
 export interface Host {
   config: HostAgentConfig;
@@ -32,27 +32,29 @@ export interface Host {
 
 /**
  * Private modes on the agent's data directory (fs-modes.ts), except where others own the modes:
- * each VM's jail (set for the VM's own QEMU uid at every launch), and the image store and build
+ * what the VMM driver sets the modes of itself in each VM directory (`ownModes`: the QEMU
+ * driver's jail, traversable for the VM's own uid), and the image store and build
  * caches, which hold platform images and their inputs, no tenant data: the store keeps blobs
  * 0444 so a jailed QEMU can read its kernel, initrd and base image, and the builder copies modes
  * from its cache into the images it makes.
  */
-export async function lockDownHostDataDir(config: HostAgentConfig): Promise<void> {
+export async function lockDownHostDataDir(config: HostAgentConfig, driver: VmmDriver): Promise<void> {
   const vmsDir = join(config.dataDir, 'vms');
   const platformDirs = new Set([imagesDirOf(config), join(config.dataDir, 'cache')]);
+  const own = new Set(driver.ownModes ?? []);
   await lockDownDataDir(
     config.dataDir,
-    (path) =>
-      platformDirs.has(path) || (basename(path) === QEMU_FILES.jail && dirname(dirname(path)) === vmsDir),
+    (path) => platformDirs.has(path) || (own.has(basename(path)) && dirname(dirname(path)) === vmsDir),
   );
 }
 
-/** Wires the host side from validated configuration: image store, VMM driver, cgroups, VMs. */
+/** Wires the host side from validated configuration: the VMM driver (WARREN_VMM), image store, cgroups, VMs. */
 export async function openHost(config: HostAgentConfig, log: (m: string) => void = () => {}): Promise<Host> {
+  const driver = DRIVERS[config.vmm].create(config, log);
   // Before anything is written: tenant disks and credentials are root's alone.
-  await lockDownHostDataDir(config);
+  await lockDownHostDataDir(config, driver);
   const accel = await chooseAccelerator(config.accel);
-  log(`accelerator: ${accel.accel} (${accel.reason})`);
+  log(`VMM: ${driver.name}; accelerator: ${accel.accel} (${accel.reason})`);
   const cg = await detectCgroups(config.cgroups, config.cgroupRoot);
   log(
     `resource limits: ${cg.driver ? cg.reason : `OFF, VMs run without CPU, memory and pids limits: ${cg.reason}`}`,
@@ -60,11 +62,6 @@ export async function openHost(config: HostAgentConfig, log: (m: string) => void
   const io = cg.driver ? await ioLimitOf(config, cg.driver) : { reason: 'no cgroups' };
   log(io.limit ? `I/O limit per VM: ${io.reason}` : `no I/O limit per VM: ${io.reason}`);
   const store = new ImageStore(imagesDirOf(config));
-  const driver = new QemuDriver({
-    binary: config.qemuBinary,
-    tcgTranslationCacheMiB: config.tcgTranslationCacheMiB,
-    consoleLogBytes: config.consoleLogMiB * 1024 * 1024,
-  });
   const network = config.network === 'on' ? await openNetwork(config, log) : undefined;
   const vms = await VmManager.open({
     dataDir: config.dataDir,

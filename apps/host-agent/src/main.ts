@@ -13,6 +13,7 @@ import { loadConfig, socketPathOf } from './config.ts';
 import { connectControlPlane } from './control/connect.ts';
 import { PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, setAgentUmask } from './fs-modes.ts';
 import { lockDownHostDataDir, openHost } from './host.ts';
+import { DRIVERS } from './vmm/drivers.ts';
 
 function log(message: string) {
   process.stderr.write(`${new Date().toISOString()} host-agent: ${message}\n`);
@@ -35,7 +36,8 @@ async function takeLock(dataDir: string): Promise<string> {
 export async function runHostAgent(): Promise<void> {
   const config = loadConfig();
   setAgentUmask();
-  await lockDownHostDataDir(config);
+  // Before the lock file is written; openHost does it again, harmlessly.
+  await lockDownHostDataDir(config, DRIVERS[config.vmm].create(config, log));
   const lock = await takeLock(config.dataDir);
   const host = await openHost(config, log);
   const app = createApi(host);

@@ -9,17 +9,19 @@ export interface JailIds {
   gid: number;
 }
 
-/** Everything a VMM needs to launch one VM; paths are inside the VM's own state directory. */
+/**
+ * Everything a VMM needs to launch one VM. Where its disks, sockets and logs live inside `dir`
+ * is the driver's business: the rest of the agent only knows the directory.
+ */
 export interface VmLaunchSpec {
   id: string;
-  /** The VM's state directory (sockets, logs, disks). */
+  /** The VM's state directory; removing it removes the VM's files. */
   dir: string;
   image: VerifiedImage;
   cpus: number;
   memoryMiB: number;
-  rootDisk: string;
-  dataDisk: string;
   accel: Accelerator;
+  /** The VM's cgroup, made by the agent with the VM's limits; absent when the driver owns cgroups or they are off. */
   cgroup?: CgroupHandle;
   /**
    * The unprivileged uid and gid this VM's VMM runs as, its own among the VMs of this host
@@ -33,6 +35,14 @@ export interface VmLaunchSpec {
   directIo?: boolean;
   /** A NIC on this pre-made TAP; `kernelArg` tells the guest its addresses. */
   network?: { tap: string; mac: string; kernelArg: string };
+}
+
+/** What a new VM's disks are made from. */
+export interface VmDiskSpec {
+  /** The image's raw root filesystem, read-only and shared by every VM of the image. */
+  baseImage: string;
+  /** Size of the VM's persistent data volume, mounted at /workspace in the guest. */
+  dataMiB: number;
 }
 
 export interface VmExit {
@@ -60,17 +70,84 @@ export interface RunningVm {
 }
 
 /**
- * A virtual machine monitor backend. QEMU is the one built; libvirt and Firecracker fit
- * behind the same interface (their own launch/attach and transport), and the contract
- * tests in test/vm run against every driver listed there.
+ * What a driver can do. Callers ask these instead of comparing driver names; anything a driver
+ * does not declare is off (`capabilities()` fills the safe defaults), so a new driver is never
+ * assumed to do more than it says.
+ */
+export interface VmmCapabilities {
+  /** Accelerators it can run guests with; the host's choice must be one of them. */
+  accelerators: readonly Accelerator[];
+  /** A VM keeps running when the agent stops, and `attach` finds it again. */
+  reAttach: boolean;
+  /** Can save and restore a running guest's memory. */
+  memorySnapshots: boolean;
+  /** Can snapshot a VM's disks. */
+  diskSnapshots: boolean;
+  /** Can pause a running guest and resume it later. */
+  liveSuspend: boolean;
+  /** Can reach the guest over vsock (otherwise: a virtio-serial port behind a unix socket). */
+  vsock: boolean;
+  /** Runs each VMM in Warren's own jail (vmm/qemu/jail.ts: namespaces, own root, own uid). */
+  jailed: boolean;
+  /**
+   * Applies the VM's CPU, memory and pids limits itself; the agent then makes no cgroup for it
+   * and passes none in the launch spec.
+   */
+  ownsCgroups: boolean;
+}
+
+const SAFE_DEFAULTS: VmmCapabilities = {
+  accelerators: ['tcg'],
+  reAttach: false,
+  memorySnapshots: false,
+  diskSnapshots: false,
+  liveSuspend: false,
+  vsock: false,
+  jailed: false,
+  ownsCgroups: false,
+};
+
+/** A driver's capabilities: what it declares, the safe default (off) for the rest. */
+export function capabilities(declared: Partial<VmmCapabilities>): VmmCapabilities {
+  return { ...SAFE_DEFAULTS, ...declared };
+}
+
+/**
+ * A virtual machine monitor backend: everything that differs between VMMs (disk layout and
+ * formats, sockets, console, how the guest channel is reached, confinement) is behind this.
+ * The agent keeps VM records, networking and the lifecycle (vm/), and only ever hands a driver
+ * the VM's directory and a launch spec. Drivers are listed in drivers.ts, and the contract
+ * suite (test/vm/vmm-contract.test.ts) runs against each of them.
  */
 export interface VmmDriver {
   readonly name: string;
-  /** Creates the VM's writable root disk as a copy-on-write layer over the image rootfs. */
-  createRootDisk(baseImage: string, target: string): Promise<void>;
+  readonly capabilities: VmmCapabilities;
+  /** Makes the host ready once, before the first attach or launch (e.g. starts a daemon). */
+  open?(): Promise<void>;
+  /** Lets go of what `open` holds (event streams); VMs keep running. */
+  close?(): void;
+  /**
+   * Creates a new VM's disks in `dir`: a copy-on-write root over the image and an empty data
+   * volume. `dir` is renamed into place afterwards, so nothing may refer to it by path.
+   */
+  createDisks(dir: string, disks: VmDiskSpec): Promise<void>;
   /** The longest unix socket path the driver uses for a VM in `dir` (the kernel allows 107 bytes). */
   longestSocketPath(dir: string): string;
+  /** The file holding the guest's serial console, named in boot failures. */
+  consoleLog(dir: string): string;
+  /**
+   * Names in a VM directory whose modes the driver sets itself at each launch (a jail its VMM's
+   * uid must traverse); the agent's start-up lock-down of the data directory skips them.
+   */
+  readonly ownModes?: readonly string[];
   launch(spec: VmLaunchSpec): Promise<RunningVm>;
-  /** Finds the VMM process of a VM that kept running while the host agent was down. */
+  /** Finds the VMM of a VM that kept running while the host agent was down (drivers with `reAttach`). */
   attach(spec: VmLaunchSpec): Promise<RunningVm | undefined>;
+  /** Removes what the driver keeps of a VM outside its directory; called when the VM is destroyed, after it ended. */
+  forget?(id: string, dir: string): Promise<void>;
+  /**
+   * What of the VM the backend still holds outside its directory, in words (`libvirt domain
+   * warren-x`); empty once it is destroyed. The contract suite checks destroy leaves nothing.
+   */
+  traces?(id: string, dir: string): Promise<string[]>;
 }

@@ -15,6 +15,7 @@ import {
 import { delimiter, join } from 'node:path';
 import { WarrenError } from '@warren/protocol';
 import type { JailIds, VmLaunchSpec } from '../driver.ts';
+import { vmDisks } from '../vm-disks.ts';
 import { JAIL_PATHS, QEMU_FILES } from './qemu-args.ts';
 
 /**
@@ -101,7 +102,8 @@ export async function prepareJail(spec: VmLaunchSpec, ids: JailIds): Promise<{ l
       libDirs.push(`/${name}`);
     }
   }
-  for (const disk of [spec.rootDisk, spec.dataDisk]) {
+  const disks = vmDisks(spec.dir);
+  for (const disk of [disks.root, disks.data]) {
     await chown(disk, ids.uid, ids.gid);
     await chmod(disk, 0o600);
   }
@@ -143,7 +145,7 @@ export async function resolveQemuBinary(binary: string): Promise<string> {
 /** RLIMIT_FSIZE for a VM: no file QEMU writes may grow past its largest disk (plus qcow2 metadata). */
 export async function fileSizeLimit(spec: VmLaunchSpec): Promise<number> {
   const sizes = await Promise.all(
-    [spec.dataDisk, spec.image.rootfsPath].map((p) => stat(p).then((s) => s.size)),
+    [vmDisks(spec.dir).data, spec.image.rootfsPath].map((p) => stat(p).then((s) => s.size)),
   );
   return Math.max(...sizes) + FSIZE_SLACK_BYTES;
 }
@@ -189,8 +191,8 @@ export function launcher(spec: VmLaunchSpec, qemuArgs: string[], o: LauncherOpti
     bindRo(spec.image.kernelPath, JAIL_PATHS.kernel),
     bindRo(spec.image.initrdPath, JAIL_PATHS.initrd),
     bindRo(spec.image.rootfsPath, JAIL_PATHS.rootfs),
-    bindRo(spec.rootDisk, JAIL_PATHS.rootDisk, 'nosuid,nodev,noexec'),
-    bindRo(spec.dataDisk, JAIL_PATHS.dataDisk, 'nosuid,nodev,noexec'),
+    bindRo(vmDisks(spec.dir).root, JAIL_PATHS.rootDisk, 'nosuid,nodev,noexec'),
+    bindRo(vmDisks(spec.dir).data, JAIL_PATHS.dataDisk, 'nosuid,nodev,noexec'),
     `cd ${J}`,
     'pivot_root . .',
     // umount(8) needs /proc, which the jail has not; umount2(".", MNT_DETACH) drops the old root.

@@ -4,11 +4,18 @@ import { readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { connect, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { run } from '@warren/images';
 import { WarrenError } from '@warren/protocol';
 import { VirtioSerialTransport } from '../../guest/transport.ts';
 import { writeCappedLog } from '../console-log.ts';
-import type { RunningVm, VmExit, VmLaunchSpec, VmmDriver } from '../driver.ts';
+import {
+  capabilities,
+  type RunningVm,
+  type VmDiskSpec,
+  type VmExit,
+  type VmLaunchSpec,
+  type VmmDriver,
+} from '../driver.ts';
+import { createVmDisks } from '../vm-disks.ts';
 import { fileSizeLimit, hostPathOf, launcher, prepareJail, resolveQemuBinary, TAP_FD } from './jail.ts';
 import { JAIL_PATHS, processName, QEMU_FILES, qemuArgs } from './qemu-args.ts';
 import { QmpClient } from './qmp-client.ts';
@@ -41,14 +48,23 @@ export class QemuDriver implements VmmDriver {
     this.#options = options;
   }
 
-  async createRootDisk(baseImage: string, target: string): Promise<void> {
-    await run('qemu-img', ['create', '-q', '-f', 'qcow2', '-F', 'raw', '-b', baseImage, target], {
-      errorCode: 'HOST_UNSUPPORTED',
-    });
+  readonly capabilities = capabilities({
+    accelerators: ['kvm', 'tcg'],
+    reAttach: true,
+    jailed: true,
+  });
+  readonly ownModes = [QEMU_FILES.jail];
+
+  createDisks(dir: string, disks: VmDiskSpec): Promise<void> {
+    return createVmDisks(dir, disks);
   }
 
   longestSocketPath(dir: string): string {
     return hostPathOf(dir, JAIL_PATHS.console);
+  }
+
+  consoleLog(dir: string): string {
+    return join(dir, QEMU_FILES.console);
   }
 
   async launch(spec: VmLaunchSpec): Promise<RunningVm> {

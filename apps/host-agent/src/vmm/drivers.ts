@@ -1,0 +1,43 @@
+import type { HostAgentConfig } from '../config.ts';
+import type { VmmDriver } from './driver.ts';
+import { missingCommands, needsRoot } from './prerequisites.ts';
+import { QemuDriver } from './qemu/qemu-driver.ts';
+
+export type VmmName = HostAgentConfig['vmm'];
+
+export interface DriverEntry {
+  /** Builds the driver from the host's validated configuration. */
+  create(config: HostAgentConfig, log: (message: string) => void): VmmDriver;
+  /** Why the driver cannot run on this machine (a missing program, not root), or undefined when it can. */
+  prerequisites(config: HostAgentConfig): Promise<string | undefined>;
+}
+
+/**
+ * Every VMM driver, by the name WARREN_VMM selects it with. Adding a driver means its folder,
+ * an entry here and its name in the WARREN_VMM enum (config.ts); the contract suite
+ * (test/vm/vmm-contract.test.ts) and bench/boot.ts run each entry.
+ */
+export const DRIVERS: { readonly [name in VmmName]: DriverEntry } = {
+  qemu: {
+    create: (config) =>
+      new QemuDriver({
+        binary: config.qemuBinary,
+        tcgTranslationCacheMiB: config.tcgTranslationCacheMiB,
+        consoleLogBytes: config.consoleLogMiB * 1024 * 1024,
+      }),
+    async prerequisites(config) {
+      const missing = await missingCommands([
+        config.qemuBinary,
+        'qemu-img',
+        'mkfs.ext4',
+        'unshare',
+        'setpriv',
+        'perl',
+      ]);
+      if (missing.length > 0) return `missing programs: ${missing.join(', ')}`;
+      return needsRoot('qemu');
+    },
+  },
+};
+
+export const VMM_NAMES = Object.keys(DRIVERS) as VmmName[];
