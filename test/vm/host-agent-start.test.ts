@@ -104,6 +104,7 @@ describe('without cgroups (finding 11)', () => {
       });
       assert.equal(host.name, 'no-limits');
       assert.equal(host.cgroups, 'off');
+      assert.equal(host.vmm, 'qemu', 'the heartbeat carries the VMM driver (WARREN_VMM defaults to qemu)');
       assert.match(stderr(), /resource limits: OFF/);
     } finally {
       await stopAgent(agent);

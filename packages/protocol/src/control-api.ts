@@ -222,6 +222,11 @@ export const HostHealth = z.enum(['healthy', 'unhealthy']);
  */
 export const CgroupState = z.enum(['v1', 'v2', 'off']);
 export type CgroupState = z.infer<typeof CgroupState>;
+/**
+ * The VMM driver a host runs its VMs with (its WARREN_VMM). A name rather than an enum, so a
+ * new driver in the host agent needs no protocol change.
+ */
+export const VmmName = z.string().regex(/^[a-z][a-z0-9-]{0,31}$/, 'a VMM driver name');
 export const Host = z.object({
   id: HostId,
   name: ResourceName,
@@ -234,6 +239,8 @@ export const Host = z.object({
   agentVersion: z.string(),
   /** From the host's last heartbeat; `unknown` until the first one this control plane saw. */
   cgroups: z.union([CgroupState, z.literal('unknown')]),
+  /** The host's VMM driver, from its last heartbeat; `unknown` until the first one this control plane saw. */
+  vmm: z.string(),
   images: z.array(z.string()),
   tenants: z.number().int(),
   lastHeartbeatAt: z.string().nullable(),
@@ -430,6 +437,8 @@ export const HeartbeatRequest = z.strictObject({
   health: z.enum(['ok', 'degraded']),
   /** Optional: agents older than this field do not send it. */
   cgroups: CgroupState.optional(),
+  /** Optional: agents older than this field do not send it. */
+  vmm: VmmName.optional(),
   images: z.array(ImageSummary).max(1000),
   /** Every tenant VM on the host, including those being created or deleted. */
   vms: z.array(ReportedVm).max(10_000),

@@ -32,6 +32,8 @@ export class HostService {
    * column for it: after a restart a host shows `unknown` for one heartbeat interval.
    */
   readonly #cgroups = new Map<string, CgroupState>();
+  /** Each host's VMM driver from its last heartbeat; in memory like `#cgroups`, for the same reason. */
+  readonly #vmms = new Map<string, string>();
 
   constructor(db: Db, config: ControlPlaneConfig) {
     this.#db = db;
@@ -147,6 +149,7 @@ export class HostService {
   async heartbeat(hostId: string, hb: HeartbeatRequest): Promise<HeartbeatResponse> {
     const t = now();
     if (hb.cgroups) this.#cgroups.set(hostId, hb.cgroups);
+    if (hb.vmm) this.#vmms.set(hostId, hb.vmm);
     const tenants = await this.#db.transaction().execute(async (trx) => {
       await trx
         .updateTable('hosts')
@@ -327,6 +330,7 @@ export class HostService {
       draining: r.draining === 1,
       agentVersion: r.agent_version,
       cgroups: this.#cgroups.get(r.id) ?? 'unknown',
+      vmm: this.#vmms.get(r.id) ?? 'unknown',
       images: safeImages(r.images).map((i) => i.id),
       tenants,
       lastHeartbeatAt: r.last_heartbeat_at,

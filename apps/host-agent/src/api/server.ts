@@ -16,6 +16,7 @@ export function createApi(host: Host): FastifyInstance {
   app.get('/v1/host', async () => ({
     accelerator: host.accel,
     cgroups: host.cgroups,
+    vmm: { name: host.vms.vmm.name, capabilities: host.vms.vmm.capabilities },
     dataDir: host.config.dataDir,
     pid: process.pid,
   }));

@@ -72,6 +72,7 @@ export async function connectControlPlane(
       agentVersion: AGENT_VERSION,
       capacity: await capacityOf(config),
       cgroups: host.cgroups.state,
+      vmm: host.vms.vmm.name,
       ...(joinToken ? { joinToken } : {}),
       ...(credentials ? { credentials } : {}),
       heartbeatMs: config.heartbeatMs,

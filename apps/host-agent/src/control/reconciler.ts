@@ -32,6 +32,8 @@ export interface ReconcilerOptions {
   capacity: Resources;
   /** Reported with every heartbeat, so `warren host list` shows hosts that run without limits. */
   cgroups?: CgroupState;
+  /** The VMM driver (WARREN_VMM), reported with every heartbeat and shown by `warren host list`. */
+  vmm?: string;
   /** Needed to join, and to join again when the control plane forgot this host's token. */
   joinToken?: string;
   /** Saved credentials for `controlPlaneUrl`, when this host joined before. */
@@ -240,6 +242,7 @@ export class Reconciler {
       capacity: this.#o.capacity,
       health: 'ok',
       ...(this.#o.cgroups ? { cgroups: this.#o.cgroups } : {}),
+      ...(this.#o.vmm ? { vmm: this.#o.vmm } : {}),
       images,
       vms,
     };

@@ -21,13 +21,26 @@ export async function run(
         draining: h.draining ? 'yes' : 'no',
         // `off`: the operator runs this host's VMs without CPU, memory and pids limits.
         cgroups: h.cgroups,
+        vmm: h.vmm,
         vcpus: `${h.allocated.vcpus}/${h.capacity.vcpus}`,
         memory: `${h.allocated.memoryMiB}/${h.capacity.memoryMiB} MiB`,
         disk: `${h.allocated.diskMiB}/${h.capacity.diskMiB} MiB`,
         tenants: h.tenants,
         'last-heartbeat': ago(h.lastHeartbeatAt),
       })),
-      ['name', 'id', 'health', 'draining', 'cgroups', 'vcpus', 'memory', 'disk', 'tenants', 'last-heartbeat'],
+      [
+        'name',
+        'id',
+        'health',
+        'draining',
+        'cgroups',
+        'vmm',
+        'vcpus',
+        'memory',
+        'disk',
+        'tenants',
+        'last-heartbeat',
+      ],
     ),
   );
   return 0;
