@@ -6,6 +6,11 @@ import { TEST_IMAGES_DIR } from './image.ts';
 
 export interface TestHost extends Host {
   dataDir: string;
+  /**
+   * Lets go of the VMs without stopping them, as an agent that exits does, and opens a new host
+   * on the same data directory (an agent restart); this host must not be used after.
+   */
+  reopen(): Promise<TestHost>;
   /** Destroys every VM and removes the data directory; safe to call twice. */
   dispose(): Promise<void>;
 }
@@ -18,7 +23,10 @@ export interface TestHost extends Host {
 /** `env`: further host-agent settings, by their environment names (WARREN_...). */
 export async function openTestHost(env: Record<string, string> = {}): Promise<TestHost> {
   // Short path: VM sockets live under it and unix socket paths are limited to 107 bytes.
-  const dataDir = await mkdtemp(join(tmpdir(), 'wt-'));
+  return openOn(await mkdtemp(join(tmpdir(), 'wt-')), env);
+}
+
+async function openOn(dataDir: string, env: Record<string, string>): Promise<TestHost> {
   const host = await openHost(
     loadConfig(env, { dataDir, imagesDir: TEST_IMAGES_DIR, bootTimeoutMs: 90_000, network: 'off' }),
   );
@@ -26,6 +34,11 @@ export async function openTestHost(env: Record<string, string> = {}): Promise<Te
   return {
     ...host,
     dataDir,
+    async reopen() {
+      disposed = true;
+      host.vms.close();
+      return openOn(dataDir, env);
+    },
     async dispose() {
       if (disposed) return;
       disposed = true;
