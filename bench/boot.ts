@@ -75,6 +75,7 @@ for (const name of values.drivers!.split(',') as VmmName[]) {
     console.log(`${name.padEnd(8)} skipped: ${missing}`);
     continue;
   }
+  const services = await entry.services?.(loadConfig(env), (m) => console.log(`${name.padEnd(8)} ${m}`));
   const dataDir = await mkdtemp(join(tmpdir(), 'wb-'));
   const host = await openHost(loadConfig(env, { dataDir, imagesDir: imagesDirOf(config), network: 'off' }));
   console.log(`${name.padEnd(8)} accelerator: ${host.accel.accel} (${host.accel.reason})`);
@@ -98,5 +99,6 @@ for (const name of values.drivers!.split(',') as VmmName[]) {
     for (const vm of await host.vms.list()) await host.vms.destroy(vm.id).catch(() => {});
     host.vms.close();
     await rm(dataDir, { recursive: true, force: true });
+    await services?.stop();
   }
 }

@@ -27,16 +27,21 @@ for (const name of VMM_NAMES) {
   }, () => {
     let host: TestHost;
     let image: string;
+    let services: { stop(): Promise<void> } | undefined;
     // Shared by the tests below, which run in order: `a` lives through all of them, `b` is crashed.
     const a = `c-${name}-a`;
     const b = `c-${name}-b`;
 
     before(async () => {
       image = await minimalImage();
+      services = await DRIVERS[name].services?.(loadConfig(env), (m) => console.log(`# ${name}: ${m}`));
       host = await openTestHost(env);
       assert.equal(host.vms.vmm.name, name);
     });
-    after(() => host?.dispose());
+    after(async () => {
+      await host?.dispose();
+      await services?.stop();
+    });
 
     test('boots two VMs to a ready guest agent; exec runs in the guest', async () => {
       await host.vms.create({ id: a, image, cpus: 2, memoryMiB: 256, diskMiB: 64 });

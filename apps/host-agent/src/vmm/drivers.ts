@@ -10,6 +10,13 @@ export interface DriverEntry {
   create(config: HostAgentConfig, log: (message: string) => void): VmmDriver;
   /** Why the driver cannot run on this machine (a missing program, not root), or undefined when it can. */
   prerequisites(config: HostAgentConfig): Promise<string | undefined>;
+  /**
+   * Starts the host services the driver needs when none runs (a libvirt daemon), and returns
+   * what stops exactly what it started. The host agent's driver `open` starts them too and leaves
+   * them running (its VMs outlive it); tests and benchmarks call this to leave the machine as
+   * they found it.
+   */
+  services?(config: HostAgentConfig, log: (message: string) => void): Promise<{ stop(): Promise<void> }>;
 }
 
 /**
