@@ -18,12 +18,19 @@ import { until } from '../helpers/until.ts';
 
 const sh = (script: string) => ({ argv: ['sh', '-c', script] });
 
+/** WARREN_TEST_VMMS=a,b runs only those drivers (the others are reported skipped). */
+const only = process.env.WARREN_TEST_VMMS?.split(',');
+
 for (const name of VMM_NAMES) {
   const env = { WARREN_VMM: name };
   const missing = await DRIVERS[name].prerequisites(loadConfig(env));
+  const skip =
+    only && !only.includes(name)
+      ? `not in WARREN_TEST_VMMS=${only.join(',')}`
+      : missing && `${name} cannot run here: ${missing}`;
   describe(`vmm contract: ${name}`, {
     timeout: 900_000,
-    ...(missing ? { skip: `${name} cannot run here: ${missing}` } : {}),
+    ...(skip ? { skip } : {}),
   }, () => {
     let host: TestHost;
     let image: string;
