@@ -40,8 +40,6 @@ function spec(over: Partial<VmLaunchSpec> = {}): VmLaunchSpec {
     } as unknown as VmLaunchSpec['image'],
     cpus: 2,
     memoryMiB: 256,
-    rootDisk: join(dir, 'root.qcow2'),
-    dataDisk: join(dir, 'data.img'),
     accel: 'tcg',
     jail: { uid: 600_123, gid: 600_124 },
     ...over,

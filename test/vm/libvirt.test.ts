@@ -86,17 +86,7 @@ describe('libvirt driver', { timeout: 900_000, skip }, () => {
     const dir = join(vmsDir, id);
     // As the host agent makes it: root's alone (umask 077).
     await mkdir(dir, { mode: 0o700 });
-    await driver.createRootDisk(image.rootfsPath, join(dir, 'root.qcow2'));
-    await run('mkfs.ext4', [
-      '-q',
-      '-F',
-      '-L',
-      'workspace',
-      '-E',
-      'root_owner=1000:1000',
-      join(dir, 'data.img'),
-      '32M',
-    ]);
+    await driver.createDisks(dir, { baseImage: image.rootfsPath, dataMiB: 32 });
     const { driver: cg } = await detectCgroups('on');
     const cgroup = await cg?.create(`wt-libvirt-${id}`, {
       cpus: 1,
@@ -111,8 +101,6 @@ describe('libvirt driver', { timeout: 900_000, skip }, () => {
       image,
       cpus: 1,
       memoryMiB: 256,
-      rootDisk: join(dir, 'root.qcow2'),
-      dataDisk: join(dir, 'data.img'),
       accel: (await chooseAccelerator('auto')).accel,
       jail: { uid, gid: uid },
       ...(cgroup ? { cgroup } : {}),

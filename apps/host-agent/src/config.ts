@@ -75,7 +75,7 @@ export const HostAgentConfig = z.strictObject({
    * WARREN_VMM: the VMM driver this host runs its VMs with (vmm/drivers.ts lists them); the
    * host reports it in heartbeats. VMs made under one driver are left alone by another.
    */
-  vmm: z.enum(['qemu']).default('qemu'),
+  vmm: z.enum(['qemu', 'libvirt']).default('qemu'),
   /** WARREN_QEMU: the QEMU system emulator binary. */
   qemuBinary: z.string().default('qemu-system-x86_64'),
   /**

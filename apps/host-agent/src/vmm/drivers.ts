@@ -1,5 +1,6 @@
 import type { HostAgentConfig } from '../config.ts';
 import type { VmmDriver } from './driver.ts';
+import { ensureLibvirtd, LibvirtDriver, stopLibvirt, Virsh } from './libvirt/index.ts';
 import { missingCommands, needsRoot } from './prerequisites.ts';
 import { QemuDriver } from './qemu/qemu-driver.ts';
 
@@ -43,6 +44,33 @@ export const DRIVERS: { readonly [name in VmmName]: DriverEntry } = {
       ]);
       if (missing.length > 0) return `missing programs: ${missing.join(', ')}`;
       return needsRoot('qemu');
+    },
+  },
+  libvirt: {
+    create: (config, log) =>
+      new LibvirtDriver({
+        // libvirt wants an absolute path; a bare name is left to its default, /usr/bin/qemu-system-x86_64.
+        ...(config.qemuBinary.startsWith('/') ? { emulator: config.qemuBinary } : {}),
+        tcgTranslationCacheMiB: config.tcgTranslationCacheMiB,
+        consoleLogBytes: config.consoleLogMiB * 1024 * 1024,
+        log,
+      }),
+    async prerequisites() {
+      // Where no libvirtd answers, libvirtd and virtlogd are started under tini (libvirt/daemon.ts).
+      const missing = await missingCommands([
+        'virsh',
+        '/usr/sbin/libvirtd',
+        '/usr/sbin/virtlogd',
+        'tini',
+        'qemu-img',
+      ]);
+      if (missing.length > 0)
+        return `missing programs: ${missing.join(', ')} (scripts/install-deps.sh installs them)`;
+      return needsRoot('libvirt');
+    },
+    async services(_config, log) {
+      const started = await ensureLibvirtd({ virsh: new Virsh(), log });
+      return { stop: () => stopLibvirt(started) };
     },
   },
 };

@@ -1,3 +1,5 @@
+import { capabilities } from '../driver.ts';
+
 /**
  * How a libvirt domain's QEMU is confined, for callers and operators to see (G1's driver
  * capabilities report `jailed: false` for this driver). Warren's own jail (vmm/qemu/jail.ts) is
@@ -26,16 +28,13 @@ export const LIBVIRT_CONFINEMENT = {
 } as const;
 
 /**
- * A draft of this driver's capabilities for G1's seam (names to be aligned with it): what it does
- * today, not what libvirt could do. libvirt has internal memory snapshots (`virsh
- * snapshot-create-as`, ~0.2 s for a 256 MiB guest here) and suspend/resume; neither is wired up.
+ * This driver's capabilities: what it does today, not what libvirt could do. libvirt has internal
+ * memory snapshots (`virsh snapshot-create-as`, ~0.2 s for a 256 MiB guest here) and
+ * suspend/resume; neither is wired up, so both stay off. Limits come from the agent's cgroup,
+ * which QEMU is moved into (not `ownsCgroups`).
  */
-export const LIBVIRT_CAPABILITIES = {
+export const LIBVIRT_CAPABILITIES = capabilities({
   accelerators: ['kvm', 'tcg'],
-  reattach: true,
-  memorySnapshots: false,
-  diskSnapshots: false,
-  liveSuspend: false,
-  vsock: false,
+  reAttach: true,
   jailed: LIBVIRT_CONFINEMENT.jailedByWarren,
-} as const;
+});

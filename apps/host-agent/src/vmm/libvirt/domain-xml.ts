@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import { dirname, join } from 'node:path';
 import { AGENT_PORT_NAME } from '@warren/protocol';
 import type { VmLaunchSpec } from '../driver.ts';
+import { vmDisks } from '../vm-disks.ts';
 
 /** Files of a VM under the libvirt driver, in its VM directory. libvirtd (root) creates the sockets. */
 export const LIBVIRT_FILES = {
@@ -129,7 +130,7 @@ export function domainXml(spec: VmLaunchSpec, options: DomainXmlOptions): string
     // The image's rootfs is named as the overlay's backing store, read-only and shared.
     "    <disk type='file' device='disk'>",
     `      <driver name='qemu' type='qcow2' discard='unmap'${cache}/>`,
-    `      <source file='${e(spec.rootDisk)}'/>`,
+    `      <source file='${e(vmDisks(spec.dir).root)}'/>`,
     "      <backingStore type='file'>",
     "        <format type='raw'/>",
     `        <source file='${e(spec.image.rootfsPath)}'/>`,
@@ -140,7 +141,7 @@ export function domainXml(spec: VmLaunchSpec, options: DomainXmlOptions): string
     '    </disk>',
     "    <disk type='file' device='disk'>",
     `      <driver name='qemu' type='raw' discard='unmap'${cache}/>`,
-    `      <source file='${e(spec.dataDisk)}'/>`,
+    `      <source file='${e(vmDisks(spec.dir).data)}'/>`,
     "      <target dev='vdb' bus='virtio'/>",
     `      ${mmio}`,
     '    </disk>',

@@ -2,11 +2,11 @@ import { chmod, chown, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { connect, type Socket } from 'node:net';
 import { dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { run } from '@warren/images';
 import { WarrenError } from '@warren/protocol';
 import { VirtioSerialTransport } from '../../guest/transport.ts';
 import { writeCappedLog } from '../console-log.ts';
-import type { RunningVm, VmExit, VmLaunchSpec, VmmDriver } from '../driver.ts';
+import type { RunningVm, VmDiskSpec, VmExit, VmLaunchSpec, VmmDriver } from '../driver.ts';
+import { createVmDisks, vmDisks } from '../vm-disks.ts';
 import { LIBVIRT_CAPABILITIES, LIBVIRT_CONFINEMENT } from './confinement.ts';
 import { ensureLibvirtd, type StartedLibvirt } from './daemon.ts';
 import { domainName, domainXml, LIBVIRT_FILES, metadataDir } from './domain-xml.ts';
@@ -75,10 +75,47 @@ export class LibvirtDriver implements VmmDriver {
     return ensureLibvirtd({ virsh: this.virsh, ...(this.#options.log ? { log: this.#options.log } : {}) });
   }
 
-  async createRootDisk(baseImage: string, target: string): Promise<void> {
-    await run('qemu-img', ['create', '-q', '-f', 'qcow2', '-F', 'raw', '-b', baseImage, target], {
-      errorCode: 'HOST_UNSUPPORTED',
-    });
+  /** For the host agent (VmManager.open): libvirtd answers, or is started; it stays running with the VMs in it. */
+  async open(): Promise<void> {
+    await this.ensureDaemon();
+  }
+
+  close(): void {
+    this.#events.close();
+  }
+
+  createDisks(dir: string, disks: VmDiskSpec): Promise<void> {
+    return createVmDisks(dir, disks);
+  }
+
+  consoleLog(dir: string): string {
+    return join(dir, LIBVIRT_FILES.consoleLog);
+  }
+
+  /** What virtlogd kept of the VM's QEMU (its log); the transient domain itself went with QEMU. */
+  async forget(id: string, dir: string): Promise<void> {
+    await rm(join(QEMU_LOG_DIR, `${domainName({ id, dir })}.log`), { force: true });
+  }
+
+  /** The VM's domain, while libvirt still has it, and its QEMU log, until `forget`. */
+  async traces(id: string, dir: string): Promise<string[]> {
+    const name = domainName({ id, dir });
+    const left: string[] = [];
+    try {
+      await this.virsh.run(['dominfo', name]);
+      left.push(`libvirt domain ${name}`);
+    } catch (e) {
+      if (!(e instanceof VirshError && e.noDomain)) throw e;
+    }
+    const log = join(QEMU_LOG_DIR, `${name}.log`);
+    if (
+      await stat(log).then(
+        () => true,
+        () => false,
+      )
+    )
+      left.push(log);
+    return left;
   }
 
   longestSocketPath(dir: string): string {
@@ -94,12 +131,12 @@ export class LibvirtDriver implements VmmDriver {
     const stale = await this.#ownDomain(name, spec.dir);
     if (stale) await this.virsh.run(['destroy', name]).catch(() => {});
     // The VM directory is root's alone (the agent's umask 077); its own QEMU, and no other VM's,
-    // may pass through it to its disks: group search for the VM's own gid.
-    await chown(spec.dir, 0, ids.gid);
-    await chmod(spec.dir, 0o710);
-    for (const file of [spec.rootDisk, spec.dataDisk, spec.image.kernelPath, spec.image.rootfsPath])
+    // may pass through it to its disks: group search for the VM's own gid (allowPassage).
+    await allowPassage(spec.dir, ids);
+    const disks = vmDisks(spec.dir);
+    for (const file of [disks.root, disks.data, spec.image.kernelPath, spec.image.rootfsPath])
       await assertReachable(file, ids);
-    for (const disk of [spec.rootDisk, spec.dataDisk]) {
+    for (const disk of [disks.root, disks.data]) {
       await chown(disk, ids.uid, ids.gid);
       await chmod(disk, 0o600);
     }
@@ -310,6 +347,23 @@ function describeExit(
  * others, since each VM has a uid and group of its own. A clear error here beats libvirt's
  * "Permission denied".
  */
+/**
+ * The agent keeps its data directory root's alone (0700, and its start-up lock-down takes any
+ * other bit off again), but libvirt's QEMU opens the VM's files by path as the VM's uid. It gets
+ * passage and no more, at every launch: search (not read: no listing) for others on the VMs
+ * directory and the data directory above it, and the VM directory for the VM's own group only
+ * (root:<vm gid> 0710), where every file keeps its own mode (the disks the VM's, the rest root's
+ * 0600). A VM already running keeps its open files when the lock-down takes the bits off.
+ */
+async function allowPassage(vmDir: string, ids: { uid: number; gid: number }): Promise<void> {
+  for (const dir of [dirname(dirname(vmDir)), dirname(vmDir)]) {
+    const s = await stat(dir);
+    if (!(s.mode & 0o001)) await chmod(dir, (s.mode & 0o7777) | 0o001);
+  }
+  await chown(vmDir, 0, ids.gid);
+  await chmod(vmDir, 0o710);
+}
+
 async function assertReachable(file: string, ids: { uid: number; gid: number }): Promise<void> {
   for (let dir = dirname(file); ; dir = dirname(dir)) {
     const s = await stat(dir);
