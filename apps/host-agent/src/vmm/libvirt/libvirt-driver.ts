@@ -1,11 +1,12 @@
 import { chmod, chown, readFile, rm, stat, writeFile } from 'node:fs/promises';
-import { connect, type Socket } from 'node:net';
+import type { Socket } from 'node:net';
 import { dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { WarrenError } from '@warren/protocol';
 import { VirtioSerialTransport } from '../../guest/transport.ts';
 import { writeCappedLog } from '../console-log.ts';
 import type { RunningVm, VmDiskSpec, VmExit, VmLaunchSpec, VmmDriver } from '../driver.ts';
+import { connectSocket, hostTscKHz } from '../host-io.ts';
 import { createVmDisks, vmDisks } from '../vm-disks.ts';
 import { LIBVIRT_CAPABILITIES, LIBVIRT_CONFINEMENT } from './confinement.ts';
 import { ensureLibvirtd, type StartedLibvirt } from './daemon.ts';
@@ -407,30 +408,7 @@ async function untilGone(pid: number, name: string, stop: () => boolean): Promis
   }
 }
 
-function connectSocket(path: string, timeoutMs: number): Promise<Socket> {
-  return new Promise((resolve, reject) => {
-    const socket = connect(path);
-    const timer = setTimeout(() => {
-      socket.destroy();
-      reject(new Error(`no connection to ${path} within ${timeoutMs} ms`));
-    }, timeoutMs);
-    socket.once('connect', () => {
-      clearTimeout(timer);
-      resolve(socket);
-    });
-    socket.once('error', (e) => {
-      clearTimeout(timer);
-      reject(e);
-    });
-  });
-}
-
 /** Host TSC frequency from /proc/cpuinfo (the QEMU driver has the same; G1's seam can share one). */
-async function hostTscKHz(): Promise<number | undefined> {
-  const cpuinfo = await readFile('/proc/cpuinfo', 'utf8').catch(() => '');
-  const mhz = Number(/^cpu MHz\s*:\s*([\d.]+)/m.exec(cpuinfo)?.[1]);
-  return Number.isFinite(mhz) && mhz > 0 ? Math.round(mhz * 1000) : undefined;
-}
 
 async function logTail(name: string): Promise<string> {
   const text = await readFile(join(QEMU_LOG_DIR, `${name}.log`), 'utf8').catch(() => '');

@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process';
 import { closeSync, openSync } from 'node:fs';
 import { readFile, rm, stat, writeFile } from 'node:fs/promises';
-import { connect, type Socket } from 'node:net';
+import type { Socket } from 'node:net';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { WarrenError } from '@warren/protocol';
@@ -15,6 +15,7 @@ import {
   type VmLaunchSpec,
   type VmmDriver,
 } from '../driver.ts';
+import { connectSocket, hostTscKHz } from '../host-io.ts';
 import { createVmDisks } from '../vm-disks.ts';
 import { fileSizeLimit, hostPathOf, launcher, prepareJail, resolveQemuBinary, TAP_FD } from './jail.ts';
 import { JAIL_PATHS, processName, QEMU_FILES, qemuArgs } from './qemu-args.ts';
@@ -259,24 +260,6 @@ async function connectQmp(path: string, exited: () => boolean): Promise<QmpClien
   }
 }
 
-function connectSocket(path: string, timeoutMs: number): Promise<Socket> {
-  return new Promise((resolve, reject) => {
-    const socket = connect(path);
-    const timer = setTimeout(() => {
-      socket.destroy();
-      reject(new Error(`no connection to ${path} within ${timeoutMs} ms`));
-    }, timeoutMs);
-    socket.once('connect', () => {
-      clearTimeout(timer);
-      resolve(socket);
-    });
-    socket.once('error', (e) => {
-      clearTimeout(timer);
-      reject(e);
-    });
-  });
-}
-
 /**
  * `jailed` if `pid` is alive (not a zombie), its command line names this VM and its environment
  * this VM directory (jail.ts puts it there); `legacy` for a QEMU from before jails, whose
@@ -321,12 +304,6 @@ async function waitUntilGone(pid: number, spec: VmLaunchSpec, qmp: QmpClient): P
     await sleep(qmpClosed ? 20 : 250);
     if (!(await isVmProcess(pid, spec))) return;
   }
-}
-
-async function hostTscKHz(): Promise<number | undefined> {
-  const cpuinfo = await readFile('/proc/cpuinfo', 'utf8').catch(() => '');
-  const mhz = Number(/^cpu MHz\s*:\s*([\d.]+)/m.exec(cpuinfo)?.[1]);
-  return Number.isFinite(mhz) && mhz > 0 ? Math.round(mhz * 1000) : undefined;
 }
 
 async function logTail(dir: string): Promise<string> {
