@@ -62,6 +62,11 @@ export const ERROR_CODES = {
     fix: 'List VMs with `GET /v1/vms` to see which exist on this host.',
   },
   VM_NOT_RUNNING: { status: 409, fault: 'user', fix: 'Start the VM first.' },
+  SNAPSHOTS_UNSUPPORTED: {
+    status: 409,
+    fault: 'platform',
+    fix: "This host's VMM driver cannot snapshot VMs (its capabilities say which it can); run the tenant on a host with WARREN_VMM=qemu.",
+  },
   VM_BOOT_FAILED: {
     status: 500,
     fault: 'platform',

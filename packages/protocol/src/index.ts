@@ -5,3 +5,4 @@ export * from './guest-api.ts';
 export * from './http-headers.ts';
 export * from './local-api.ts';
 export * from './validate.ts';
+export * from './snapshots.ts';
