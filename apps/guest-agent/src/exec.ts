@@ -10,6 +10,7 @@ import {
   WarrenError,
 } from '@warren/protocol';
 import { toWarrenError } from './respond.ts';
+import { sessionEnv } from './restore.ts';
 import { resolveUser } from './users.ts';
 
 const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
@@ -103,6 +104,8 @@ export function handleExec(stream: ServerHttp2Stream): void {
       USER: user?.name ?? 'root',
       LOGNAME: user?.name ?? 'root',
       LANG: 'C.UTF-8',
+      // A session's credentials, while it lasts; the request's own env wins.
+      ...sessionEnv(),
       ...spec.env,
     };
     const startedAt = performance.now();

@@ -96,6 +96,12 @@ function main() {
       log(`shutdown requested: ${action}`);
       execFile(POWER_COMMAND, [action], () => {});
     },
+    onRestart() {
+      // init (`respawn` in inittab) starts a fresh agent; the kernel (init_on_free=1) zeroes
+      // this process's memory as it is freed, credentials it held included.
+      log('restart requested after a credentials wipe: exiting');
+      process.exit(0);
+    },
   });
   if (listenPath) {
     rmSync(listenPath, { force: true });

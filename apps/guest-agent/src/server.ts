@@ -1,14 +1,24 @@
 import http2, { type Http2Session, type IncomingHttpHeaders, type ServerHttp2Stream } from 'node:http2';
 import type { Duplex } from 'node:stream';
-import { GUEST_ROUTES, parseOrThrow, ShutdownRequest, WarrenError } from '@warren/protocol';
+import {
+  GUEST_ROUTES,
+  GuestCredentials,
+  parseOrThrow,
+  RestoredRequest,
+  ShutdownRequest,
+  WarrenError,
+} from '@warren/protocol';
 import { handleExec } from './exec.ts';
 import { handleList, handleMkdir, handleRead, handleRemove, handleStat, handleWrite } from './files.ts';
 import { health } from './health.ts';
 import { readJsonBody, sendError, sendJson } from './respond.ts';
+import { fixUpAfterRestore, placeCredentials, wipeCredentials } from './restore.ts';
 
 export interface AgentOptions {
   /** Called after a shutdown request was answered. */
   onShutdown(action: 'poweroff' | 'reboot'): void;
+  /** Called after a credentials wipe with `restart` was answered: the process should exit (init starts a new one). */
+  onRestart(): void;
 }
 
 type Handler = (stream: ServerHttp2Stream, query: URLSearchParams) => Promise<void> | void;
@@ -27,6 +37,22 @@ export function createAgentServer(options: AgentOptions): http2.Http2Server {
       const req = parseOrThrow(ShutdownRequest, await readJsonBody(s));
       s.on('close', () => options.onShutdown(req.action));
       sendJson(s, 202, { accepted: req.action });
+    },
+    [`POST ${GUEST_ROUTES.restored}`]: async (s) => {
+      const receivedAt = Date.now();
+      const req = parseOrThrow(RestoredRequest, await readJsonBody(s));
+      sendJson(s, 200, await fixUpAfterRestore(req, receivedAt));
+    },
+    [`PUT ${GUEST_ROUTES.credentials}`]: async (s) => {
+      const req = parseOrThrow(GuestCredentials, await readJsonBody(s, 4 * 1024 * 1024));
+      await placeCredentials(req);
+      sendJson(s, 200, { files: Object.keys(req.files).length, restarting: false });
+    },
+    [`DELETE ${GUEST_ROUTES.credentials}`]: async (s, query) => {
+      const restarting = query.get('restart') === '1';
+      const files = await wipeCredentials();
+      if (restarting) s.on('close', () => options.onRestart());
+      sendJson(s, 200, { files, restarting });
     },
   };
 

@@ -126,4 +126,37 @@ export const GUEST_ROUTES = {
   mkdir: '/v1/files/mkdir',
   remove: '/v1/files/remove',
   shutdown: '/v1/shutdown',
+  restored: '/v1/restored',
+  credentials: '/v1/credentials',
 } as const;
+
+/**
+ * `POST /v1/restored`: the host tells a guest it was just restored from a snapshot, so the
+ * guest agent sets the clock (frozen at the snapshot's time) and mixes fresh host entropy
+ * into the kernel's pool (a restored pool would repeat what the snapshot's did).
+ */
+export const RestoredRequest = z.strictObject({
+  /** The host's clock, milliseconds since the epoch, when it sent this. */
+  unixMs: z.number().int().positive(),
+  /** Random bytes from the host, base64. */
+  entropy: z.string().max(1024),
+});
+export type RestoredRequest = z.infer<typeof RestoredRequest>;
+export const RestoredResult = z.strictObject({
+  /** How far the guest's clock was behind the host's before it was set (ms). */
+  behindMs: z.number(),
+});
+export type RestoredResult = z.infer<typeof RestoredResult>;
+
+/** `PUT /v1/credentials`: files (base64) for the credentials tmpfs and environment for new commands. */
+export const GuestCredentials = z.strictObject({
+  files: z.record(z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/), z.string()),
+  env: z.record(z.string().regex(/^[A-Za-z_][A-Za-z0-9_]{0,127}$/), z.string().refine(noNul)),
+});
+export type GuestCredentials = z.infer<typeof GuestCredentials>;
+/**
+ * `DELETE /v1/credentials?restart=1`: wipes them; with `restart` the agent process then exits
+ * and init starts a fresh one, so no copy is left in the old process's freed memory.
+ */
+export const WipedCredentials = z.strictObject({ files: z.number().int().min(0), restarting: z.boolean() });
+export type WipedCredentials = z.infer<typeof WipedCredentials>;

@@ -4,5 +4,5 @@ export * from './frames.ts';
 export * from './guest-api.ts';
 export * from './http-headers.ts';
 export * from './local-api.ts';
-export * from './validate.ts';
 export * from './snapshots.ts';
+export * from './validate.ts';

@@ -66,7 +66,9 @@ export const MAX_CREDENTIAL_BYTES = 1024 * 1024;
 export const CredentialName = z
   .string()
   .regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/, 'a credential name is letters, digits, `.`, `_` and `-`');
-const EnvName = z.string().regex(/^[A-Za-z_][A-Za-z0-9_]{0,127}$/, 'environment names are letters, digits and _');
+const EnvName = z
+  .string()
+  .regex(/^[A-Za-z_][A-Za-z0-9_]{0,127}$/, 'environment names are letters, digits and _');
 
 /**
  * Credentials for a session: files (UTF-8 text, or base64 with a `base64:` prefix) placed in a
@@ -76,7 +78,12 @@ const EnvName = z.string().regex(/^[A-Za-z_][A-Za-z0-9_]{0,127}$/, 'environment 
 export const Credentials = z
   .strictObject({
     files: z.record(CredentialName, z.string()).default({}),
-    env: z.record(EnvName, z.string().refine((s) => !s.includes('\0'), 'must not contain NUL')).default({}),
+    env: z
+      .record(
+        EnvName,
+        z.string().refine((s) => !s.includes('\0'), 'must not contain NUL'),
+      )
+      .default({}),
   })
   .refine(
     (c) =>

@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import http2, { type ClientHttp2Session, type ClientHttp2Stream, type IncomingHttpHeaders } from 'node:http2';
 import { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -11,13 +12,18 @@ import {
   FrameDecoder,
   FrameType,
   GUEST_ROUTES,
+  type GuestCredentials,
   Health,
   MAX_FRAME_PAYLOAD,
   MAX_GUEST_JSON_BYTES,
   type MkdirRequest,
   parseOrThrow,
   type RemoveRequest,
+  type RestoredRequest,
+  type RestoredResult,
+  RestoredResult as RestoredResultSchema,
   WarrenError,
+  WipedCredentials,
   WriteResult,
 } from '@warren/protocol';
 import type { z } from 'zod';
@@ -170,6 +176,28 @@ export class GuestClient {
 
   async shutdown(action: 'poweroff' | 'reboot' = 'poweroff'): Promise<void> {
     await this.#json('POST', GUEST_ROUTES.shutdown, null, { action });
+  }
+
+  /** Tells a just-restored guest to set its clock to the host's and reseed its entropy pool. */
+  restored(): Promise<RestoredResult> {
+    return this.#json('POST', GUEST_ROUTES.restored, RestoredResultSchema, {
+      unixMs: Date.now(),
+      entropy: randomBytes(64).toString('base64'),
+    } satisfies RestoredRequest);
+  }
+
+  /** Places credentials in the guest's tmpfs (and environment for new commands). */
+  async putCredentials(creds: GuestCredentials): Promise<void> {
+    await this.#json('PUT', GUEST_ROUTES.credentials, WipedCredentials, creds);
+  }
+
+  /** Wipes the guest's credentials; with `restart` the guest agent then restarts (see WipedCredentials). */
+  wipeCredentials(restart: boolean): Promise<WipedCredentials> {
+    return this.#json(
+      'DELETE',
+      `${GUEST_ROUTES.credentials}${restart ? '?restart=1' : ''}`,
+      WipedCredentials,
+    );
   }
 
   /** Streams `data` into a file in the guest, atomically replaced when complete. */

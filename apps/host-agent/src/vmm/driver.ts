@@ -1,4 +1,5 @@
 import type { VerifiedImage } from '@warren/images';
+import type { SnapshotMemory } from '@warren/protocol';
 import type { Accelerator } from '../accel.ts';
 import type { CgroupHandle } from '../cgroups/cgroups.ts';
 import type { GuestTransport } from '../guest/transport.ts';
@@ -35,6 +36,29 @@ export interface VmLaunchSpec {
   directIo?: boolean;
   /** A NIC on this pre-made TAP; `kernelArg` tells the guest its addresses. */
   network?: { tap: string; mac: string; kernelArg: string };
+  /** The VM's disk layers (drivers with `diskSnapshots`); the initial pair when absent. */
+  disks?: DiskChains;
+  /** Starts the VM from a snapshot's memory and device state instead of booting it. */
+  restore?: { dir: string; memory: SnapshotMemory };
+}
+
+/**
+ * The layers of a VM's two disks, as paths relative to its directory, bottom to top: the last
+ * is the one the VM writes, the ones below are frozen by snapshots. The root disk's chain sits
+ * on the image's rootfs. A VM never snapshotted has `{ root: ['root.qcow2'], data: ['data.img'] }`.
+ */
+export interface DiskChains {
+  root: string[];
+  data: string[];
+}
+
+/** What a snapshot leaves behind: how its memory was kept, and the chains the VM runs on now. */
+export interface SnapshotTaken {
+  memory: SnapshotMemory;
+  /** How long the guest was paused. */
+  pausedMs: number;
+  /** The VM's chains after the snapshot: the frozen ones, each with a new empty top. */
+  disks: DiskChains;
 }
 
 /** What a new VM's disks are made from. */
@@ -79,9 +103,9 @@ export interface VmmCapabilities {
   accelerators: readonly Accelerator[];
   /** A VM keeps running when the agent stops, and `attach` finds it again. */
   reAttach: boolean;
-  /** Can save and restore a running guest's memory. */
+  /** Can save a running guest's memory and device state, and start a VM from them (`snapshot`, `restore`). */
   memorySnapshots: boolean;
-  /** Can snapshot a VM's disks. */
+  /** Can freeze a VM's disks under new copy-on-write layers (`snapshot`, `newTops`). */
   diskSnapshots: boolean;
   /** Can pause a running guest and resume it later. */
   liveSuspend: boolean;
@@ -143,6 +167,15 @@ export interface VmmDriver {
   launch(spec: VmLaunchSpec): Promise<RunningVm>;
   /** Finds the VMM of a VM that kept running while the host agent was down (drivers with `reAttach`). */
   attach(spec: VmLaunchSpec): Promise<RunningVm | undefined>;
+  /**
+   * Takes a snapshot of a running VM into `dir` (a new, empty directory): pauses the guest,
+   * saves its memory and device state, freezes its disks under new tops, and resumes it.
+   * Drivers with `memorySnapshots` and `diskSnapshots`. If it fails after the VM moved onto a
+   * new top, the error has `disksNow` (DiskChains): what the VM writes to from then on.
+   */
+  snapshot?(vm: RunningVm, spec: VmLaunchSpec, dir: string): Promise<SnapshotTaken>;
+  /** New empty top layers over `frozen`, for a VM that is not running (a revert); returns the chains with them. */
+  newTops?(dir: string, frozen: DiskChains, image: VerifiedImage): Promise<DiskChains>;
   /** Removes what the driver keeps of a VM outside its directory; called when the VM is destroyed, after it ended. */
   forget?(id: string, dir: string): Promise<void>;
   /**

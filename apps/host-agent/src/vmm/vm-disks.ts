@@ -1,8 +1,9 @@
-import { chmod } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import { chmod, mkdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { run } from '@warren/images';
 import { PRIVATE_FILE_MODE } from '../fs-modes.ts';
-import type { VmDiskSpec } from './driver.ts';
+import type { DiskChains, VmDiskSpec } from './driver.ts';
 
 /**
  * The disk layout drivers backed by QEMU share (the QEMU driver and libvirt's): a qcow2 overlay
@@ -11,6 +12,20 @@ import type { VmDiskSpec } from './driver.ts';
  */
 export function vmDisks(dir: string): { root: string; data: string } {
   return { root: join(dir, 'root.qcow2'), data: join(dir, 'data.img') };
+}
+
+/** The chains of a VM that was never snapshotted: its two original disks. */
+export const INITIAL_CHAINS: DiskChains = { root: ['root.qcow2'], data: ['data.img'] };
+
+/**
+ * Where snapshots put new top layers, relative to the VM directory. Inside the QEMU jail, so a
+ * running QEMU can open a layer made after it started (jail.ts binds only files known at launch).
+ */
+export const LAYERS_DIR = 'jail/disks';
+
+/** The format of a layer file: the data volume's first layer is raw, every other one qcow2. */
+export function layerFormat(layer: string): 'raw' | 'qcow2' {
+  return layer.endsWith('.img') ? 'raw' : 'qcow2';
 }
 
 /** Creates both disks of a new VM in `dir`, root's alone. */
@@ -27,4 +42,52 @@ export async function createVmDisks(dir: string, spec: VmDiskSpec): Promise<void
   );
   // Made by qemu-img and mkfs under whatever umask they apply: set, not assumed.
   for (const disk of [disks.root, disks.data]) await chmod(disk, PRIVATE_FILE_MODE);
+}
+
+/**
+ * Makes an empty qcow2 top for each disk over the top of `frozen`, in LAYERS_DIR, and returns
+ * the chains with them. `rootVirtualBytes` is the image rootfs's size (the root disk's size).
+ */
+export async function createTops(
+  dir: string,
+  frozen: DiskChains,
+  rootVirtualBytes: number,
+): Promise<DiskChains> {
+  await mkdir(join(dir, LAYERS_DIR), { recursive: true, mode: 0o711 });
+  const out: DiskChains = { root: [...frozen.root], data: [...frozen.data] };
+  const dataVirtualBytes = await virtualSize(dir, frozen.data[0]!);
+  for (const [disk, size] of [
+    ['root', rootVirtualBytes],
+    ['data', dataVirtualBytes],
+  ] as const) {
+    const below = frozen[disk].at(-1)!;
+    const top = `${LAYERS_DIR}/${disk}-${randomBytes(6).toString('hex')}.qcow2`;
+    // The backing named in the header is informational (qemu-img info): QEMU is always given
+    // the chain explicitly, and the jail's paths differ from the host's.
+    await run(
+      'qemu-img',
+      [
+        'create',
+        '-q',
+        '-f',
+        'qcow2',
+        '-u',
+        '-F',
+        layerFormat(below),
+        '-b',
+        join(dir, below),
+        join(dir, top),
+        String(size),
+      ],
+      { errorCode: 'HOST_UNSUPPORTED' },
+    );
+    await chmod(join(dir, top), PRIVATE_FILE_MODE);
+    out[disk].push(top);
+  }
+  return out;
+}
+
+/** The data volume's size: its first layer is the raw file mkfs made. */
+async function virtualSize(dir: string, rawLayer: string): Promise<number> {
+  return (await stat(join(dir, rawLayer))).size;
 }

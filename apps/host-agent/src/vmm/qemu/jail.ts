@@ -15,8 +15,11 @@ import {
 import { delimiter, join } from 'node:path';
 import { WarrenError } from '@warren/protocol';
 import type { JailIds, VmLaunchSpec } from '../driver.ts';
-import { vmDisks } from '../vm-disks.ts';
+import { INITIAL_CHAINS, LAYERS_DIR, vmDisks } from '../vm-disks.ts';
 import { JAIL_PATHS, QEMU_FILES } from './qemu-args.ts';
+
+/** A snapshot's memory file, in the snapshot's directory. */
+export const SNAPSHOT_MEMORY_FILE = 'memory';
 
 /**
  * How each VM's QEMU is confined, after Firecracker's jailer: the host agent (root) prepares
@@ -79,6 +82,7 @@ export async function prepareJail(spec: VmLaunchSpec, ids: JailIds): Promise<{ l
     JAIL_PATHS.rootfs,
     JAIL_PATHS.rootDisk,
     JAIL_PATHS.dataDisk,
+    JAIL_PATHS.snapshotMemory,
   ]) {
     await writeFile(join(jail, f), '', { flag: 'a', mode: 0o400 });
   }
@@ -102,10 +106,18 @@ export async function prepareJail(spec: VmLaunchSpec, ids: JailIds): Promise<{ l
       libDirs.push(`/${name}`);
     }
   }
-  const disks = vmDisks(spec.dir);
-  for (const disk of [disks.root, disks.data]) {
-    await chown(disk, ids.uid, ids.gid);
-    await chmod(disk, 0o600);
+  // Layers made by snapshots; QEMU may open them but not create anything here.
+  await mkdir(join(spec.dir, LAYERS_DIR), { recursive: true, mode: 0o711 });
+  const chains = spec.disks ?? INITIAL_CHAINS;
+  for (const layer of [...chains.root, ...chains.data]) {
+    await chown(join(spec.dir, layer), ids.uid, ids.gid);
+    await chmod(join(spec.dir, layer), 0o600);
+  }
+  if (spec.restore?.memory === 'mapped') {
+    // QEMU 7.2 opens a memory file read-write even to map it privately; it never writes it.
+    const memory = join(spec.restore.dir, SNAPSHOT_MEMORY_FILE);
+    await chown(memory, ids.uid, ids.gid);
+    await chmod(memory, 0o600);
   }
   return { libDirs };
 }
@@ -142,12 +154,15 @@ export async function resolveQemuBinary(binary: string): Promise<string> {
   return real;
 }
 
-/** RLIMIT_FSIZE for a VM: no file QEMU writes may grow past its largest disk (plus qcow2 metadata). */
+/**
+ * RLIMIT_FSIZE for a VM: no file QEMU writes may grow past its largest disk (plus qcow2
+ * metadata) or its memory (the memfd holding guest RAM is sized with ftruncate).
+ */
 export async function fileSizeLimit(spec: VmLaunchSpec): Promise<number> {
   const sizes = await Promise.all(
     [vmDisks(spec.dir).data, spec.image.rootfsPath].map((p) => stat(p).then((s) => s.size)),
   );
-  return Math.max(...sizes) + FSIZE_SLACK_BYTES;
+  return Math.max(...sizes, spec.memoryMiB * 1024 * 1024) + FSIZE_SLACK_BYTES;
 }
 
 /** POSIX shell quoting: the launcher never lets a path be read as shell syntax. */
@@ -193,6 +208,15 @@ export function launcher(spec: VmLaunchSpec, qemuArgs: string[], o: LauncherOpti
     bindRo(spec.image.rootfsPath, JAIL_PATHS.rootfs),
     bindRo(vmDisks(spec.dir).root, JAIL_PATHS.rootDisk, 'nosuid,nodev,noexec'),
     bindRo(vmDisks(spec.dir).data, JAIL_PATHS.dataDisk, 'nosuid,nodev,noexec'),
+    ...(spec.restore?.memory === 'mapped'
+      ? [
+          bindRo(
+            join(spec.restore.dir, SNAPSHOT_MEMORY_FILE),
+            JAIL_PATHS.snapshotMemory,
+            'nosuid,nodev,noexec',
+          ),
+        ]
+      : []),
     `cd ${J}`,
     'pivot_root . .',
     // umount(8) needs /proc, which the jail has not; umount2(".", MNT_DETACH) drops the old root.

@@ -1,5 +1,6 @@
 import { AGENT_PORT_NAME } from '@warren/protocol';
-import type { VmLaunchSpec } from '../driver.ts';
+import type { DiskChains, VmLaunchSpec } from '../driver.ts';
+import { INITIAL_CHAINS, layerFormat } from '../vm-disks.ts';
 
 /** Files of a VM that stay outside its jail, in the VM directory: only the host agent touches them. */
 export const QEMU_FILES = {
@@ -24,7 +25,50 @@ export const JAIL_PATHS = {
   qmp: '/sock/qmp.sock',
   agent: '/sock/agent.sock',
   console: '/sock/console.sock',
+  /** The host agent listens here for a snapshot's device state (QEMU connects out). */
+  save: '/sock/save.sock',
+  /** QEMU listens here for the device state of the snapshot it starts from. */
+  incoming: '/sock/incoming.sock',
+  /** A snapshot's memory file, mapped privately by a VM restored from it. */
+  snapshotMemory: '/snapshot.mem',
 } as const;
+
+/** The id of the memory backend object holding guest RAM. */
+export const RAM_OBJECT = 'ram';
+
+/** A layer's path inside the jail: the original disks are bound in, later layers live in it. */
+export function jailPathOfLayer(layer: string): string {
+  if (layer === INITIAL_CHAINS.root[0]) return JAIL_PATHS.rootDisk;
+  if (layer === INITIAL_CHAINS.data[0]) return JAIL_PATHS.dataDisk;
+  if (!layer.startsWith(`${QEMU_FILES.jail}/`)) throw new Error(`disk layer ${layer} is outside the jail`);
+  return layer.slice(QEMU_FILES.jail.length);
+}
+
+/**
+ * Block node names: layer 0 keeps the names VMs had before snapshots existed (`root`, `data`),
+ * so a QEMU started by an earlier agent can be snapshotted too.
+ */
+export function layerNode(disk: 'root' | 'data', index: number): string {
+  return index === 0 ? disk : `${disk}-${index}`;
+}
+
+/** -blockdev arguments for one disk's chain; the top is the node the device uses. */
+function chainArgs(disk: 'root' | 'data', chain: string[], direct: string): { args: string[]; top: string } {
+  const args: string[] = [];
+  chain.forEach((layer, i) => {
+    const top = i === chain.length - 1;
+    const file = `file.driver=file,file.filename=${jailPathOfLayer(layer)}`;
+    // Frozen layers are read-only to QEMU; only the top takes writes.
+    const mode = top ? `discard=unmap${direct}` : 'read-only=on';
+    const backing =
+      layerFormat(layer) === 'qcow2' ? `,backing=${i === 0 ? 'rootfs' : layerNode(disk, i - 1)}` : '';
+    args.push(
+      '-blockdev',
+      `driver=${layerFormat(layer)},node-name=${layerNode(disk, i)}${backing},${mode},${file}`,
+    );
+  });
+  return { args, top: layerNode(disk, chain.length - 1) };
+}
 
 /** A marker in QEMU's command line that ties a process to its VM when re-attaching. */
 export function processName(id: string): string {
@@ -52,6 +96,9 @@ export function qemuArgs(spec: VmLaunchSpec, options: QemuArgOptions): string[] 
   ].join(' ');
   // The image's rootfs stays in the page cache, shared by every VM of the image.
   const direct = spec.directIo ? ',cache.direct=on' : '';
+  const chains: DiskChains = spec.disks ?? INITIAL_CHAINS;
+  const root = chainArgs('root', chains.root, direct);
+  const data = chainArgs('data', chains.data, direct);
   if (spec.network && options.tapFd === undefined)
     throw new Error('a VM with a NIC needs its TAP descriptor');
   return [
@@ -59,7 +106,7 @@ export function qemuArgs(spec: VmLaunchSpec, options: QemuArgOptions): string[] 
     `${processName(spec.id)},debug-threads=on`,
     // microvm: no PCI, no legacy devices; virtio-mmio devices found through ACPI.
     '-M',
-    'microvm,acpi=on',
+    `microvm,acpi=on,memory-backend=${RAM_OBJECT}`,
     // TCG: QEMU's default CPU model; `-cpu max` stalls the guest's TSC calibration on microvm.
     ...(spec.accel === 'kvm'
       ? ['-accel', 'kvm', '-cpu', 'host']
@@ -68,6 +115,7 @@ export function qemuArgs(spec: VmLaunchSpec, options: QemuArgOptions): string[] 
     String(spec.cpus),
     '-m',
     `${spec.memoryMiB}M`,
+    ...memoryArgs(spec),
     '-nodefaults',
     '-no-user-config',
     '-nographic',
@@ -84,17 +132,16 @@ export function qemuArgs(spec: VmLaunchSpec, options: QemuArgOptions): string[] 
     '-append',
     cmdline,
     // The image's rootfs is named as the overlay's backing node here, because the path stored
-    // in root.qcow2 is the image store's, which does not exist inside the jail.
+    // in root.qcow2 is the image store's, which does not exist inside the jail; every layer
+    // above gets its backing by node name too.
     '-blockdev',
     `driver=raw,node-name=rootfs,read-only=on,file.driver=file,file.filename=${JAIL_PATHS.rootfs}`,
-    '-blockdev',
-    `driver=qcow2,node-name=root,backing=rootfs,discard=unmap${direct},file.driver=file,file.filename=${JAIL_PATHS.rootDisk}`,
+    ...root.args,
     '-device',
-    'virtio-blk-device,drive=root',
-    '-blockdev',
-    `driver=raw,node-name=data,discard=unmap${direct},file.driver=file,file.filename=${JAIL_PATHS.dataDisk}`,
+    `virtio-blk-device,drive=${root.top}`,
+    ...data.args,
     '-device',
-    'virtio-blk-device,drive=data',
+    `virtio-blk-device,drive=${data.top}`,
     '-device',
     'virtio-rng-device',
     // The TAP the host agent made and firewalled, already opened: QEMU runs in an empty network
@@ -121,5 +168,22 @@ export function qemuArgs(spec: VmLaunchSpec, options: QemuArgOptions): string[] 
     'chardev:console',
     '-qmp',
     `unix:${JAIL_PATHS.qmp},server=on,wait=off`,
+    // A restore waits for its device state, which the host agent sends over QMP's migrate-incoming.
+    ...(spec.restore ? ['-incoming', 'defer'] : []),
   ];
+}
+
+/**
+ * Guest RAM. A booted VM's is a memfd, shared, so a snapshot can leave it out of the migration
+ * stream (x-ignore-shared) and copy it as a sparse file instead. A VM restored from such a file
+ * maps it privately: pages are read on demand and the file is never written.
+ */
+function memoryArgs(spec: VmLaunchSpec): string[] {
+  const size = `size=${spec.memoryMiB}M`;
+  if (spec.restore?.memory === 'mapped')
+    return [
+      '-object',
+      `memory-backend-file,id=${RAM_OBJECT},${size},mem-path=${JAIL_PATHS.snapshotMemory},share=off`,
+    ];
+  return ['-object', `memory-backend-memfd,id=${RAM_OBJECT},${size}`];
 }

@@ -1,24 +1,28 @@
 import { spawn } from 'node:child_process';
 import { closeSync, openSync } from 'node:fs';
-import { readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { chown, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import type { Socket } from 'node:net';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import type { VerifiedImage } from '@warren/images';
 import { WarrenError } from '@warren/protocol';
 import { VirtioSerialTransport } from '../../guest/transport.ts';
 import { writeCappedLog } from '../console-log.ts';
 import {
   capabilities,
+  type DiskChains,
   type RunningVm,
+  type SnapshotTaken,
   type VmDiskSpec,
   type VmExit,
   type VmLaunchSpec,
   type VmmDriver,
 } from '../driver.ts';
 import { connectSocket, hostTscKHz } from '../host-io.ts';
-import { createVmDisks } from '../vm-disks.ts';
+import { createTops, createVmDisks, INITIAL_CHAINS } from '../vm-disks.ts';
 import { fileSizeLimit, hostPathOf, launcher, prepareJail, resolveQemuBinary, TAP_FD } from './jail.ts';
 import { JAIL_PATHS, processName, QEMU_FILES, qemuArgs } from './qemu-args.ts';
+import { loadSnapshot, takeSnapshot } from './qemu-snapshot.ts';
 import { QmpClient } from './qmp-client.ts';
 
 export interface QemuDriverOptions {
@@ -53,11 +57,36 @@ export class QemuDriver implements VmmDriver {
     accelerators: ['kvm', 'tcg'],
     reAttach: true,
     jailed: true,
+    memorySnapshots: true,
+    diskSnapshots: true,
   });
   readonly ownModes = [QEMU_FILES.jail];
 
   createDisks(dir: string, disks: VmDiskSpec): Promise<void> {
     return createVmDisks(dir, disks);
+  }
+
+  async snapshot(vm: RunningVm, spec: VmLaunchSpec, dir: string): Promise<SnapshotTaken> {
+    if (!(vm instanceof QemuVm)) throw new WarrenError('INTERNAL', `VM ${spec.id} is not a QEMU driver VM`);
+    if (!spec.jail) throw new WarrenError('INTERNAL', `VM ${spec.id} has no uid`);
+    const disks = spec.disks ?? INITIAL_CHAINS;
+    const tops = await this.newTops(spec.dir, disks, spec.image);
+    for (const layer of [tops.root.at(-1)!, tops.data.at(-1)!])
+      await chown(join(spec.dir, layer), spec.jail.uid, spec.jail.gid);
+    const taken = await takeSnapshot({
+      vmDir: spec.dir,
+      pid: vm.pid,
+      qmp: vm.qmp,
+      ids: spec.jail,
+      disks,
+      tops,
+      dir,
+    });
+    return { ...taken, disks: tops };
+  }
+
+  async newTops(dir: string, frozen: DiskChains, image: VerifiedImage): Promise<DiskChains> {
+    return createTops(dir, frozen, (await stat(image.rootfsPath)).size);
   }
 
   longestSocketPath(dir: string): string {
@@ -113,6 +142,7 @@ export class QemuDriver implements VmmDriver {
       // Written by the launcher before it became QEMU: QEMU's pid outside its PID namespace.
       const pid = Number((await readFile(pidFile, 'utf8')).trim());
       if (!(await isVmProcess(pid, spec))) throw new Error(`pid ${pid} in ${pidFile} is not this VM's QEMU`);
+      if (spec.restore) await loadSnapshot(qmp, spec.dir, spec.restore);
       const console = await connectSocket(sockets.console!, 5_000);
       const vm = new QemuVm(spec, pid, sockets, qmp, console, this.#options.consoleLogBytes, childExit, () =>
         child.unref(),
@@ -167,6 +197,8 @@ class QemuVm implements RunningVm {
   readonly pid: number;
   readonly transport: VirtioSerialTransport;
   readonly exited: Promise<VmExit>;
+  /** For the driver's own use (snapshots); nothing outside the driver talks QMP. */
+  readonly qmp: QmpClient;
   readonly #qmp: QmpClient;
   readonly #console: Socket | undefined;
   #shutdownReason: string | undefined;
@@ -185,6 +217,7 @@ class QemuVm implements RunningVm {
   ) {
     this.#release = release;
     this.pid = pid;
+    this.qmp = qmp;
     this.#qmp = qmp;
     this.#console = console;
     this.transport = new VirtioSerialTransport(sockets.agent);

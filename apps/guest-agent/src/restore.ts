@@ -1,0 +1,102 @@
+/**
+ * What the guest does around snapshots: the fix-up after a restore (clock, entropy) and the
+ * session credentials, which live in a tmpfs and in this process's memory only.
+ */
+import { execFile } from 'node:child_process';
+import { chmod, chown, mkdir, open, readdir, rm, writeFile } from 'node:fs/promises';
+import { promisify } from 'node:util';
+import {
+  CREDENTIALS_DIR,
+  type GuestCredentials,
+  type RestoredRequest,
+  type RestoredResult,
+  WarrenError,
+} from '@warren/protocol';
+
+const run = promisify(execFile);
+/** The guest's busybox: `date` and `mount` are its applets in every profile. */
+const BUSYBOX = process.env.WARREN_BUSYBOX ?? '/usr/lib/warren/busybox';
+/** The workspace user's group may read the credentials; other users may not. */
+const WORKSPACE_GID = 1000;
+/** The tmpfs is small: credentials are capped at 1 MiB (MAX_CREDENTIAL_BYTES) with room for metadata. */
+const CREDENTIALS_TMPFS = 'size=2m,nr_inodes=1024,mode=0750,nosuid,nodev,noexec';
+
+/**
+ * Sets the clock to the host's and mixes the host's random bytes into the kernel's pool. The
+ * clock is set to whole seconds (`date -s @N` is what busybox offers), rounded, after adding
+ * the time this request took to arrive here.
+ */
+export async function fixUpAfterRestore(req: RestoredRequest, receivedAt: number): Promise<RestoredResult> {
+  const entropy = Buffer.from(req.entropy, 'base64');
+  // Writing to /dev/urandom mixes the bytes in; the virtio-rng device keeps feeding it after.
+  const urandom = await open('/dev/urandom', 'w');
+  try {
+    await urandom.write(entropy);
+  } finally {
+    await urandom.close();
+    entropy.fill(0);
+  }
+  const behindMs = req.unixMs - receivedAt;
+  const target = req.unixMs + (Date.now() - receivedAt);
+  await run(BUSYBOX, ['date', '-u', '-s', `@${Math.round(target / 1000)}`]).catch((e) => {
+    throw new WarrenError('INTERNAL', `cannot set the guest clock: ${(e as Error).message}`);
+  });
+  return { behindMs };
+}
+
+/** Environment for new commands while credentials are in place. */
+let credentialEnv: Record<string, string> = {};
+
+export function sessionEnv(): Record<string, string> {
+  return credentialEnv;
+}
+
+async function isMounted(path: string): Promise<boolean> {
+  const mounts = await import('node:fs/promises').then((fs) => fs.readFile('/proc/mounts', 'utf8'));
+  return mounts.split('\n').some((l) => l.split(' ')[1] === path);
+}
+
+/** Puts the credentials in place, replacing any that were there. */
+export async function placeCredentials(creds: GuestCredentials): Promise<void> {
+  await wipeCredentials();
+  await mkdir(CREDENTIALS_DIR, { recursive: true, mode: 0o750 });
+  // A tmpfs of its own: never on a disk, gone at once when unmounted.
+  await run(BUSYBOX, ['mount', '-t', 'tmpfs', '-o', CREDENTIALS_TMPFS, 'tmpfs', CREDENTIALS_DIR]);
+  await chown(CREDENTIALS_DIR, 0, WORKSPACE_GID);
+  await chmod(CREDENTIALS_DIR, 0o750);
+  for (const [name, content] of Object.entries(creds.files)) {
+    const path = `${CREDENTIALS_DIR}/${name}`;
+    const bytes = Buffer.from(content, 'base64');
+    await writeFile(path, bytes, { mode: 0o440, flag: 'wx' });
+    bytes.fill(0);
+    await chown(path, 0, WORKSPACE_GID);
+  }
+  credentialEnv = { ...creds.env };
+}
+
+/**
+ * Removes the credentials: each file is overwritten with zeros before it is unlinked (the
+ * tmpfs's pages would otherwise keep the bytes until reused), then the tmpfs is unmounted.
+ * Returns how many files there were.
+ */
+export async function wipeCredentials(): Promise<number> {
+  credentialEnv = {};
+  let files = 0;
+  if (!(await isMounted(CREDENTIALS_DIR).catch(() => false))) return 0;
+  for (const name of await readdir(CREDENTIALS_DIR).catch(() => [] as string[])) {
+    const path = `${CREDENTIALS_DIR}/${name}`;
+    const f = await open(path, 'r+').catch(() => undefined);
+    if (f) {
+      const { size } = await f.stat();
+      await f.write(Buffer.alloc(size), 0, size, 0);
+      await f.sync();
+      await f.close();
+    }
+    await rm(path, { force: true, recursive: true });
+    files++;
+  }
+  await run(BUSYBOX, ['umount', CREDENTIALS_DIR]).catch((e) => {
+    throw new WarrenError('INTERNAL', `cannot unmount ${CREDENTIALS_DIR}: ${(e as Error).message}`);
+  });
+  return files;
+}

@@ -1,0 +1,187 @@
+/**
+ * Snapshots of a running QEMU and restores from them, over QMP.
+ *
+ * A snapshot is taken with the guest paused:
+ *   1. each disk's top is frozen: a new empty qcow2 top (made by the agent in the jail) is
+ *      added and made the device's image with `blockdev-snapshot`;
+ *   2. the device state is saved with a migration to a unix socket the agent listens on. A
+ *      booted VM's RAM is a shared memfd, which `x-ignore-shared` leaves out of the stream: the
+ *      agent copies it as a sparse file instead (`mapped`). A VM that was itself restored from
+ *      a `mapped` snapshot maps that file privately, so its RAM goes into the stream (`stream`);
+ *   3. the guest resumes (`cont` takes the images back from the finished migration).
+ * A restore starts a new QEMU with `-incoming defer` on the snapshot's disks and memory and
+ * sends it the saved state through `migrate-incoming`; see docs/architecture.md for why.
+ */
+import { spawn } from 'node:child_process';
+import { createReadStream, createWriteStream } from 'node:fs';
+import { chown, readdir, readFile, readlink, rm } from 'node:fs/promises';
+import { connect, createServer } from 'node:net';
+import { join } from 'node:path';
+import { pipeline } from 'node:stream/promises';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { type SnapshotMemory, WarrenError } from '@warren/protocol';
+import type { DiskChains, JailIds } from '../driver.ts';
+import { hostPathOf, SNAPSHOT_MEMORY_FILE } from './jail.ts';
+import { JAIL_PATHS, jailPathOfLayer, layerNode, RAM_OBJECT } from './qemu-args.ts';
+import type { QmpClient } from './qmp-client.ts';
+
+/** A snapshot's device state (and, for `stream`, its memory), in the snapshot's directory. */
+export const SNAPSHOT_STATE_FILE = 'state';
+/** How long a migration of device state (or of a whole `stream` memory) may take. */
+const MIGRATION_TIMEOUT_MS = 10 * 60_000;
+
+interface MigrationStatus {
+  status: string;
+  'error-desc'?: string;
+}
+
+async function migrationDone(qmp: QmpClient, what: string): Promise<void> {
+  const deadline = Date.now() + MIGRATION_TIMEOUT_MS;
+  for (let pause = 1; ; pause = Math.min(pause * 2, 50)) {
+    const s = await qmp.execute<MigrationStatus>('query-migrate');
+    if (s.status === 'completed') return;
+    if (s.status === 'failed' || s.status === 'cancelled')
+      throw new WarrenError('INTERNAL', `${what} failed: ${s['error-desc'] ?? s.status}`);
+    if (Date.now() > deadline)
+      throw new WarrenError('TIMEOUT', `${what} did not finish in ${MIGRATION_TIMEOUT_MS} ms`);
+    await sleep(pause);
+  }
+}
+
+/** How the running QEMU `pid` holds guest RAM, from its command line. */
+export async function ramKind(pid: number): Promise<'memfd' | 'mapped' | 'anonymous'> {
+  const argv = (await readFile(`/proc/${pid}/cmdline`, 'utf8')).split('\0');
+  if (argv.some((a) => a.startsWith(`memory-backend-memfd,id=${RAM_OBJECT},`))) return 'memfd';
+  if (argv.some((a) => a.startsWith(`memory-backend-file,id=${RAM_OBJECT},`))) return 'mapped';
+  return 'anonymous';
+}
+
+/** The path through which the host reads a process's memfd (root may open another process's fds). */
+async function memfdPath(pid: number): Promise<string> {
+  for (const fd of await readdir(`/proc/${pid}/fd`)) {
+    const target = await readlink(`/proc/${pid}/fd/${fd}`).catch(() => '');
+    if (target.startsWith('/memfd:')) return `/proc/${pid}/fd/${fd}`;
+  }
+  throw new WarrenError('INTERNAL', `QEMU ${pid} holds no memfd for guest RAM`);
+}
+
+/** Copies a file keeping its holes (coreutils' cp finds them with SEEK_DATA/SEEK_HOLE). */
+function sparseCopy(from: string, to: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const cp = spawn('cp', ['--sparse=always', from, to], { stdio: ['ignore', 'ignore', 'pipe'] });
+    let err = '';
+    cp.stderr.on('data', (b) => (err += b));
+    cp.on('error', reject);
+    cp.on('exit', (code) =>
+      code === 0
+        ? resolve()
+        : reject(new WarrenError('INTERNAL', `copying guest memory failed: ${err.trim()}`)),
+    );
+  });
+}
+
+export interface SnapshotTarget {
+  vmDir: string;
+  pid: number;
+  qmp: QmpClient;
+  ids: JailIds;
+  /** The VM's chains now, and the same chains with a new (already created) top each. */
+  disks: DiskChains;
+  tops: DiskChains;
+  /** The snapshot's directory, empty. */
+  dir: string;
+}
+
+/** Steps 1-3 of the file comment; returns how memory was kept and how long the guest was paused. */
+export async function takeSnapshot(t: SnapshotTarget): Promise<{ memory: SnapshotMemory; pausedMs: number }> {
+  const kind = await ramKind(t.pid);
+  if (kind === 'anonymous') {
+    throw new WarrenError(
+      'CONFLICT',
+      'this VM was started by an earlier Warren whose QEMUs cannot be snapshotted; stop and start it once',
+    );
+  }
+  const memory: SnapshotMemory = kind === 'memfd' ? 'mapped' : 'stream';
+  const paused = performance.now();
+  await t.qmp.execute('stop');
+  let resumed = false;
+  // What the VM writes to now: a failure after a switch must still be recorded by the caller.
+  const now: DiskChains = { root: t.disks.root, data: t.disks.data };
+  try {
+    for (const disk of ['root', 'data'] as const) {
+      const index = t.tops[disk].length - 1;
+      await t.qmp.execute('blockdev-add', {
+        driver: 'qcow2',
+        'node-name': layerNode(disk, index),
+        discard: 'unmap',
+        file: { driver: 'file', filename: jailPathOfLayer(t.tops[disk][index]!) },
+        backing: null,
+      });
+      await t.qmp.execute('blockdev-snapshot', {
+        node: layerNode(disk, t.disks[disk].length - 1),
+        overlay: layerNode(disk, index),
+      });
+      now[disk] = t.tops[disk];
+    }
+    await saveState(t, memory);
+    if (memory === 'mapped') await sparseCopy(await memfdPath(t.pid), join(t.dir, SNAPSHOT_MEMORY_FILE));
+  } catch (e) {
+    throw Object.assign(e as Error, { disksNow: now });
+  } finally {
+    // Resumed whatever happened: a failed snapshot must not leave the tenant's VM frozen.
+    await t.qmp.execute('cont').then(
+      () => {
+        resumed = true;
+      },
+      () => {},
+    );
+  }
+  if (!resumed) throw new WarrenError('INTERNAL', 'the VM did not resume after its snapshot');
+  return { memory, pausedMs: performance.now() - paused };
+}
+
+/** Migrates the paused VM's state into the snapshot's state file through a socket in its jail. */
+async function saveState(t: SnapshotTarget, memory: SnapshotMemory): Promise<void> {
+  const socket = hostPathOf(t.vmDir, JAIL_PATHS.save);
+  await rm(socket, { force: true });
+  const file = join(t.dir, SNAPSHOT_STATE_FILE);
+  let received: Promise<void> | undefined;
+  const server = createServer({ allowHalfOpen: false }, (conn) => {
+    // One connection, from this QEMU: anything after it is refused.
+    server.close();
+    received ??= pipeline(conn, createWriteStream(file, { mode: 0o600 }));
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(socket, resolve);
+  });
+  try {
+    // QEMU runs as the VM's uid: the socket must be its to connect to.
+    await chown(socket, t.ids.uid, t.ids.gid);
+    await t.qmp.execute('migrate-set-capabilities', {
+      capabilities: [{ capability: 'x-ignore-shared', state: memory === 'mapped' }],
+    });
+    await t.qmp.execute('migrate', { uri: `unix:${JAIL_PATHS.save}` });
+    await migrationDone(t.qmp, 'saving the device state');
+    if (!received) throw new WarrenError('INTERNAL', 'QEMU finished the migration without connecting');
+    await received;
+  } finally {
+    server.close();
+    await rm(socket, { force: true });
+  }
+}
+
+/** Sends a snapshot's state to a QEMU started with `-incoming defer`, and waits until it has loaded it. */
+export async function loadSnapshot(
+  qmp: QmpClient,
+  vmDir: string,
+  restore: { dir: string; memory: SnapshotMemory },
+): Promise<void> {
+  await qmp.execute('migrate-set-capabilities', {
+    capabilities: [{ capability: 'x-ignore-shared', state: restore.memory === 'mapped' }],
+  });
+  await qmp.execute('migrate-incoming', { uri: `unix:${JAIL_PATHS.incoming}` });
+  const conn = connect(hostPathOf(vmDir, JAIL_PATHS.incoming));
+  await pipeline(createReadStream(join(restore.dir, SNAPSHOT_STATE_FILE)), conn);
+  await migrationDone(qmp, 'loading the snapshot');
+}
