@@ -113,7 +113,7 @@ async function withServedPort(
   body: (port: FakePort, clients: GuestClient[]) => Promise<void>,
 ): Promise<void> {
   const port = new FakePort();
-  const served = servePort(createAgentServer({ onShutdown() {} }), port).catch(() => {});
+  const served = servePort(createAgentServer({ onShutdown() {}, onRestart() {} }), port).catch(() => {});
   const clients: GuestClient[] = [];
   try {
     await body(port, clients);

@@ -3,6 +3,7 @@ import os from 'node:os';
 import { GUEST_API_VERSION, type Health } from '@warren/protocol';
 
 export const AGENT_VERSION = process.env.WARREN_AGENT_VERSION ?? 'dev';
+const STARTED_AT = Date.now();
 
 async function memAvailable(): Promise<number> {
   try {
@@ -29,6 +30,7 @@ export async function health(mounts = ['/', '/workspace']): Promise<Health> {
     apiVersion: GUEST_API_VERSION,
     agentVersion: AGENT_VERSION,
     kernelRelease: os.release(),
+    agentStartedAt: STARTED_AT,
     uptimeSec: os.uptime(),
     load: [l1, l5, l15],
     memory: { totalBytes: os.totalmem(), availableBytes: await memAvailable() },

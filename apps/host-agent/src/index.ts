@@ -27,3 +27,4 @@ export * from './vmm/drivers.ts';
 export * from './vmm/qemu/jail.ts';
 export * from './vmm/qemu/qemu-args.ts';
 export * from './vmm/qemu/qemu-driver.ts';
+export * from './vmm/vm-disks.ts';

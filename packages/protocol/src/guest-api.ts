@@ -101,6 +101,8 @@ export const Health = z.strictObject({
   apiVersion: z.number().int(),
   agentVersion: z.string().max(128),
   kernelRelease: z.string().max(256),
+  /** When this guest agent process started (ms since the epoch, guest clock): a restart changes it. */
+  agentStartedAt: z.number().optional(),
   uptimeSec: z.number().nonnegative(),
   load: z.tuple([z.number(), z.number(), z.number()]),
   memory: z.strictObject({ totalBytes: z.number().nonnegative(), availableBytes: z.number().nonnegative() }),

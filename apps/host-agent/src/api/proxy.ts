@@ -31,9 +31,14 @@ interface VmWithNetwork {
 }
 
 /** The production target: the guest IP of the VM's own TAP link, and nothing else. */
-export function guestIpTarget(vms: { get(id: string): Promise<VmWithNetwork> }): ResolveVmTarget {
+export function guestIpTarget(vms: {
+  get(id: string): Promise<VmWithNetwork>;
+  touch(id: string): void;
+}): ResolveVmTarget {
   return async (vmId, port) => {
     const vm = await vms.get(vmId);
+    // Dashboard traffic is use: a session's clean snapshot is no longer what the VM is.
+    vms.touch(vmId);
     if (vm.state !== 'running') throw new WarrenError('VM_NOT_RUNNING', `VM ${vmId} is ${vm.state}`);
     const ip = vm.network?.guestIp;
     if (!ip || isIP(ip) === 0) {

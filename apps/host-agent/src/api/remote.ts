@@ -5,6 +5,7 @@ import { MAX_STREAMS_PER_VM_DEFAULT, PROXY_IDLE_DEFAULTS } from '../config.ts';
 import type { Host } from '../host.ts';
 import { registerGuestRoutes, useWarrenErrors } from './common.ts';
 import { guestIpTarget, type ResolveVmTarget, registerProxyRoutes } from './proxy.ts';
+import { registerSnapshotRoutes } from './snapshots.ts';
 
 export interface RemoteApiOptions {
   /** The secret the control plane presents as `Authorization: Bearer <agentToken>`. */
@@ -46,10 +47,14 @@ export function createRemoteApi(host: Host, options: RemoteApiOptions): FastifyI
     }
   });
 
-  const guestOf = async (id: string) => {
+  const tenantVm = (id: string) => {
     if (!tenantIdOfVm(id)) throw new WarrenError('VM_NOT_FOUND', `no tenant VM ${id} on this host`);
+  };
+  const guestOf = async (id: string) => {
+    tenantVm(id);
     return host.vms.guest(id);
   };
+  registerSnapshotRoutes(app, host.vms, tenantVm);
 
   registerGuestRoutes(app, guestOf, {
     maxStreamsPerVm: options.maxStreamsPerVm ?? MAX_STREAMS_PER_VM_DEFAULT,

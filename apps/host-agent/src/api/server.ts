@@ -3,6 +3,7 @@ import Fastify, { type FastifyInstance } from 'fastify';
 import type { Host } from '../host.ts';
 import { buildHostImage } from '../images.ts';
 import { registerGuestRoutes, useWarrenErrors } from './common.ts';
+import { registerSnapshotRoutes } from './snapshots.ts';
 
 /**
  * The host agent's local API, served on a root-only unix socket, for operators and tests.
@@ -55,5 +56,6 @@ export function createApi(host: Host): FastifyInstance {
     return reply.status(204).send();
   });
   registerGuestRoutes(app, guestOf);
+  registerSnapshotRoutes(app, host.vms, () => {});
   return app;
 }

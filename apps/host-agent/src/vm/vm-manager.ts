@@ -1,8 +1,23 @@
 import { randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
+import { mkdir, rm } from 'node:fs/promises';
+import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { ImageStore, VerifiedImage } from '@warren/images';
-import { NetworkPolicy, parseOrThrow, RESOURCE_LIMITS, resourceAmount, WarrenError } from '@warren/protocol';
+import {
+  type CreatedSnapshot,
+  CreateSnapshotRequest,
+  Credentials,
+  type GuestCredentials,
+  NetworkPolicy,
+  parseOrThrow,
+  RESOURCE_LIMITS,
+  type RevertResult,
+  resourceAmount,
+  type Snapshot,
+  type SnapshotMemory,
+  WarrenError,
+} from '@warren/protocol';
 import { z } from 'zod';
 import type { Accelerator } from '../accel.ts';
 import type { CgroupDriver, CgroupHandle, IoLimit } from '../cgroups/cgroups.ts';
@@ -11,7 +26,14 @@ import type { HostNetwork } from '../net/host-network.ts';
 import type { RunningVm, VmExit, VmLaunchSpec, VmmDriver } from '../vmm/driver.ts';
 import { JailIdAllocator, type UidRange } from './jail-ids.ts';
 import { VmLinks } from './vm-links.ts';
-import { VmId, type VmRecord, VmRecords } from './vm-records.ts';
+import { type SnapshotRecord, VmId, type VmRecord, VmRecords } from './vm-records.ts';
+import {
+  chainsOf,
+  collectLayers,
+  defaultSnapshotName,
+  publicSnapshot,
+  SNAPSHOTS_DIR,
+} from './vm-snapshots.ts';
 
 export { VmId } from './vm-records.ts';
 
@@ -84,6 +106,10 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
   /** One lifecycle operation per VM at a time. */
   readonly #locks = new Map<string, Promise<unknown>>();
   readonly #jailIds: JailIdAllocator;
+  /** Session credentials in each VM's guest; held in memory only, to deliver them again after a snapshot. */
+  readonly #credentials = new Map<string, GuestCredentials>();
+  /** The snapshot each VM has not been used since it was made from or reverted to (see `touch`). */
+  readonly #unchangedSince = new Map<string, string>();
 
   private constructor(options: VmManagerOptions) {
     super();
@@ -204,6 +230,7 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
       const record = await this.#records.create(id, async (partial, commit) => {
         await this.#driver.createDisks(partial, { baseImage: image.rootfsPath, dataMiB: req.diskMiB });
         const record: VmRecord = {
+          snapshots: [],
           id,
           imageId: image.id,
           cpus: req.cpus,
@@ -252,6 +279,8 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
         );
       }
       this.#transitions.set(id, 'starting');
+      this.touch(id);
+      this.#credentials.delete(id);
       try {
         record.desired = 'running';
         delete record.lastExit;
@@ -290,7 +319,7 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
       this.#transitions.set(id, 'stopping');
       live.expectingExit = true;
       try {
-        const guest = await this.guest(id).catch(() => undefined);
+        const guest = await this.#guest(id).catch(() => undefined);
         await guest?.shutdown().catch(() => {});
         if (!(await settlesWithin(live.vm.exited, timeoutMs))) {
           this.#o.log?.(`VM ${id} did not power off within ${timeoutMs} ms: quitting its VMM`);
@@ -341,8 +370,21 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
     await this.#settled(id);
   }
 
-  /** The guest agent client of a running VM (connected on first use, reconnected if lost). */
+  /**
+   * The guest agent client of a running VM (connected on first use, reconnected if lost), for
+   * a caller's exec or file call: that counts as use (`touch`).
+   */
   async guest(id: string): Promise<GuestClient> {
+    this.touch(id);
+    return this.#guest(id);
+  }
+
+  /** Marks the VM as used since its last snapshot or revert, so a session's clean snapshot is taken anew. */
+  touch(id: string): void {
+    this.#unchangedSince.delete(id);
+  }
+
+  async #guest(id: string): Promise<GuestClient> {
     const live = this.#live.get(id);
     if (!live) {
       await this.#records.read(id);
@@ -351,6 +393,207 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
     if (live.guest && !live.guest.closed) return live.guest;
     live.guest = await GuestClient.connect(live.vm.transport, 10_000);
     return live.guest;
+  }
+
+  #requireSnapshots(): Required<Pick<VmmDriver, 'snapshot' | 'newTops'>> {
+    const d = this.#driver;
+    if (!d.capabilities.memorySnapshots || !d.capabilities.diskSnapshots || !d.snapshot || !d.newTops) {
+      throw new WarrenError(
+        'SNAPSHOTS_UNSUPPORTED',
+        `the ${d.name} VMM of this host cannot snapshot VMs; run the VM on a host with WARREN_VMM=qemu`,
+      );
+    }
+    return { snapshot: d.snapshot.bind(d), newTops: d.newTops.bind(d) };
+  }
+
+  async snapshots(id: string): Promise<Snapshot[]> {
+    const record = await this.#records.read(id);
+    return Promise.all(record.snapshots.map((s) => publicSnapshot(this.dirOf(id), s)));
+  }
+
+  /**
+   * Snapshots a running VM: memory and device state, and both disks at the same instant. With
+   * credentials in the guest they are wiped first (the guest agent restarting, so no copy stays
+   * in its memory) and delivered again after, so the snapshot never holds them.
+   */
+  createSnapshot(id: string, request: CreateSnapshotRequest = {}): Promise<CreatedSnapshot> {
+    const req = parseOrThrow(CreateSnapshotRequest, request);
+    return this.#locked(id, async () => {
+      const driver = this.#requireSnapshots();
+      const record = await this.#records.read(id);
+      const live = this.#live.get(id);
+      if (!live) throw new WarrenError('VM_NOT_RUNNING', `VM ${id} is not running; start it to snapshot it`);
+      const dir = this.dirOf(id);
+      const existing = req.name ? record.snapshots.find((s) => s.name === req.name) : undefined;
+      if (existing) {
+        if (!req.reuse)
+          throw new WarrenError('CONFLICT', `VM ${id} already has a snapshot named ${req.name}`);
+        if (this.#unchangedSince.get(id) === existing.name)
+          return { snapshot: await publicSnapshot(dir, existing), reused: true };
+        await this.#dropSnapshot(record, existing.name);
+      }
+      const name = req.name ?? defaultSnapshotName(new Set(record.snapshots.map((s) => s.name)));
+      const creds = this.#credentials.get(id);
+      if (creds) await this.#wipeForSnapshot(id, live);
+      try {
+        const spec = await this.#launchSpec(record, false);
+        const before = chainsOf(record);
+        const tops = await driver.newTops(dir, before, spec.image);
+        // Recorded before the switch: the new tops sit on the old ones, so whether or not the
+        // VM got to write to them, this chain holds every write (a crash loses nothing).
+        record.disks = tops;
+        await this.#records.write(record);
+        const snapDir = `${SNAPSHOTS_DIR}/${name}`;
+        await rm(join(dir, snapDir), { recursive: true, force: true });
+        await mkdir(join(dir, snapDir), { recursive: true, mode: 0o700 });
+        let taken: Awaited<ReturnType<typeof driver.snapshot>>;
+        try {
+          taken = await driver.snapshot(live.vm, spec, join(dir, snapDir), tops);
+        } catch (e) {
+          await rm(join(dir, snapDir), { recursive: true, force: true });
+          throw e;
+        }
+        const snapshot: SnapshotRecord = {
+          name,
+          createdAt: new Date().toISOString(),
+          parent:
+            record.basedOn && record.snapshots.some((s) => s.name === record.basedOn) ? record.basedOn : null,
+          memory: taken.memory,
+          pausedMs: taken.pausedMs,
+          dir: snapDir,
+          disks: before,
+        };
+        record.snapshots.push(snapshot);
+        record.basedOn = name;
+        await this.#records.write(record);
+        this.#unchangedSince.set(id, name);
+        return { snapshot: await publicSnapshot(dir, snapshot), reused: false };
+      } finally {
+        if (creds) await (await this.#guest(id)).putCredentials(creds);
+      }
+    });
+  }
+
+  /**
+   * Brings the VM back to a snapshot: a new VMM starts from its memory and device state on new
+   * top layers over its disks; whatever the VM did since is gone (that is the request). The
+   * guest's clock and entropy are fixed up before this returns.
+   */
+  revertSnapshot(id: string, name: string): Promise<RevertResult> {
+    return this.#locked(id, async () => {
+      const started = performance.now();
+      const driver = this.#requireSnapshots();
+      const record = await this.#records.read(id);
+      const snapshot = record.snapshots.find((s) => s.name === name);
+      if (!snapshot) throw new WarrenError('NOT_FOUND', `VM ${id} has no snapshot named ${name}`);
+      const dir = this.dirOf(id);
+      this.#transitions.set(id, 'starting');
+      try {
+        const image = await this.#o.store.verify(record.imageId);
+        const tops = await driver.newTops(dir, snapshot.disks, image);
+        await this.#killLive(id);
+        this.#credentials.delete(id);
+        record.disks = tops;
+        record.basedOn = name;
+        record.desired = 'running';
+        delete record.lastExit;
+        await this.#records.write(record);
+        await collectLayers(dir, record);
+        await this.#links.prepare(record);
+        const spec = await this.#launchSpec(record, true, {
+          dir: join(dir, snapshot.dir),
+          memory: snapshot.memory,
+        });
+        const vm = await this.#driver.launch(spec);
+        const live = this.#track(id, vm);
+        try {
+          live.guest = await this.#waitForAgent(id, vm, dir);
+          await live.guest.restored();
+        } catch (e) {
+          live.expectingExit = true;
+          vm.kill();
+          await vm.exited;
+          record.desired = 'stopped';
+          await this.#records.write(record);
+          throw e;
+        }
+        this.#unchangedSince.set(id, name);
+        return { snapshot: await publicSnapshot(dir, snapshot), revertMs: performance.now() - started };
+      } finally {
+        this.#transitions.delete(id);
+      }
+    });
+  }
+
+  deleteSnapshot(id: string, name: string): Promise<void> {
+    return this.#locked(id, async () => {
+      const record = await this.#records.read(id);
+      if (!record.snapshots.some((s) => s.name === name))
+        throw new WarrenError('NOT_FOUND', `VM ${id} has no snapshot named ${name}`);
+      await this.#dropSnapshot(record, name);
+    });
+  }
+
+  /** Removes a snapshot's record and files; layers later snapshots or the VM build on stay until unreferenced. */
+  async #dropSnapshot(record: VmRecord, name: string): Promise<void> {
+    const snapshot = record.snapshots.find((s) => s.name === name)!;
+    record.snapshots = record.snapshots.filter((s) => s.name !== name);
+    for (const s of record.snapshots) if (s.parent === name) s.parent = snapshot.parent;
+    if (record.basedOn === name) delete record.basedOn;
+    if (this.#unchangedSince.get(record.id) === name) this.#unchangedSince.delete(record.id);
+    await this.#records.write(record);
+    const dir = this.dirOf(record.id);
+    await rm(join(dir, snapshot.dir), { recursive: true, force: true });
+    await collectLayers(dir, record);
+  }
+
+  /** Puts credentials in the running VM's guest tmpfs, replacing any there. */
+  putCredentials(id: string, credentials: Credentials): Promise<void> {
+    const creds = parseOrThrow(Credentials, credentials);
+    return this.#locked(id, async () => {
+      const guest = await this.#guest(id);
+      const files: Record<string, string> = {};
+      for (const [name, value] of Object.entries(creds.files))
+        files[name] = value.startsWith('base64:')
+          ? value.slice('base64:'.length)
+          : Buffer.from(value, 'utf8').toString('base64');
+      const forGuest: GuestCredentials = { files, env: creds.env };
+      await guest.putCredentials(forGuest);
+      this.#credentials.set(id, forGuest);
+    });
+  }
+
+  /** Removes the credentials from the guest (and from this agent's memory). */
+  wipeCredentials(id: string): Promise<void> {
+    return this.#locked(id, async () => {
+      this.#credentials.delete(id);
+      if (!this.#live.has(id)) return;
+      await (await this.#guest(id)).wipeCredentials(false);
+    });
+  }
+
+  /** Wipes the guest's credentials and waits for the fresh guest agent that replaces the one that held them. */
+  async #wipeForSnapshot(id: string, live: Live): Promise<void> {
+    const guest = await this.#guest(id);
+    const before = (await guest.health()).agentStartedAt;
+    await guest.wipeCredentials(true);
+    guest.close();
+    const deadline = Date.now() + this.#o.bootTimeoutMs;
+    for (;;) {
+      const next = await GuestClient.connect(live.vm.transport, 10_000).catch(() => undefined);
+      const health = await next?.health(10_000).catch(() => undefined);
+      if (next && health && health.agentStartedAt !== before) {
+        live.guest = next;
+        return;
+      }
+      next?.close();
+      if (Date.now() > deadline)
+        throw new WarrenError(
+          'GUEST_UNAVAILABLE',
+          `the guest agent of VM ${id} did not come back after wiping credentials`,
+        );
+      await sleep(100);
+    }
   }
 
   /** Lets go of all VMs without stopping them (they keep running for the next agent). */
@@ -432,7 +675,11 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
     return this.#o.cgroups?.open(id);
   }
 
-  async #launchSpec(record: VmRecord, verify: boolean): Promise<VmLaunchSpec> {
+  async #launchSpec(
+    record: VmRecord,
+    verify: boolean,
+    restore?: { dir: string; memory: SnapshotMemory },
+  ): Promise<VmLaunchSpec> {
     // Every boot checks the image's digests first; a re-attach only needs the paths.
     const image = verify
       ? await this.#o.store.verify(record.imageId)
@@ -458,6 +705,8 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
       directIo: this.#o.ioLimit !== undefined,
       ...(cgroup ? { cgroup } : {}),
       ...(nic ? { network: nic } : {}),
+      disks: chainsOf(record),
+      ...(restore ? { restore } : {}),
     };
   }
 

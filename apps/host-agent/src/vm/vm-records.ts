@@ -1,6 +1,6 @@
 import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { NetworkPolicy, parseOrThrow, WarrenError } from '@warren/protocol';
+import { NetworkPolicy, parseOrThrow, SnapshotMemory, SnapshotName, WarrenError } from '@warren/protocol';
 import { z } from 'zod';
 import { PRIVATE_DIR_MODE, PRIVATE_FILE_MODE } from '../fs-modes.ts';
 
@@ -10,6 +10,22 @@ export const VmId = z
     /^[a-z0-9][a-z0-9-]{0,39}$/,
     'a VM id is 1-40 lowercase letters, digits and dashes, starting alphanumeric',
   );
+
+/** A VM's disk layers, relative to its directory (vmm/driver.ts DiskChains). */
+const Chains = z.object({ root: z.array(z.string()).min(1), data: z.array(z.string()).min(1) });
+
+export const SnapshotRecord = z.object({
+  name: SnapshotName,
+  createdAt: z.string(),
+  parent: SnapshotName.nullable(),
+  memory: SnapshotMemory,
+  pausedMs: z.number(),
+  /** Its memory and device state, relative to the VM directory. */
+  dir: z.string(),
+  /** The disk layers it froze: a revert puts new tops over them. */
+  disks: Chains,
+});
+export type SnapshotRecord = z.infer<typeof SnapshotRecord>;
 
 export const VmRecord = z.object({
   id: VmId,
@@ -48,6 +64,11 @@ export const VmRecord = z.object({
   jail: z.object({ uid: z.number().int().positive(), gid: z.number().int().positive() }).optional(),
   /** What the firewall lets the VM reach; kept here so an agent restart renders the same rules before any heartbeat. */
   networkPolicy: NetworkPolicy.optional(),
+  /** Its disk layers once it has been snapshotted; the two original disks until then. */
+  disks: Chains.optional(),
+  snapshots: z.array(SnapshotRecord).default([]),
+  /** The snapshot the VM was last made from or reverted to, parent of the next one. */
+  basedOn: SnapshotName.optional(),
 });
 export type VmRecord = z.infer<typeof VmRecord>;
 

@@ -52,13 +52,11 @@ export interface DiskChains {
   data: string[];
 }
 
-/** What a snapshot leaves behind: how its memory was kept, and the chains the VM runs on now. */
+/** What a snapshot leaves behind besides its files. */
 export interface SnapshotTaken {
   memory: SnapshotMemory;
   /** How long the guest was paused. */
   pausedMs: number;
-  /** The VM's chains after the snapshot: the frozen ones, each with a new empty top. */
-  disks: DiskChains;
 }
 
 /** What a new VM's disks are made from. */
@@ -169,11 +167,10 @@ export interface VmmDriver {
   attach(spec: VmLaunchSpec): Promise<RunningVm | undefined>;
   /**
    * Takes a snapshot of a running VM into `dir` (a new, empty directory): pauses the guest,
-   * saves its memory and device state, freezes its disks under new tops, and resumes it.
-   * Drivers with `memorySnapshots` and `diskSnapshots`. If it fails after the VM moved onto a
-   * new top, the error has `disksNow` (DiskChains): what the VM writes to from then on.
+   * saves its memory and device state, moves its disks onto `tops` (made by `newTops` over
+   * `spec.disks`), and resumes it. Drivers with `memorySnapshots` and `diskSnapshots`.
    */
-  snapshot?(vm: RunningVm, spec: VmLaunchSpec, dir: string): Promise<SnapshotTaken>;
+  snapshot?(vm: RunningVm, spec: VmLaunchSpec, dir: string, tops: DiskChains): Promise<SnapshotTaken>;
   /** New empty top layers over `frozen`, for a VM that is not running (a revert); returns the chains with them. */
   newTops?(dir: string, frozen: DiskChains, image: VerifiedImage): Promise<DiskChains>;
   /** Removes what the driver keeps of a VM outside its directory; called when the VM is destroyed, after it ended. */

@@ -91,6 +91,9 @@ export function qemuArgs(spec: VmLaunchSpec, options: QemuArgOptions): string[] 
     // timers jitter on a busy host) and the kernel stalls; telling it the rate skips that.
     ...(spec.accel === 'tcg' && options.hostTscKHz ? [`tsc_early_khz=${options.hostTscKHz}`] : []),
     `warren.hostname=${spec.id}`,
+    // Freed memory is zeroed, so a page that held a secret (a wiped credential, an exited
+    // process's heap) shows nothing in a snapshot's memory file.
+    'init_on_free=1',
     // The platform firewall drops IPv6 from VMs; a guest without it does not try and wait.
     ...(spec.network ? ['ipv6.disable=1', spec.network.kernelArg] : []),
   ].join(' ');

@@ -66,23 +66,13 @@ export class QemuDriver implements VmmDriver {
     return createVmDisks(dir, disks);
   }
 
-  async snapshot(vm: RunningVm, spec: VmLaunchSpec, dir: string): Promise<SnapshotTaken> {
+  async snapshot(vm: RunningVm, spec: VmLaunchSpec, dir: string, tops: DiskChains): Promise<SnapshotTaken> {
     if (!(vm instanceof QemuVm)) throw new WarrenError('INTERNAL', `VM ${spec.id} is not a QEMU driver VM`);
     if (!spec.jail) throw new WarrenError('INTERNAL', `VM ${spec.id} has no uid`);
-    const disks = spec.disks ?? INITIAL_CHAINS;
-    const tops = await this.newTops(spec.dir, disks, spec.image);
     for (const layer of [tops.root.at(-1)!, tops.data.at(-1)!])
       await chown(join(spec.dir, layer), spec.jail.uid, spec.jail.gid);
-    const taken = await takeSnapshot({
-      vmDir: spec.dir,
-      pid: vm.pid,
-      qmp: vm.qmp,
-      ids: spec.jail,
-      disks,
-      tops,
-      dir,
-    });
-    return { ...taken, disks: tops };
+    const disks = spec.disks ?? INITIAL_CHAINS;
+    return takeSnapshot({ vmDir: spec.dir, pid: vm.pid, qmp: vm.qmp, ids: spec.jail, disks, tops, dir });
   }
 
   async newTops(dir: string, frozen: DiskChains, image: VerifiedImage): Promise<DiskChains> {

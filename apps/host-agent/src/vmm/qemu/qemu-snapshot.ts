@@ -105,8 +105,6 @@ export async function takeSnapshot(t: SnapshotTarget): Promise<{ memory: Snapsho
   const paused = performance.now();
   await t.qmp.execute('stop');
   let resumed = false;
-  // What the VM writes to now: a failure after a switch must still be recorded by the caller.
-  const now: DiskChains = { root: t.disks.root, data: t.disks.data };
   try {
     for (const disk of ['root', 'data'] as const) {
       const index = t.tops[disk].length - 1;
@@ -121,12 +119,9 @@ export async function takeSnapshot(t: SnapshotTarget): Promise<{ memory: Snapsho
         node: layerNode(disk, t.disks[disk].length - 1),
         overlay: layerNode(disk, index),
       });
-      now[disk] = t.tops[disk];
     }
     await saveState(t, memory);
     if (memory === 'mapped') await sparseCopy(await memfdPath(t.pid), join(t.dir, SNAPSHOT_MEMORY_FILE));
-  } catch (e) {
-    throw Object.assign(e as Error, { disksNow: now });
   } finally {
     // Resumed whatever happened: a failed snapshot must not leave the tenant's VM frozen.
     await t.qmp.execute('cont').then(
