@@ -4,6 +4,7 @@
  */
 import { execFile } from 'node:child_process';
 import { chmod, chown, mkdir, open, readdir, rm, writeFile } from 'node:fs/promises';
+import { dirname } from 'node:path';
 import { promisify } from 'node:util';
 import {
   CREDENTIALS_DIR,
@@ -59,6 +60,8 @@ async function isMounted(path: string): Promise<boolean> {
 /** Puts the credentials in place, replacing any that were there. */
 export async function placeCredentials(creds: GuestCredentials): Promise<void> {
   await wipeCredentials();
+  // Its parent (/run/warren) must stay traversable for the workspace user.
+  await mkdir(dirname(CREDENTIALS_DIR), { recursive: true, mode: 0o755 });
   await mkdir(CREDENTIALS_DIR, { recursive: true, mode: 0o750 });
   // A tmpfs of its own: never on a disk, gone at once when unmounted.
   await run(BUSYBOX, ['mount', '-t', 'tmpfs', '-o', CREDENTIALS_TMPFS, 'tmpfs', CREDENTIALS_DIR]);

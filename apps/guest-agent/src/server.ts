@@ -21,6 +21,9 @@ export interface AgentOptions {
   onRestart(): void;
 }
 
+/** How long a restart after a credentials wipe waits for the host to close its session. */
+const RESTART_GRACE_MS = 5_000;
+
 type Handler = (stream: ServerHttp2Stream, query: URLSearchParams) => Promise<void> | void;
 
 export function createAgentServer(options: AgentOptions): http2.Http2Server {
@@ -43,6 +46,13 @@ export function createAgentServer(options: AgentOptions): http2.Http2Server {
       const req = parseOrThrow(RestoredRequest, await readJsonBody(s));
       sendJson(s, 200, await fixUpAfterRestore(req, receivedAt));
     },
+    // Filler the host sends after a credentials wipe: passing through the port's receive
+    // buffers (the kernel reuses them, never frees them) overwrites what the credentials left there.
+    [`PUT ${GUEST_ROUTES.scrub}`]: async (s) => {
+      let bytes = 0;
+      for await (const chunk of s) bytes += (chunk as Buffer).length;
+      sendJson(s, 200, { bytes });
+    },
     [`PUT ${GUEST_ROUTES.credentials}`]: async (s) => {
       const req = parseOrThrow(GuestCredentials, await readJsonBody(s, 4 * 1024 * 1024));
       await placeCredentials(req);
@@ -51,7 +61,19 @@ export function createAgentServer(options: AgentOptions): http2.Http2Server {
     [`DELETE ${GUEST_ROUTES.credentials}`]: async (s, query) => {
       const restarting = query.get('restart') === '1';
       const files = await wipeCredentials();
-      if (restarting) s.on('close', () => options.onRestart());
+      if (restarting) {
+        // Not at the stream's end: the answer may still sit in the port's write queue. The host
+        // closes its session once it has the answer; a host that never does gets a few seconds.
+        let done = false;
+        const restart = () => {
+          if (done) return;
+          done = true;
+          options.onRestart();
+        };
+        s.session?.once('close', restart);
+        s.session?.once('goaway', restart);
+        setTimeout(restart, RESTART_GRACE_MS).unref();
+      }
       sendJson(s, 200, { files, restarting });
     },
   };

@@ -129,6 +129,7 @@ export const GUEST_ROUTES = {
   remove: '/v1/files/remove',
   shutdown: '/v1/shutdown',
   restored: '/v1/restored',
+  scrub: '/v1/scrub',
   credentials: '/v1/credentials',
 } as const;
 

@@ -191,6 +191,21 @@ export class GuestClient {
     await this.#json('PUT', GUEST_ROUTES.credentials, WipedCredentials, creds);
   }
 
+  /**
+   * Sends `bytes` of filler through the channel, so the guest kernel's receive buffers for it
+   * (reused, never freed) no longer hold what earlier requests carried.
+   */
+  async scrub(bytes: number): Promise<void> {
+    const stream = this.#request('PUT', GUEST_ROUTES.scrub, DEFAULT_REQUEST_TIMEOUT_MS);
+    const chunk = Buffer.alloc(64 * 1024);
+    for (let sent = 0; sent < bytes; sent += chunk.length) {
+      if (!stream.write(chunk)) await new Promise((r) => stream.once('drain', r));
+    }
+    stream.end();
+    const { headers, body } = await this.#response(stream);
+    this.#parseJson(headers, body, null);
+  }
+
   /** Wipes the guest's credentials; with `restart` the guest agent then restarts (see WipedCredentials). */
   wipeCredentials(restart: boolean): Promise<WipedCredentials> {
     return this.#json(

@@ -78,6 +78,12 @@ export interface VmManagerOptions {
   log?: (message: string) => void;
 }
 
+/**
+ * Filler sent through the guest channel after a credentials wipe, to overwrite the guest
+ * kernel's virtio-serial receive buffers (see GuestClient.scrub). Measured under TCG: 1 MiB
+ * left an old request in one of them, 4 MiB none; twice that for margin.
+ */
+const SCRUB_BYTES = 8 * 128 * 4096;
 /** Longest unix socket path Linux accepts (sun_path is 108 bytes with the NUL). */
 const MAX_SOCKET_PATH = 107;
 /** Memory a VMM needs beyond guest RAM (TCG translation cache, device state, its own heap). */
@@ -563,16 +569,23 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
     });
   }
 
-  /** Removes the credentials from the guest (and from this agent's memory). */
+  /**
+   * Removes the credentials from the guest, leaving no copy in its memory (the guest agent
+   * restarts, the channel is scrubbed), and from this agent's. A revert needs none of this:
+   * it discards the guest's memory whole.
+   */
   wipeCredentials(id: string): Promise<void> {
     return this.#locked(id, async () => {
       this.#credentials.delete(id);
-      if (!this.#live.has(id)) return;
-      await (await this.#guest(id)).wipeCredentials(false);
+      const live = this.#live.get(id);
+      if (live) await this.#wipeForSnapshot(id, live);
     });
   }
 
-  /** Wipes the guest's credentials and waits for the fresh guest agent that replaces the one that held them. */
+  /**
+   * Wipes the guest's credentials, waits for the fresh guest agent that replaces the one that
+   * held them, and scrubs the channel's receive buffers.
+   */
   async #wipeForSnapshot(id: string, live: Live): Promise<void> {
     const guest = await this.#guest(id);
     const before = (await guest.health()).agentStartedAt;
@@ -584,6 +597,7 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
       const health = await next?.health(10_000).catch(() => undefined);
       if (next && health && health.agentStartedAt !== before) {
         live.guest = next;
+        await next.scrub(SCRUB_BYTES);
         return;
       }
       next?.close();
