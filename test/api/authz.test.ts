@@ -18,8 +18,12 @@ import {
 
 let t: TestControlPlane;
 let agent: FakeAgent;
-const tenants: Record<'a' | 'b', { id: string; name: string; key: string; keyId: string; op: string }> =
-  {} as never;
+const tenants: Record<
+  'a' | 'b',
+  { id: string; name: string; key: string; keyId: string; op: string; session: string }
+> = {} as never;
+/** A snapshot each tenant has from the start, for the routes that name one. */
+const SNAPSHOT = 'base';
 
 function concrete(route: RegisteredRoute, who: 'a' | 'b', byId = false): string {
   const x = tenants[who];
@@ -27,7 +31,9 @@ function concrete(route: RegisteredRoute, who: 'a' | 'b', byId = false): string 
     .replace(':tenant', byId ? x.id : x.name)
     .replace(':operation', x.op)
     .replace(':host', agent.name)
-    .replace(':key', x.keyId);
+    .replace(':key', x.keyId)
+    .replace(':snapshot', SNAPSHOT)
+    .replace(':session', x.session);
   return route.url.includes('/files') ? `${path}?path=/tmp/x` : path;
 }
 
@@ -55,9 +61,18 @@ before(async () => {
       key: key.token,
       keyId: key.key.id,
       op: created.operation.id,
+      // The success walk below starts a session (POST) before it reaches the routes that name one.
+      session: 'ses_0000000000000000',
     };
   }
   await convergeAllRunning(t, [agent]);
+  for (const who of ['a', 'b'] as const) {
+    const snap = await call(t.url, 'POST', `/v1/tenants/${tenants[who].name}/snapshots`, {
+      token: t.adminToken,
+      body: { name: SNAPSHOT },
+    });
+    assert.equal(snap.status, 201, snap.text);
+  }
 });
 
 after(async () => {
@@ -129,6 +144,7 @@ describe('authorization matrix', () => {
       if (r.url.endsWith('/stop') || r.url.endsWith('/start')) continue;
       const res = await call(t.url, r.method, concrete(r, 'a'), { token: tenants.a.key, ...sampleBody(r) });
       assert.ok(res.status >= 200 && res.status < 300, `${r.method} ${r.url}: ${res.status} ${res.text}`);
+      if (r.method === 'POST' && r.url.endsWith('/sessions')) tenants.a.session = res.body.id;
     }
   });
 

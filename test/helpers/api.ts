@@ -9,9 +9,11 @@ import type { ControlPlaneConfig } from '@warren/control-plane';
 import { type ControlPlane, loadConfig, openControlPlane } from '@warren/control-plane';
 import {
   type DesiredTenant,
+  type FileChange,
   type HeartbeatResponse,
   PROXY_UPSTREAM_HEADER,
   type Resources,
+  type Snapshot,
 } from '@warren/protocol';
 import { acceptWebSocketEcho } from './ws-echo.ts';
 
@@ -95,7 +97,8 @@ export const FAKE_IMAGE = `sha256:${'ab'.repeat(32)}`;
  * A stand-in for a host agent, for tests of the control plane's API and scheduler (the agent
  * is outside what they test; test/vm/ runs the real one). It joins, heartbeats on demand,
  * "converges" instantly by reporting each tenant in its desired state, and serves the agent
- * API's exec and files routes with canned answers — or, given `remote`, joins on behalf of a
+ * API's exec and files routes with canned answers and its snapshot and credentials routes from
+ * memory — or, given `remote`, joins on behalf of a
  * real agent API that the caller runs (the dashboard proxy's tests and benchmark do).
  */
 export class FakeAgent {
@@ -118,6 +121,24 @@ export class FakeAgent {
   gate: Promise<void> | undefined;
   /** Exec and dashboard answers open right now. */
   streaming = 0;
+  /** The exit code of every exec (its output is `fake` on stdout and `fake-err` on stderr). */
+  execExitCode = 0;
+  /** Snapshots per VM id, as the agent would keep them. */
+  readonly snapshots = new Map<string, Map<string, Snapshot>>();
+  /** Bytes each new snapshot holds (what the quota counts). */
+  snapshotBytes = 64 * 1024 * 1024;
+  /** Credentials in each VM's guest right now (what the guest's tmpfs would hold). */
+  readonly credentials = new Map<string, unknown>();
+  /** Reverts done, in order. */
+  readonly reverts: { vmId: string; name: string }[] = [];
+  /** What every `changes` call answers. */
+  changes: FileChange[] = [];
+  /** Fails the next call of one kind (`PUT credentials`, `POST snapshots/revert`, …) with this agent error. */
+  readonly failNext = new Map<string, { status: number; code: string; message: string }>();
+  #made = 0;
+  /** The snapshot each VM was last made or reverted to, and the VMs that ran something since. */
+  readonly #at = new Map<string, string>();
+  readonly #dirty = new Set<string>();
 
   constructor(name: string, capacity: Resources) {
     this.name = name;
@@ -165,20 +186,26 @@ export class FakeAgent {
       req.on('data', (c) => (body += c));
       req.on('end', () => {
         this.seen.push({ method: req.method!, url: req.url!, auth: req.headers.authorization, body });
+        const vm = /^\/v1\/vms\/([^/]+)\/(snapshots|credentials)(.*)$/.exec(req.url!);
         if (req.headers.authorization !== `Bearer ${this.#agentToken}`) {
           res.writeHead(401).end('{"error":{"code":"UNAUTHENTICATED","message":"no","fix":""}}');
+        } else if (vm) {
+          this.#snapshotApi(req.method!, vm[1]!, vm[2]!, vm[3]!, body, res);
         } else if (req.url!.endsWith('/exec')) {
+          this.#dirty.add(req.url!.split('/')[3]!);
           res.writeHead(200, { 'content-type': 'application/x-ndjson' });
           res.write(`${JSON.stringify({ stdout: Buffer.from('fake\n').toString('base64') })}\n`);
+          res.write(`${JSON.stringify({ stderr: Buffer.from('fake-err\n').toString('base64') })}\n`);
           void this.#held(
             res,
-            `${JSON.stringify({ exit: { exitCode: 0, signal: null, timedOut: false } })}\n`,
+            `${JSON.stringify({ exit: { exitCode: this.execExitCode, signal: null, timedOut: false } })}\n`,
           );
         } else if (req.url!.includes('/proxy/')) {
           res.writeHead(200, { 'content-type': 'text/plain', [PROXY_UPSTREAM_HEADER]: '1' });
           res.write('dashboard ');
           void this.#held(res, 'page\n');
         } else if (req.url!.includes('/files') && req.method === 'PUT') {
+          this.#dirty.add(req.url!.split('/')[3]!);
           res
             .writeHead(201, { 'content-type': 'application/json' })
             .end(JSON.stringify({ path: '/x', bytes: body.length }));
@@ -200,6 +227,86 @@ export class FakeAgent {
     });
     await new Promise<void>((r) => this.#server!.listen(0, '127.0.0.1', r));
     this.#address = `http://127.0.0.1:${(this.#server.address() as AddressInfo).port}`;
+  }
+
+  /**
+   * The snapshot and credentials routes of the agent's remote API, kept in memory per VM as the
+   * contract in docs/api.md describes them: names unique per VM (CONFLICT unless `reuse`), a
+   * reuse that returns the snapshot unchanged when nothing ran since it (an exec or a file
+   * write marks the VM changed), VM_NOT_RUNNING for a VM not desired running, NOT_FOUND for an
+   * unknown snapshot. `failNext` makes the next call of one kind fail with an agent error.
+   */
+  #snapshotApi(
+    method: string,
+    vmId: string,
+    kind: string,
+    rest: string,
+    body: string,
+    res: ServerResponse,
+  ): ServerResponse {
+    const send = (status: number, value?: unknown): ServerResponse =>
+      value === undefined
+        ? res.writeHead(status).end()
+        : res.writeHead(status, { 'content-type': 'application/json' }).end(JSON.stringify(value));
+    const error = (status: number, code: string, message: string) =>
+      send(status, { error: { code, message, fix: '' } });
+    const d = this.desired.find((x) => x.vmId === vmId);
+    if (!d) return error(404, 'VM_NOT_FOUND', `no VM ${vmId}`);
+    const running = d.desiredState === 'running';
+    const snaps = this.snapshots.get(vmId) ?? new Map<string, Snapshot>();
+    this.snapshots.set(vmId, snaps);
+    const op = `${method} ${kind}${rest.endsWith('/revert') ? '/revert' : rest.endsWith('/changes') ? '/changes' : rest ? '/:name' : ''}`;
+    const fail = this.failNext.get(op);
+    if (fail) {
+      this.failNext.delete(op);
+      return error(fail.status, fail.code, fail.message);
+    }
+    const name = decodeURIComponent(rest.split('/')[1] ?? '');
+    if (kind === 'credentials') {
+      if (method === 'PUT') {
+        if (!running) return error(409, 'VM_NOT_RUNNING', `VM ${vmId} is not running`);
+        this.credentials.set(vmId, JSON.parse(body));
+      } else this.credentials.delete(vmId);
+      return send(204);
+    }
+    if (op === 'GET snapshots') return send(200, { snapshots: [...snaps.values()] });
+    if (op === 'POST snapshots') {
+      if (!running) return error(409, 'VM_NOT_RUNNING', `VM ${vmId} is not running`);
+      const req = JSON.parse(body) as { name?: string; reuse?: boolean };
+      const n = req.name ?? `snap-${++this.#made}`;
+      const old = snaps.get(n);
+      if (old && !req.reuse) return error(409, 'CONFLICT', `snapshot ${n} exists`);
+      if (old && !this.#dirty.has(vmId) && this.#at.get(vmId) === n)
+        return send(201, { snapshot: old, reused: true });
+      const snapshot: Snapshot = {
+        name: n,
+        createdAt: new Date().toISOString(),
+        parent: this.#at.get(vmId) ?? null,
+        memory: 'mapped',
+        bytes: this.snapshotBytes,
+        pausedMs: 1,
+      };
+      snaps.set(n, snapshot);
+      this.#at.set(vmId, n);
+      this.#dirty.delete(vmId);
+      return send(201, { snapshot, reused: false });
+    }
+    const snapshot = snaps.get(name);
+    if (!snapshot) return error(404, 'NOT_FOUND', `no snapshot ${name}`);
+    if (op === 'POST snapshots/revert') {
+      if (!running) return error(409, 'VM_NOT_RUNNING', `VM ${vmId} is not running`);
+      this.#at.set(vmId, name);
+      this.#dirty.delete(vmId);
+      this.reverts.push({ vmId, name });
+      return send(200, { snapshot, revertMs: 1 });
+    }
+    if (op === 'GET snapshots/changes')
+      return send(200, { since: name, changes: this.changes, truncated: false });
+    if (op === 'DELETE snapshots/:name') {
+      snaps.delete(name);
+      return send(204);
+    }
+    return error(404, 'NOT_FOUND', `no route ${op}`);
   }
 
   async #held(res: ServerResponse, last: string): Promise<void> {

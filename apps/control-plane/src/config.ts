@@ -141,6 +141,17 @@ export const ControlPlaneConfig = z.strictObject({
    * tunnels one tenant may have at once.
    */
   tenantMaxDashboardStreams: z.coerce.number().int().min(1).default(100),
+  /**
+   * WARREN_SESSION_MAX_MS: the longest a safe-YOLO session (`POST /v1/tenants/{t}/sessions`)
+   * may last; a request may ask for less, never more. An expired session is ended and its VM
+   * reverted by the control plane's sweeper. (Not WARREN_SESSION_TTL_MS, which is the browser's.)
+   */
+  sessionMaxMs: z.coerce
+    .number()
+    .int()
+    .min(1000)
+    .max(7 * 24 * 3600_000)
+    .default(3600_000),
   /** WARREN_AUDIT_RETENTION_DAYS: audit events older than this are deleted. */
   auditRetentionDays: z.coerce.number().int().min(1).default(90),
   /** WARREN_OPERATION_RETENTION_DAYS: finished operations older than this (since they ended) are deleted. */
@@ -183,6 +194,7 @@ export const CONFIG_ENV: Record<keyof ControlPlaneConfig, string> = {
   rateLimitBurst: 'WARREN_RATE_LIMIT_BURST',
   tenantMaxExecs: 'WARREN_TENANT_MAX_EXECS',
   tenantMaxDashboardStreams: 'WARREN_TENANT_MAX_DASHBOARD_STREAMS',
+  sessionMaxMs: 'WARREN_SESSION_MAX_MS',
   auditRetentionDays: 'WARREN_AUDIT_RETENTION_DAYS',
   operationRetentionDays: 'WARREN_OPERATION_RETENTION_DAYS',
 };

@@ -10,14 +10,18 @@ import { HostService } from './hosts/service.ts';
 import { now } from './ids.ts';
 import { pruneHistory } from './retention.ts';
 import { dialectFromConfig, openStore, type Store, type StoreDialect } from './store/index.ts';
-import { TenantStreams } from './tenants/concurrency.ts';
+import { TenantLocks, TenantStreams } from './tenants/concurrency.ts';
 import { TenantService } from './tenants/service.ts';
+import { TenantSessionService } from './tenants/sessions.ts';
+import { SnapshotService } from './tenants/snapshots.ts';
 
 export interface ControlPlane extends ApiServer {
   config: ControlPlaneConfig;
   store: Store;
   tenants: TenantService;
   hosts: HostService;
+  /** Safe-YOLO sessions; tests drive the expiry sweep through `tenantSessions.expire(at)`. */
+  tenantSessions: TenantSessionService;
   credentials: BootstrapResult;
   /** Listens on the configured host and port; returns the API's base URL and writes api.json. */
   listen(): Promise<string>;
@@ -56,12 +60,20 @@ export async function openControlPlane(
     exec: config.tenantMaxExecs,
     dashboard: config.tenantMaxDashboardStreams,
   });
-  const server = createApiServer({ db: store.db, config, tenants, hosts, agents, rateLimiter, streams }, log);
+  const locks = new TenantLocks();
+  const snapshots = new SnapshotService({ db: store.db, hosts, agents });
+  const tenantSessions = new TenantSessionService({ db: store.db, config, snapshots, locks, log });
+  const server = createApiServer(
+    { db: store.db, config, tenants, hosts, agents, rateLimiter, streams, locks, snapshots, tenantSessions },
+    log,
+  );
   const sweeper = setInterval(() => {
     void failOverdueOperations(store, config).catch((e) => log(`operation sweeper: ${e}`));
     // Expired sessions are refused anyway; this only keeps the table small.
     void deleteExpiredSessions(store.db).catch((e) => log(`session sweeper: ${e}`));
     void pruneHistory(store.db, config).catch((e) => log(`retention sweeper: ${e}`));
+    // Each expired safe-YOLO session is ended and reverted; failures are logged per session.
+    void tenantSessions.expire().catch((e) => log(`session expiry sweeper: ${e}`));
   }, 5_000);
   sweeper.unref();
   let closed = false;
@@ -71,6 +83,7 @@ export async function openControlPlane(
     store,
     tenants,
     hosts,
+    tenantSessions,
     credentials,
     async listen() {
       await server.app.listen({ host: config.host, port: config.port });

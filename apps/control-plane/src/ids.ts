@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 
-/** Random ids with a type prefix (`ten_`, `host_`, `key_`, `op_`): 64 bits, lowercase hex. */
-export function newId(prefix: 'ten' | 'host' | 'key' | 'op'): string {
+/** Random ids with a type prefix (`ten_`, `host_`, `key_`, `op_`, `ses_`): 64 bits, lowercase hex. */
+export function newId(prefix: 'ten' | 'host' | 'key' | 'op' | 'ses'): string {
   return `${prefix}_${randomBytes(8).toString('hex')}`;
 }
 

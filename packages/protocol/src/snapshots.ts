@@ -152,3 +152,7 @@ export const EndTenantSessionRequest = z.strictObject({
   keep: z.boolean().default(false),
 });
 export type EndTenantSessionRequest = z.input<typeof EndTenantSessionRequest>;
+
+/** `GET /v1/tenants/{t}/sessions`: the tenant's sessions, newest first (at most 100). */
+export const TenantSessionList = z.object({ sessions: z.array(TenantSession) });
+export type TenantSessionList = z.infer<typeof TenantSessionList>;

@@ -4,8 +4,10 @@ import type { AgentClient } from '../agents/agent-client.ts';
 import type { ControlPlaneConfig } from '../config.ts';
 import type { HostService } from '../hosts/service.ts';
 import type { Db } from '../store/index.ts';
-import type { TenantStreams } from '../tenants/concurrency.ts';
+import type { TenantLocks, TenantStreams } from '../tenants/concurrency.ts';
 import type { TenantService } from '../tenants/service.ts';
+import type { TenantSessionService } from '../tenants/sessions.ts';
+import type { SnapshotService } from '../tenants/snapshots.ts';
 import type { RateLimiter } from './rate-limit.ts';
 import { defineRoute, type RegisteredRoute, type RouteContext, type RouteSpec } from './route.ts';
 
@@ -20,6 +22,10 @@ export interface Api {
   rateLimiter: RateLimiter;
   /** Per-tenant caps on open exec and dashboard streams. */
   streams: TenantStreams;
+  /** One snapshot or session step per tenant at a time. */
+  locks: TenantLocks;
+  snapshots: SnapshotService;
+  tenantSessions: TenantSessionService;
   route<B extends z.ZodType | undefined = undefined, Q extends z.ZodType | undefined = undefined>(
     spec: RouteSpec<B, Q>,
     handler: (

@@ -13,6 +13,8 @@ import { agentRoutes } from './routes/agent.ts';
 import { checkDashboardRequest, dashboardRoutes } from './routes/dashboard.ts';
 import { guestRoutes } from './routes/guest.ts';
 import { sessionRoutes } from './routes/sessions.ts';
+import { snapshotRoutes } from './routes/snapshots.ts';
+import { tenantSessionRoutes } from './routes/tenant-sessions.ts';
 import { tenantRoutes } from './routes/tenants.ts';
 import { routeUpgrades } from './upgrade.ts';
 
@@ -84,6 +86,8 @@ export function createApiServer(services: Omit<Api, 'route'>, log: (m: string) =
   );
   tenantRoutes(api);
   guestRoutes(api);
+  snapshotRoutes(api);
+  tenantSessionRoutes(api);
   adminRoutes(api);
   agentRoutes(api);
   sessionRoutes(api);

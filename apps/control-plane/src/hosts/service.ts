@@ -315,6 +315,16 @@ export class HostService {
     return host;
   }
 
+  /** The host of a tenant that runs, for calls that need its VM up; TENANT_NOT_RUNNING otherwise. */
+  async runningHostOf(
+    tenant: Pick<TenantsTable, 'name' | 'host_id' | 'state' | 'desired_state'>,
+  ): Promise<HostsTable> {
+    if (tenant.desired_state !== 'running' || tenant.state !== 'running') {
+      throw new WarrenError('TENANT_NOT_RUNNING', `tenant ${tenant.name} is ${tenant.state}, not running`);
+    }
+    return this.liveHostOf(tenant);
+  }
+
   isHealthy(row: Pick<HostsTable, 'health' | 'last_heartbeat_at'>): boolean {
     return isHealthy(row, healthySince(this.#config));
   }

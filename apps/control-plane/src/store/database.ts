@@ -13,6 +13,7 @@ export interface Database {
   audit_events: AuditEventsTable;
   sessions: SessionsTable;
   dashboard_logins: DashboardLoginsTable;
+  tenant_sessions: TenantSessionsTable;
 }
 
 export interface TenantsTable {
@@ -129,4 +130,22 @@ export interface DashboardLoginsTable {
   tenant_id: string;
   created_at: string;
   expires_at: string;
+}
+
+/** A safe-YOLO session (migration 0007). No credential is ever stored here. */
+export interface TenantSessionsTable {
+  id: string;
+  tenant_id: string;
+  /** The clean snapshot it reverts to. */
+  snapshot: string;
+  /** active | ending | ended | failed; at most one active or ending per tenant. */
+  state: string;
+  /** reverted | kept | expired; null until it ended. */
+  outcome: string | null;
+  /** The last failure (of the start, or of an end attempt). */
+  error_code: string | null;
+  error_message: string | null;
+  created_at: string;
+  expires_at: string;
+  ended_at: string | null;
 }

@@ -60,3 +60,37 @@ export class TenantStreams {
     };
   }
 }
+
+/**
+ * One snapshot or session step (snapshot create, revert, delete; session start, end, expiry)
+ * per tenant at a time, so an end's revert cannot interleave with another revert or a new
+ * snapshot of the same VM. A second caller is refused at once (CONFLICT) rather than queued:
+ * these steps take seconds, and a queue would hold one connection per waiting client. In
+ * memory, per control-plane process, like TenantStreams.
+ */
+export class TenantLocks {
+  readonly #held = new Map<string, string>();
+
+  /** Runs `step` holding the tenant's lock; CONFLICT naming what holds it when busy. */
+  async with<T>(tenant: { id: string; name: string }, what: string, step: () => Promise<T>): Promise<T> {
+    const holder = this.#held.get(tenant.id);
+    if (holder !== undefined) {
+      throw new WarrenError(
+        'CONFLICT',
+        `tenant ${tenant.name} is busy with a ${holder}; retry when it has finished`,
+        { details: { busyWith: holder } },
+      );
+    }
+    this.#held.set(tenant.id, what);
+    try {
+      return await step();
+    } finally {
+      this.#held.delete(tenant.id);
+    }
+  }
+
+  /** Whether a step holds the tenant now (the expiry sweep skips such a tenant until its next pass). */
+  busy(tenantId: string): boolean {
+    return this.#held.has(tenantId);
+  }
+}

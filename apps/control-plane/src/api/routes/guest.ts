@@ -7,18 +7,12 @@ import {
   vmIdOfTenant,
   WarrenError,
 } from '@warren/protocol';
-import type { HostsTable, TenantsTable } from '../../store/database.ts';
+import type { TenantsTable } from '../../store/database.ts';
 import type { Api } from '../context.ts';
 
 /** Exec and files: forwarded to the tenant's host agent, which talks to the guest agent. */
 export function guestRoutes(api: Api): void {
-  /** The tenant's host, if the tenant is running there and the host is alive. */
-  async function runningOn(tenant: TenantsTable): Promise<HostsTable> {
-    if (tenant.desired_state !== 'running' || tenant.state !== 'running') {
-      throw new WarrenError('TENANT_NOT_RUNNING', `tenant ${tenant.name} is ${tenant.state}, not running`);
-    }
-    return api.hosts.liveHostOf(tenant);
-  }
+  const runningOn = (tenant: TenantsTable) => api.hosts.runningHostOf(tenant);
 
   api.route(
     {

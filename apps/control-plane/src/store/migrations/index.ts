@@ -6,6 +6,7 @@ import * as m0003 from './0003-sessions.ts';
 import * as m0004 from './0004-indexes.ts';
 import * as m0005 from './0005-credentials-retention.ts';
 import * as m0006 from './0006-dashboard-logins.ts';
+import * as m0007 from './0007-tenant-sessions.ts';
 
 /**
  * Every migration, in order. Names sort lexically; never edit one that has shipped, add the
@@ -18,6 +19,7 @@ const MIGRATIONS = {
   '0004-indexes': m0004,
   '0005-credentials-retention': m0005,
   '0006-dashboard-logins': m0006,
+  '0007-tenant-sessions': m0007,
 };
 
 export function migrationProvider(dialect: StoreDialect): MigrationProvider {
