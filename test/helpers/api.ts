@@ -35,10 +35,12 @@ export interface TestControlPlane {
 export async function openTestControlPlane(
   overrides: Partial<ControlPlaneConfig> = {},
   dataDir?: string,
+  options: { log?: (m: string) => void } = {},
 ): Promise<TestControlPlane> {
   const dir = dataDir ?? (await mkdtemp(join(tmpdir(), 'wcp-')));
   const cp = await openControlPlane(
     loadConfig({}, { dataDir: dir, host: '127.0.0.1', port: 0, rateLimitBurst: 1_000_000, ...overrides }),
+    options,
   );
   const url = await cp.listen();
   const adminToken = (await readFile(cp.credentials.adminTokenPath, 'utf8')).trim();
@@ -131,6 +133,10 @@ export class FakeAgent {
   readonly credentials = new Map<string, unknown>();
   /** Reverts done, in order. */
   readonly reverts: { vmId: string; name: string }[] = [];
+  /** While set, reverts wait for it before they answer (a revert that takes its time). */
+  revertGate: Promise<void> | undefined;
+  /** Reverts waiting on the gate right now. */
+  reverting = 0;
   /** What every `changes` call answers. */
   changes: FileChange[] = [];
   /** Fails the next call of one kind (`PUT credentials`, `POST snapshots/revert`, …) with this agent error. */
@@ -243,6 +249,7 @@ export class FakeAgent {
     rest: string,
     body: string,
     res: ServerResponse,
+    released = false,
   ): ServerResponse {
     const send = (status: number, value?: unknown): ServerResponse =>
       value === undefined
@@ -256,6 +263,14 @@ export class FakeAgent {
     const snaps = this.snapshots.get(vmId) ?? new Map<string, Snapshot>();
     this.snapshots.set(vmId, snaps);
     const op = `${method} ${kind}${rest.endsWith('/revert') ? '/revert' : rest.endsWith('/changes') ? '/changes' : rest ? '/:name' : ''}`;
+    if (op === 'POST snapshots/revert' && this.revertGate && !released) {
+      this.reverting++;
+      void this.revertGate.then(() => {
+        this.reverting--;
+        this.#snapshotApi(method, vmId, kind, rest, body, res, true);
+      });
+      return res;
+    }
     const fail = this.failNext.get(op);
     if (fail) {
       this.failNext.delete(op);
