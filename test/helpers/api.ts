@@ -204,7 +204,7 @@ export class FakeAgent {
           res.write(`${JSON.stringify({ stderr: Buffer.from('fake-err\n').toString('base64') })}\n`);
           void this.#held(
             res,
-            `${JSON.stringify({ exit: { exitCode: this.execExitCode, signal: null, timedOut: false } })}\n`,
+            `${JSON.stringify({ exit: { exitCode: this.execExitCode, signal: null, timedOut: false, durationMs: 1 } })}\n`,
           );
         } else if (req.url!.includes('/proxy/')) {
           res.writeHead(200, { 'content-type': 'text/plain', [PROXY_UPSTREAM_HEADER]: '1' });

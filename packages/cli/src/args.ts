@@ -46,3 +46,16 @@ export function intFlag(value: string | undefined, flag: string): number | undef
     throw new WarrenError('INVALID_ARGUMENT', `${flag} takes a whole number, got "${value}"`);
   return Number(value);
 }
+
+/** Exactly two operands (e.g. the tenant NAME and a SNAPSHOT); anything else is a usage error. */
+export function twoOperands(operands: string[], what: string, usage: string): [string, string] {
+  if (operands.length !== 2) {
+    throw new WarrenError(
+      'INVALID_ARGUMENT',
+      operands.length < 2
+        ? `give the ${what}; usage: ${usage}`
+        : `unexpected ${operands.slice(2).join(' ')}; usage: ${usage}`,
+    );
+  }
+  return [operands[0]!, operands[1]!];
+}

@@ -37,6 +37,16 @@ const COMMANDS: Record<string, () => Promise<Command>> = {
   'tenant stop': () => import('./commands/tenant/stop.ts'),
   'tenant delete': () => import('./commands/tenant/delete.ts'),
   'tenant exec': () => import('./commands/tenant/exec.ts'),
+  'tenant run': () => import('./commands/tenant/run.ts'),
+  'tenant snapshot create': () => import('./commands/tenant/snapshot/create.ts'),
+  'tenant snapshot list': () => import('./commands/tenant/snapshot/list.ts'),
+  'tenant snapshot revert': () => import('./commands/tenant/snapshot/revert.ts'),
+  'tenant snapshot delete': () => import('./commands/tenant/snapshot/delete.ts'),
+  'tenant session start': () => import('./commands/tenant/session/start.ts'),
+  'tenant session list': () => import('./commands/tenant/session/list.ts'),
+  'tenant session show': () => import('./commands/tenant/session/show.ts'),
+  'tenant session changes': () => import('./commands/tenant/session/changes.ts'),
+  'tenant session end': () => import('./commands/tenant/session/end.ts'),
   'host list': () => import('./commands/host/list.ts'),
   'host drain': () => import('./commands/host/drain.ts'),
   'host rejoin': () => import('./commands/host/rejoin.ts'),
@@ -152,6 +162,11 @@ async function main(argv: string[]): Promise<number> {
         limit: { type: 'string' },
         undo: { type: 'boolean' },
         'single-use': { type: 'boolean' },
+        secret: { type: 'string', multiple: true },
+        'secret-env': { type: 'string', multiple: true },
+        keep: { type: 'boolean' },
+        quiet: { type: 'boolean', short: 'q' },
+        'max-duration': { type: 'string' },
       },
     });
     if (values.version && positionals.length === 0) {
@@ -160,9 +175,9 @@ async function main(argv: string[]): Promise<number> {
       return 0;
     }
     if (isPlatformCommand(positionals[0])) return await runPlatform(argv);
-    const two = positionals.slice(0, 2).join(' ');
-    const words = COMMANDS[two] ? 2 : 1;
-    const load = COMMANDS[two] ?? COMMANDS[positionals[0] ?? ''];
+    // The longest command name the words start with: `tenant snapshot create`, `tenant list`, `audit`.
+    const words = [3, 2, 1].find((n) => COMMANDS[positionals.slice(0, n).join(' ')]) ?? 0;
+    const load = COMMANDS[positionals.slice(0, words).join(' ')];
     if (!load) {
       process.stderr.write(await help());
       return values.help ? 0 : 2;

@@ -6,6 +6,7 @@ import { Http } from './http.ts';
 import { JoinTokens } from './join-tokens.ts';
 import { Keys } from './keys.ts';
 import { Operations } from './operations.ts';
+import { Sessions, Snapshots } from './snapshots.ts';
 import { Tenants } from './tenants.ts';
 
 export interface WarrenClientOptions {
@@ -37,6 +38,9 @@ export class WarrenClient {
   readonly keys: Keys;
   readonly joinTokens: JoinTokens;
   readonly audit: Audit;
+  readonly snapshots: Snapshots;
+  /** Safe-YOLO sessions (`/v1/tenants/{t}/sessions`), not the dashboard's browser sessions. */
+  readonly sessions: Sessions;
   readonly #http: Http;
 
   constructor(options: WarrenClientOptions = {}) {
@@ -57,6 +61,8 @@ export class WarrenClient {
     this.keys = new Keys(http);
     this.joinTokens = new JoinTokens(http);
     this.audit = new Audit(http);
+    this.snapshots = new Snapshots(http);
+    this.sessions = new Sessions(http, this.tenants);
   }
 
   async health(): Promise<z.output<typeof HealthResponse>> {

@@ -1,19 +1,28 @@
 export type {
   ApiKey,
   AuditEvent,
+  ChangeList,
   CreatedJoinToken,
   CreatedKey,
+  CreatedSnapshot,
   CreateJoinTokenRequest,
+  CreateSnapshotRequest,
   CreateTenantRequest,
+  CreateTenantSessionRequest,
+  EndTenantSessionRequest,
   ErrorCode,
   ExecExit,
+  FileChange,
   Host,
   JoinToken,
   ListTenantsQuery,
   Operation,
+  RevertResult,
+  Snapshot,
   Tenant,
   TenantExecRequest,
   TenantOperationResponse,
+  TenantSession,
   TenantState,
 } from '@warren/protocol';
 export { WarrenError } from '@warren/protocol';
@@ -26,4 +35,5 @@ export * from './join-tokens.ts';
 export * from './keys.ts';
 export * from './node-fetch.ts';
 export * from './operations.ts';
+export * from './snapshots.ts';
 export * from './tenants.ts';
