@@ -132,5 +132,74 @@ for (const { label, make } of DIALECTS) {
       assert.equal(ids.length, 2);
       assert.ok(ids[1]! > ids[0]!);
     });
+
+    test('one active session per tenant (partial unique index); sessions go with their tenant', async () => {
+      const t = new Date().toISOString();
+      await store.db
+        .insertInto('tenants')
+        .values({
+          id: 'ten_0000000000000001',
+          name: 'sessions',
+          state: 'running',
+          desired_state: 'running',
+          generation: 1,
+          observed_generation: 1,
+          image_id: 'sha256:img',
+          vcpus: 1,
+          memory_mib: 128,
+          disk_mib: 16,
+          quota_vcpus: 1,
+          quota_memory_mib: 128,
+          quota_disk_mib: 16,
+          host_id: null,
+          egress_mode: 'internet',
+          egress_allowlist: '[]',
+          bandwidth_mbit: null,
+          dashboard_port: 8080,
+          last_error_code: null,
+          last_error_message: null,
+          created_at: t,
+          updated_at: t,
+        })
+        .execute();
+      const session = (id: string, state: string) => ({
+        id,
+        tenant_id: 'ten_0000000000000001',
+        snapshot: 'session-base',
+        state,
+        outcome: null,
+        error_code: null,
+        error_message: null,
+        created_at: t,
+        expires_at: t,
+        ended_at: null,
+      });
+      await store.db.insertInto('tenant_sessions').values(session('ses_0000000000000001', 'ended')).execute();
+      await store.db
+        .insertInto('tenant_sessions')
+        .values(session('ses_0000000000000002', 'failed'))
+        .execute();
+      await store.db
+        .insertInto('tenant_sessions')
+        .values(session('ses_0000000000000003', 'active'))
+        .execute();
+      for (const state of ['active', 'ending']) {
+        await assert.rejects(
+          store.db.insertInto('tenant_sessions').values(session('ses_0000000000000004', state)).execute(),
+          /UNIQUE/i,
+        );
+      }
+      await store.db
+        .updateTable('tenant_sessions')
+        .set({ state: 'ended' })
+        .where('id', '=', 'ses_0000000000000003')
+        .execute();
+      await store.db
+        .insertInto('tenant_sessions')
+        .values(session('ses_0000000000000004', 'ending'))
+        .execute();
+      await store.db.deleteFrom('tenants').where('id', '=', 'ten_0000000000000001').execute();
+      assert.deepEqual(await store.db.selectFrom('tenant_sessions').select('id').execute(), []);
+    });
   });
 }
