@@ -73,7 +73,7 @@ export async function openControlPlane(
     void deleteExpiredSessions(store.db).catch((e) => log(`session sweeper: ${e}`));
     void pruneHistory(store.db, config).catch((e) => log(`retention sweeper: ${e}`));
     // Each expired safe-YOLO session is ended and reverted; failures are logged per session.
-    void tenantSessions.expire().catch((e) => log(`session expiry sweeper: ${e}`));
+    void tenantSessions.sweep().catch((e) => log(`session expiry sweeper: ${e}`));
   }, 5_000);
   sweeper.unref();
   let closed = false;

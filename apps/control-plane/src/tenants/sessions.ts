@@ -33,7 +33,7 @@ export class TenantSessionService {
   readonly #snapshots: SnapshotService;
   readonly #locks: TenantLocks;
   readonly #log: (m: string) => void;
-  #sweeping = false;
+  #pass: Promise<number> | undefined;
 
   constructor(deps: {
     db: Db;
@@ -173,14 +173,20 @@ export class TenantSessionService {
    * the sweep's clock, so tests drive time through here.
    */
   async expire(at: number = Date.now()): Promise<number> {
-    // A pass that takes longer than the sweep interval (reverts take seconds) is not doubled.
-    if (this.#sweeping) return 0;
-    this.#sweeping = true;
+    // Passes run one after the other: two at once would both find the same expired session.
+    while (this.#pass) await this.#pass.catch(() => {});
+    const pass = this.#expire(at);
+    this.#pass = pass;
     try {
-      return await this.#expire(at);
+      return await pass;
     } finally {
-      this.#sweeping = false;
+      this.#pass = undefined;
     }
+  }
+
+  /** The interval's pass: skipped while one still runs (reverts take seconds), never queued. */
+  async sweep(): Promise<void> {
+    if (!this.#pass) await this.expire();
   }
 
   async #expire(at: number): Promise<number> {
