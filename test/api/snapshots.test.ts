@@ -219,9 +219,15 @@ describe('sessions', () => {
     assert.equal(second.body.error.code, 'CONFLICT');
     assert.ok(second.body.error.message.includes(s.id));
 
-    // The session's snapshot cannot be deleted from under it.
+    // The session's clean snapshot cannot be deleted from under it.
     const del = await call(t.url, 'DELETE', '/v1/tenants/alpha/snapshots/session-base', as('alpha'));
     assert.equal(del.status, 409, del.text);
+    // Nor replaced by a snapshot of what the session has done so far.
+    const replace = await call(t.url, 'POST', '/v1/tenants/alpha/snapshots', {
+      ...as('alpha'),
+      body: { name: 'session-base', reuse: true },
+    });
+    assert.equal(replace.status, 409, replace.text);
 
     agent.changes = [
       { disk: 'root', path: '/etc/motd', change: 'modified', type: 'file' },

@@ -7,6 +7,7 @@ import {
   SnapshotName,
   WarrenError,
 } from '@warren/protocol';
+import type { TenantsTable } from '../../store/database.ts';
 import type { Api } from '../context.ts';
 
 /**
@@ -28,9 +29,10 @@ export function snapshotRoutes(api: Api): void {
     },
     async ({ tenant, body, audit }) => {
       if (body.name) audit.target = `${tenant!.name}:${body.name}`;
-      const created = await api.locks.with(tenant!, 'snapshot', async () =>
-        api.snapshots.create(await api.snapshots.fresh(tenant!), body),
-      );
+      const created = await api.locks.with(tenant!, 'snapshot', async () => {
+        if (body.name) await refuseSessionSnapshot(tenant!, body.name, 'replace');
+        return api.snapshots.create(await api.snapshots.fresh(tenant!), body);
+      });
       audit.target = `${tenant!.name}:${created.snapshot.name}`;
       return created;
     },
@@ -79,17 +81,22 @@ export function snapshotRoutes(api: Api): void {
       const name = parseOrThrow(SnapshotName, params.snapshot);
       audit.target = `${tenant!.name}:${name}`;
       await api.locks.with(tenant!, 'snapshot delete', async () => {
-        const active = (await api.tenantSessions.list(tenant!)).find(
-          (s) => (s.state === 'active' || s.state === 'ending') && s.snapshot === name,
-        );
-        if (active) {
-          throw new WarrenError(
-            'CONFLICT',
-            `session ${active.id} reverts to snapshot ${name} when it ends; end the session first (\`warren tenant session end ${tenant!.name} ${active.id}\`)`,
-          );
-        }
+        await refuseSessionSnapshot(tenant!, name, 'delete');
         await api.snapshots.delete(await api.snapshots.fresh(tenant!), name);
       });
     },
   );
+
+  /** An active session's clean snapshot is what its end reverts to: nobody replaces or deletes it meanwhile. */
+  async function refuseSessionSnapshot(tenant: TenantsTable, name: string, verb: string): Promise<void> {
+    const active = (await api.tenantSessions.list(tenant)).find(
+      (s) => (s.state === 'active' || s.state === 'ending') && s.snapshot === name,
+    );
+    if (active) {
+      throw new WarrenError(
+        'CONFLICT',
+        `session ${active.id} reverts to snapshot ${name} when it ends, so it cannot ${verb} it; end the session first (\`warren tenant session end ${tenant.name} ${active.id}\`)`,
+      );
+    }
+  }
 }
