@@ -312,6 +312,8 @@ export class FakeAgent {
       if (!running) return error(409, 'VM_NOT_RUNNING', `VM ${vmId} is not running`);
       this.#at.set(vmId, name);
       this.#dirty.delete(vmId);
+      // As the real agent: a revert discards the guest's memory, credentials with it.
+      this.credentials.delete(vmId);
       this.reverts.push({ vmId, name });
       return send(200, { snapshot, revertMs: 1 });
     }

@@ -37,6 +37,8 @@ export class ProxyAgent {
           ...(ip ? { network: { guestIp: ip } } : {}),
         };
       },
+      // Dashboard traffic marks a VM used (VmManager.touch); nothing to track here.
+      touch: () => {},
     };
     this.api = createRemoteApi({ vms } as unknown as Host, { agentToken: this.agentToken, onWake: () => {} });
     await this.api.listen({ host: '127.0.0.1', port: 0 });

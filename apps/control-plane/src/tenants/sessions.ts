@@ -245,26 +245,14 @@ export class TenantSessionService {
         .where('state', '=', 'active')
         .execute();
       const cur = await this.#snapshots.fresh(tenant);
-      try {
-        await this.#snapshots.deleteCredentials(cur);
-      } catch (e) {
-        const err = toWarrenError(e);
-        const kept = new WarrenError(
-          err.code,
-          `the credentials could not be removed from tenant ${cur.name}'s VM: ${err.message}; the session stays active, end it again to retry`,
-          { cause: e },
-        );
-        await this.#db
-          .updateTable('tenant_sessions')
-          .set({ state: 'active', error_code: kept.code, error_message: kept.message })
-          .where('id', '=', id)
-          .execute();
-        throw kept;
-      }
-      if (outcome !== 'kept') {
+      // A revert discards the guest's memory whole, credentials with it (the agent drops its
+      // copy too); only a kept VM needs them wiped, which restarts the guest agent (slow).
+      if (outcome === 'kept') await this.#wipeOrStayActive(cur, id);
+      else {
         try {
           await this.#snapshots.revert(cur, row.snapshot);
         } catch (e) {
+          await this.#wipeOrStayActive(cur, id);
           const err = toWarrenError(e);
           const failed = new WarrenError(
             err.code,
@@ -277,6 +265,26 @@ export class TenantSessionService {
       }
       return view(await this.#finish(id, 'ended', outcome, null));
     });
+  }
+
+  /** Wipes the session's credentials from the guest; if that fails the session stays active, to be ended again. */
+  async #wipeOrStayActive(cur: TenantsTable, id: string): Promise<void> {
+    try {
+      await this.#snapshots.deleteCredentials(cur);
+    } catch (e) {
+      const err = toWarrenError(e);
+      const kept = new WarrenError(
+        err.code,
+        `the credentials could not be removed from tenant ${cur.name}'s VM: ${err.message}; the session stays active, end it again to retry`,
+        { cause: e },
+      );
+      await this.#db
+        .updateTable('tenant_sessions')
+        .set({ state: 'active', error_code: kept.code, error_message: kept.message })
+        .where('id', '=', id)
+        .execute();
+      throw kept;
+    }
   }
 
   async #finish(
