@@ -496,8 +496,7 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
       this.#transitions.set(id, 'starting');
       try {
         const image = await this.#o.store.verify(record.imageId);
-        const tops = await driver.newTops(dir, snapshot.disks, image);
-        await this.#killLive(id);
+        const [tops] = await Promise.all([driver.newTops(dir, snapshot.disks, image), this.#killLive(id)]);
         this.#credentials.delete(id);
         record.disks = tops;
         record.basedOn = name;
@@ -513,8 +512,8 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
         const vm = await this.#driver.launch(spec);
         const live = this.#track(id, vm);
         try {
-          live.guest = await this.#waitForAgent(id, vm, dir);
-          await live.guest.restored();
+          // The fix-up is the first call: a restored guest that answers it is ready.
+          live.guest = await this.#waitForAgent(id, vm, dir, (c) => c.restored());
         } catch (e) {
           live.expectingExit = true;
           vm.kill();
@@ -655,7 +654,13 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
         .catch(() => {});
   }
 
-  async #waitForAgent(id: string, vm: RunningVm, dir: string): Promise<GuestClient> {
+  /** Connects to the guest agent and waits until `ready` (its health by default) answers. */
+  async #waitForAgent(
+    id: string,
+    vm: RunningVm,
+    dir: string,
+    ready: (client: GuestClient) => Promise<unknown> = (c) => c.health(10_000),
+  ): Promise<GuestClient> {
     const deadline = Date.now() + this.#o.bootTimeoutMs;
     let lastError: unknown;
     let exited = false;
@@ -668,7 +673,7 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
           vm.transport,
           Math.min(10_000, Math.max(1, deadline - Date.now())),
         );
-        await client.health(10_000);
+        await ready(client);
         return client;
       } catch (e) {
         lastError = e;
