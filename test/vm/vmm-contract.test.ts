@@ -112,6 +112,17 @@ for (const name of VMM_NAMES) {
       }
     });
 
+    test('snapshots: a driver without the capabilities refuses them with SNAPSHOTS_UNSUPPORTED', async (t) => {
+      const caps = host.vms.vmm.capabilities;
+      if (caps.memorySnapshots && caps.diskSnapshots) {
+        t.skip(`${name} snapshots VMs: test/vm/snapshots.test.ts covers it`);
+        return;
+      }
+      await assert.rejects(host.vms.createSnapshot(a, { name: 'x' }), { code: 'SNAPSHOTS_UNSUPPORTED' });
+      await assert.rejects(host.vms.revertSnapshot(a, 'x'), { code: 'SNAPSHOTS_UNSUPPORTED' });
+      assert.deepEqual(await host.vms.snapshots(a), []);
+    });
+
     test('stop powers the guest off; start again keeps the data volume and the root disk', async () => {
       const stopped = await host.vms.stop(a);
       assert.equal(stopped.state, 'stopped');
