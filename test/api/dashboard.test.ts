@@ -23,7 +23,7 @@ import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { RegisteredRoute } from '@warren/control-plane';
 import { createRemoteApi, type Host } from '@warren/host-agent';
-import { vmIdOfTenant, WarrenError } from '@warren/protocol';
+import { vmIdOfTenant } from '@warren/protocol';
 import type { FastifyInstance } from 'fastify';
 import { call, createTenantWithKey, openTestControlPlane, type TestControlPlane } from '../helpers/api.ts';
 import { ProxyAgent } from '../helpers/proxy-agent.ts';

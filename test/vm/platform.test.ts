@@ -7,7 +7,7 @@
 import assert from 'node:assert/strict';
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -238,6 +238,83 @@ describe('the platform end to end', { timeout: 600_000 }, () => {
     assert.match(dead.stderr, /UNAUTHENTICATED/);
     const trail = await client().audit.list({ tenant: demo.id, limit: 100 });
     assert.ok(trail.some((e) => e.action === 'tenant.delete'));
+  });
+
+  test('CLI safe YOLO: tenant run with a secret lists the changed files and reverts; rm -rf / is undone; snapshots; delete removes them', async () => {
+    assert.equal((await warren(['tenant', 'create', 'yolo', '--memory', '256', '--disk', '64'])).code, 0);
+    const secretFile = join(dataDir, 'yolo-token');
+    const secret = `tok-${process.pid}-${Date.now().toString(36)}`;
+    await writeFile(secretFile, secret, { mode: 0o600 });
+    assert.equal(
+      (await warren(['tenant', 'exec', 'yolo', '--', 'sh', '-c', 'echo kept > /workspace/kept'])).code,
+      0,
+    );
+
+    // A run: the secret is there, its output streams, its exit code comes back, and what it
+    // changed on both disks is listed before the revert.
+    const first = await warren([
+      'tenant',
+      'run',
+      'yolo',
+      '--secret',
+      `TOKEN=@${secretFile}`,
+      '--',
+      'sh',
+      '-c',
+      'cat /run/warren/credentials/TOKEN; echo; echo made > /workspace/made; echo x > /etc/yolo-made; rm /workspace/kept; sync; exit 3',
+    ]);
+    assert.equal(first.code, 3, first.stderr);
+    assert.equal(first.stdout, `${secret}\n`);
+    assert.match(first.stderr, /^ {2}A data \/workspace\/made$/m, first.stderr);
+    assert.match(first.stderr, /^ {2}D data \/workspace\/kept$/m, first.stderr);
+    assert.match(first.stderr, /^ {2}A root \/etc\/yolo-made$/m, first.stderr);
+    assert.match(first.stderr, /ended: reverted/);
+    const after = await warren([
+      'tenant',
+      'exec',
+      'yolo',
+      '--',
+      'sh',
+      '-c',
+      'ls /workspace /etc/yolo-made; ls -A /run/warren/credentials',
+    ]);
+    assert.match(after.stdout, /^kept$/m, 'the data volume is back to the clean snapshot');
+    assert.doesNotMatch(after.stdout, /made/);
+    assert.match(after.stderr, /yolo-made: No such file/);
+
+    // The agent wrecks its guest: afterwards the tenant execs as before.
+    // GNU rm (standard image) wants --no-preserve-root, busybox's (the minimal image here) refuses
+    // the option and removes / without it; `[` is a shell builtin, so it still runs after.
+    const wreck = await warren([
+      'tenant',
+      'run',
+      'yolo',
+      '--quiet',
+      '--',
+      'sh',
+      '-c',
+      'rm -rf --no-preserve-root / 2>/dev/null || rm -rf / 2>/dev/null; [ -e /etc/passwd ] && echo intact || echo wrecked',
+    ]);
+    assert.equal(wreck.stdout, 'wrecked\n', wreck.stderr);
+    const whole = await warren(['tenant', 'exec', 'yolo', '--', 'sh', '-c', 'cat /workspace/kept; uname -s']);
+    assert.equal(whole.code, 0, whole.stderr);
+    assert.equal(whole.stdout, 'kept\nLinux\n');
+
+    // Snapshots by name through the CLI.
+    assert.equal((await warren(['tenant', 'snapshot', 'create', 'yolo', '--name', 's1'])).code, 0);
+    await warren(['tenant', 'exec', 'yolo', '--', 'rm', '/workspace/kept']);
+    const listed = JSON.parse((await warren(['tenant', 'snapshot', 'list', 'yolo', '--json'])).stdout);
+    const names = (Array.isArray(listed) ? listed : listed.snapshots).map((x: { name: string }) => x.name);
+    assert.ok(names.includes('s1') && names.includes('session-base'), names.join(','));
+    assert.equal((await warren(['tenant', 'snapshot', 'revert', 'yolo', 's1'])).code, 0);
+    assert.equal((await warren(['tenant', 'exec', 'yolo', '--', 'cat', '/workspace/kept'])).stdout, 'kept\n');
+    assert.equal((await warren(['tenant', 'snapshot', 'delete', 'yolo', 's1'])).code, 0);
+
+    const demo = JSON.parse((await warren(['tenant', 'show', 'yolo', '--json'])).stdout);
+    const vmDir = join(dataDir, 'vms', `ten-${(demo.tenant ?? demo).id.slice(4)}`);
+    assert.ok(existsSync(join(vmDir, 'snapshots', 'session-base')));
+    assert.equal((await warren(['tenant', 'delete', 'yolo'])).code, 0);
+    assert.equal(existsSync(vmDir), false, 'the tenant and its snapshots are gone');
   });
 
   test('kill -9 of the control plane in the middle of creates, then restart: running or never created, no orphan', async () => {
