@@ -29,7 +29,7 @@ import { VmLinks } from './vm-links.ts';
 import { type SnapshotRecord, VmId, type VmRecord, VmRecords } from './vm-records.ts';
 import {
   chainsOf,
-  collectLayers,
+  collectGarbage,
   defaultSnapshotName,
   publicSnapshot,
   SNAPSHOTS_DIR,
@@ -159,6 +159,8 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
         options.log?.(`VM ${id} belongs to the ${record.vmm} VMM, not ${driver.name}: left alone`);
         continue;
       }
+      // Whatever a snapshot or revert cut short by a crash left behind.
+      await collectGarbage(m.dirOf(id), record).catch(() => {});
       const vm = driver.capabilities.reAttach
         ? await driver.attach(await m.#launchSpec(record, false)).catch(() => undefined)
         : undefined;
@@ -503,7 +505,7 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
         record.desired = 'running';
         delete record.lastExit;
         await this.#records.write(record);
-        await collectLayers(dir, record);
+        await collectGarbage(dir, record);
         await this.#links.prepare(record);
         const spec = await this.#launchSpec(record, true, {
           dir: join(dir, snapshot.dir),
@@ -549,7 +551,7 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
     await this.#records.write(record);
     const dir = this.dirOf(record.id);
     await rm(join(dir, snapshot.dir), { recursive: true, force: true });
-    await collectLayers(dir, record);
+    await collectGarbage(dir, record);
   }
 
   /** Puts credentials in the running VM's guest tmpfs, replacing any there. */

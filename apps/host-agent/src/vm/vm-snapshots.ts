@@ -17,10 +17,16 @@ export function chainsOf(record: VmRecord): DiskChains {
 }
 
 /**
- * Removes layer files nothing refers to any more: not the VM's chains, not a snapshot's. Only
- * files in LAYERS_DIR are ever removed; the VM's two original disks are the base of every chain.
+ * Removes layer files nothing refers to any more (not the VM's chains, not a snapshot's) and
+ * snapshot directories no record names (a snapshot cut short by a crash). Only files in
+ * LAYERS_DIR and SNAPSHOTS_DIR are ever removed; the VM's two original disks are the base of
+ * every chain.
  */
-export async function collectLayers(dir: string, record: VmRecord): Promise<void> {
+export async function collectGarbage(dir: string, record: VmRecord): Promise<void> {
+  const kept = new Set(record.snapshots.map((s) => s.dir));
+  for (const name of await readdir(join(dir, SNAPSHOTS_DIR)).catch(() => [] as string[]))
+    if (!kept.has(`${SNAPSHOTS_DIR}/${name}`))
+      await rm(join(dir, SNAPSHOTS_DIR, name), { recursive: true, force: true });
   const needed = new Set<string>();
   for (const chains of [chainsOf(record), ...record.snapshots.map((s) => s.disks)])
     for (const layer of [...chains.root, ...chains.data]) needed.add(layer);

@@ -171,6 +171,11 @@ export class QemuDriver implements VmmDriver {
     const console = sockets.console
       ? await connectSocket(sockets.console, 5_000).catch(() => undefined)
       : undefined;
+    // An agent that died during a snapshot left its guest paused (snapshots are the only
+    // pause): resume it. `cont` also takes the images back from a finished migration.
+    const status = await qmp.execute<{ status: string }>('query-status').catch(() => undefined);
+    if (status && ['paused', 'postmigrate', 'finish-migrate'].includes(status.status))
+      await qmp.execute('cont').catch(() => {});
     return new QemuVm(spec, pid, sockets, qmp, console, this.#options.consoleLogBytes, undefined, () => {});
   }
 }
