@@ -57,6 +57,11 @@ export const RevertResult = z.object({
   snapshot: Snapshot,
   /** From the request to a guest agent that answers again, clock and entropy fixed. */
   revertMs: z.number().min(0),
+  /**
+   * From the request to the guest running again on the snapshot's state (the VMM's part);
+   * the rest of `revertMs` is the guest's, which under TCG is mostly code translated anew.
+   */
+  resumedMs: z.number().min(0).optional(),
 });
 export type RevertResult = z.infer<typeof RevertResult>;
 

@@ -512,6 +512,7 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
           memory: snapshot.memory,
         });
         const vm = await this.#driver.launch(spec);
+        const resumedMs = performance.now() - started;
         const live = this.#track(id, vm);
         try {
           // The fix-up is the first call: a restored guest that answers it is ready.
@@ -525,7 +526,8 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
           throw e;
         }
         this.#unchangedSince.set(id, name);
-        return { snapshot: await publicSnapshot(dir, snapshot), revertMs: performance.now() - started };
+        const revertMs = performance.now() - started;
+        return { snapshot: await publicSnapshot(dir, snapshot), revertMs, resumedMs };
       } finally {
         this.#transitions.delete(id);
       }
