@@ -142,7 +142,8 @@ describe('QEMU jail', { timeout: 600_000 }, () => {
         .filter(Boolean)
         .filter((n) => !/^(bin|sbin|lib|lib32|lib64|libx32)$/.test(n))
         .sort(),
-      ['data.img', 'dev', 'initrd', 'kernel', 'root.qcow2', 'rootfs', 'sock', 'usr'],
+      // disks: this VM's snapshot layers; snapshot.mem: where a restored VM's memory file is bound.
+      ['data.img', 'dev', 'disks', 'initrd', 'kernel', 'root.qcow2', 'rootfs', 'snapshot.mem', 'sock', 'usr'],
     );
 
     // The uid alone, outside the jail, stops the same reads: a second, independent layer.
