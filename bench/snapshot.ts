@@ -77,9 +77,20 @@ const image = await store.verify(imageId);
 
 /** What to undo, newest last: each step runs once, at the end of its phase, on failure or on a signal. */
 const undo: (() => Promise<unknown>)[] = [];
-async function cleanup(): Promise<void> {
-  for (let step = undo.pop(); step; step = undo.pop())
-    await step().catch((e) => console.error(`cleanup: ${(e as Error).message}`));
+let cleaning: Promise<void> | undefined;
+/**
+ * Runs the undo steps, newest first. One pass at a time: on a signal, the main flow's own
+ * `finally` (its next step fails once things are gone) joins the pass already running instead of
+ * starting a second one that would stop libvirtd under the first one's feet.
+ */
+function cleanup(): Promise<void> {
+  cleaning ??= (async () => {
+    for (let step = undo.pop(); step; step = undo.pop())
+      await step().catch((e) => console.error(`cleanup: ${(e as Error).message}`));
+  })().finally(() => {
+    cleaning = undefined;
+  });
+  return cleaning;
 }
 for (const sig of ['SIGINT', 'SIGTERM'] as const) {
   process.once(sig, () => void cleanup().finally(() => process.exit(130)));
@@ -177,6 +188,8 @@ function instrumentQemuDriver(): () => void {
 
 interface WarrenFigures extends Figures {
   paused: number[];
+  /** How each snapshot kept memory: `mapped` (a booted VM's memfd, copied) or `stream` (a restored VM's). */
+  kinds: string[];
   revertMs: number[];
   /** Revert start to the driver's launch (new disk tops, the old QEMU ended, records). */
   beforeLaunch: number[];
@@ -209,6 +222,7 @@ async function warren(): Promise<WarrenFigures> {
   const out: WarrenFigures = {
     create: [],
     paused: [],
+    kinds: [],
     revert: [],
     warmExec: [],
     revertMs: [],
@@ -226,6 +240,7 @@ async function warren(): Promise<WarrenFigures> {
     const made = await host.vms.createSnapshot(vm.id, { name: `s${i}` });
     out.create.push(performance.now() - t0);
     out.paused.push(made.snapshot.pausedMs);
+    out.kinds.push(made.snapshot.memory);
     if (i === 1) out.bytes = made.snapshot.bytes;
     expectExit('dirty the data volume', await exec(DIRTY), 0);
     probe.connects = 0;
@@ -314,10 +329,17 @@ async function libvirt(accel: 'kvm' | 'tcg'): Promise<VirshFigures> {
   );
   await virsh.run(['define', xmlPath]);
   undo.push(async () => {
+    // Undefine before destroy: libvirt runs it after a job in flight (a revert interrupted by a
+    // signal would start the domain again after a destroy) and leaves a running domain transient,
+    // so the destroy ends it for good. Internal snapshots live in the qcow2 files (removed with
+    // the directory); --snapshots-metadata drops libvirt's records of them.
+    const failed = await virsh.run(['undefine', name, '--snapshots-metadata']).then(
+      () => undefined,
+      (e: Error) => e,
+    );
     await virsh.run(['destroy', name]).catch(() => {});
-    // Internal snapshots live in the qcow2 files (removed with the directory); this drops libvirt's metadata.
-    await virsh.run(['undefine', name, '--snapshots-metadata']);
     await rm(join(QEMU_LOG_DIR, `${name}.log`), { force: true });
+    if (failed) throw failed;
   });
   await virsh.run(['start', name]);
   const socket = join(dir, LIBVIRT_FILES.agent);
@@ -371,7 +393,9 @@ try {
   const lines = [
     `\n${runs} iterations each, ${memoryMiB} MiB guest, ${CPUS} vCPU, minimal image, ${w.accel}`,
     `warren   snapshot create:            ${summary(w.create)}; guest paused ${summary(w.paused)}; s1 holds ${(w.bytes / 1024 / 1024).toFixed(1)} MiB`,
+    `           each (memory kept as):    ${w.create.map((x, i) => `${x.toFixed(0)} (${w.kinds[i]})`).join(', ')}`,
     `warren   revert to exec-ready:       ${summary(w.revert)}`,
+    `           each:                     ${w.revert.map((x) => x.toFixed(0)).join(', ')}`,
     `           revertSnapshot (revertMs): ${summary(w.revertMs)}`,
     `             to the driver's launch:  ${summary(w.beforeLaunch)} (new tops ${summary(w.newTops)}, old QEMU ended, records)`,
     `             launch:                  ${summary(w.launch)} (QEMU start, snapshot load, cont)`,
@@ -380,7 +404,9 @@ try {
     `           first exec after it:      ${summary(w.revert.map((x, i) => x - w.revertMs[i]!))}`,
     `           warm exec, for scale:     ${summary(w.warmExec)}`,
     `virsh    snapshot-create-as:         ${summary(v.create)}`,
+    `           each:                     ${v.create.map((x) => x.toFixed(0)).join(', ')}`,
     `virsh    revert to exec-ready:       ${summary(v.revert)} (snapshot-revert + agent reconnect + first exec; a new QEMU in ${v.newQemu} of ${runs})`,
+    `           each:                     ${v.revert.map((x) => x.toFixed(0)).join(', ')}`,
     `           snapshot-revert call:     ${summary(v.revertCall)}`,
     `           agent reconnect:          ${summary(v.reconnect)}`,
     `           first exec after it:      ${summary(v.revert.map((x, i) => x - v.revertCall[i]! - v.reconnect[i]!))}`,
