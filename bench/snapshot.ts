@@ -5,10 +5,13 @@
  *
  *   flock /tmp/warren-vm.lock npm run bench:snapshot -- [--runs 5] [--memory 256]
  *
- * Each iteration, per system: take snapshot `s<i>` of the running VM (timed: "create"); write a
- * file on the data volume; revert to `s1` and run `true` through the guest agent (timed:
- * "revert to exec-ready", i.e. until that first exec has returned); then, untimed, check that the
- * file is gone (so both figures are of a revert that really happened). Warren's revert also
+ * Both VMs run through the whole run, and iterations alternate between them (which goes first
+ * alternates too), so load from elsewhere on the machine falls on both alike. Each iteration,
+ * per system: take snapshot `s<i>` of the running VM (timed: "create"); write a file on the data
+ * volume; revert to `s1` and run `true` through the guest agent (timed: "revert to exec-ready",
+ * i.e. until that first exec has returned); then, untimed, check that the file is gone (so both
+ * figures are of a revert that really happened), and time one more `true` (the warm exec, for
+ * scale). Warren's revert also
  * includes the guest's clock and entropy fix-up (revertMs ends when the guest agent answered it);
  * virsh's does not (libvirt has no such step), its cost is printed apart and not added.
  *
@@ -17,10 +20,11 @@
  * guest agent on a virtio-serial channel to a unix socket, reached with the same GuestClient. Its
  * XML is the libvirt driver's own (domain-xml.ts) with one change: the data volume is qcow2 (a
  * `qemu-img convert` of a fresh raw one), because libvirt 9.0 takes internal snapshots only when
- * every disk is qcow2 and cannot revert external ones. It is defined (persistent), because
- * libvirt keeps snapshot metadata only for defined domains, and runs as root (qemu.conf's user),
- * not as a VM uid: nothing in a snapshot or revert depends on the uid. The driver itself is not
- * used because it makes transient domains with a raw data volume; the adaptation stays here.
+ * every disk is qcow2 and cannot revert external ones. It is defined (persistent), like the
+ * domains `virsh snapshot-*` is used on in seed 003, and runs as root (qemu.conf's user), not as
+ * a VM uid: the uid changes no step of a snapshot or revert. The libvirt driver itself is not
+ * used because it makes transient domains with a raw data volume (it declares no snapshots), so
+ * the adaptation stays here rather than in apps/.
  *
  * Baseline printed in the same run: the virsh figures, and a bare QEMU start to its QMP socket
  * (a Warren revert starts a new QEMU, so that is its floor for the process).
@@ -191,6 +195,8 @@ interface WarrenFigures extends Figures {
   /** How each snapshot kept memory: `mapped` (a booted VM's memfd, copied) or `stream` (a restored VM's). */
   kinds: string[];
   revertMs: number[];
+  /** The VMM's part as VmManager reports it: to the guest running again on the snapshot's state. */
+  resumedMs: number[];
   /** Revert start to the driver's launch (new disk tops, the old QEMU ended, records). */
   beforeLaunch: number[];
   newTops: number[];
@@ -204,7 +210,13 @@ interface WarrenFigures extends Figures {
   accel: 'kvm' | 'tcg';
 }
 
-async function warren(): Promise<WarrenFigures> {
+/** A system under test, booted: its figures so far, and one timed iteration. */
+interface Bench<F> {
+  out: F;
+  iteration(i: number): Promise<void>;
+}
+
+async function warren(): Promise<Bench<WarrenFigures>> {
   const env = { ...process.env, WARREN_VMM: 'qemu' };
   const dataDir = await mkdtemp(join(tmpdir(), 'wb-snap-'));
   undo.push(() => rm(dataDir, { recursive: true, force: true }));
@@ -226,6 +238,7 @@ async function warren(): Promise<WarrenFigures> {
     revert: [],
     warmExec: [],
     revertMs: [],
+    resumedMs: [],
     beforeLaunch: [],
     newTops: [],
     launch: [],
@@ -235,7 +248,7 @@ async function warren(): Promise<WarrenFigures> {
     bytes: 0,
     accel: host.accel.accel,
   };
-  for (let i = 1; i <= runs; i++) {
+  const iteration = async (i: number) => {
     let t0 = performance.now();
     const made = await host.vms.createSnapshot(vm.id, { name: `s${i}` });
     out.create.push(performance.now() - t0);
@@ -250,6 +263,7 @@ async function warren(): Promise<WarrenFigures> {
     expectExit('first exec after the revert', await exec(TRUE), 0);
     out.revert.push(performance.now() - t0);
     out.revertMs.push(reverted.revertMs);
+    out.resumedMs.push(reverted.resumedMs ?? Number.NaN);
     out.beforeLaunch.push(probe.launchStart - t0);
     out.newTops.push(probe.newTops);
     out.launch.push(probe.launchEnd - probe.launchStart);
@@ -260,8 +274,8 @@ async function warren(): Promise<WarrenFigures> {
     t0 = performance.now();
     expectExit('warm exec', await exec(TRUE), 0);
     out.warmExec.push(performance.now() - t0);
-  }
-  return out;
+  };
+  return { out, iteration };
 }
 
 /** Where libvirtd (system) keeps each running domain's QEMU pid file. */
@@ -293,7 +307,7 @@ interface VirshFigures extends Figures {
   newQemu: number;
 }
 
-async function libvirt(accel: 'kvm' | 'tcg'): Promise<VirshFigures> {
+async function libvirt(accel: 'kvm' | 'tcg'): Promise<Bench<VirshFigures>> {
   const env = { ...process.env, WARREN_VMM: 'libvirt' };
   const entry = DRIVERS.libvirt;
   const missing = await entry.prerequisites(loadConfig(env));
@@ -356,7 +370,7 @@ async function libvirt(accel: 'kvm' | 'tcg'): Promise<VirshFigures> {
     newQemu: 0,
   };
   const qemuPid = () => readFile(join(QEMU_RUN_DIR, `${name}.pid`), 'utf8').then((t) => t.trim());
-  for (let i = 1; i <= runs; i++) {
+  const iteration = async (i: number) => {
     let t0 = performance.now();
     await virsh.run(['snapshot-create-as', name, `s${i}`]);
     out.create.push(performance.now() - t0);
@@ -379,24 +393,30 @@ async function libvirt(accel: 'kvm' | 'tcg'): Promise<VirshFigures> {
     t0 = performance.now();
     expectExit('warm exec', await guest.exec(TRUE), 0);
     out.warmExec.push(performance.now() - t0);
-  }
-  return out;
+  };
+  return { out, iteration };
 }
 
 try {
   const bare = await bareQemuStart();
   console.log(`baseline bare QEMU start to QMP socket: ${summary(bare)}`);
-  const w = await warren();
-  // One VM at a time: the next phase starts once Warren's VM and host are gone.
-  await cleanup();
-  const v = await libvirt(w.accel);
+  const warrenBench = await warren();
+  const virshBench = await libvirt(warrenBench.out.accel);
+  // Iterations alternate between the two (and which goes first), so load from elsewhere on the
+  // machine falls on both alike; each system's VM idles while the other's is measured.
+  for (let i = 1; i <= runs; i++) {
+    const order = i % 2 ? [warrenBench, virshBench] : [virshBench, warrenBench];
+    for (const b of order) await b.iteration(i);
+  }
+  const w = warrenBench.out;
+  const v = virshBench.out;
   const lines = [
     `\n${runs} iterations each, ${memoryMiB} MiB guest, ${CPUS} vCPU, minimal image, ${w.accel}`,
     `warren   snapshot create:            ${summary(w.create)}; guest paused ${summary(w.paused)}; s1 holds ${(w.bytes / 1024 / 1024).toFixed(1)} MiB`,
     `           each (memory kept as):    ${w.create.map((x, i) => `${x.toFixed(0)} (${w.kinds[i]})`).join(', ')}`,
     `warren   revert to exec-ready:       ${summary(w.revert)}`,
     `           each:                     ${w.revert.map((x) => x.toFixed(0)).join(', ')}`,
-    `           revertSnapshot (revertMs): ${summary(w.revertMs)}`,
+    `           revertSnapshot (revertMs): ${summary(w.revertMs)}; VMM part (resumedMs) ${summary(w.resumedMs)}`,
     `             to the driver's launch:  ${summary(w.beforeLaunch)} (new tops ${summary(w.newTops)}, old QEMU ended, records)`,
     `             launch:                  ${summary(w.launch)} (QEMU start, snapshot load, cont)`,
     `             agent handshake:         ${summary(w.handshake)} (channel connections per revert: ${w.connects.join(', ')})`,
