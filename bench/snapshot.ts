@@ -79,7 +79,7 @@ const store = new ImageStore(imagesDirOf(config));
 const { imageId } = await buildImage(store, { profile: 'minimal', cacheDir: join(config.dataDir, 'cache') });
 const image = await store.verify(imageId);
 
-/** What to undo, newest last: each step runs once, at the end of its phase, on failure or on a signal. */
+/** What to undo, newest last: each step runs once, at the end, on failure or on a signal. */
 const undo: (() => Promise<unknown>)[] = [];
 let cleaning: Promise<void> | undefined;
 /**
