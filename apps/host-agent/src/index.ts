@@ -9,6 +9,7 @@ export * from './control/client.ts';
 export * from './control/connect.ts';
 export * from './control/credentials.ts';
 export * from './control/reconciler.ts';
+export * from './disk-changes/index.ts';
 export * from './fs-modes.ts';
 export * from './guest/guest-client.ts';
 export * from './guest/transport.ts';

@@ -67,6 +67,11 @@ export const ERROR_CODES = {
     fault: 'platform',
     fix: "This host's VMM driver cannot snapshot VMs (its capabilities say which it can); run the tenant on a host with WARREN_VMM=qemu.",
   },
+  DISK_CHANGES_FAILED: {
+    status: 500,
+    fault: 'guest',
+    fix: "The VM's changed files could not be listed from its disks: the message says why (a filesystem the guest corrupted or made too large to walk in time, or a disk format Warren cannot read); fetch the files you want to keep through the files API instead.",
+  },
   VM_BOOT_FAILED: {
     status: 500,
     fault: 'platform',

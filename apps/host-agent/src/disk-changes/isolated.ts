@@ -1,0 +1,99 @@
+/**
+ * The host agent's way to list a VM's changed files: the parse of guest-written filesystems
+ * runs in a child process (worker.ts) with a capped heap and a deadline, so a crafted disk can
+ * cost the agent at most that process, never its own memory or event loop.
+ */
+import { spawn } from 'node:child_process';
+import { join } from 'node:path';
+import { FileChange, WarrenError } from '@warren/protocol';
+import { z } from 'zod';
+import type { ChangedFiles, ChangedFilesOptions } from './changes.ts';
+import type { DiskChain } from './qcow2.ts';
+
+/** What the worker reads from its stdin, as one JSON line. */
+export interface ChangedFilesJob {
+  old: DiskChain;
+  now: DiskChain;
+  options: ChangedFilesOptions;
+}
+
+const WORKER = join(import.meta.dirname, 'worker.ts');
+/**
+ * The worker's V8 heap, in MiB. Its other memory is bounded by its own caches (L2 tables, inode
+ * and tree blocks: tens of MiB); the heap holds directory listings (at most MAX_DIR_ENTRIES
+ * names each), the visited-directory sets and the changes kept.
+ */
+const WORKER_HEAP_MIB = 512;
+/** The worker's answer is a change list of at most `max` paths; anything much longer is not one. */
+const MAX_ANSWER_BYTES = 64 * 1024 * 1024;
+/** Lines of the worker's stderr kept for the error when it dies without an answer. */
+const STDERR_TAIL_CHARS = 4096;
+
+const Answer = z.union([
+  z.object({ result: z.object({ changes: z.array(FileChange), truncated: z.boolean() }) }),
+  z.object({ error: z.object({ message: z.string() }) }),
+]);
+
+/**
+ * changedFiles (changes.ts) in a child process killed after `timeoutMs`. Throws a WarrenError
+ * DISK_CHANGES_FAILED when the disks cannot be read (a format refused, a filesystem corrupt or
+ * too large to walk in time), with the reason in its message.
+ */
+export function changedFilesIsolated(
+  old: DiskChain,
+  now: DiskChain,
+  options: ChangedFilesOptions & { timeoutMs: number },
+): Promise<ChangedFiles> {
+  const { timeoutMs, ...rest } = options;
+  const job: ChangedFilesJob = { old, now, options: rest };
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [`--max-old-space-size=${WORKER_HEAP_MIB}`, WORKER], {
+      stdio: ['pipe', 'pipe', 'pipe'],
+    });
+    const fail = (message: string) => new WarrenError('DISK_CHANGES_FAILED', message);
+    let out = '';
+    let err = '';
+    let failure: WarrenError | undefined;
+    const timer = setTimeout(() => {
+      failure = fail(`listing the changed files took more than ${timeoutMs} ms and was stopped`);
+      child.kill('SIGKILL');
+    }, timeoutMs);
+    child.stdout!.setEncoding('utf8');
+    child.stdout!.on('data', (chunk: string) => {
+      out += chunk;
+      if (out.length > MAX_ANSWER_BYTES && !failure) {
+        failure = fail('the changed-files worker sent more than a change list');
+        child.kill('SIGKILL');
+      }
+    });
+    child.stderr!.setEncoding('utf8');
+    child.stderr!.on('data', (chunk: string) => {
+      err = (err + chunk).slice(-STDERR_TAIL_CHARS);
+    });
+    child.once('error', (e) => {
+      clearTimeout(timer);
+      reject(fail(`cannot start the changed-files worker: ${e.message}`));
+    });
+    child.once('close', (code, signal) => {
+      clearTimeout(timer);
+      if (failure) return reject(failure);
+      let parsed: z.infer<typeof Answer> | undefined;
+      try {
+        parsed = Answer.parse(JSON.parse(out));
+      } catch {
+        const why = signal ?? `exit ${code}`;
+        return reject(
+          fail(`the changed-files worker ended (${why}) without an answer${err ? `: ${err.trim()}` : ''}`),
+        );
+      }
+      if ('error' in parsed) return reject(fail(`cannot list the changed files: ${parsed.error.message}`));
+      if (parsed.result.changes.length > rest.max)
+        return reject(fail('the changed-files worker sent too many changes'));
+      resolve(parsed.result);
+    });
+    // A worker that died before reading its job closes the pipe; the close above says why.
+    child.stdin!.on('error', () => {});
+    // Stdin stays open while it works: its end tells the worker nobody waits any more.
+    child.stdin!.write(`${JSON.stringify(job)}\n`);
+  });
+}
