@@ -1,0 +1,495 @@
+/**
+ * The changed-files differ (apps/host-agent/src/disk-changes) against real images: ext4/ext3
+ * filesystems made by mkfs.ext4 -d, changed by debugfs (and by raw writes into a file's blocks,
+ * which change contents without touching the inode), turned into qcow2 layers that hold only
+ * the changed clusters (qemu-io writes over a backing file, as a VM's writes would be).
+ * Hostile cases corrupt those images with seeded pseudo-random bytes.
+ */
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import {
+  closeSync,
+  copyFileSync,
+  mkdirSync,
+  openSync,
+  readFileSync,
+  writeFileSync,
+  writeSync,
+} from 'node:fs';
+import { mkdtemp, rm, symlink } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, describe, test } from 'node:test';
+import { type FileChange, WarrenError } from '@warren/protocol';
+import {
+  changedFiles,
+  changedFilesIsolated,
+  type DiskChain,
+  openChain,
+} from '../../apps/host-agent/src/disk-changes/index.ts';
+import { until } from '../helpers/until.ts';
+
+const dir = await mkdtemp(join(tmpdir(), 'wt-diskchanges-'));
+after(() => rm(dir, { recursive: true, force: true }));
+
+function sh(cmd: string, args: string[]): string {
+  return execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+}
+
+/** A deterministic pseudo-random generator (mulberry32): the same seed gives the same corruption. */
+function prng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+function writeAt(file: string, offset: number, bytes: Buffer): void {
+  const fd = openSync(file, 'r+');
+  try {
+    writeSync(fd, bytes, 0, bytes.length, offset);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+function debugfs(image: string, commands: string[]): void {
+  const cmdfile = join(dir, 'debugfs.cmds');
+  writeFileSync(cmdfile, `${commands.join('\n')}\n`);
+  sh('debugfs', ['-w', '-f', cmdfile, image]);
+}
+
+function blockSize(image: string): number {
+  return Number(/Block size:\s+(\d+)/.exec(sh('dumpe2fs', ['-h', image]))![1]);
+}
+
+/** The physical block holding logical block `logical` of the file at `path`. */
+function bmap(image: string, path: string, logical: number): number {
+  const block = Number(sh('debugfs', ['-R', `bmap ${path} ${logical}`, image]).trim());
+  assert.ok(block > 0, `${path} has no block ${logical}`);
+  return block;
+}
+
+/** The byte offset of the inode record of `path`. */
+function inodeOffset(image: string, path: string): number {
+  const m = /located at block (\d+), offset (0x[0-9a-f]+)/.exec(
+    sh('debugfs', ['-R', `imap ${path}`, image]),
+  )!;
+  return Number(m[1]) * blockSize(image) + Number(m[2]);
+}
+
+/** The first extent tree block (below the inode) of the file at `path`. */
+function extentTreeBlock(image: string, path: string): number {
+  return Number(/\(ETB0\):\s*(\d+)/.exec(sh('debugfs', ['-R', `stat ${path}`, image]))![1]);
+}
+
+/** Overwrites a file's bytes at `offset` in place: new contents, same inode record to the byte. */
+function rewriteInPlace(image: string, path: string, contents: string, offset = 0): void {
+  const bs = blockSize(image);
+  writeAt(image, bmap(image, path, Math.floor(offset / bs)) * bs + (offset % bs), Buffer.from(contents));
+}
+
+/**
+ * A qcow2 layer over `backing` holding exactly the clusters in which `before` and `after` (raw
+ * images of the same size) differ, written with qemu-io the way a guest's writes land.
+ */
+function makeLayer(
+  before: string,
+  afterRaw: string,
+  backing: { path: string; format: 'raw' | 'qcow2' },
+  out: string,
+  opts: readonly string[] = [],
+): void {
+  sh('qemu-img', ['create', '-q', '-f', 'qcow2', ...opts, '-b', backing.path, '-F', backing.format, out]);
+  const a = readFileSync(before);
+  const b = readFileSync(afterRaw);
+  const chunk = 4096;
+  const commands: string[] = [];
+  let n = 0;
+  for (let off = 0; off < a.length; ) {
+    if (a.subarray(off, off + chunk).equals(b.subarray(off, off + chunk))) {
+      off += chunk;
+      continue;
+    }
+    let end = off + chunk;
+    while (end < a.length && !a.subarray(end, end + chunk).equals(b.subarray(end, end + chunk))) end += chunk;
+    const src = join(dir, `chunk-${n++}`);
+    writeFileSync(src, b.subarray(off, end));
+    commands.push('-c', `write -q -s ${src} ${off} ${end - off}`);
+    off = end;
+  }
+  for (let i = 0; i < commands.length; i += 200)
+    sh('qemu-io', ['-f', 'qcow2', ...commands.slice(i, i + 200), out]);
+}
+
+function digest(chain: DiskChain): string {
+  const c = openChain(chain);
+  try {
+    const h = createHash('sha256');
+    for (let o = 0; o < c.size; o += 1 << 20) h.update(c.read(o, Math.min(1 << 20, c.size - o)));
+    return h.digest('hex');
+  } finally {
+    c.close();
+  }
+}
+
+function qemuDigest(top: string, format: 'raw' | 'qcow2'): string {
+  const out = join(dir, 'qemu-view.raw');
+  sh('qemu-img', ['convert', '-f', format, '-O', 'raw', top, out]);
+  const d = createHash('sha256').update(readFileSync(out)).digest('hex');
+  sh('rm', ['-f', out]);
+  return d;
+}
+
+/** The guest tree every variant starts from. */
+async function makeTree(root: string): Promise<void> {
+  const w = (p: string, data: string | Buffer) => {
+    mkdirSync(join(root, p, '..'), { recursive: true });
+    writeFileSync(join(root, p), data);
+  };
+  w('a/x.txt', 'hello\n');
+  w('a/keep.txt', 'keep1\n');
+  w('a/read.txt', 'read me\n');
+  w('a/same.txt', 'same1\n');
+  w('d/b/y.txt', 'y\n');
+  w('d/b/z/deep.txt', 'deep\n');
+  w('d/e/f.txt', 'f\n');
+  await symlink('a/x.txt', join(root, 'link'));
+  // Data runs between holes: one extent each, so the tree needs index blocks.
+  const rnd = prng(42);
+  const blob = Buffer.alloc(4 * 1024 * 1024);
+  for (let i = 0; i < blob.length; i++) blob[i] = Math.floor(rnd() * 256);
+  w('big/blob', blob);
+  const sparse = openSync(join(root, 'big/sparse'), 'w');
+  for (let i = 0; i < 300; i++) writeSync(sparse, Buffer.alloc(4096, i + 1), 0, 4096, i * 16384);
+  closeSync(sparse);
+  // Enough names for an htree (dx) directory.
+  for (let i = 1; i <= 2000; i++) w(`many/f${i}`, `${i}\n`);
+}
+
+const tree = join(dir, 'tree');
+await makeTree(tree);
+
+const VARIANTS = [
+  {
+    name: 'ext4, 1 KiB blocks (mkfs default at this size), 64 KiB clusters',
+    mkfs: ['-t', 'ext4'],
+    qcow2: [],
+  },
+  {
+    name: 'ext4, 4 KiB blocks, 4 KiB clusters',
+    mkfs: ['-t', 'ext4', '-b', '4096'],
+    qcow2: ['-o', 'cluster_size=4096'],
+  },
+  { name: 'ext3 (block maps), qcow2 v2', mkfs: ['-t', 'ext3'], qcow2: ['-o', 'compat=0.10'] },
+] as const;
+
+/** base -> after1 -> after2, each a raw image, and the qcow2 layers between them. */
+function buildVariant(name: string, mkfs: readonly string[], qcow2: readonly string[]) {
+  const v = join(dir, name.replace(/[^a-z0-9]+/gi, '-'));
+  mkdirSync(v);
+  const base = join(v, 'base.raw');
+  sh('mke2fs', ['-q', '-F', ...mkfs, '-d', tree, base, '64M']);
+  const after1 = join(v, 'after1.raw');
+  copyFileSync(base, after1);
+  writeFileSync(join(v, 'new.txt'), 'a new file\n');
+  debugfs(after1, [
+    `write ${join(v, 'new.txt')} /a/new.txt`,
+    'rm /a/x.txt',
+    'mkdir /c',
+    `write ${join(v, 'new.txt')} /c/inside`,
+    'symlink /c/l /a/keep.txt',
+    'unlink /d/b',
+    'rm /many/f7',
+    `write ${join(v, 'new.txt')} /many/f2001`,
+    'rm /link',
+    'mkdir /link',
+    // What a read does under relatime: the access time moves, nothing else.
+    'set_inode_field /a/read.txt atime 20300101120000',
+  ]);
+  rewriteInPlace(after1, '/a/same.txt', 'same2\n');
+  rewriteInPlace(after1, '/big/sparse', 'changed', 200 * 16384);
+  const layer1 = join(v, 'layer1.qcow2');
+  makeLayer(base, after1, { path: base, format: 'raw' }, layer1, qcow2);
+  const after2 = join(v, 'after2.raw');
+  copyFileSync(after1, after2);
+  debugfs(after2, [`write ${join(v, 'new.txt')} /c/second`, 'rm /a/new.txt']);
+  rewriteInPlace(after2, '/a/keep.txt', 'keep2\n');
+  const layer2 = join(v, 'layer2.qcow2');
+  makeLayer(after1, after2, { path: layer1, format: 'qcow2' }, layer2, qcow2);
+  return { dir: v, base, after1, after2, layer1, layer2 };
+}
+
+const ROOT = { disk: 'root', mountPoint: '/', max: 10_000 } as const;
+const raw = (base: string, ...layers: string[]): DiskChain => ({ base, baseFormat: 'raw', layers });
+const c = (change: FileChange['change'], type: FileChange['type'], path: string): FileChange => ({
+  disk: 'root',
+  path,
+  change,
+  type,
+});
+
+for (const variant of VARIANTS) {
+  describe(variant.name, () => {
+    const v = buildVariant(variant.name, variant.mkfs, variant.qcow2);
+
+    test('the chain reads as qemu-img reads it', () => {
+      assert.equal(digest(raw(v.base, v.layer1)), qemuDigest(v.layer1, 'qcow2'));
+      assert.equal(digest(raw(v.base, v.layer1, v.layer2)), qemuDigest(v.layer2, 'qcow2'));
+      assert.equal(digest(raw(v.base, v.layer1, v.layer2)), qemuDigest(v.after2, 'raw'));
+    });
+
+    const FIRST: FileChange[] = [
+      c('modified', 'file', '/a/same.txt'),
+      c('added', 'file', '/a/new.txt'),
+      c('deleted', 'file', '/a/x.txt'),
+      c('modified', 'file', '/big/sparse'),
+      c('added', 'directory', '/c'),
+      c('added', 'symlink', '/c/l'),
+      c('added', 'file', '/c/inside'),
+      c('deleted', 'directory', '/d/b'),
+      c('deleted', 'file', '/d/b/y.txt'),
+      c('deleted', 'directory', '/d/b/z'),
+      c('deleted', 'file', '/d/b/z/deep.txt'),
+      c('modified', 'directory', '/link'),
+      c('added', 'file', '/many/f2001'),
+      c('deleted', 'file', '/many/f7'),
+    ].sort((a, b) => (a.path < b.path ? -1 : 1));
+
+    test('one layer: added, deleted, modified (also in place, same size), a read file left out', () => {
+      const r = changedFiles(raw(v.base), raw(v.base, v.layer1), ROOT);
+      assert.deepEqual(r, { changes: FIRST, truncated: false });
+    });
+
+    test('the same answer without the layer map (chains that do not extend each other)', () => {
+      const r = changedFiles(raw(v.base), raw(v.after1), ROOT);
+      assert.deepEqual(r, { changes: FIRST, truncated: false });
+    });
+
+    const SECOND: FileChange[] = [
+      c('modified', 'file', '/a/keep.txt'),
+      c('deleted', 'file', '/a/new.txt'),
+      c('added', 'file', '/c/second'),
+    ];
+
+    test('two layers: only what the top layer changed', () => {
+      assert.deepEqual(changedFiles(raw(v.base, v.layer1), raw(v.base, v.layer1, v.layer2), ROOT), {
+        changes: SECOND,
+        truncated: false,
+      });
+      assert.deepEqual(changedFiles(raw(v.after1), raw(v.after2), ROOT), {
+        changes: SECOND,
+        truncated: false,
+      });
+    });
+
+    test('nothing changed: an empty list', () => {
+      assert.deepEqual(changedFiles(raw(v.base, v.layer1), raw(v.base, v.layer1), ROOT), {
+        changes: [],
+        truncated: false,
+      });
+    });
+  });
+}
+
+const main = buildVariant('main', ['-t', 'ext4'], []);
+
+test('the data volume: paths under its mount point, a prefix in path order when over max', () => {
+  const r = changedFiles(raw(main.base), raw(main.base, main.layer1), {
+    disk: 'data',
+    mountPoint: '/workspace',
+    max: 3,
+  });
+  assert.deepEqual(r, {
+    changes: [
+      { disk: 'data', path: '/workspace/a/new.txt', change: 'added', type: 'file' },
+      { disk: 'data', path: '/workspace/a/same.txt', change: 'modified', type: 'file' },
+      { disk: 'data', path: '/workspace/a/x.txt', change: 'deleted', type: 'file' },
+    ],
+    truncated: true,
+  });
+});
+
+test('qcow2 zero clusters read as zeros, and a layer past a smaller one reads zeros there', () => {
+  const top = join(main.dir, 'zeros.qcow2');
+  sh('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', main.layer1, '-F', 'qcow2', top, '80M']);
+  sh('qemu-io', ['-f', 'qcow2', '-c', 'write -q -z 1M 3M', '-c', 'write -q -P 0x5a 70M 64k', top]);
+  assert.equal(digest(raw(main.base, main.layer1, top)), qemuDigest(top, 'qcow2'));
+});
+
+test('the isolated worker gives the same answer', async () => {
+  const r = await changedFilesIsolated(raw(main.base), raw(main.base, main.layer1), {
+    ...ROOT,
+    timeoutMs: 60_000,
+  });
+  assert.equal(r.truncated, false);
+  assert.ok(r.changes.some((x) => x.path === '/a/same.txt' && x.change === 'modified'));
+  assert.equal(r.changes.length, 14);
+});
+
+/** Runs changedFiles on possibly hostile disks: it returns a list or throws a plain Error, nothing else. */
+function survives(old: DiskChain, now: DiskChain): string {
+  try {
+    const r = changedFiles(old, now, ROOT);
+    assert.ok(Array.isArray(r.changes) && r.changes.length <= ROOT.max);
+    return 'returned';
+  } catch (e) {
+    // Not a RangeError or TypeError from an unchecked offset: an Error this code threw on purpose.
+    assert.equal((e as Error).constructor, Error, String((e as Error).stack));
+    return 'refused';
+  }
+}
+
+describe('hostile disks', () => {
+  const SEEDS = [1, 2, 3, 4, 5, 6];
+
+  test('corrupt L2 entries of the top layer', () => {
+    const out: string[] = [];
+    for (const seed of SEEDS) {
+      const layer = join(main.dir, `bad-l2-${seed}.qcow2`);
+      copyFileSync(main.layer1, layer);
+      const h = readFileSync(layer).subarray(0, 112);
+      const l1 = Number(h.readBigUInt64BE(40));
+      const l2 = Number(readFileSync(layer).readBigUInt64BE(l1) & 0x00fffffffffffe00n);
+      const rnd = prng(seed);
+      for (let i = 0; i < 64; i++) {
+        const entry = Buffer.alloc(8);
+        for (let j = 0; j < 8; j++) entry[j] = Math.floor(rnd() * 256);
+        // Half the time only the offset bits, so some entries look valid and point somewhere odd.
+        if (rnd() < 0.5) entry[0] = 0x80;
+        writeAt(layer, l2 + Math.floor(rnd() * 1024) * 8, entry);
+      }
+      out.push(survives(raw(main.base), raw(main.base, layer)));
+    }
+    assert.ok(out.includes('refused'), out.join());
+  });
+
+  const corruptions: Array<[string, (image: string) => number, number]> = [
+    ['the superblock', () => 1024, 256],
+    ['a directory block', (image) => bmap(image, '/many', 3) * blockSize(image), 1024],
+    ['an htree root block', (image) => bmap(image, '/many', 0) * blockSize(image), 1024],
+    ['an extent header in an inode', (image) => inodeOffset(image, '/big/sparse') + 0x28, 60],
+    ['an inode record', (image) => inodeOffset(image, '/big/sparse'), 256],
+    ['an extent tree block', (image) => extentTreeBlock(image, '/big/sparse') * blockSize(image), 1024],
+  ];
+  for (const [what, where, span] of corruptions) {
+    test(`random bytes in ${what}`, () => {
+      const out: string[] = [];
+      for (const seed of SEEDS) {
+        const image = join(main.dir, `bad-${seed}.raw`);
+        copyFileSync(main.after1, image);
+        const at = where(image);
+        const rnd = prng(seed);
+        for (let i = 0; i < 24; i++)
+          writeAt(image, at + Math.floor(rnd() * span), Buffer.from([Math.floor(rnd() * 256)]));
+        out.push(survives(raw(main.base), raw(image)));
+        out.push(survives(raw(image), raw(main.base)));
+      }
+      assert.ok(out.length === SEEDS.length * 2);
+    });
+  }
+
+  test('a directory linked into its own child ends, listed once', () => {
+    const image = join(main.dir, 'cycle.raw');
+    copyFileSync(main.base, image);
+    debugfs(image, ['link /d /d/e/loop']);
+    const layer = join(main.dir, 'cycle.qcow2');
+    makeLayer(main.base, image, { path: main.base, format: 'raw' }, layer);
+    const r = changedFiles(raw(main.base), raw(main.base, layer), ROOT);
+    assert.deepEqual(r.changes, [c('added', 'directory', '/d/e/loop')]);
+  });
+
+  test('an extent tree that fans out 5 levels deep runs out of budget, and the isolated worker is killed', async () => {
+    // Five blocks of /big/sparse's data become index nodes each pointing 340 times at the next,
+    // and the last a leaf of 340 unwritten extents; /many's inode gets a root pointing 4 times
+    // at the first: 4 * 340^4 leaves to visit.
+    const image = join(main.dir, 'fanout.raw');
+    copyFileSync(main.after1, image);
+    const bs = blockSize(image);
+    const blocks = [0, 1, 2, 3, 4].map((i) => bmap(image, '/big/sparse', i * 16));
+    const perNode = Math.floor((bs - 12) / 12);
+    const node = (depth: number, entries: number, entry: (b: Buffer, i: number) => void, size = bs) => {
+      const b = Buffer.alloc(size);
+      b.writeUInt16LE(0xf30a, 0);
+      b.writeUInt16LE(entries, 2);
+      b.writeUInt16LE(entries, 4);
+      b.writeUInt16LE(depth, 6);
+      for (let i = 0; i < entries; i++) entry(b, 12 + i * 12);
+      return b;
+    };
+    const index = (child: number) => (b: Buffer, e: number) => {
+      b.writeUInt32LE(0, e);
+      b.writeUInt32LE(child, e + 4);
+    };
+    for (let d = 4; d >= 1; d--) writeAt(image, blocks[d]! * bs, node(d, perNode, index(blocks[d - 1]!)));
+    writeAt(
+      image,
+      blocks[0]! * bs,
+      node(0, perNode, (b, e) => {
+        b.writeUInt32LE(0, e);
+        b.writeUInt16LE(32768 + 1, e + 4);
+        b.writeUInt32LE(blocks[0]!, e + 8);
+      }),
+    );
+    writeAt(image, inodeOffset(image, '/many') + 0x28, node(5, 4, index(blocks[4]!), 60));
+    assert.throws(() => changedFiles(raw(main.base), raw(image), ROOT), /more work to walk than allowed/);
+    const err = await changedFilesIsolated(raw(main.base), raw(image), { ...ROOT, timeoutMs: 300 }).then(
+      () => assert.fail('it returned'),
+      (e) => e,
+    );
+    assert.ok(err instanceof WarrenError, String(err));
+    assert.equal(err.code, 'DISK_CHANGES_FAILED');
+    assert.match(err.message, /took more than 300 ms/);
+    // The worker, killed, is gone (this file is the only one that starts it).
+    await until('the worker is gone', () => {
+      try {
+        sh('pgrep', ['-f', 'disk-changes/worker.ts']);
+        return false;
+      } catch {
+        return true;
+      }
+    });
+  });
+
+  test('qcow2 features this reader does not implement are refused by name', () => {
+    const header = (name: string, patch: (b: Buffer) => void) => {
+      const f = join(main.dir, `${name}.qcow2`);
+      copyFileSync(main.layer1, f);
+      const h = readFileSync(f).subarray(0, 112);
+      patch(h);
+      writeAt(f, 0, h);
+      return f;
+    };
+    const refused = (layer: string, message: RegExp) =>
+      assert.throws(() => changedFiles(raw(main.base), raw(main.base, layer), ROOT), message);
+    refused(
+      header('encrypted', (h) => h.writeUInt32BE(1, 32)),
+      /encrypted images are not supported/,
+    );
+    refused(
+      header('ext-data', (h) => h.writeBigUInt64BE(1n << 2n, 72)),
+      /external data files are not supported/,
+    );
+    refused(
+      header('ext-l2', (h) => h.writeBigUInt64BE(1n << 4n, 72)),
+      /extended L2 entries are not supported/,
+    );
+    refused(
+      header('unknown', (h) => h.writeBigUInt64BE(1n << 9n, 72)),
+      /unknown incompatible features 0x200/,
+    );
+    refused(
+      header('corrupt', (h) => h.writeBigUInt64BE(1n << 1n, 72)),
+      /marked corrupt/,
+    );
+    const compressed = join(main.dir, 'compressed.qcow2');
+    sh('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', main.base, '-F', 'raw', compressed]);
+    sh('qemu-io', ['-f', 'qcow2', '-c', 'write -q -c -P 0x11 0 64k', compressed]);
+    refused(compressed, /compressed clusters are not supported/);
+  });
+});
