@@ -189,11 +189,21 @@ class Comparison {
     return p;
   }
 
+  /** Whether bytes [offset, offset + length) may read differently: held by an upper layer, or replaced from either journal. */
+  private touched(offset: number, length: number): boolean {
+    if (this.map.touched(offset, length)) return true;
+    for (const fs of [this.oldFs, this.newFs]) {
+      const first = Math.floor(offset / fs.blockSize);
+      if (fs.journaled(first, Math.ceil((offset + length) / fs.blockSize) - first)) return true;
+    }
+    return false;
+  }
+
   /** Reads inode `ino` of the new filesystem, or takes the old one's record when no upper layer holds its bytes. */
   private newInode(ino: number, old: Inode | undefined): Inode {
     if (old && old.ino === ino) {
       const location = this.newFs.inodeLocation(ino);
-      if (location === old.location && !this.map.touched(location, old.raw.length)) return old;
+      if (location === old.location && !this.touched(location, old.raw.length)) return old;
     }
     return this.newFs.readInode(ino);
   }
@@ -229,8 +239,7 @@ class Comparison {
     this.visitedNew.add(n.ino);
     let untouched = o === n;
     const oldEntries = this.oldFs.readDir(o, (block) => {
-      if (untouched && this.map.touched(block * this.oldFs.blockSize, this.oldFs.blockSize))
-        untouched = false;
+      if (untouched && this.touched(block * this.oldFs.blockSize, this.oldFs.blockSize)) untouched = false;
     });
     const newEntries = untouched ? oldEntries : this.newFs.readDir(n);
     const names = new Set([...oldEntries.keys(), ...newEntries.keys()]);
@@ -277,7 +286,7 @@ class Comparison {
           // Unwritten extents read as zeros in both, since the trees are the same.
           if (
             !e.unwritten &&
-            this.map.touched(e.physical * bs, e.count * bs) &&
+            this.touched(e.physical * bs, e.count * bs) &&
             !this.sameBlocks(e.physical, e.count)
           ) {
             same = false;
@@ -303,7 +312,7 @@ class Comparison {
     const perChunk = Math.max(1, Math.floor(COMPARE_CHUNK / bs));
     for (let b = first; b < first + count; b += perChunk) {
       const k = Math.min(perChunk, first + count - b);
-      if (!this.map.touched(b * bs, k * bs)) continue;
+      if (!this.touched(b * bs, k * bs)) continue;
       if (!this.oldFs.readBlocks(b, k).equals(this.newFs.readBlocks(b, k))) return false;
     }
     return true;

@@ -7,6 +7,7 @@
  * walk share a work budget, so a crafted filesystem ends in an Error instead of a hang or an
  * unbounded allocation.
  */
+import { type JournalCopy, replayJournal } from './journal.ts';
 import type { BlockReader } from './qcow2.ts';
 
 /** The kernel's own bound on extent tree depth (EXT4_MAX_EXTENT_DEPTH). */
@@ -46,6 +47,7 @@ const INCOMPAT_KNOWN =
   INCOMPAT_ENCRYPT |
   INCOMPAT_CASEFOLD;
 
+const COMPAT_HAS_JOURNAL = 0x4;
 const EXT4_EXTENTS_FL = 0x80000;
 const EXT4_INLINE_DATA_FL = 0x10000000;
 
@@ -96,6 +98,9 @@ export class Ext4 {
   private readonly inodeTables: number[] = [];
   private readonly cache = new Map<number, Buffer>();
   private readonly cacheMax: number;
+  /** Blocks with a newer committed copy in the journal, and (sorted) their numbers. */
+  private journal = new Map<number, JournalCopy>();
+  private journaledBlocks: number[] = [];
 
   readonly dev: BlockReader;
   readonly budget: Budget;
@@ -152,6 +157,60 @@ export class Ext4 {
       const hi = this.descSize >= 64 ? gdt.readUInt32LE(d + 0x28) : 0;
       this.inodeTables.push(lo + hi * 2 ** 32);
     }
+    // A filesystem that was mounted (a live VM's) has its last transactions in the journal:
+    // the kernel replays them at mount, and so does this reader, in memory.
+    const journalInode = sb.readUInt32LE(0xe0);
+    if (this.incompat & INCOMPAT_RECOVER) {
+      if (!(sb.readUInt32LE(0x5c) & COMPAT_HAS_JOURNAL) || journalInode === 0)
+        throw new Error(
+          'ext4: the filesystem needs recovery from an external journal, which is not supported',
+        );
+      this.journal = this.loadJournal(journalInode);
+      this.journaledBlocks = [...this.journal.keys()].sort((a, b) => a - b);
+      // Cached blocks were read without the journal.
+      this.cache.clear();
+    }
+  }
+
+  private loadJournal(ino: number): Map<number, JournalCopy> {
+    const inode = this.readInode(ino);
+    const extents: Extent[] = [];
+    this.mapBlocks(inode, (e) => {
+      if (extents.length > 0 && e.logical < extents[extents.length - 1]!.logical)
+        throw new Error('ext4: the journal file is not mapped in order');
+      extents.push(e);
+    });
+    const journalBlocks = Math.ceil(this.size(inode) / this.blockSize);
+    return replayJournal({
+      blockSize: this.blockSize,
+      blocksCount: this.blocksCount,
+      journalBlocks,
+      rawBlock: (b) => this.readBlocks(b, 1),
+      journalBlock: (i) => {
+        let lo = 0;
+        let hi = extents.length;
+        while (lo < hi) {
+          const mid = (lo + hi) >>> 1;
+          if (extents[mid]!.logical <= i) lo = mid + 1;
+          else hi = mid;
+        }
+        const e = extents[lo - 1];
+        return e && !e.unwritten && i < e.logical + e.count ? e.physical + (i - e.logical) : 0;
+      },
+    });
+  }
+
+  /** Whether any of `count` blocks from `first` reads from the journal rather than its place. */
+  journaled(first: number, count: number): boolean {
+    const b = this.journaledBlocks;
+    let lo = 0;
+    let hi = b.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (b[mid]! < first) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo < b.length && b[lo]! < first + count;
   }
 
   /** Physical block `block`, whole; throws if it is outside the filesystem. */
@@ -172,7 +231,17 @@ export class Ext4 {
     if (!Number.isSafeInteger(first) || first < 0 || count < 0 || first + count > this.blocksCount)
       throw new Error(`ext4: block ${first} (+${count}) is outside the filesystem`);
     this.budget.spend(count);
-    return this.dev.read(first * this.blockSize, count * this.blockSize);
+    const bytes = this.dev.read(first * this.blockSize, count * this.blockSize);
+    if (this.journal.size > 0 && this.journaled(first, count)) {
+      for (let i = 0; i < count; i++) {
+        const copy = this.journal.get(first + i);
+        if (!copy) continue;
+        const at = i * this.blockSize;
+        this.dev.read(copy.from * this.blockSize, this.blockSize).copy(bytes, at);
+        if (copy.escaped) bytes.writeUInt32BE(0xc03b3998, at);
+      }
+    }
+    return bytes;
   }
 
   /** Where inode `ino`'s record is on the disk, in bytes. */
