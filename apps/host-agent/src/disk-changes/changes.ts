@@ -33,6 +33,8 @@ const WORK_BUDGET = 200_000_000;
 const MAX_ALLOCATED_RUNS = 1_000_000;
 /** Longest guest path reported; a deeper tree is a crafted one. */
 const MAX_PATH_CHARS = 64 * 1024;
+/** Thrown to stop a block walk at the first difference; made once, since a stack trace costs. */
+const DIFFERS = new Error('differs');
 /** File contents are compared this many bytes at a time. */
 const COMPARE_CHUNK = 1024 * 1024;
 
@@ -278,7 +280,6 @@ class Comparison {
     if (xattr !== 0 && !this.sameBlocks(xattr, 1)) return false;
     if (this.oldFs.hasNoBlocks(o)) return true;
     let same = true;
-    const stop = new Error('differs');
     try {
       this.oldFs.mapBlocks(
         o,
@@ -290,18 +291,18 @@ class Comparison {
             !this.sameBlocks(e.physical, e.count)
           ) {
             same = false;
-            throw stop;
+            throw DIFFERS;
           }
         },
         (block) => {
           if (!this.sameBlocks(block, 1)) {
             same = false;
-            throw stop;
+            throw DIFFERS;
           }
         },
       );
     } catch (e) {
-      if (e !== stop) throw e;
+      if (e !== DIFFERS) throw e;
     }
     return same;
   }
