@@ -494,6 +494,10 @@ describe('hostile disks', () => {
     );
     writeAt(image, inodeOffset(image, '/many') + 0x28, node(5, 4, index(blocks[4]!), 60));
     assert.throws(() => changedFiles(raw(main.base), raw(image), ROOT), /more work to walk than allowed/);
+    assert.throws(
+      () => changedFiles(raw(main.base), raw(image), { ...ROOT, timeoutMs: 100 }),
+      /took longer to walk than allowed/,
+    );
     const err = await changedFilesIsolated(raw(main.base), raw(image), { ...ROOT, timeoutMs: 300 }).then(
       () => assert.fail('it returned'),
       (e) => e,

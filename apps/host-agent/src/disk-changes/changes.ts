@@ -19,6 +19,8 @@ export interface ChangedFilesOptions {
   mountPoint: string;
   /** At most this many changes are returned, the first ones in path order. */
   max: number;
+  /** Give up (an Error) after this long; the isolated worker passes its own deadline, so it ends even when nobody kills it. */
+  timeoutMs?: number;
 }
 
 export interface ChangedFiles {
@@ -142,7 +144,10 @@ export function changedFiles(old: DiskChain, now: DiskChain, options: ChangedFil
     nowChain = openChain(now);
     const upper = sameChainPrefix(old, now) ? nowChain.layers.slice(old.layers.length) : undefined;
     const map = new UpperMap(upper, oldChain.size, nowChain.size);
-    const budget = new Budget(WORK_BUDGET);
+    const budget = new Budget(
+      WORK_BUDGET,
+      options.timeoutMs === undefined ? undefined : Date.now() + options.timeoutMs,
+    );
     return new Comparison(new Ext4(oldChain, budget), new Ext4(nowChain, budget), map, options).run();
   } finally {
     oldChain.close();

@@ -56,13 +56,19 @@ export type FileType = 'file' | 'directory' | 'symlink' | 'other';
 /** Counts the work of one walk: every block read and directory entry parsed spends from it. */
 export class Budget {
   private left: number;
-  constructor(left: number) {
+  private calls = 0;
+  private readonly deadline: number | undefined;
+  /** `deadline`: a Date.now() value after which the walk stops too. */
+  constructor(left: number, deadline?: number) {
     this.left = left;
+    this.deadline = deadline;
   }
   spend(n = 1): void {
     this.left -= n;
     if (this.left < 0)
       throw new Error('the filesystem needs more work to walk than allowed (too large, or crafted)');
+    if (this.deadline !== undefined && (++this.calls & 1023) === 0 && Date.now() > this.deadline)
+      throw new Error('the filesystem took longer to walk than allowed');
   }
 }
 

@@ -26,7 +26,9 @@ const WORKER = join(import.meta.dirname, 'worker.ts');
 const WORKER_HEAP_MIB = 512;
 /** The worker's answer is a change list of at most `max` paths; anything much longer is not one. */
 const MAX_ANSWER_BYTES = 64 * 1024 * 1024;
-/** Lines of the worker's stderr kept for the error when it dies without an answer. */
+/** How much longer than the caller's deadline the worker's own lasts (it is killed at the caller's). */
+const WORKER_GRACE_MS = 5_000;
+/** The tail of the worker's stderr kept for the error when it dies without an answer. */
 const STDERR_TAIL_CHARS = 4096;
 
 const Answer = z.union([
@@ -42,10 +44,12 @@ const Answer = z.union([
 export function changedFilesIsolated(
   old: DiskChain,
   now: DiskChain,
-  options: ChangedFilesOptions & { timeoutMs: number },
+  options: Omit<ChangedFilesOptions, 'timeoutMs'> & { timeoutMs: number },
 ): Promise<ChangedFiles> {
   const { timeoutMs, ...rest } = options;
-  const job: ChangedFilesJob = { old, now, options: rest };
+  // The worker also stops itself, a little after this process would kill it: it ends even if
+  // this process dies first.
+  const job: ChangedFilesJob = { old, now, options: { ...rest, timeoutMs: timeoutMs + WORKER_GRACE_MS } };
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [`--max-old-space-size=${WORKER_HEAP_MIB}`, WORKER], {
       stdio: ['pipe', 'pipe', 'pipe'],
