@@ -560,6 +560,76 @@ describe('hostile disks', () => {
     });
   });
 
+  test('crafted fields are refused with their reason', () => {
+    const bs = blockSize(main.after1);
+    const crafted = (name: string, patch: (image: string) => void) => {
+      const image = join(main.dir, `crafted-${name}.raw`);
+      copyFileSync(main.after1, image);
+      patch(image);
+      return () => changedFiles(raw(main.after1), raw(image), ROOT);
+    };
+    const many = (image: string) => inodeOffset(image, '/many') + 0x28;
+    const u16 = (v: number) => Buffer.from([v & 0xff, v >> 8]);
+    const u32 = (v: number) => {
+      const b = Buffer.alloc(4);
+      b.writeUInt32LE(v);
+      return b;
+    };
+    assert.throws(
+      crafted('entries', (i) => writeAt(i, many(i) + 2, u16(0xffff))),
+      /extent node has more entries than fit/,
+    );
+    assert.throws(
+      crafted('outside', (i) => writeAt(i, many(i) + 12 + 8, u32(0xfffffff0))),
+      /outside the filesystem/,
+    );
+    assert.throws(
+      crafted('loop', (i) => {
+        // The root becomes an index whose one child is a block that indexes itself.
+        const self = bmap(i, '/big/blob', 0);
+        const node = Buffer.alloc(24);
+        node.writeUInt16LE(0xf30a, 0);
+        node.writeUInt16LE(1, 2);
+        node.writeUInt16LE(4, 4);
+        node.writeUInt16LE(1, 6);
+        node.writeUInt32LE(0, 12);
+        node.writeUInt32LE(self, 16);
+        writeAt(i, many(i), node);
+        writeAt(i, self * bs, node);
+      }),
+      /extent tree too deep/,
+    );
+    assert.throws(
+      crafted('reclen', (i) => writeAt(i, bmap(i, '/many', 3) * bs + 4, u16(0))),
+      /corrupt directory entry/,
+    );
+    assert.throws(
+      crafted('ino', (i) => writeAt(i, bmap(i, '/many', 3) * bs, u32(0xfffffff0))),
+      /names inode 4294967280, out of range/,
+    );
+    const journal = journaledImage('crafted-journal.raw');
+    const start = Buffer.alloc(4);
+    start.writeUInt32BE(0xffffff);
+    writeAt(journal, bmap(journal, '<8>', 0) * bs + 0x1c, start);
+    assert.throws(
+      () => changedFiles(raw(main.after1), raw(journal), ROOT),
+      /ext4 journal: its bounds are invalid/,
+    );
+    const qcow2 = (name: string, offset: number, value: bigint | number) => {
+      const f = join(main.dir, `crafted-${name}.qcow2`);
+      copyFileSync(main.layer1, f);
+      const b = Buffer.alloc(typeof value === 'bigint' ? 8 : 4);
+      if (typeof value === 'bigint') b.writeBigUInt64BE(value);
+      else b.writeUInt32BE(value);
+      writeAt(f, offset, b);
+      return () => changedFiles(raw(main.base), raw(main.base, f), ROOT);
+    };
+    assert.throws(qcow2('bits', 20, 30), /cluster_bits 30 is outside 9..21/);
+    assert.throws(qcow2('l1size', 36, 0x10000000), /L1 table of 268435456 entries is too large/);
+    assert.throws(qcow2('l1offset', 40, 1n << 40n), /L1 table offset \d+ is outside the file/);
+    assert.throws(qcow2('size', 24, 1n << 60n), /virtual size \d+ is too large/);
+  });
+
   test('qcow2 features this reader does not implement are refused by name', () => {
     const header = (name: string, patch: (b: Buffer) => void) => {
       const f = join(main.dir, `${name}.qcow2`);
