@@ -31,7 +31,7 @@ import {
 import { until } from '../helpers/until.ts';
 
 const dir = await mkdtemp(join(tmpdir(), 'wt-diskchanges-'));
-after(() => (process.env.KEEP_DC ? undefined : rm(dir, { recursive: true, force: true })));
+after(() => rm(dir, { recursive: true, force: true }));
 
 function sh(cmd: string, args: string[]): string {
   return execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
@@ -435,7 +435,6 @@ function survives(old: DiskChain, now: DiskChain): string {
   } catch (e) {
     // Not a RangeError or TypeError from an unchecked offset: an Error this code threw on purpose.
     assert.equal((e as Error).constructor, Error, String((e as Error).stack));
-    if (process.env.DEBUG_DC) console.log((e as Error).message);
     return 'refused';
   }
 }
