@@ -9,6 +9,7 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import {
+  chmodSync,
   closeSync,
   copyFileSync,
   mkdirSync,
@@ -426,6 +427,45 @@ test('the journal: committed transactions are read as the kernel would replay th
   assert.deepEqual(changedFiles(raw(image), raw(replayed), ROOT), { changes: [], truncated: false });
 });
 
+/**
+ * Five blocks of /big/sparse's data become index nodes each pointing 340 times at the next,
+ * and the last a leaf of 340 unwritten extents; /many's inode gets a root pointing 4 times at
+ * the first: 4 * 340^4 leaves to visit. Mode 0600, as a VM's disks are.
+ */
+function fanoutImage(): string {
+  const image = join(main.dir, 'fanout.raw');
+  copyFileSync(main.after1, image);
+  const bs = blockSize(image);
+  const blocks = [0, 1, 2, 3, 4].map((i) => bmap(image, '/big/sparse', i * 16));
+  const perNode = Math.floor((bs - 12) / 12);
+  const node = (depth: number, entries: number, entry: (b: Buffer, i: number) => void, size = bs) => {
+    const b = Buffer.alloc(size);
+    b.writeUInt16LE(0xf30a, 0);
+    b.writeUInt16LE(entries, 2);
+    b.writeUInt16LE(entries, 4);
+    b.writeUInt16LE(depth, 6);
+    for (let i = 0; i < entries; i++) entry(b, 12 + i * 12);
+    return b;
+  };
+  const index = (child: number) => (b: Buffer, e: number) => {
+    b.writeUInt32LE(0, e);
+    b.writeUInt32LE(child, e + 4);
+  };
+  for (let d = 4; d >= 1; d--) writeAt(image, blocks[d]! * bs, node(d, perNode, index(blocks[d - 1]!)));
+  writeAt(
+    image,
+    blocks[0]! * bs,
+    node(0, perNode, (b, e) => {
+      b.writeUInt32LE(0, e);
+      b.writeUInt16LE(32768 + 1, e + 4);
+      b.writeUInt32LE(blocks[0]!, e + 8);
+    }),
+  );
+  writeAt(image, inodeOffset(image, '/many') + 0x28, node(5, 4, index(blocks[4]!), 60));
+  chmodSync(image, 0o600);
+  return image;
+}
+
 /** Runs changedFiles on possibly hostile disks: it returns a list or throws a plain Error, nothing else. */
 function survives(old: DiskChain, now: DiskChain): string {
   try {
@@ -504,38 +544,7 @@ describe('hostile disks', () => {
   });
 
   test('an extent tree that fans out 5 levels deep runs out of budget, and the isolated worker is killed', async () => {
-    // Five blocks of /big/sparse's data become index nodes each pointing 340 times at the next,
-    // and the last a leaf of 340 unwritten extents; /many's inode gets a root pointing 4 times
-    // at the first: 4 * 340^4 leaves to visit.
-    const image = join(main.dir, 'fanout.raw');
-    copyFileSync(main.after1, image);
-    const bs = blockSize(image);
-    const blocks = [0, 1, 2, 3, 4].map((i) => bmap(image, '/big/sparse', i * 16));
-    const perNode = Math.floor((bs - 12) / 12);
-    const node = (depth: number, entries: number, entry: (b: Buffer, i: number) => void, size = bs) => {
-      const b = Buffer.alloc(size);
-      b.writeUInt16LE(0xf30a, 0);
-      b.writeUInt16LE(entries, 2);
-      b.writeUInt16LE(entries, 4);
-      b.writeUInt16LE(depth, 6);
-      for (let i = 0; i < entries; i++) entry(b, 12 + i * 12);
-      return b;
-    };
-    const index = (child: number) => (b: Buffer, e: number) => {
-      b.writeUInt32LE(0, e);
-      b.writeUInt32LE(child, e + 4);
-    };
-    for (let d = 4; d >= 1; d--) writeAt(image, blocks[d]! * bs, node(d, perNode, index(blocks[d - 1]!)));
-    writeAt(
-      image,
-      blocks[0]! * bs,
-      node(0, perNode, (b, e) => {
-        b.writeUInt32LE(0, e);
-        b.writeUInt16LE(32768 + 1, e + 4);
-        b.writeUInt32LE(blocks[0]!, e + 8);
-      }),
-    );
-    writeAt(image, inodeOffset(image, '/many') + 0x28, node(5, 4, index(blocks[4]!), 60));
+    const image = fanoutImage();
     assert.throws(() => changedFiles(raw(main.base), raw(image), ROOT), /more work to walk than allowed/);
     assert.throws(
       () => changedFiles(raw(main.base), raw(image), { ...ROOT, timeoutMs: 100 }),
@@ -627,6 +636,58 @@ describe('hostile disks', () => {
     assert.throws(qcow2('l1size', 36, 0x10000000), /L1 table of 268435456 entries is too large/);
     assert.throws(qcow2('l1offset', 40, 1n << 40n), /L1 table offset \d+ is outside the file/);
     assert.throws(qcow2('size', 24, 1n << 60n), /virtual size \d+ is too large/);
+  });
+
+  test('the worker reads the 0600 disks through inherited descriptors, as nobody, and reports its error', async (t) => {
+    if (process.getuid?.() !== 0)
+      return t.skip('the worker drops to nobody only when the agent runs as root');
+    const image = fanoutImage();
+    const running = changedFilesIsolated(raw(main.base), raw(image), { ...ROOT, timeoutMs: 120_000 }).then(
+      () => assert.fail('it returned'),
+      (e) => e,
+    );
+    // It starts as root, loads its code, then drops all four uids before it reads its job.
+    const uids = await until(
+      'the worker has dropped root',
+      () => {
+        try {
+          const pid = sh('pgrep', ['-f', 'disk-changes/worker.ts']).trim().split('\n')[0]!;
+          const line = /^Uid:\s+(.*)$/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]!.trim();
+          return line.startsWith('0') ? undefined : line.split(/\s+/);
+        } catch {
+          return undefined;
+        }
+      },
+      20_000,
+      10,
+    );
+    assert.deepEqual(uids, ['65534', '65534', '65534', '65534']);
+    const err = await running;
+    assert.ok(err instanceof WarrenError, String(err));
+    assert.equal(err.code, 'DISK_CHANGES_FAILED');
+    assert.match(
+      err.message,
+      /^cannot list the changed files: the filesystem needs more work to walk than allowed/,
+    );
+  });
+
+  test("errors name the disk files, not the worker's descriptors or host paths", async () => {
+    const layer = join(main.dir, 'named.qcow2');
+    copyFileSync(main.layer1, layer);
+    const h = Buffer.alloc(4);
+    h.writeUInt32BE(1);
+    writeAt(layer, 32, h);
+    const err = await changedFilesIsolated(raw(main.base), raw(main.base, layer), {
+      ...ROOT,
+      timeoutMs: 60_000,
+    }).then(
+      () => assert.fail('it returned'),
+      (e) => e,
+    );
+    assert.equal(
+      err.message,
+      'cannot list the changed files: qcow2 layer named.qcow2: encrypted images are not supported',
+    );
   });
 
   test('qcow2 features this reader does not implement are refused by name', () => {

@@ -1,10 +1,12 @@
 /**
  * The host agent's way to list a VM's changed files: the parse of guest-written filesystems
- * runs in a child process (worker.ts) with a capped heap and a deadline, so a crafted disk can
- * cost the agent at most that process, never its own memory or event loop.
+ * runs in a child process (worker.ts) with a capped heap and a deadline, as an unprivileged
+ * user on descriptors the agent opened, so a crafted disk can cost the agent at most that
+ * process, never its own memory, its event loop or root.
  */
 import { spawn } from 'node:child_process';
-import { join } from 'node:path';
+import { closeSync, openSync } from 'node:fs';
+import { basename, join, resolve as resolvePath } from 'node:path';
 import { FileChange, WarrenError } from '@warren/protocol';
 import { z } from 'zod';
 import type { ChangedFiles, ChangedFilesOptions } from './changes.ts';
@@ -47,14 +49,48 @@ export function changedFilesIsolated(
   options: Omit<ChangedFilesOptions, 'timeoutMs'> & { timeoutMs: number },
 ): Promise<ChangedFiles> {
   const { timeoutMs, ...rest } = options;
-  // The worker also stops itself, a little after this process would kill it: it ends even if
-  // this process dies first.
-  const job: ChangedFilesJob = { old, now, options: { ...rest, timeoutMs: timeoutMs + WORKER_GRACE_MS } };
+  const fail = (message: string) => new WarrenError('DISK_CHANGES_FAILED', message);
+  // The agent opens the files and the worker inherits them (fd 3 onwards): the worker drops to
+  // an unprivileged uid before it reads a byte, and could not open the VM's 0600 files itself.
+  const files = new Map<string, { fd: number; name: string }>();
+  const inherit = (chain: DiskChain): DiskChain => {
+    const ref = (path: string) => {
+      const key = resolvePath(path);
+      let f = files.get(key);
+      if (!f) {
+        f = { fd: openSync(key, 'r'), name: basename(key) };
+        files.set(key, f);
+      }
+      return `fd:${3 + [...files.keys()].indexOf(key)}`;
+    };
+    return { base: ref(chain.base), baseFormat: chain.baseFormat, layers: chain.layers.map(ref) };
+  };
+  let job: ChangedFilesJob;
+  try {
+    // The worker also stops itself, a little after this process would kill it: it ends even if
+    // this process dies first.
+    job = {
+      old: inherit(old),
+      now: inherit(now),
+      options: { ...rest, timeoutMs: timeoutMs + WORKER_GRACE_MS },
+    };
+  } catch (e) {
+    for (const f of files.values()) closeSync(f.fd);
+    return Promise.reject(fail(`cannot open the VM's disks: ${(e as Error).message}`));
+  }
+  const fds = [...files.values()];
+  // Error messages name the files by the worker's descriptors; the caller knows them by name.
+  const named = (message: string) => fds.reduce((m, f, i) => m.replaceAll(`fd:${3 + i}`, f.name), message);
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [`--max-old-space-size=${WORKER_HEAP_MIB}`, WORKER], {
-      stdio: ['pipe', 'pipe', 'pipe'],
-    });
-    const fail = (message: string) => new WarrenError('DISK_CHANGES_FAILED', message);
+    let child: ReturnType<typeof spawn>;
+    try {
+      child = spawn(process.execPath, [`--max-old-space-size=${WORKER_HEAP_MIB}`, WORKER], {
+        stdio: ['pipe', 'pipe', 'pipe', ...fds.map((f) => f.fd)],
+      });
+    } finally {
+      // The worker has its own copies now.
+      for (const f of fds) closeSync(f.fd);
+    }
     let out = '';
     let err = '';
     let failure: WarrenError | undefined;
@@ -90,7 +126,8 @@ export function changedFilesIsolated(
           fail(`the changed-files worker ended (${why}) without an answer${err ? `: ${err.trim()}` : ''}`),
         );
       }
-      if ('error' in parsed) return reject(fail(`cannot list the changed files: ${parsed.error.message}`));
+      if ('error' in parsed)
+        return reject(fail(`cannot list the changed files: ${named(parsed.error.message)}`));
       if (parsed.result.changes.length > rest.max)
         return reject(fail('the changed-files worker sent too many changes'));
       resolve(parsed.result);

@@ -43,19 +43,25 @@ const INCOMPAT_EXTERNAL_DATA = 1n << 2n;
 const INCOMPAT_COMPRESSION_TYPE = 1n << 3n; // only matters for compressed clusters, which are refused
 const INCOMPAT_EXTENDED_L2 = 1n << 4n;
 
+/** A chain's path `fd:N` names a descriptor this process inherited open (the isolated worker's). */
+const INHERITED = /^fd:(\d+)$/;
+
 class File {
   readonly fd: number;
   readonly size: number;
   readonly path: string;
+  private readonly owned: boolean;
   constructor(path: string) {
     this.path = path;
-    this.fd = openSync(path, 'r');
+    const inherited = INHERITED.exec(path);
+    this.owned = !inherited;
+    this.fd = inherited ? Number(inherited[1]) : openSync(path, 'r');
     try {
       const st = fstatSync(this.fd);
       if (!st.isFile()) throw new Error(`${path} is not a regular file`);
       this.size = st.size;
     } catch (e) {
-      closeSync(this.fd);
+      this.close();
       throw e;
     }
   }
@@ -72,7 +78,8 @@ class File {
   }
 
   close(): void {
-    closeSync(this.fd);
+    // Inherited descriptors may back several files (a base both chains share); they close when the worker exits.
+    if (this.owned) closeSync(this.fd);
   }
 }
 

@@ -1,8 +1,9 @@
 /**
  * Compares two disk chains in a process of its own, for changedFilesIsolated (isolated.ts):
- * reads `{old, now, options}` as one JSON line on stdin, writes `{"result": ChangedFiles}` or
- * `{"error": {"message"}}` as one line on stdout, and exits. The bytes it parses are the guest's;
- * the parent caps this process's heap and time and kills it when either runs out.
+ * reads `{old, now, options}` as one JSON line on stdin (the chains name files it inherited
+ * open, `fd:3` onwards), writes `{"result": ChangedFiles}` or `{"error": {"message"}}` as one
+ * line on stdout, and exits. The bytes it parses are the guest's: the parent caps this process's
+ * heap and time and kills it when either runs out, and it gives up root before reading them.
  */
 import { createInterface } from 'node:readline';
 import { changedFiles } from './changes.ts';
@@ -14,7 +15,19 @@ function answer(message: unknown, code: number): never {
   process.exit(code);
 }
 
+/**
+ * Who the worker runs as once its code is loaded: nobody (65534 on Debian and most systems).
+ * It reads the disks through descriptors the agent opened for it, so it needs no access of its
+ * own; if the parse were ever turned against it, it holds no root.
+ */
+const WORKER_UID = 65534;
+
 if (import.meta.main) {
+  if (process.getuid?.() === 0) {
+    process.setgroups!([]);
+    process.setgid!(WORKER_UID);
+    process.setuid!(WORKER_UID);
+  }
   const lines = createInterface({ input: process.stdin });
   lines.once('line', (line) => {
     try {
