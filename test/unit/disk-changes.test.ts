@@ -27,11 +27,14 @@ import {
   changedFiles,
   changedFilesIsolated,
   type DiskChain,
+  diskChangesWorkers,
   openChain,
 } from '../../apps/host-agent/src/disk-changes/index.ts';
 import { until } from '../helpers/until.ts';
 
 const dir = await mkdtemp(join(tmpdir(), 'wt-diskchanges-'));
+/** This checkout's worker, as its processes' command lines name it (other checkouts may run theirs). */
+const WORKER = join(import.meta.dirname, '../../apps/host-agent/src/disk-changes/worker.ts');
 after(() => rm(dir, { recursive: true, force: true }));
 
 function sh(cmd: string, args: string[]): string {
@@ -519,17 +522,19 @@ describe('hostile disks', () => {
   ];
   for (const [what, where, span] of corruptions) {
     test(`random bytes in ${what}`, () => {
+      const template = journaledImage('bad-template.raw');
+      const at = where(template);
       const out: string[] = [];
       for (const seed of SEEDS) {
-        const image = journaledImage(`bad-${seed}.raw`);
-        const at = where(image);
+        const image = join(main.dir, `bad-${seed}.raw`);
+        copyFileSync(template, image);
         const rnd = prng(seed);
         for (let i = 0; i < 24; i++)
           writeAt(image, at + Math.floor(rnd() * span), Buffer.from([Math.floor(rnd() * 256)]));
         out.push(survives(raw(main.base), raw(image)));
         out.push(survives(raw(image), raw(main.base)));
       }
-      assert.ok(out.length === SEEDS.length * 2);
+      assert.equal(out.length, SEEDS.length * 2);
     });
   }
 
@@ -560,7 +565,7 @@ describe('hostile disks', () => {
     // The worker, killed, is gone (this file is the only one that starts it).
     await until('the worker is gone', () => {
       try {
-        sh('pgrep', ['-f', 'disk-changes/worker.ts']);
+        sh('pgrep', ['-f', WORKER]);
         return false;
       } catch {
         return true;
@@ -651,7 +656,7 @@ describe('hostile disks', () => {
       'the worker has dropped root',
       () => {
         try {
-          const pid = sh('pgrep', ['-f', 'disk-changes/worker.ts']).trim().split('\n')[0]!;
+          const pid = sh('pgrep', ['-f', WORKER]).trim().split('\n')[0]!;
           const line = /^Uid:\s+(.*)$/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]!.trim();
           return line.startsWith('0') ? undefined : line.split(/\s+/);
         } catch {
@@ -669,6 +674,30 @@ describe('hostile disks', () => {
       err.message,
       /^cannot list the changed files: the filesystem needs more work to walk than allowed/,
     );
+  });
+
+  test('two workers at a time: a third call waits, and gives up at its deadline without starting one', async () => {
+    const image = fanoutImage();
+    const slow = [1, 2].map(() =>
+      changedFilesIsolated(raw(main.base), raw(image), { ...ROOT, timeoutMs: 120_000 }).then(
+        () => assert.fail('it returned'),
+        (e) => e,
+      ),
+    );
+    const third = changedFilesIsolated(raw(main.base), raw(main.base, main.layer1), {
+      ...ROOT,
+      timeoutMs: 500,
+    }).then(
+      () => assert.fail('it returned'),
+      (e) => e,
+    );
+    assert.deepEqual(diskChangesWorkers(), { running: 2, waiting: 1 });
+    const err = await third;
+    assert.ok(err instanceof WarrenError, String(err));
+    assert.match(err.message, /waited more than 500 ms for other listings to finish/);
+    assert.deepEqual(diskChangesWorkers(), { running: 2, waiting: 0 });
+    for (const e of await Promise.all(slow)) assert.match(String(e), /more work to walk than allowed/);
+    assert.deepEqual(diskChangesWorkers(), { running: 0, waiting: 0 });
   });
 
   test("errors name the disk files, not the worker's descriptors or host paths", async () => {

@@ -38,8 +38,18 @@ const Answer = z.union([
   z.object({ error: z.object({ message: z.string() }) }),
 ]);
 
+/** Workers at a time in this process (each may take WORKER_HEAP_MIB and a core); later calls wait their turn. */
+const MAX_WORKERS = 2;
+const workers = { running: 0, waiting: [] as Array<() => void> };
+
+/** How many workers run and how many calls wait for one (for tests and diagnostics). */
+export function diskChangesWorkers(): { running: number; waiting: number } {
+  return { running: workers.running, waiting: workers.waiting.length };
+}
+
 /**
- * changedFiles (changes.ts) in a child process killed after `timeoutMs`. Throws a WarrenError
+ * changedFiles (changes.ts) in a child process, at most MAX_WORKERS at a time, given up after
+ * `timeoutMs` in all (waiting for a turn included) and killed then. Throws a WarrenError
  * DISK_CHANGES_FAILED when the disks cannot be read (a format refused, a filesystem corrupt or
  * too large to walk in time), with the reason in its message.
  */
@@ -47,6 +57,39 @@ export function changedFilesIsolated(
   old: DiskChain,
   now: DiskChain,
   options: Omit<ChangedFilesOptions, 'timeoutMs'> & { timeoutMs: number },
+): Promise<ChangedFiles> {
+  const deadline = Date.now() + options.timeoutMs;
+  return new Promise((resolve, reject) => {
+    let timer: NodeJS.Timeout | undefined;
+    const start = () => {
+      clearTimeout(timer);
+      workers.running++;
+      runWorker(old, now, options, Math.max(1, deadline - Date.now()))
+        .then(resolve, reject)
+        .finally(() => {
+          workers.running--;
+          workers.waiting.shift()?.();
+        });
+    };
+    if (workers.running < MAX_WORKERS) return start();
+    workers.waiting.push(start);
+    timer = setTimeout(() => {
+      workers.waiting.splice(workers.waiting.indexOf(start), 1);
+      reject(
+        new WarrenError(
+          'DISK_CHANGES_FAILED',
+          `listing the changed files waited more than ${options.timeoutMs} ms for other listings to finish`,
+        ),
+      );
+    }, options.timeoutMs);
+  });
+}
+
+function runWorker(
+  old: DiskChain,
+  now: DiskChain,
+  options: Omit<ChangedFilesOptions, 'timeoutMs'> & { timeoutMs: number },
+  leftMs: number,
 ): Promise<ChangedFiles> {
   const { timeoutMs, ...rest } = options;
   const fail = (message: string) => new WarrenError('DISK_CHANGES_FAILED', message);
@@ -72,7 +115,7 @@ export function changedFilesIsolated(
     job = {
       old: inherit(old),
       now: inherit(now),
-      options: { ...rest, timeoutMs: timeoutMs + WORKER_GRACE_MS },
+      options: { ...rest, timeoutMs: leftMs + WORKER_GRACE_MS },
     };
   } catch (e) {
     for (const f of files.values()) closeSync(f.fd);
@@ -97,7 +140,7 @@ export function changedFilesIsolated(
     const timer = setTimeout(() => {
       failure = fail(`listing the changed files took more than ${timeoutMs} ms and was stopped`);
       child.kill('SIGKILL');
-    }, timeoutMs);
+    }, leftMs);
     child.stdout!.setEncoding('utf8');
     child.stdout!.on('data', (chunk: string) => {
       out += chunk;
