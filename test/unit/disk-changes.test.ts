@@ -717,6 +717,16 @@ describe('hostile disks', () => {
       err.message,
       'cannot list the changed files: qcow2 layer named.qcow2: encrypted images are not supported',
     );
+    const missing = await changedFilesIsolated(raw(main.base), raw(main.base, join(dir, 'gone.qcow2')), {
+      ...ROOT,
+      timeoutMs: 60_000,
+    }).then(
+      () => assert.fail('it returned'),
+      (e) => e,
+    );
+    assert.equal(missing.code, 'DISK_CHANGES_FAILED');
+    assert.equal(missing.message, "cannot open the VM's disks: gone.qcow2: ENOENT");
+    assert.deepEqual(diskChangesWorkers(), { running: 0, waiting: 0 });
   });
 
   test('qcow2 features this reader does not implement are refused by name', () => {

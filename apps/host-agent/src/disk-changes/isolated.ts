@@ -30,7 +30,7 @@ const WORKER_HEAP_MIB = 512;
 const MAX_ANSWER_BYTES = 64 * 1024 * 1024;
 /** How much longer than the caller's deadline the worker's own lasts (it is killed at the caller's). */
 const WORKER_GRACE_MS = 5_000;
-/** The tail of the worker's stderr kept for the error when it dies without an answer. */
+/** The tail of the worker's stderr kept for the agent's log when it dies without an answer. */
 const STDERR_TAIL_CHARS = 4096;
 
 const Answer = z.union([
@@ -101,7 +101,12 @@ function runWorker(
       const key = resolvePath(path);
       let f = files.get(key);
       if (!f) {
-        f = { fd: openSync(key, 'r'), name: basename(key) };
+        try {
+          f = { fd: openSync(key, 'r'), name: basename(key) };
+        } catch (e) {
+          // Named by base name: the message may reach the tenant, the host's layout may not.
+          throw new Error(`${basename(key)}: ${(e as NodeJS.ErrnoException).code ?? 'cannot open'}`);
+        }
         files.set(key, f);
       }
       return `fd:${3 + [...files.keys()].indexOf(key)}`;
@@ -130,6 +135,8 @@ function runWorker(
       child = spawn(process.execPath, [`--max-old-space-size=${WORKER_HEAP_MIB}`, WORKER], {
         stdio: ['pipe', 'pipe', 'pipe', ...fds.map((f) => f.fd)],
       });
+    } catch (e) {
+      return reject(fail(`cannot start the changed-files worker: ${(e as Error).message}`));
     } finally {
       // The worker has its own copies now.
       for (const f of fds) closeSync(f.fd);
@@ -164,10 +171,11 @@ function runWorker(
       try {
         parsed = Answer.parse(JSON.parse(out));
       } catch {
+        // Its stderr (an out-of-memory report, a stack with the agent's paths) goes to the
+        // agent's log, not to the caller.
+        if (err) process.stderr.write(`disk changes worker: ${err.trim()}\n`);
         const why = signal ?? `exit ${code}`;
-        return reject(
-          fail(`the changed-files worker ended (${why}) without an answer${err ? `: ${err.trim()}` : ''}`),
-        );
+        return reject(fail(`the changed-files worker ended (${why}) without an answer (out of memory?)`));
       }
       if ('error' in parsed)
         return reject(fail(`cannot list the changed files: ${named(parsed.error.message)}`));
