@@ -383,9 +383,11 @@ test('the isolated worker gives the same answer', async () => {
 /**
  * A copy of main's after1 whose last changes are committed in the journal only, as in a
  * snapshot of a running VM: /a/keep.txt renamed to kepp.txt, and a zeroed /many block logged
- * then revoked by a later transaction (so replay must leave it as it is).
+ * then revoked by a later transaction (so replay must leave it as it is). Its journal: the
+ * superblock, then descriptor 1, data 2-4, commit 5, descriptor 6, data 7, commit 8, revoke 9,
+ * commit 10.
  */
-function journaledImage(name: string): string {
+function journaledImage(name: string, checksums = false): string {
   const image = join(main.dir, name);
   copyFileSync(main.after1, image);
   const bs = blockSize(image);
@@ -395,11 +397,14 @@ function journaledImage(name: string): string {
   const at = renamed.indexOf('keep.txt');
   assert.ok(at > 0);
   renamed.write('kepp', at);
-  writeFileSync(join(main.dir, 'renamed.blk'), renamed);
+  // With two more blocks logged as they are, so a transaction has several tags to parse.
+  const more = [1, 2].map((i) => bmap(image, '/many', i));
+  const same = more.map((b) => readFileSync(image).subarray(b * bs, (b + 1) * bs));
+  writeFileSync(join(main.dir, 'renamed.blk'), Buffer.concat([renamed, ...same]));
   writeFileSync(join(main.dir, 'zero.blk'), Buffer.alloc(bs));
   debugfs(image, [
-    'jo',
-    `jw -b ${aBlock} ${join(main.dir, 'renamed.blk')}`,
+    checksums ? 'jo -c' : 'jo',
+    `jw -b ${[aBlock, ...more].join(',')} ${join(main.dir, 'renamed.blk')}`,
     `jw -b ${manyBlock} ${join(main.dir, 'zero.blk')}`,
     `jw -r ${manyBlock}`,
     'jc',
@@ -407,28 +412,34 @@ function journaledImage(name: string): string {
   return image;
 }
 
-test('the journal: committed transactions are read as the kernel would replay them, revoked ones are not', () => {
-  const image = journaledImage('journaled.raw');
-  assert.match(sh('dumpe2fs', ['-h', image]), /needs_recovery/);
-  const layer = join(main.dir, 'journaled.qcow2');
-  makeLayer(main.after1, image, { path: main.layer1, format: 'qcow2' }, layer);
-  const expected = {
-    changes: [c('deleted', 'file', '/a/keep.txt'), c('added', 'file', '/a/kepp.txt')],
-    truncated: false,
-  };
-  assert.deepEqual(
-    changedFiles(raw(main.base, main.layer1), raw(main.base, main.layer1, layer), ROOT),
-    expected,
-  );
-  assert.deepEqual(changedFiles(raw(main.after1), raw(image), ROOT), expected);
-  // debugfs's own replay (journal_run) gives the filesystem the list was read from.
-  const replayed = join(main.dir, 'replayed.raw');
-  copyFileSync(image, replayed);
-  debugfs(replayed, ['jr']);
-  assert.doesNotMatch(sh('dumpe2fs', ['-h', replayed]), /needs_recovery/);
-  assert.deepEqual(changedFiles(raw(main.after1), raw(replayed), ROOT), expected);
-  assert.deepEqual(changedFiles(raw(image), raw(replayed), ROOT), { changes: [], truncated: false });
-});
+for (const checksums of [false, true]) {
+  test(`the journal${checksums ? ' (v3 checksums: 16-byte tags, block tails)' : ''}: committed transactions are read as the kernel would replay them, revoked ones are not`, () => {
+    const image = journaledImage(`journaled-${checksums}.raw`, checksums);
+    if (checksums) assert.match(sh('dumpe2fs', ['-h', image]), /journal_checksum_v3/);
+    const log = sh('debugfs', ['-R', 'logdump', image]);
+    assert.match(log, /sequence 1, type 1 \(descriptor block\) at block 1\n/);
+    assert.match(log, /sequence 3, type 5 \(revoke table\) at block 9\n/);
+    assert.match(sh('dumpe2fs', ['-h', image]), /needs_recovery/);
+    const layer = join(main.dir, `journaled-${checksums}.qcow2`);
+    makeLayer(main.after1, image, { path: main.layer1, format: 'qcow2' }, layer);
+    const expected = {
+      changes: [c('deleted', 'file', '/a/keep.txt'), c('added', 'file', '/a/kepp.txt')],
+      truncated: false,
+    };
+    assert.deepEqual(
+      changedFiles(raw(main.base, main.layer1), raw(main.base, main.layer1, layer), ROOT),
+      expected,
+    );
+    assert.deepEqual(changedFiles(raw(main.after1), raw(image), ROOT), expected);
+    // debugfs's own replay (journal_run) gives the filesystem the list was read from.
+    const replayed = join(main.dir, `replayed-${checksums}.raw`);
+    copyFileSync(image, replayed);
+    debugfs(replayed, ['jr']);
+    assert.doesNotMatch(sh('dumpe2fs', ['-h', replayed]), /needs_recovery/);
+    assert.deepEqual(changedFiles(raw(main.after1), raw(replayed), ROOT), expected);
+    assert.deepEqual(changedFiles(raw(image), raw(replayed), ROOT), { changes: [], truncated: false });
+  });
+}
 
 /**
  * Five blocks of /big/sparse's data become index nodes each pointing 340 times at the next,
@@ -518,7 +529,7 @@ describe('hostile disks', () => {
     ['an extent tree block', (image) => extentTreeBlock(image, '/big/sparse') * blockSize(image), 1024],
     ['the journal superblock', (image) => bmap(image, '<8>', 0) * blockSize(image), 1024],
     ['a journal descriptor block', (image) => bmap(image, '<8>', 1) * blockSize(image), 1024],
-    ['a journal revoke block', (image) => bmap(image, '<8>', 7) * blockSize(image), 1024],
+    ['a journal revoke block', (image) => bmap(image, '<8>', 9) * blockSize(image), 1024],
   ];
   for (const [what, where, span] of corruptions) {
     test(`random bytes in ${what}`, () => {
