@@ -93,6 +93,18 @@ describe('snapshots on real VMs (qemu)', { timeout: 900_000 }, () => {
     assert.equal((await run('(sleep 100002 </dev/null >/dev/null 2>&1 &); echo started')).code, 0);
   });
 
+  test('the files changed since a snapshot, on both disks, from the layers', async () => {
+    const list = await host.vms.changedFiles(id, 'first');
+    const seen = list.changes.map((c) => `${c.change} ${c.disk} ${c.path}`);
+    assert.ok(seen.includes('added data /workspace/after'), seen.join('\n'));
+    assert.ok(seen.includes('added root /etc/after-root'), seen.join('\n'));
+    assert.ok(
+      !seen.some((l) => l.endsWith('/workspace/before') || l.endsWith('/etc/before-root')),
+      seen.join('\n'),
+    );
+    assert.equal(list.truncated, false);
+  });
+
   test('reuse returns the snapshot while the VM is unchanged, and makes it anew once used', async () => {
     // Used since `first` (the execs above): a reuse replaces it... under another name here,
     // so `first` stays for the revert at the end.

@@ -27,6 +27,10 @@ export function registerSnapshotRoutes(
     check(req.params.id);
     return vms.revertSnapshot(req.params.id, name(req.params));
   });
+  app.get<{ Params: Params }>('/v1/vms/:id/snapshots/:name/changes', async (req) => {
+    check(req.params.id);
+    return vms.changedFiles(req.params.id, name(req.params));
+  });
   app.delete<{ Params: Params }>('/v1/vms/:id/snapshots/:name', async (req, reply) => {
     check(req.params.id);
     await vms.deleteSnapshot(req.params.id, name(req.params));

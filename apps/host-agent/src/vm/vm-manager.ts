@@ -5,10 +5,12 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { ImageStore, VerifiedImage } from '@warren/images';
 import {
+  type ChangeList,
   type CreatedSnapshot,
   CreateSnapshotRequest,
   Credentials,
   type GuestCredentials,
+  MAX_LISTED_CHANGES,
   NetworkPolicy,
   parseOrThrow,
   RESOURCE_LIMITS,
@@ -21,9 +23,10 @@ import {
 import { z } from 'zod';
 import type { Accelerator } from '../accel.ts';
 import type { CgroupDriver, CgroupHandle, IoLimit } from '../cgroups/cgroups.ts';
+import { changedFilesIsolated } from '../disk-changes/index.ts';
 import { GuestClient } from '../guest/guest-client.ts';
 import type { HostNetwork } from '../net/host-network.ts';
-import type { RunningVm, VmExit, VmLaunchSpec, VmmDriver } from '../vmm/driver.ts';
+import type { DiskChains, RunningVm, VmExit, VmLaunchSpec, VmmDriver } from '../vmm/driver.ts';
 import { JailIdAllocator, type UidRange } from './jail-ids.ts';
 import { VmLinks } from './vm-links.ts';
 import { type SnapshotRecord, VmId, type VmRecord, VmRecords } from './vm-records.ts';
@@ -84,6 +87,12 @@ export interface VmManagerOptions {
  * left an old request in one of them, 4 MiB none; twice that for margin.
  */
 const SCRUB_BYTES = 8 * 128 * 4096;
+/** Where the guest mounts the data volume (the image's init does, see packages/images). */
+const DATA_MOUNT_POINT = '/workspace';
+/** How long the guest's `sync` before a changed-files listing may take; the listing goes on without it. */
+const SYNC_TIMEOUT_MS = 30_000;
+/** How long listing one disk's changed files may take before the worker is killed. */
+const DISK_CHANGES_TIMEOUT_MS = 120_000;
 /** Longest unix socket path Linux accepts (sun_path is 108 bytes with the NUL). */
 const MAX_SOCKET_PATH = 107;
 /** Memory a VMM needs beyond guest RAM (TCG translation cache, device state, its own heap). */
@@ -531,6 +540,50 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
       } finally {
         this.#transitions.delete(id);
       }
+    });
+  }
+
+  /**
+   * The files that differ between a snapshot and the VM's disks now, on both disks, read from
+   * the layers (no guest needed); a running guest is asked to `sync` first so that what it
+   * holds in its page cache is on the disk. Parsed in an isolated worker (disk-changes/).
+   */
+  changedFiles(id: string, name: string): Promise<ChangeList> {
+    return this.#locked(id, async () => {
+      const record = await this.#records.read(id);
+      const snapshot = record.snapshots.find((s) => s.name === name);
+      if (!snapshot) throw new WarrenError('NOT_FOUND', `VM ${id} has no snapshot named ${name}`);
+      if (this.#live.has(id)) {
+        const guest = await this.#guest(id).catch(() => undefined);
+        await guest?.exec({ argv: ['sync'], timeoutMs: SYNC_TIMEOUT_MS }).catch(() => {});
+      }
+      const dir = this.dirOf(id);
+      const image = await this.#imagePaths(record.imageId);
+      const chain = (chains: DiskChains, disk: 'root' | 'data') => {
+        const files = chains[disk].map((l) => join(dir, l));
+        return disk === 'root'
+          ? { base: image.rootfsPath, baseFormat: 'raw' as const, layers: files }
+          : { base: files[0]!, baseFormat: 'raw' as const, layers: files.slice(1) };
+      };
+      const now = chainsOf(record);
+      const [root, data] = await Promise.all(
+        (['root', 'data'] as const).map((disk) =>
+          changedFilesIsolated(chain(snapshot.disks, disk), chain(now, disk), {
+            disk,
+            mountPoint: disk === 'root' ? '/' : DATA_MOUNT_POINT,
+            max: MAX_LISTED_CHANGES,
+            timeoutMs: DISK_CHANGES_TIMEOUT_MS,
+          }),
+        ),
+      );
+      const changes = [...root!.changes, ...data!.changes].sort((a, b) =>
+        a.path < b.path ? -1 : a.path > b.path ? 1 : 0,
+      );
+      return {
+        since: name,
+        changes: changes.slice(0, MAX_LISTED_CHANGES),
+        truncated: root!.truncated || data!.truncated || changes.length > MAX_LISTED_CHANGES,
+      };
     });
   }
 
