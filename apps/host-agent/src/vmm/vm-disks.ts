@@ -23,6 +23,16 @@ export const INITIAL_CHAINS: DiskChains = { root: ['root.qcow2'], data: ['data.i
  */
 export const LAYERS_DIR = 'jail/disks';
 
+/**
+ * Makes LAYERS_DIR: owned by root, traversable but not listable or writable by a VM's QEMU.
+ * The mode is set, not asked of mkdir: the agent's umask (077) would leave QEMU out.
+ */
+export async function layersDir(dir: string): Promise<void> {
+  const path = join(dir, LAYERS_DIR);
+  await mkdir(path, { recursive: true });
+  await chmod(path, 0o711);
+}
+
 /** The format of a layer file: the data volume's first layer is raw, every other one qcow2. */
 export function layerFormat(layer: string): 'raw' | 'qcow2' {
   return layer.endsWith('.img') ? 'raw' : 'qcow2';
@@ -53,7 +63,7 @@ export async function createTops(
   frozen: DiskChains,
   rootVirtualBytes: number,
 ): Promise<DiskChains> {
-  await mkdir(join(dir, LAYERS_DIR), { recursive: true, mode: 0o711 });
+  await layersDir(dir);
   const out: DiskChains = { root: [...frozen.root], data: [...frozen.data] };
   const dataVirtualBytes = await virtualSize(dir, frozen.data[0]!);
   for (const [disk, size] of [

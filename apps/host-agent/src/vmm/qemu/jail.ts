@@ -15,7 +15,7 @@ import {
 import { delimiter, join } from 'node:path';
 import { WarrenError } from '@warren/protocol';
 import type { JailIds, VmLaunchSpec } from '../driver.ts';
-import { INITIAL_CHAINS, LAYERS_DIR, vmDisks } from '../vm-disks.ts';
+import { INITIAL_CHAINS, layersDir, vmDisks } from '../vm-disks.ts';
 import { JAIL_PATHS, QEMU_FILES } from './qemu-args.ts';
 
 /** A snapshot's memory file, in the snapshot's directory. */
@@ -107,7 +107,7 @@ export async function prepareJail(spec: VmLaunchSpec, ids: JailIds): Promise<{ l
     }
   }
   // Layers made by snapshots; QEMU may open them but not create anything here.
-  await mkdir(join(spec.dir, LAYERS_DIR), { recursive: true, mode: 0o711 });
+  await layersDir(spec.dir);
   const chains = spec.disks ?? INITIAL_CHAINS;
   for (const layer of [...chains.root, ...chains.data]) {
     await chown(join(spec.dir, layer), ids.uid, ids.gid);
