@@ -89,7 +89,7 @@ export interface VmManagerOptions {
 const SCRUB_BYTES = 8 * 128 * 4096;
 /** Where the guest mounts the data volume (the image's init does, see packages/images). */
 const DATA_MOUNT_POINT = '/workspace';
-/** How long the guest's `sync` before a changed-files listing may take; the listing goes on without it. */
+/** How long the guest's `sync` before a snapshot or a changed-files listing may take; they go on without it. */
 const SYNC_TIMEOUT_MS = 30_000;
 /** How long listing one disk's changed files may take before the worker is killed. */
 const DISK_CHANGES_TIMEOUT_MS = 120_000;
@@ -453,6 +453,9 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
       const creds = this.#credentials.get(id);
       if (creds) await this.#wipeForSnapshot(id, live);
       try {
+        // What the guest holds in its page cache goes to the disks first, so the frozen layers
+        // show what the guest saw (the changed-files list compares layers); best effort.
+        await this.#syncGuest(id);
         const spec = await this.#launchSpec(record, false);
         const before = chainsOf(record);
         const tops = await driver.newTops(dir, before, spec.image);
@@ -553,10 +556,7 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
       const record = await this.#records.read(id);
       const snapshot = record.snapshots.find((s) => s.name === name);
       if (!snapshot) throw new WarrenError('NOT_FOUND', `VM ${id} has no snapshot named ${name}`);
-      if (this.#live.has(id)) {
-        const guest = await this.#guest(id).catch(() => undefined);
-        await guest?.exec({ argv: ['sync'], timeoutMs: SYNC_TIMEOUT_MS }).catch(() => {});
-      }
+      if (this.#live.has(id)) await this.#syncGuest(id);
       const dir = this.dirOf(id);
       const image = await this.#imagePaths(record.imageId);
       const chain = (chains: DiskChains, disk: 'root' | 'data') => {
@@ -594,6 +594,12 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
         throw new WarrenError('NOT_FOUND', `VM ${id} has no snapshot named ${name}`);
       await this.#dropSnapshot(record, name);
     });
+  }
+
+  /** Asks the guest to write its page cache to its disks; a guest that does not answer is not waited for long. */
+  async #syncGuest(id: string): Promise<void> {
+    const guest = await this.#guest(id).catch(() => undefined);
+    await guest?.exec({ argv: ['sync'], timeoutMs: SYNC_TIMEOUT_MS }).catch(() => {});
   }
 
   /** Removes a snapshot's record and files; layers later snapshots or the VM build on stay until unreferenced. */
