@@ -278,7 +278,7 @@ describe('the platform end to end', { timeout: 600_000 }, () => {
       '-c',
       'ls /workspace /etc/yolo-made; ls -A /run/warren/credentials',
     ]);
-    assert.match(after.stdout, /^kept$/m, 'the data volume is back to the clean snapshot');
+    assert.match(after.stdout, /^kept$/m, `the data volume is back to the clean snapshot: ${after.stderr}`);
     assert.doesNotMatch(after.stdout, /made/);
     assert.match(after.stderr, /yolo-made: No such file/);
 

@@ -123,6 +123,11 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
   readonly #jailIds: JailIdAllocator;
   /** Session credentials in each VM's guest; held in memory only, to deliver them again after a snapshot. */
   readonly #credentials = new Map<string, GuestCredentials>();
+  /**
+   * VMs in a revert: reported `running` throughout (a revert is not a lifecycle change of the
+   * tenant; the control plane must not see it stop and start).
+   */
+  readonly #reverting = new Set<string>();
   /** The snapshot each VM has not been used since it was made from or reverted to (see `touch`). */
   readonly #unchangedSince = new Map<string, string>();
 
@@ -507,7 +512,7 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
       const snapshot = record.snapshots.find((s) => s.name === name);
       if (!snapshot) throw new WarrenError('NOT_FOUND', `VM ${id} has no snapshot named ${name}`);
       const dir = this.dirOf(id);
-      this.#transitions.set(id, 'starting');
+      this.#reverting.add(id);
       try {
         const image = await this.#o.store.verify(record.imageId);
         const [tops] = await Promise.all([driver.newTops(dir, snapshot.disks, image), this.#killLive(id)]);
@@ -541,7 +546,7 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
         const revertMs = performance.now() - started;
         return { snapshot: await publicSnapshot(dir, snapshot), revertMs, resumedMs };
       } finally {
-        this.#transitions.delete(id);
+        this.#reverting.delete(id);
       }
     });
   }
@@ -815,6 +820,7 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
     const transition = this.#transitions.get(record.id);
     let state: VmState;
     if (transition) state = transition;
+    else if (this.#reverting.has(record.id)) state = 'running';
     else if (live) state = 'running';
     else if (record.desired === 'running' && record.lastExit && !record.lastExit.graceful) state = 'crashed';
     else state = 'stopped';
