@@ -311,18 +311,7 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
         else await this.#jailIds.allocate((ids) => this.#records.write(Object.assign(record, { jail: ids })));
         await this.#links.prepare(record);
         const spec = await this.#launchSpec(record, true);
-        const vm = await this.#driver.launch(spec);
-        const live = this.#track(id, vm);
-        try {
-          live.guest = await this.#waitForAgent(id, vm, spec.dir);
-        } catch (e) {
-          live.expectingExit = true;
-          vm.kill();
-          await vm.exited;
-          record.desired = 'stopped';
-          await this.#records.write(record);
-          throw e;
-        }
+        await this.#launchUntilReady(record, spec);
         return this.#finish(id, record);
       } finally {
         this.#transitions.delete(id);
@@ -528,20 +517,16 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
           dir: join(dir, snapshot.dir),
           memory: snapshot.memory,
         });
-        const vm = await this.#driver.launch(spec);
-        const resumedMs = performance.now() - started;
-        const live = this.#track(id, vm);
-        try {
-          // The fix-up is the first call: a restored guest that answers it is ready.
-          live.guest = await this.#waitForAgent(id, vm, dir, (c) => c.restored());
-        } catch (e) {
-          live.expectingExit = true;
-          vm.kill();
-          await vm.exited;
-          record.desired = 'stopped';
-          await this.#records.write(record);
-          throw e;
-        }
+        let resumedMs = 0;
+        // The fix-up is the first call: a restored guest that answers it is ready.
+        await this.#launchUntilReady(
+          record,
+          spec,
+          (c) => c.restored(),
+          () => {
+            resumedMs = performance.now() - started;
+          },
+        );
         this.#unchangedSince.set(id, name);
         const revertMs = performance.now() - started;
         return { snapshot: await publicSnapshot(dir, snapshot), revertMs, resumedMs };
@@ -720,6 +705,31 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
       await this.#cgroupOf(record.id)
         ?.remove()
         .catch(() => {});
+  }
+
+  /**
+   * Launches the VM and waits for its guest agent (`ready`: health by default); a VM that never
+   * gets ready is killed and recorded stopped. `launched` runs when the VMM is up.
+   */
+  async #launchUntilReady(
+    record: VmRecord,
+    spec: VmLaunchSpec,
+    ready?: (client: GuestClient) => Promise<unknown>,
+    launched?: () => void,
+  ): Promise<void> {
+    const vm = await this.#driver.launch(spec);
+    launched?.();
+    const live = this.#track(record.id, vm);
+    try {
+      live.guest = await this.#waitForAgent(record.id, vm, spec.dir, ready);
+    } catch (e) {
+      live.expectingExit = true;
+      vm.kill();
+      await vm.exited;
+      record.desired = 'stopped';
+      await this.#records.write(record);
+      throw e;
+    }
   }
 
   /** Connects to the guest agent and waits until `ready` (its health by default) answers. */
