@@ -3,7 +3,7 @@
  * session credentials, which live in a tmpfs and in this process's memory only.
  */
 import { execFile } from 'node:child_process';
-import { chmod, chown, mkdir, open, readdir, rm, writeFile } from 'node:fs/promises';
+import { chmod, chown, mkdir, open, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { promisify } from 'node:util';
 import {
@@ -53,7 +53,7 @@ export function sessionEnv(): Record<string, string> {
 }
 
 async function isMounted(path: string): Promise<boolean> {
-  const mounts = await import('node:fs/promises').then((fs) => fs.readFile('/proc/mounts', 'utf8'));
+  const mounts = await readFile('/proc/mounts', 'utf8');
   return mounts.split('\n').some((l) => l.split(' ')[1] === path);
 }
 
