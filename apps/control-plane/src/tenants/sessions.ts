@@ -107,10 +107,10 @@ export class TenantSessionService {
         try {
           await this.#snapshots.putCredentials(cur, credentials);
         } catch (e) {
-          // Whatever part reached the guest goes: removed, then the VM back to the clean point.
+          // A revert discards whatever part reached the guest; only if it fails are they wiped.
           const cleanup = await this.#snapshots
-            .deleteCredentials(cur)
-            .then(() => this.#snapshots.revert(cur, SESSION_SNAPSHOT))
+            .revert(cur, SESSION_SNAPSHOT)
+            .catch((r) => this.#snapshots.deleteCredentials(cur).then(() => Promise.reject(r)))
             .then(
               () => 'the session was ended and the VM reverted',
               (c) => `cleaning up failed too (${toWarrenError(c).code}); end the session again to retry`,
