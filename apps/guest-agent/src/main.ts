@@ -11,6 +11,7 @@ import { createServer } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { AGENT_PORT_NAME } from '@warren/protocol';
 import { type PortDevice, servePort } from './port.ts';
+import { prepareForRestores } from './restore.ts';
 import { createAgentServer, serveChannel } from './server.ts';
 
 const POWER_COMMAND = process.env.WARREN_POWER_COMMAND ?? '/usr/lib/warren/busybox';
@@ -85,6 +86,7 @@ async function servePorts(server: ReturnType<typeof createAgentServer>) {
 }
 
 function main() {
+  prepareForRestores();
   const listenIndex = process.argv.indexOf('--listen');
   const listenPath = listenIndex > 0 ? process.argv[listenIndex + 1] : undefined;
   const server = createAgentServer({
