@@ -296,6 +296,7 @@ describe('the platform end to end', { timeout: 600_000 }, () => {
       'rm -rf --no-preserve-root / 2>/dev/null || rm -rf / 2>/dev/null; [ -e /etc/passwd ] && echo intact || echo wrecked',
     ]);
     assert.equal(wreck.stdout, 'wrecked\n', wreck.stderr);
+    assert.equal(wreck.code, 0, `the run and its revert succeed: ${wreck.stderr}`);
     const whole = await warren(['tenant', 'exec', 'yolo', '--', 'sh', '-c', 'cat /workspace/kept; uname -s']);
     assert.equal(whole.code, 0, whole.stderr);
     assert.equal(whole.stdout, 'kept\nLinux\n');

@@ -177,6 +177,20 @@ export async function loadSnapshot(
   });
   await qmp.execute('migrate-incoming', { uri: `unix:${JAIL_PATHS.incoming}` });
   const conn = connect(hostPathOf(vmDir, JAIL_PATHS.incoming));
-  await pipeline(createReadStream(join(restore.dir, SNAPSHOT_STATE_FILE)), conn);
-  await migrationDone(qmp, 'loading the snapshot');
+  // QEMU may close its end as soon as it has read the stream's end marker, before this side
+  // has finished: an EPIPE then says nothing. QEMU's own status is what decides.
+  const sent = pipeline(createReadStream(join(restore.dir, SNAPSHOT_STATE_FILE)), conn).then(
+    () => undefined,
+    (e: Error) => e,
+  );
+  try {
+    await migrationDone(qmp, 'loading the snapshot');
+  } catch (e) {
+    const cause = await sent;
+    throw cause
+      ? new WarrenError('INTERNAL', `${(e as Error).message} (sending the state: ${cause.message})`)
+      : e;
+  } finally {
+    conn.destroy();
+  }
 }
