@@ -142,6 +142,11 @@ export const ERROR_CODES = {
     fault: 'platform',
     fix: "The tenant's host does not answer or has stopped heartbeating; check the host agent on that machine (`warren host list`).",
   },
+  OBJECT_STORE_UNAVAILABLE: {
+    status: 503,
+    fault: 'platform',
+    fix: 'The object store (where backups live) failed or refused the request: check that its server is reachable and its endpoint, bucket and credentials are right (for the filesystem backend, that its directory is writable and has space); the message has the reason.',
+  },
   DASHBOARD_UNAVAILABLE: {
     status: 503,
     fault: 'user',

@@ -1,0 +1,155 @@
+import { randomUUID } from 'node:crypto';
+import { constants } from 'node:fs';
+import { mkdir, open, readdir, rename, stat, unlink } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import type { Readable } from 'node:stream';
+import { WarrenError } from '@warren/protocol';
+import type { FsObjectStoreConfig } from '../config.ts';
+import {
+  assertKey,
+  assertPrefix,
+  checkedBody,
+  type ObjectInfo,
+  type ObjectStore,
+  type PutOptions,
+} from '../object-store.ts';
+
+const errno = (err: unknown): string | undefined => (err as NodeJS.ErrnoException | undefined)?.code;
+
+/**
+ * Objects as files under one root directory: the embedded default. A put writes a temporary
+ * file beside the target (a dot name no key can have), fsyncs it, renames it into place and
+ * fsyncs the directory, so readers see the old object, the new one, or none: never a part.
+ * Files are 0600 and directories 0700 whatever the umask.
+ */
+export class FsObjectStore implements ObjectStore {
+  readonly name = 'fs';
+  readonly #root: string;
+
+  constructor(config: Pick<FsObjectStoreConfig, 'root'>) {
+    this.#root = config.root;
+  }
+
+  async put(key: string, body: Readable | Buffer, options: PutOptions = {}): Promise<void> {
+    assertKey(key);
+    const source = checkedBody(key, body, options.contentLength);
+    const target = join(this.#root, key);
+    const dir = dirname(target);
+    const temp = join(dir, `.tmp-${randomUUID()}`);
+    try {
+      await mkdir(dir, { recursive: true, mode: 0o700 });
+      const handle = await open(
+        temp,
+        constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW,
+        0o600,
+      );
+      try {
+        // Awaiting each write is the backpressure: memory holds one chunk at a time.
+        for await (const chunk of source) await handle.write(chunk as Buffer);
+        await handle.sync();
+      } finally {
+        await handle.close();
+      }
+      await rename(temp, target);
+      await this.#syncDir(dir);
+    } catch (err) {
+      source.destroy();
+      await unlink(temp).catch(() => {});
+      if (errno(err) === 'ENOTDIR')
+        throw this.#error(key, Object.assign(new Error('ENOTDIR'), { code: 'EISDIR' }));
+      throw this.#error(key, err);
+    }
+  }
+
+  async get(key: string): Promise<Readable> {
+    assertKey(key);
+    try {
+      const handle = await open(join(this.#root, key), constants.O_RDONLY | constants.O_NOFOLLOW);
+      return handle.createReadStream();
+    } catch (err) {
+      throw this.#error(key, err);
+    }
+  }
+
+  async head(key: string): Promise<{ size: number } | undefined> {
+    assertKey(key);
+    try {
+      const info = await stat(join(this.#root, key));
+      return info.isFile() ? { size: info.size } : undefined;
+    } catch (err) {
+      if (errno(err) === 'ENOENT' || errno(err) === 'ENOTDIR') return undefined;
+      throw this.#error(key, err);
+    }
+  }
+
+  async delete(key: string): Promise<void> {
+    assertKey(key);
+    try {
+      await unlink(join(this.#root, key));
+    } catch (err) {
+      // Directories are left behind: removing one could race a put that just made it.
+      if (errno(err) === 'ENOENT' || errno(err) === 'ENOTDIR') return;
+      throw this.#error(key, err);
+    }
+  }
+
+  async *list(prefix: string): AsyncIterable<ObjectInfo> {
+    assertPrefix(prefix);
+    // Start at the deepest directory the prefix names; the rest of it filters names.
+    const base = prefix.slice(0, prefix.lastIndexOf('/') + 1);
+    yield* this.#walk(base, prefix);
+  }
+
+  async close(): Promise<void> {}
+
+  /** Depth first with dirs sorted as `name/`: that yields keys in byte order, as S3 lists them. */
+  async *#walk(relDir: string, prefix: string): AsyncGenerator<ObjectInfo> {
+    let entries: import('node:fs').Dirent[];
+    try {
+      entries = await readdir(join(this.#root, relDir), { withFileTypes: true });
+    } catch (err) {
+      if (errno(err) === 'ENOENT' || errno(err) === 'ENOTDIR') return;
+      throw this.#error(relDir, err);
+    }
+    const named = entries
+      .filter((e) => !e.name.startsWith('.') && (e.isFile() || e.isDirectory()))
+      .map((e) => ({ e, sortName: `${relDir}${e.name}${e.isDirectory() ? '/' : ''}` }))
+      .sort((a, b) => (a.sortName < b.sortName ? -1 : a.sortName > b.sortName ? 1 : 0));
+    for (const { e, sortName } of named) {
+      if (e.isDirectory()) {
+        // Descend only where keys below could still match the prefix.
+        if (sortName.startsWith(prefix) || prefix.startsWith(sortName)) yield* this.#walk(sortName, prefix);
+      } else if (sortName.startsWith(prefix)) {
+        const info = await stat(join(this.#root, sortName)).catch(() => undefined);
+        if (info?.isFile()) yield { key: sortName, size: info.size };
+      }
+    }
+  }
+
+  async #syncDir(dir: string): Promise<void> {
+    const handle = await open(dir, constants.O_RDONLY | constants.O_DIRECTORY);
+    try {
+      await handle.sync();
+    } finally {
+      await handle.close();
+    }
+  }
+
+  #error(key: string, err: unknown): WarrenError {
+    if (err instanceof WarrenError) return err;
+    const code = errno(err);
+    if (code === 'ENOENT' || code === 'ENOTDIR')
+      return new WarrenError('NOT_FOUND', `object ${key} does not exist`, { cause: err });
+    if (code === 'EISDIR' || code === 'EEXIST' || code === 'ELOOP')
+      return new WarrenError('CONFLICT', `object ${key} collides with another key used as a directory`, {
+        cause: err,
+      });
+    return new WarrenError(
+      'OBJECT_STORE_UNAVAILABLE',
+      `object ${key}: filesystem store failed (${code ?? String(err)})`,
+      {
+        cause: err,
+      },
+    );
+  }
+}
