@@ -292,6 +292,9 @@ describe('object-store: filesystem backend specifics', () => {
     await store.put('a/b', Buffer.from('1'));
     await rejectsWith(store.put('a', Buffer.from('2')), 'CONFLICT');
     await rejectsWith(store.put('a/b/c', Buffer.from('3')), 'CONFLICT');
+    // `a` is only a directory here: no object, as on S3.
+    assert.equal(await store.head('a'), undefined);
+    await rejectsWith(store.get('a'), 'NOT_FOUND');
     assert.deepEqual(await keys(store, ''), ['a/b']);
   });
 });

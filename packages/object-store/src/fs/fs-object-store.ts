@@ -65,6 +65,15 @@ export class FsObjectStore implements ObjectStore {
     assertKey(key);
     try {
       const handle = await open(join(this.#root, key), constants.O_RDONLY | constants.O_NOFOLLOW);
+      // A directory opens too (the key is only a prefix of others): that is no object.
+      const isFile = await handle.stat().then(
+        (info) => info.isFile(),
+        () => false,
+      );
+      if (!isFile) {
+        await handle.close();
+        throw Object.assign(new Error('not a file'), { code: 'ENOENT' });
+      }
       return handle.createReadStream();
     } catch (err) {
       throw this.#error(key, err);
