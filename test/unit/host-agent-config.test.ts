@@ -13,6 +13,7 @@ import {
   defaultHostName,
   loadConfig,
   loadCredentials,
+  objectStoreConfigOf,
   resolveJoinToken,
   saveCredentials,
 } from '@warren/host-agent';
@@ -138,4 +139,71 @@ test('credentials are saved 0600 and replaced atomically', async () => {
   await writeFile(join(dir, 'control-plane.json'), '{');
   // A damaged file reads as "not joined": the agent joins again and replaces it.
   assert.equal(await loadCredentials(dir), undefined);
+});
+
+test('the object store: fs under the data directory by default, s3 from WARREN_S3_*', () => {
+  assert.deepEqual(objectStoreConfigOf(loadConfig({ WARREN_DATA_DIR: '/srv/warren' })), {
+    kind: 'fs',
+    root: '/srv/warren/objects',
+  });
+  assert.deepEqual(
+    objectStoreConfigOf(loadConfig({ WARREN_OBJECT_STORE: 'fs', WARREN_OBJECT_STORE_DIR: '/backup/warren' })),
+    { kind: 'fs', root: '/backup/warren' },
+  );
+  const s3 = loadConfig({
+    WARREN_OBJECT_STORE: 's3',
+    WARREN_S3_ENDPOINT: 'https://storage.googleapis.com',
+    WARREN_S3_REGION: 'auto',
+    WARREN_S3_BUCKET: 'warren-backups',
+    WARREN_S3_ACCESS_KEY_ID: 'GOOG1EXAMPLE',
+    WARREN_S3_SECRET_ACCESS_KEY: 's3-secret-value',
+    WARREN_S3_FORCE_PATH_STYLE: 'on',
+  });
+  assert.deepEqual(objectStoreConfigOf(s3), {
+    kind: 's3',
+    endpoint: 'https://storage.googleapis.com',
+    region: 'auto',
+    bucket: 'warren-backups',
+    accessKeyId: 'GOOG1EXAMPLE',
+    secretAccessKey: 's3-secret-value',
+    forcePathStyle: true,
+  });
+  const cases: [Record<string, string>, RegExp][] = [
+    [{ WARREN_OBJECT_STORE: 'tape' }, /WARREN_OBJECT_STORE\b/],
+    [{ WARREN_OBJECT_STORE_DIR: 'relative/objects' }, /WARREN_OBJECT_STORE_DIR/],
+    [
+      {
+        WARREN_OBJECT_STORE: 's3',
+        WARREN_S3_ACCESS_KEY_ID: 'k',
+        WARREN_S3_SECRET_ACCESS_KEY: 's3-secret-value',
+      },
+      /WARREN_S3_BUCKET/,
+    ],
+    [
+      { WARREN_OBJECT_STORE: 's3', WARREN_S3_BUCKET: 'bkt', WARREN_S3_SECRET_ACCESS_KEY: 's3-secret-value' },
+      /WARREN_S3_ACCESS_KEY_ID/,
+    ],
+    [
+      {
+        WARREN_OBJECT_STORE: 's3',
+        WARREN_S3_BUCKET: 'bkt',
+        WARREN_S3_ACCESS_KEY_ID: 'k',
+        WARREN_S3_ENDPOINT: 'minio:9000',
+        WARREN_S3_SECRET_ACCESS_KEY: 's3-secret-value',
+      },
+      /WARREN_S3_ENDPOINT/,
+    ],
+  ];
+  for (const [env, message] of cases) {
+    assert.throws(
+      () => loadConfig(env),
+      (e: Error & { code?: string }) => {
+        assert.equal(e.code, 'INVALID_ARGUMENT');
+        assert.match(e.message, message);
+        assert.ok(!e.message.includes('s3-secret-value'), e.message);
+        return true;
+      },
+      JSON.stringify(env),
+    );
+  }
 });

@@ -1,4 +1,5 @@
 import { availableParallelism, hostname, totalmem } from 'node:os';
+import { type ObjectStoreConfigInput, objectStoreConfigSchema } from '@warren/object-store/config';
 import { defaultHostAgentSocket, ResourceName, Resources, WarrenError } from '@warren/protocol';
 import { z } from 'zod';
 import { addressPlan, formatCidr, parseCidr } from './net/address.ts';
@@ -64,211 +65,271 @@ export const MAX_STREAMS_PER_VM_DEFAULT = 16;
  * variable (shown in the comment) and has a default that works on a single machine.
  * docs/configuration.md lists them.
  */
-export const HostAgentConfig = z.strictObject({
-  /** WARREN_DATA_DIR: images, VM state, caches. */
-  dataDir: z.string().startsWith('/').default('/var/lib/warren'),
-  /** WARREN_IMAGES_DIR: the content-addressed image store; `<dataDir>/images` when unset. */
-  imagesDir: z.string().startsWith('/').optional(),
-  /** WARREN_ACCEL: `auto` picks KVM only where it can run ordinary guests, else TCG. */
-  accel: z.enum(['auto', 'kvm', 'tcg']).default('auto'),
-  /**
-   * WARREN_VMM: the VMM driver this host runs its VMs with (vmm/drivers.ts lists them); the
-   * host reports it in heartbeats. VMs made under one driver are left alone by another.
-   */
-  vmm: z.enum(['qemu', 'libvirt']).default('qemu'),
-  /** WARREN_QEMU: the QEMU system emulator binary. */
-  qemuBinary: z.string().default('qemu-system-x86_64'),
-  /**
-   * WARREN_CGROUPS: `on` limits each VM's CPU, memory and processes with cgroups (v1 or v2,
-   * whichever the host runs) and refuses to start without a writable hierarchy; `off` runs VMs
-   * without those limits, on purpose. `auto` and `required`, the values of earlier versions,
-   * mean `on`: neither may drop the limits silently any more.
-   */
-  cgroups: z.preprocess(
-    (v) => (v === 'auto' || v === 'required' ? 'on' : v),
-    z.enum(['on', 'off']).default('on'),
-  ),
-  /** WARREN_CGROUP_ROOT: where the cgroup hierarchy is mounted (v2: the unified root; v1: the parent of cpu/, memory/, pids/). */
-  cgroupRoot: z.string().startsWith('/').default('/sys/fs/cgroup'),
-  /** WARREN_BOOT_TIMEOUT_MS: from QEMU start to guest agent ready. TCG boots take seconds. */
-  bootTimeoutMs: z.coerce.number().int().positive().default(120_000),
-  /** WARREN_STOP_TIMEOUT_MS: graceful guest shutdown before the VM is killed. */
-  stopTimeoutMs: z.coerce.number().int().positive().default(20_000),
-  /** WARREN_TCG_TB_MIB: TCG translation cache per VM (QEMU's default is 1 GiB). */
-  tcgTranslationCacheMiB: z.coerce.number().int().min(16).max(4096).default(128),
-  /** WARREN_PIDS_MAX: process limit of each VM's QEMU (threads count). */
-  pidsMax: z.coerce.number().int().min(16).default(512),
-  /**
-   * WARREN_VM_IO_MIBPS: disk bandwidth of each VM, reads and writes each, through its cgroup on
-   * the disk holding WARREN_DATA_DIR; 0 for none.
-   */
-  vmIoMiBps: z.coerce.number().int().min(0).default(200),
-  /** WARREN_VM_IOPS: disk operations per second of each VM, reads and writes each; 0 for none. */
-  vmIops: z.coerce.number().int().min(0).default(10_000),
-  /**
-   * WARREN_JAIL_UID_BASE: first uid (and gid) of the range each VM's QEMU gets its own uid from.
-   * No /etc/passwd entries are needed; the range must not hold any account or subuid range, and
-   * agents sharing a machine need ranges that do not overlap.
-   */
-  jailUidBase: z.coerce
-    .number()
-    .int()
-    .min(1000)
-    .max(2 ** 32 - 2)
-    .default(600_000),
-  /** WARREN_JAIL_UID_COUNT: how many uids that range holds, so how many VMs this host can have at most. */
-  jailUidCount: z.coerce
-    .number()
-    .int()
-    .min(1)
-    .max(2 ** 31)
-    .default(65_536),
-  /**
-   * WARREN_CONSOLE_LOG_MIB: size at which a VM's console.log is rotated to console.log.1; the two
-   * files together never exceed twice this.
-   */
-  consoleLogMiB: z.coerce.number().int().min(1).max(1024).default(8),
-  /**
-   * WARREN_MAX_STREAMS_PER_VM: exec and file streams one VM may have open at once through the
-   * remote API (the control plane's path); one more is TOO_MANY_STREAMS. Each holds up to one
-   * HTTP/2 window (8 MiB) of output in the agent while its reader is slow.
-   */
-  maxStreamsPerVm: z.coerce.number().int().min(1).max(1024).default(MAX_STREAMS_PER_VM_DEFAULT),
-  /** WARREN_HOST_AGENT_SOCKET: the local API's unix socket (root only); `<dataDir>/host-agent.sock` when unset. */
-  socketPath: z.string().startsWith('/').optional(),
-  /** WARREN_KERNEL_PACKAGE: Debian kernel package (or metapackage) images are built with; the builder's default when unset. */
-  kernelPackage: z.string().min(1).max(200).optional(),
-  /** WARREN_DEBIAN_MIRROR: mirror standard images are built from; the one in the host's apt sources when unset. */
-  debianMirror: z.url({ protocol: /^https?$/, error: 'must be an http(s) URL' }).optional(),
-  /**
-   * WARREN_CONTROL_PLANE_URL: the control plane this host joins. Unset, the agent runs
-   * standalone and only its local API drives VMs.
-   */
-  controlPlaneUrl: z.url({ protocol: /^https?$/, error: 'must be an http(s) URL' }).optional(),
-  /** WARREN_JOIN_TOKEN: admits this host to the control plane; needed only until it has joined. */
-  joinToken: z.string().trim().min(1).optional(),
-  /** WARREN_JOIN_TOKEN_FILE: file holding the join token, so it stays out of the environment. */
-  joinTokenFile: z.string().startsWith('/').optional(),
-  /** WARREN_HOST_NAME: the name this host joins under (a DNS label); the machine's hostname by default. */
-  hostName: ResourceName.default(() => defaultHostName()),
-  /** WARREN_AGENT_LISTEN: where the API for the control plane listens (`host:port`). */
-  agentListen: z
-    .string()
-    .regex(LISTEN, 'must be host:port, e.g. 127.0.0.1:7071 or [::1]:7071')
-    .refine((s) => Number(s.slice(s.lastIndexOf(':') + 1)) <= 65535, 'the port must be 0-65535')
-    .default('127.0.0.1:7071'),
-  /** WARREN_AGENT_ADDRESS: the base URL the control plane uses to reach that API; derived from the listener when unset. */
-  agentAddress: z.url({ protocol: /^https?$/, error: 'must be an http(s) URL' }).optional(),
-  /** WARREN_HEARTBEAT_MS: how often the agent reports to the control plane and picks up desired state. */
-  heartbeatMs: z.coerce.number().int().min(100).max(600_000).default(2000),
-  /** WARREN_CAPACITY_VCPUS: vCPUs the control plane may place on this host. */
-  capacityVcpus: z.coerce
-    .number()
-    .int()
-    .min(1)
-    .max(RESOURCE_LIMITS.vcpus.maxValue ?? 1024)
-    .default(() => Math.min(availableParallelism(), RESOURCE_LIMITS.vcpus.maxValue ?? 1024)),
-  /** WARREN_CAPACITY_MEMORY_MIB: guest memory the control plane may place here; total minus 1 GiB by default. */
-  capacityMemoryMiB: z.coerce
-    .number()
-    .int()
-    .min(RESOURCE_LIMITS.memoryMiB.minValue ?? 128)
-    .max(RESOURCE_LIMITS.memoryMiB.maxValue ?? Number.MAX_SAFE_INTEGER)
-    .default(defaultMemoryMiB),
-  /**
-   * WARREN_CAPACITY_DISK_MIB: data volume space the control plane may place here. When unset it
-   * is measured at start (free space of dataDir's filesystem minus 2 GiB), see capacityOf.
-   */
-  capacityDiskMiB: z.coerce
-    .number()
-    .int()
-    .min(RESOURCE_LIMITS.diskMiB.minValue ?? 16)
-    .max(RESOURCE_LIMITS.diskMiB.maxValue ?? Number.MAX_SAFE_INTEGER)
-    .optional(),
-  /**
-   * WARREN_NETWORK: `on` gives tenant VMs a NIC behind the platform's firewall (needs iproute2
-   * and nftables); `off` gives them no NIC at all.
-   */
-  network: z.enum(['on', 'off']).default('on'),
-  /** WARREN_VM_NETWORK: the private range cut into one /30 per VM; must not collide with the host's networks. */
-  vmNetwork: z
-    .string()
-    .default('10.213.0.0/16')
-    .refine((s) => {
-      try {
-        addressPlan(s);
-        return true;
-      } catch {
-        return false;
-      }
-    }, 'must be an IPv4 network like 10.213.0.0/16 (prefix /8 to /29, no host bits set)'),
-  /** WARREN_VM_DNS_UPSTREAM: resolver the VMs' DNS forwarder relays to; the host's first nameserver when unset. */
-  vmDnsUpstream: z
-    .string()
-    .refine((s) => {
-      try {
-        parseUpstream(s);
-        return true;
-      } catch {
-        return false;
-      }
-    }, 'must be an IP address with an optional port, e.g. 192.0.2.53 or [2001:db8::53]:53')
-    .optional(),
-  /** WARREN_DNS_PORT: where the DNS forwarder listens on the host; VMs reach it as <gateway>:53. */
-  dnsPort: z.coerce.number().int().min(1).max(65535).default(10053),
-  /**
-   * WARREN_VM_DNS_QPS: DNS queries per second each VM may send to the forwarder (UDP and TCP
-   * together; a second's worth may come at once). Above it queries are dropped, and the
-   * guest's resolver retries.
-   */
-  vmDnsQueriesPerSecond: z.coerce.number().int().min(1).max(10_000).default(50),
-  /** WARREN_VM_DNS_TCP_PER_VM: open DNS-over-TCP connections per VM; more are closed at once. */
-  vmDnsTcpPerVm: z.coerce.number().int().min(1).max(256).default(4),
-  /** WARREN_VM_DNS_TCP_IDLE_MS: a VM's DNS-over-TCP connection idle this long is closed. */
-  vmDnsTcpIdleMs: z.coerce.number().int().min(1000).max(600_000).default(10_000),
-  /**
-   * WARREN_VM_DNS_ALLOWLIST_NAMES: what VMs with `egress: allowlist` may resolve. `*`: any name;
-   * `none`: no DNS at all; otherwise a comma-separated list of names, each admitting itself and
-   * the names below it (`example.com` admits `api.example.com`). Other names get REFUSED.
-   */
-  vmDnsAllowlistNames: z
-    .preprocess(
-      (v) => (v === '*' ? 'any' : v === 'none' ? [] : commaList(v)),
-      z.union([z.literal('any'), z.array(DnsName).max(1024)]),
-    )
-    .default('any'),
-  /**
-   * WARREN_VM_BLOCKED_CIDRS: comma-separated IPv4 networks no VM may reach, on top of the
-   * built-in ones (private and special ranges, provider service addresses, the host's own
-   * networks): for example a provider's service range not listed in ruleset.ts.
-   */
-  vmBlockedCidrs: z
-    .preprocess(
-      commaList,
-      z
-        .array(
-          z.string().transform((s, ctx) => {
-            try {
-              return formatCidr(parseCidr(s));
-            } catch {
-              ctx.addIssue({ code: 'custom', message: `not an IPv4 network: ${s} (e.g. 192.0.2.0/24)` });
-              return z.NEVER;
-            }
-          }),
-        )
-        .max(1024),
-    )
-    .default([]),
-  /**
-   * WARREN_PROXY_IDLE_MS: the dashboard proxy ends an exchange with a VM when nothing arrives
-   * from it for this long, before its answer or in the middle of its body (a stalled or hostile
-   * VM would otherwise hold the connection, and the control plane's, forever).
-   */
-  proxyIdleMs: z.coerce.number().int().min(1000).default(PROXY_IDLE_DEFAULTS.idleMs),
-  /** WARREN_PROXY_WS_IDLE_MS: a proxied WebSocket without a byte either way for this long is closed. */
-  proxyWsIdleMs: z.coerce.number().int().min(1000).default(PROXY_IDLE_DEFAULTS.wsIdleMs),
-});
+export const HostAgentConfig = z
+  .strictObject({
+    /** WARREN_DATA_DIR: images, VM state, caches. */
+    dataDir: z.string().startsWith('/').default('/var/lib/warren'),
+    /** WARREN_IMAGES_DIR: the content-addressed image store; `<dataDir>/images` when unset. */
+    imagesDir: z.string().startsWith('/').optional(),
+    /** WARREN_ACCEL: `auto` picks KVM only where it can run ordinary guests, else TCG. */
+    accel: z.enum(['auto', 'kvm', 'tcg']).default('auto'),
+    /**
+     * WARREN_VMM: the VMM driver this host runs its VMs with (vmm/drivers.ts lists them); the
+     * host reports it in heartbeats. VMs made under one driver are left alone by another.
+     */
+    vmm: z.enum(['qemu', 'libvirt']).default('qemu'),
+    /** WARREN_QEMU: the QEMU system emulator binary. */
+    qemuBinary: z.string().default('qemu-system-x86_64'),
+    /**
+     * WARREN_CGROUPS: `on` limits each VM's CPU, memory and processes with cgroups (v1 or v2,
+     * whichever the host runs) and refuses to start without a writable hierarchy; `off` runs VMs
+     * without those limits, on purpose. `auto` and `required`, the values of earlier versions,
+     * mean `on`: neither may drop the limits silently any more.
+     */
+    cgroups: z.preprocess(
+      (v) => (v === 'auto' || v === 'required' ? 'on' : v),
+      z.enum(['on', 'off']).default('on'),
+    ),
+    /** WARREN_CGROUP_ROOT: where the cgroup hierarchy is mounted (v2: the unified root; v1: the parent of cpu/, memory/, pids/). */
+    cgroupRoot: z.string().startsWith('/').default('/sys/fs/cgroup'),
+    /** WARREN_BOOT_TIMEOUT_MS: from QEMU start to guest agent ready. TCG boots take seconds. */
+    bootTimeoutMs: z.coerce.number().int().positive().default(120_000),
+    /** WARREN_STOP_TIMEOUT_MS: graceful guest shutdown before the VM is killed. */
+    stopTimeoutMs: z.coerce.number().int().positive().default(20_000),
+    /** WARREN_TCG_TB_MIB: TCG translation cache per VM (QEMU's default is 1 GiB). */
+    tcgTranslationCacheMiB: z.coerce.number().int().min(16).max(4096).default(128),
+    /** WARREN_PIDS_MAX: process limit of each VM's QEMU (threads count). */
+    pidsMax: z.coerce.number().int().min(16).default(512),
+    /**
+     * WARREN_VM_IO_MIBPS: disk bandwidth of each VM, reads and writes each, through its cgroup on
+     * the disk holding WARREN_DATA_DIR; 0 for none.
+     */
+    vmIoMiBps: z.coerce.number().int().min(0).default(200),
+    /** WARREN_VM_IOPS: disk operations per second of each VM, reads and writes each; 0 for none. */
+    vmIops: z.coerce.number().int().min(0).default(10_000),
+    /**
+     * WARREN_JAIL_UID_BASE: first uid (and gid) of the range each VM's QEMU gets its own uid from.
+     * No /etc/passwd entries are needed; the range must not hold any account or subuid range, and
+     * agents sharing a machine need ranges that do not overlap.
+     */
+    jailUidBase: z.coerce
+      .number()
+      .int()
+      .min(1000)
+      .max(2 ** 32 - 2)
+      .default(600_000),
+    /** WARREN_JAIL_UID_COUNT: how many uids that range holds, so how many VMs this host can have at most. */
+    jailUidCount: z.coerce
+      .number()
+      .int()
+      .min(1)
+      .max(2 ** 31)
+      .default(65_536),
+    /**
+     * WARREN_CONSOLE_LOG_MIB: size at which a VM's console.log is rotated to console.log.1; the two
+     * files together never exceed twice this.
+     */
+    consoleLogMiB: z.coerce.number().int().min(1).max(1024).default(8),
+    /**
+     * WARREN_MAX_STREAMS_PER_VM: exec and file streams one VM may have open at once through the
+     * remote API (the control plane's path); one more is TOO_MANY_STREAMS. Each holds up to one
+     * HTTP/2 window (8 MiB) of output in the agent while its reader is slow.
+     */
+    maxStreamsPerVm: z.coerce.number().int().min(1).max(1024).default(MAX_STREAMS_PER_VM_DEFAULT),
+    /** WARREN_HOST_AGENT_SOCKET: the local API's unix socket (root only); `<dataDir>/host-agent.sock` when unset. */
+    socketPath: z.string().startsWith('/').optional(),
+    /** WARREN_KERNEL_PACKAGE: Debian kernel package (or metapackage) images are built with; the builder's default when unset. */
+    kernelPackage: z.string().min(1).max(200).optional(),
+    /** WARREN_DEBIAN_MIRROR: mirror standard images are built from; the one in the host's apt sources when unset. */
+    debianMirror: z.url({ protocol: /^https?$/, error: 'must be an http(s) URL' }).optional(),
+    /**
+     * WARREN_CONTROL_PLANE_URL: the control plane this host joins. Unset, the agent runs
+     * standalone and only its local API drives VMs.
+     */
+    controlPlaneUrl: z.url({ protocol: /^https?$/, error: 'must be an http(s) URL' }).optional(),
+    /** WARREN_JOIN_TOKEN: admits this host to the control plane; needed only until it has joined. */
+    joinToken: z.string().trim().min(1).optional(),
+    /** WARREN_JOIN_TOKEN_FILE: file holding the join token, so it stays out of the environment. */
+    joinTokenFile: z.string().startsWith('/').optional(),
+    /** WARREN_HOST_NAME: the name this host joins under (a DNS label); the machine's hostname by default. */
+    hostName: ResourceName.default(() => defaultHostName()),
+    /** WARREN_AGENT_LISTEN: where the API for the control plane listens (`host:port`). */
+    agentListen: z
+      .string()
+      .regex(LISTEN, 'must be host:port, e.g. 127.0.0.1:7071 or [::1]:7071')
+      .refine((s) => Number(s.slice(s.lastIndexOf(':') + 1)) <= 65535, 'the port must be 0-65535')
+      .default('127.0.0.1:7071'),
+    /** WARREN_AGENT_ADDRESS: the base URL the control plane uses to reach that API; derived from the listener when unset. */
+    agentAddress: z.url({ protocol: /^https?$/, error: 'must be an http(s) URL' }).optional(),
+    /** WARREN_HEARTBEAT_MS: how often the agent reports to the control plane and picks up desired state. */
+    heartbeatMs: z.coerce.number().int().min(100).max(600_000).default(2000),
+    /** WARREN_CAPACITY_VCPUS: vCPUs the control plane may place on this host. */
+    capacityVcpus: z.coerce
+      .number()
+      .int()
+      .min(1)
+      .max(RESOURCE_LIMITS.vcpus.maxValue ?? 1024)
+      .default(() => Math.min(availableParallelism(), RESOURCE_LIMITS.vcpus.maxValue ?? 1024)),
+    /** WARREN_CAPACITY_MEMORY_MIB: guest memory the control plane may place here; total minus 1 GiB by default. */
+    capacityMemoryMiB: z.coerce
+      .number()
+      .int()
+      .min(RESOURCE_LIMITS.memoryMiB.minValue ?? 128)
+      .max(RESOURCE_LIMITS.memoryMiB.maxValue ?? Number.MAX_SAFE_INTEGER)
+      .default(defaultMemoryMiB),
+    /**
+     * WARREN_CAPACITY_DISK_MIB: data volume space the control plane may place here. When unset it
+     * is measured at start (free space of dataDir's filesystem minus 2 GiB), see capacityOf.
+     */
+    capacityDiskMiB: z.coerce
+      .number()
+      .int()
+      .min(RESOURCE_LIMITS.diskMiB.minValue ?? 16)
+      .max(RESOURCE_LIMITS.diskMiB.maxValue ?? Number.MAX_SAFE_INTEGER)
+      .optional(),
+    /**
+     * WARREN_NETWORK: `on` gives tenant VMs a NIC behind the platform's firewall (needs iproute2
+     * and nftables); `off` gives them no NIC at all.
+     */
+    network: z.enum(['on', 'off']).default('on'),
+    /** WARREN_VM_NETWORK: the private range cut into one /30 per VM; must not collide with the host's networks. */
+    vmNetwork: z
+      .string()
+      .default('10.213.0.0/16')
+      .refine((s) => {
+        try {
+          addressPlan(s);
+          return true;
+        } catch {
+          return false;
+        }
+      }, 'must be an IPv4 network like 10.213.0.0/16 (prefix /8 to /29, no host bits set)'),
+    /** WARREN_VM_DNS_UPSTREAM: resolver the VMs' DNS forwarder relays to; the host's first nameserver when unset. */
+    vmDnsUpstream: z
+      .string()
+      .refine((s) => {
+        try {
+          parseUpstream(s);
+          return true;
+        } catch {
+          return false;
+        }
+      }, 'must be an IP address with an optional port, e.g. 192.0.2.53 or [2001:db8::53]:53')
+      .optional(),
+    /** WARREN_DNS_PORT: where the DNS forwarder listens on the host; VMs reach it as <gateway>:53. */
+    dnsPort: z.coerce.number().int().min(1).max(65535).default(10053),
+    /**
+     * WARREN_VM_DNS_QPS: DNS queries per second each VM may send to the forwarder (UDP and TCP
+     * together; a second's worth may come at once). Above it queries are dropped, and the
+     * guest's resolver retries.
+     */
+    vmDnsQueriesPerSecond: z.coerce.number().int().min(1).max(10_000).default(50),
+    /** WARREN_VM_DNS_TCP_PER_VM: open DNS-over-TCP connections per VM; more are closed at once. */
+    vmDnsTcpPerVm: z.coerce.number().int().min(1).max(256).default(4),
+    /** WARREN_VM_DNS_TCP_IDLE_MS: a VM's DNS-over-TCP connection idle this long is closed. */
+    vmDnsTcpIdleMs: z.coerce.number().int().min(1000).max(600_000).default(10_000),
+    /**
+     * WARREN_VM_DNS_ALLOWLIST_NAMES: what VMs with `egress: allowlist` may resolve. `*`: any name;
+     * `none`: no DNS at all; otherwise a comma-separated list of names, each admitting itself and
+     * the names below it (`example.com` admits `api.example.com`). Other names get REFUSED.
+     */
+    vmDnsAllowlistNames: z
+      .preprocess(
+        (v) => (v === '*' ? 'any' : v === 'none' ? [] : commaList(v)),
+        z.union([z.literal('any'), z.array(DnsName).max(1024)]),
+      )
+      .default('any'),
+    /**
+     * WARREN_VM_BLOCKED_CIDRS: comma-separated IPv4 networks no VM may reach, on top of the
+     * built-in ones (private and special ranges, provider service addresses, the host's own
+     * networks): for example a provider's service range not listed in ruleset.ts.
+     */
+    vmBlockedCidrs: z
+      .preprocess(
+        commaList,
+        z
+          .array(
+            z.string().transform((s, ctx) => {
+              try {
+                return formatCidr(parseCidr(s));
+              } catch {
+                ctx.addIssue({ code: 'custom', message: `not an IPv4 network: ${s} (e.g. 192.0.2.0/24)` });
+                return z.NEVER;
+              }
+            }),
+          )
+          .max(1024),
+      )
+      .default([]),
+    /**
+     * WARREN_PROXY_IDLE_MS: the dashboard proxy ends an exchange with a VM when nothing arrives
+     * from it for this long, before its answer or in the middle of its body (a stalled or hostile
+     * VM would otherwise hold the connection, and the control plane's, forever).
+     */
+    proxyIdleMs: z.coerce.number().int().min(1000).default(PROXY_IDLE_DEFAULTS.idleMs),
+    /** WARREN_PROXY_WS_IDLE_MS: a proxied WebSocket without a byte either way for this long is closed. */
+    proxyWsIdleMs: z.coerce.number().int().min(1000).default(PROXY_IDLE_DEFAULTS.wsIdleMs),
+    /** WARREN_OBJECT_STORE: where backups go: `fs` (a directory on this host) or `s3` (an S3-protocol bucket). */
+    objectStore: z.enum(['fs', 's3']).default('fs'),
+    /** WARREN_OBJECT_STORE_DIR: the `fs` store's directory; `<dataDir>/objects` when unset. */
+    objectStoreDir: z.string().startsWith('/').optional(),
+    /** WARREN_S3_*: the `s3` store; their limits and defaults are @warren/object-store's schema. */
+    s3Endpoint: z.string().optional(),
+    s3Region: z.string().optional(),
+    s3Bucket: z.string().optional(),
+    s3AccessKeyId: z.string().optional(),
+    /** A secret: never logged, and left out of error messages like every value. */
+    s3SecretAccessKey: z.string().optional(),
+    s3ForcePathStyle: z.enum(['on', 'off']).optional(),
+  })
+  .superRefine((c, ctx) => {
+    // Checked here so a bad object store setting stops the agent at start, naming its variable.
+    const r = objectStoreConfigSchema.safeParse(objectStoreConfigOf(c));
+    for (const issue of r.error?.issues ?? []) {
+      const field = OBJECT_STORE_FIELDS[String(issue.path[0])] ?? 'objectStore';
+      ctx.addIssue({ code: 'custom', path: [field], message: issue.message });
+    }
+  });
 export type HostAgentConfig = z.infer<typeof HostAgentConfig>;
+
+/** The object store's field each host agent setting fills. */
+const OBJECT_STORE_FIELDS: Record<string, keyof HostAgentConfig> = {
+  root: 'objectStoreDir',
+  endpoint: 's3Endpoint',
+  region: 's3Region',
+  bucket: 's3Bucket',
+  accessKeyId: 's3AccessKeyId',
+  secretAccessKey: 's3SecretAccessKey',
+  forcePathStyle: 's3ForcePathStyle',
+};
+
+/** The configuration for `createObjectStore` (@warren/object-store) that these settings name. */
+export function objectStoreConfigOf(
+  config: Pick<
+    HostAgentConfig,
+    | 'dataDir'
+    | 'objectStore'
+    | 'objectStoreDir'
+    | 's3Endpoint'
+    | 's3Region'
+    | 's3Bucket'
+    | 's3AccessKeyId'
+    | 's3SecretAccessKey'
+    | 's3ForcePathStyle'
+  >,
+): ObjectStoreConfigInput {
+  if (config.objectStore === 'fs')
+    return { kind: 'fs', root: config.objectStoreDir ?? `${config.dataDir}/objects` };
+  return {
+    kind: 's3',
+    ...(config.s3Endpoint === undefined ? {} : { endpoint: config.s3Endpoint }),
+    ...(config.s3Region === undefined ? {} : { region: config.s3Region }),
+    bucket: config.s3Bucket ?? '',
+    accessKeyId: config.s3AccessKeyId ?? '',
+    secretAccessKey: config.s3SecretAccessKey ?? '',
+    ...(config.s3ForcePathStyle === undefined ? {} : { forcePathStyle: config.s3ForcePathStyle === 'on' }),
+  };
+}
 
 export const ENV_NAMES: Record<keyof HostAgentConfig, string> = {
   dataDir: 'WARREN_DATA_DIR',
@@ -312,6 +373,14 @@ export const ENV_NAMES: Record<keyof HostAgentConfig, string> = {
   vmBlockedCidrs: 'WARREN_VM_BLOCKED_CIDRS',
   proxyIdleMs: 'WARREN_PROXY_IDLE_MS',
   proxyWsIdleMs: 'WARREN_PROXY_WS_IDLE_MS',
+  objectStore: 'WARREN_OBJECT_STORE',
+  objectStoreDir: 'WARREN_OBJECT_STORE_DIR',
+  s3Endpoint: 'WARREN_S3_ENDPOINT',
+  s3Region: 'WARREN_S3_REGION',
+  s3Bucket: 'WARREN_S3_BUCKET',
+  s3AccessKeyId: 'WARREN_S3_ACCESS_KEY_ID',
+  s3SecretAccessKey: 'WARREN_S3_SECRET_ACCESS_KEY',
+  s3ForcePathStyle: 'WARREN_S3_FORCE_PATH_STYLE',
 };
 
 /**
