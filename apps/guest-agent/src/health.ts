@@ -1,6 +1,6 @@
 import { readFile, statfs } from 'node:fs/promises';
 import os from 'node:os';
-import { GUEST_API_VERSION, type Health } from '@warren/protocol';
+import { DATA_VOLUME_MOUNT, GUEST_API_VERSION, type Health } from '@warren/protocol';
 
 export const AGENT_VERSION = process.env.WARREN_AGENT_VERSION ?? 'dev';
 const STARTED_AT = Date.now();
@@ -15,7 +15,7 @@ async function memAvailable(): Promise<number> {
   return os.freemem();
 }
 
-export async function health(mounts = ['/', '/workspace']): Promise<Health> {
+export async function health(mounts = ['/', DATA_VOLUME_MOUNT]): Promise<Health> {
   const disks: Health['disks'] = [];
   for (const mount of mounts) {
     try {

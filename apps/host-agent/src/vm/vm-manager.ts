@@ -9,6 +9,7 @@ import {
   type CreatedSnapshot,
   CreateSnapshotRequest,
   Credentials,
+  DATA_VOLUME_MOUNT,
   type GuestCredentials,
   MAX_LISTED_CHANGES,
   NetworkPolicy,
@@ -87,8 +88,6 @@ export interface VmManagerOptions {
  * left an old request in one of them, 4 MiB none; twice that for margin.
  */
 const SCRUB_BYTES = 8 * 128 * 4096;
-/** Where the guest mounts the data volume (the image's init does, see packages/images). */
-const DATA_MOUNT_POINT = '/workspace';
 /** How long the guest's `sync` before a snapshot or a changed-files listing may take; they go on without it. */
 const SYNC_TIMEOUT_MS = 30_000;
 /** How long listing one disk's changed files may take before the worker is killed. */
@@ -445,7 +444,7 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
       }
       const name = req.name ?? defaultSnapshotName(new Set(record.snapshots.map((s) => s.name)));
       const creds = this.#credentials.get(id);
-      if (creds) await this.#wipeForSnapshot(id, live);
+      if (creds) await this.#wipeAndScrub(id, live);
       try {
         // What the guest holds in its page cache goes to the disks first, so the frozen layers
         // show what the guest saw (the changed-files list compares layers); best effort.
@@ -560,7 +559,7 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
         (['root', 'data'] as const).map((disk) =>
           changedFilesIsolated(chain(snapshot.disks, disk), chain(now, disk), {
             disk,
-            mountPoint: disk === 'root' ? '/' : DATA_MOUNT_POINT,
+            mountPoint: disk === 'root' ? '/' : DATA_VOLUME_MOUNT,
             max: MAX_LISTED_CHANGES,
             timeoutMs: DISK_CHANGES_TIMEOUT_MS,
           }),
@@ -630,7 +629,7 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
     return this.#locked(id, async () => {
       this.#credentials.delete(id);
       const live = this.#live.get(id);
-      if (live) await this.#wipeForSnapshot(id, live);
+      if (live) await this.#wipeAndScrub(id, live);
     });
   }
 
@@ -638,7 +637,7 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
    * Wipes the guest's credentials, waits for the fresh guest agent that replaces the one that
    * held them, and scrubs the channel's receive buffers.
    */
-  async #wipeForSnapshot(id: string, live: Live): Promise<void> {
+  async #wipeAndScrub(id: string, live: Live): Promise<void> {
     const guest = await this.#guest(id);
     const before = (await guest.health()).agentStartedAt;
     await guest.wipeCredentials(true);
