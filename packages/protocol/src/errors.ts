@@ -147,6 +147,21 @@ export const ERROR_CODES = {
     fault: 'platform',
     fix: 'The object store (where backups live) failed or refused the request: check that its server is reachable and its endpoint, bucket and credentials are right (for the filesystem backend, that its directory is writable and has space); the message has the reason.',
   },
+  BACKUP_CORRUPT: {
+    status: 500,
+    fault: 'platform',
+    fix: 'An object of this backup is missing or does not authenticate (the message names the backup and the object): the object store lost or changed it. Restore from another backup (`warren tenant backups T`), run `warren tenant backup verify` on the others, and check the store.',
+  },
+  BACKUP_KEY_REJECTED: {
+    status: 500,
+    fault: 'platform',
+    fix: "The key given does not open this backup: the platform master key (WARREN_MASTER_KEY_FILE) is not the one the tenant's key was wrapped with, or the backup belongs to another platform. Put the right master key file back; backups cannot be read without it.",
+  },
+  BACKUPS_UNSUPPORTED: {
+    status: 409,
+    fault: 'platform',
+    fix: "This host's VMM driver cannot freeze a running VM's disks (WARREN_VMM=libvirt): stop the tenant and back it up stopped, or run it on a host with WARREN_VMM=qemu.",
+  },
   DASHBOARD_UNAVAILABLE: {
     status: 503,
     fault: 'user',

@@ -1,3 +1,4 @@
+export * from './backups.ts';
 export * from './control-api.ts';
 export * from './errors.ts';
 export * from './frames.ts';
