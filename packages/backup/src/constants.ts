@@ -1,0 +1,55 @@
+/**
+ * The numbers of the backup format, defined once. Changing CHUNK_SIZE or a magic makes a new
+ * format: older backups would no longer open, so these are not settings.
+ */
+
+/** Chunks are cut at multiples of this, so a changed disk cluster maps to a chunk by division. */
+export const CHUNK_SIZE = 1024 * 1024;
+
+/**
+ * The largest volume a manifest may describe. The manifest lists every chunk (about 67 bytes of
+ * JSON each), so this bounds what opening one costs: 1 TiB is 1 Mi chunks, ~70 MB of JSON.
+ */
+export const MAX_VOLUME_BYTES = 1024 * 1024 * CHUNK_SIZE;
+
+/** Two volumes (data and root) at their largest, plus room for the metadata. */
+export const MAX_MANIFEST_JSON_BYTES = 2 * (MAX_VOLUME_BYTES / CHUNK_SIZE) * 70 + 1024 * 1024;
+
+export const CHUNK_MAGIC = Buffer.from('WBC1');
+export const MANIFEST_MAGIC = Buffer.from('WBM1');
+export const NONCE_BYTES = 12;
+export const TAG_BYTES = 16;
+/** magic | flags | nonce. */
+export const CHUNK_HEADER_BYTES = CHUNK_MAGIC.length + 1 + NONCE_BYTES;
+/** A chunk is stored compressed only when that is smaller, so no object is larger than this. */
+export const MAX_CHUNK_OBJECT_BYTES = CHUNK_HEADER_BYTES + CHUNK_SIZE + TAG_BYTES;
+/** Flag bit: the sealed plaintext is zstd-compressed. */
+export const FLAG_ZSTD = 0x01;
+
+/**
+ * zstd level for chunks. Measured (see packages/backup/bench.ts in the report): level 1 keeps
+ * the pipeline near the disk's speed while higher levels cost CPU for a few percent less data.
+ */
+export const DEFAULT_ZSTD_LEVEL = 1;
+
+/** Chunks read, sealed and uploaded (or fetched and opened) at once; memory is about this many chunks. */
+export const DEFAULT_CONCURRENCY = 4;
+
+/** At most one progress report per this many milliseconds (and always one at the end). */
+export const PROGRESS_INTERVAL_MS = 250;
+
+/** verifyBackup lists at most this many problems: enough to name the damage, bounded in size. */
+export const MAX_VERIFY_PROBLEMS = 100;
+
+/** Where a chunk lives: two hex characters of fan-out keep listings and directories small. */
+export function chunkObjectKey(id: string): string {
+  return `chunks/${id.slice(0, 2)}/${id}`;
+}
+
+export function manifestObjectKey(backupId: string): string {
+  return `manifests/${backupId}`;
+}
+
+export const CHUNK_ID = /^[0-9a-f]{64}$/;
+export const CHUNK_PREFIX = 'chunks/';
+export const MANIFEST_PREFIX = 'manifests/';
