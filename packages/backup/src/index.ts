@@ -9,6 +9,12 @@ export {
   MAX_VOLUME_BYTES,
   manifestObjectKey,
 } from './constants.ts';
+export {
+  type CollectGarbageOptions,
+  type CollectGarbageResult,
+  collectGarbage,
+  type LiveBackup,
+} from './gc.ts';
 export * from './keys.ts';
 export {
   MAX_MANIFEST_OBJECT_BYTES,
@@ -23,6 +29,7 @@ export {
   readManifest,
   restoreVolume,
 } from './restore.ts';
+export { type VerifyBackupOptions, verifyBackup } from './verify.ts';
 export {
   type BackupKeyBuffers,
   type VolumeSource,

@@ -122,6 +122,25 @@ export async function sealManifest(tenantKey: Buffer, manifest: Manifest): Promi
   ]);
 }
 
+/** The gzip body of a sealed manifest, or undefined when it does not authenticate under `key` and `additional`. */
+function decrypt(key: Buffer, sealed: Buffer, additional: Buffer): Buffer | undefined {
+  const decipher = createDecipheriv(
+    'aes-256-gcm',
+    key,
+    sealed.subarray(HEADER_BYTES - NONCE_BYTES, HEADER_BYTES),
+  );
+  decipher.setAAD(additional);
+  decipher.setAuthTag(sealed.subarray(sealed.length - TAG_BYTES));
+  try {
+    return Buffer.concat([
+      decipher.update(sealed.subarray(HEADER_BYTES, sealed.length - TAG_BYTES)),
+      decipher.final(),
+    ]);
+  } catch {
+    return undefined;
+  }
+}
+
 /**
  * The manifest in `sealed`, which was read from `manifests/<backupId>`. BACKUP_KEY_REJECTED when
  * it was sealed under another tenant key; BACKUP_CORRUPT for anything else wrong.
@@ -138,28 +157,19 @@ export async function openManifest(tenantKey: Buffer, backupId: string, sealed: 
     .toString('latin1');
   if (!Fingerprint.safeParse(fingerprint).success) throw bad('has a damaged key fingerprint');
   const keys = subkeys(tenantKey);
-  if (fingerprint !== keys.fingerprint)
+  const ours = aad(keys.fingerprint, backupId);
+  if (fingerprint !== keys.fingerprint) {
+    // Not our fingerprint: a wrong key, unless the manifest opens as ours, in which case the
+    // clear fingerprint itself is what was damaged.
+    if (decrypt(keys.manifestSeal, sealed, ours)) throw bad('has a damaged key fingerprint');
     throw new WarrenError(
       'BACKUP_KEY_REJECTED',
       `backup ${backupId} was sealed with tenant key ${fingerprint}, not with the key given (${keys.fingerprint})`,
       { details: { backup: backupId, object: key } },
     );
-  const decipher = createDecipheriv(
-    'aes-256-gcm',
-    keys.manifestSeal,
-    sealed.subarray(HEADER_BYTES - NONCE_BYTES, HEADER_BYTES),
-  );
-  decipher.setAAD(aad(fingerprint, backupId));
-  decipher.setAuthTag(sealed.subarray(sealed.length - TAG_BYTES));
-  let body: Buffer;
-  try {
-    body = Buffer.concat([
-      decipher.update(sealed.subarray(HEADER_BYTES, sealed.length - TAG_BYTES)),
-      decipher.final(),
-    ]);
-  } catch (err) {
-    throw bad('does not authenticate (changed, or not the manifest of this backup)', err);
   }
+  const body = decrypt(keys.manifestSeal, sealed, ours);
+  if (!body) throw bad('does not authenticate (changed, or not the manifest of this backup)');
   let json: Buffer;
   try {
     json = await gunzipAsync(body, { maxOutputLength: MAX_MANIFEST_JSON_BYTES });
