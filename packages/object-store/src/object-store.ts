@@ -13,6 +13,14 @@ export interface PutOptions {
   contentLength?: number;
 }
 
+/** What `collectIncomplete` did. */
+export interface IncompleteCollected {
+  /** Temporary files (fs) or multipart uploads (S3) removed. */
+  removed: number;
+  /** Set when the backend cannot list its incomplete uploads (the reason): nothing was removed. */
+  unsupported?: string;
+}
+
 /**
  * Where backups live, shaped like the metadata store's dialects: a small interface, one folder
  * per backend (fs/, s3/), and a factory from validated configuration (config.ts). Adding a
@@ -37,6 +45,13 @@ export interface ObjectStore {
   delete(key: string): Promise<void>;
   /** Every object whose key starts with `prefix`, each once; the order is the backend's. */
   list(prefix: string): AsyncIterable<ObjectInfo>;
+  /**
+   * Removes what uploads that never finished left behind (a crashed process, a lost
+   * connection): the filesystem backend's temporary files, S3's multipart uploads, when they
+   * were started more than `olderThanMs` ago. Uploads younger than that may still be running,
+   * so pass a margin well above the longest upload.
+   */
+  collectIncomplete(olderThanMs: number): Promise<IncompleteCollected>;
   close(): Promise<void>;
 }
 
@@ -65,6 +80,14 @@ export function assertKey(key: unknown): asserts key is string {
       `object key ${shown} refused: keys are 1-${MAX_KEY_LENGTH} characters of [a-z0-9._-] in /-separated segments of at most ${MAX_SEGMENT_LENGTH} that each start with a letter or digit`,
     );
   }
+}
+
+export function assertAge(olderThanMs: unknown): asserts olderThanMs is number {
+  if (typeof olderThanMs !== 'number' || !Number.isSafeInteger(olderThanMs) || olderThanMs < 0)
+    throw new WarrenError(
+      'INVALID_ARGUMENT',
+      `olderThanMs ${String(olderThanMs)} is not a duration in milliseconds`,
+    );
 }
 
 /** A list prefix is the start of some valid key (or empty, for everything). */

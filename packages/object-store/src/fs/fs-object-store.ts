@@ -1,18 +1,23 @@
 import { randomUUID } from 'node:crypto';
 import { constants } from 'node:fs';
-import { mkdir, open, readdir, rename, stat, unlink } from 'node:fs/promises';
+import { lstat, mkdir, open, readdir, rename, stat, unlink } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { WarrenError } from '@warren/protocol';
 import type { FsObjectStoreConfig } from '../config.ts';
 import {
+  assertAge,
   assertKey,
   assertPrefix,
   checkedBody,
+  type IncompleteCollected,
   type ObjectInfo,
   type ObjectStore,
   type PutOptions,
 } from '../object-store.ts';
+
+/** The temporary name a put writes to before its rename (a dot name no key can have). */
+const TEMP_PREFIX = '.tmp-';
 
 const errno = (err: unknown): string | undefined => (err as NodeJS.ErrnoException | undefined)?.code;
 
@@ -35,7 +40,7 @@ export class FsObjectStore implements ObjectStore {
     const source = checkedBody(key, body, options.contentLength);
     const target = join(this.#root, key);
     const dir = dirname(target);
-    const temp = join(dir, `.tmp-${randomUUID()}`);
+    const temp = join(dir, `${TEMP_PREFIX}${randomUUID()}`);
     try {
       await mkdir(dir, { recursive: true, mode: 0o700 });
       const handle = await open(
@@ -107,6 +112,43 @@ export class FsObjectStore implements ObjectStore {
     // Start at the deepest directory the prefix names; the rest of it filters names.
     const base = prefix.slice(0, prefix.lastIndexOf('/') + 1);
     yield* this.#walk(base, prefix);
+  }
+
+  /**
+   * A put that crashed before its rename leaves its temporary file; the age is the file's
+   * mtime, which every write of a running put moves forward.
+   */
+  async collectIncomplete(olderThanMs: number): Promise<IncompleteCollected> {
+    assertAge(olderThanMs);
+    const cutoff = Date.now() - olderThanMs;
+    let removed = 0;
+    const sweep = async (dir: string): Promise<void> => {
+      let entries: import('node:fs').Dirent[];
+      try {
+        entries = await readdir(dir, { withFileTypes: true });
+      } catch (err) {
+        if (errno(err) === 'ENOENT' || errno(err) === 'ENOTDIR') return;
+        throw this.#error(dir.slice(this.#root.length + 1) || '(root)', err);
+      }
+      for (const e of entries) {
+        const path = join(dir, e.name);
+        // Symbolic links are neither followed nor removed: nothing here makes them.
+        if (e.isDirectory()) await sweep(path);
+        else if (e.isFile() && e.name.startsWith(TEMP_PREFIX)) {
+          const info = await lstat(path).catch(() => undefined);
+          if (!info || info.mtimeMs >= cutoff) continue;
+          // ENOENT: its put finished or cleaned up meanwhile.
+          await unlink(path).then(
+            () => removed++,
+            (err) => {
+              if (errno(err) !== 'ENOENT') throw this.#error(e.name, err);
+            },
+          );
+        }
+      }
+    };
+    await sweep(this.#root);
+    return { removed };
   }
 
   async close(): Promise<void> {}

@@ -1,8 +1,11 @@
 import { Readable } from 'node:stream';
 import {
+  AbortMultipartUploadCommand,
   DeleteObjectCommand,
   GetObjectCommand,
   HeadObjectCommand,
+  ListMultipartUploadsCommand,
+  type ListMultipartUploadsCommandOutput,
   ListObjectsV2Command,
   type ListObjectsV2CommandOutput,
   S3Client,
@@ -12,9 +15,11 @@ import { Upload } from '@aws-sdk/lib-storage';
 import { WarrenError } from '@warren/protocol';
 import type { S3ObjectStoreConfig } from '../config.ts';
 import {
+  assertAge,
   assertKey,
   assertPrefix,
   checkedBody,
+  type IncompleteCollected,
   type ObjectInfo,
   type ObjectStore,
   type PutOptions,
@@ -23,7 +28,7 @@ import {
 /**
  * Objects in an S3-protocol bucket: AWS, MinIO, GCS's interoperability API. Only the core
  * protocol is used (PutObject, multipart upload, GetObject, HeadObject, DeleteObject,
- * ListObjectsV2) and the SDK's newer default checksums are turned off, since servers other than
+ * ListObjectsV2, ListMultipartUploads) and the SDK's newer default checksums are turned off, since servers other than
  * AWS reject or mangle them. A PUT or a multipart completion is atomic on S3, so an object is
  * either complete or absent; a failed multipart upload is aborted so its parts do not linger.
  */
@@ -125,6 +130,61 @@ export class S3ObjectStore implements ObjectStore {
       }
       token = page.IsTruncated ? page.NextContinuationToken : undefined;
     } while (token);
+  }
+
+  /**
+   * Multipart uploads whose process died before completing or aborting them keep their parts
+   * (billed, invisible to ListObjects) until aborted. A server that does not implement the
+   * listing (s3rver, some gateways) is reported as `unsupported`: a bucket lifecycle rule
+   * (AbortIncompleteMultipartUpload) does the same job there.
+   */
+  async collectIncomplete(olderThanMs: number): Promise<IncompleteCollected> {
+    assertAge(olderThanMs);
+    const cutoff = Date.now() - olderThanMs;
+    let removed = 0;
+    let keyMarker: string | undefined;
+    let uploadIdMarker: string | undefined;
+    for (;;) {
+      let page: ListMultipartUploadsCommandOutput;
+      try {
+        page = await this.#client.send(
+          new ListMultipartUploadsCommand({
+            Bucket: this.#bucket,
+            MaxUploads: this.#pageSize,
+            ...(keyMarker ? { KeyMarker: keyMarker } : {}),
+            ...(uploadIdMarker ? { UploadIdMarker: uploadIdMarker } : {}),
+          }),
+        );
+      } catch (err) {
+        if (status(err) === 501 || (err as Error)?.name === 'NotImplemented')
+          return {
+            removed,
+            unsupported: `the server does not list multipart uploads (${(err as Error).name})`,
+          };
+        throw this.#error('(multipart uploads)', err);
+      }
+      for (const upload of page.Uploads ?? []) {
+        if (!upload.Key || !upload.UploadId || !upload.Initiated || upload.Initiated.getTime() >= cutoff)
+          continue;
+        try {
+          await this.#client.send(
+            new AbortMultipartUploadCommand({
+              Bucket: this.#bucket,
+              Key: upload.Key,
+              UploadId: upload.UploadId,
+            }),
+          );
+          removed++;
+        } catch (err) {
+          // Completed or aborted meanwhile.
+          if (status(err) !== 404) throw this.#error(upload.Key, err);
+        }
+      }
+      if (!page.IsTruncated) return { removed };
+      keyMarker = page.NextKeyMarker;
+      uploadIdMarker = page.NextUploadIdMarker;
+      if (!keyMarker && !uploadIdMarker) return { removed };
+    }
   }
 
   async close(): Promise<void> {
