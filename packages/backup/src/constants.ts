@@ -27,8 +27,11 @@ export const MAX_CHUNK_OBJECT_BYTES = CHUNK_HEADER_BYTES + CHUNK_SIZE + TAG_BYTE
 export const FLAG_ZSTD = 0x01;
 
 /**
- * zstd level for chunks. Measured (see packages/backup/bench.ts in the report): level 1 keeps
- * the pipeline near the disk's speed while higher levels cost CPU for a few percent less data.
+ * zstd level for chunks. Measured with bench/backup.ts (256 MiB of /usr files, incompressible
+ * data and zeros, fs store, 2 busy cores): level 1 stores 46% of the volume against 80%
+ * uncompressed, at 110-190 MB/s backup (uncompressed 190-225); level 3 saves 3 points more at
+ * ~100 MB/s, level 6 one more at ~70. Level 1 halves what goes over the network and into the
+ * store for little CPU. A chunk that does not shrink is stored as it is, whatever the level.
  */
 export const DEFAULT_ZSTD_LEVEL = 1;
 
