@@ -215,6 +215,35 @@ for (const backend of env.list) {
       );
     });
 
+    test('bad arguments are refused before anything is stored', async () => {
+      const own = await backend.make();
+      const vol = path('args');
+      const size = await writeVolume(vol, 'r', 'args');
+      const base = {
+        store: own,
+        keys: { tenant: newKey() },
+        id: 'bak_00000000000000f1',
+        pointInTime: new Date().toISOString(),
+        metadata: metadata(),
+        volumes: [fileSource(vol, size)],
+      };
+      const invalid = (err: unknown) => err instanceof WarrenError && err.code === 'INVALID_ARGUMENT';
+      await assert.rejects(writeBackup({ ...base, id: '../../etc/passwd' }), invalid);
+      await assert.rejects(writeBackup({ ...base, pointInTime: 'yesterday' }), invalid);
+      await assert.rejects(writeBackup({ ...base, metadata: { ...metadata(), tenantId: 'x' } }), invalid);
+      await assert.rejects(writeBackup({ ...base, concurrency: 0 }), invalid);
+      await assert.rejects(
+        writeBackup({ ...base, volumes: [fileSource(vol, size), fileSource(vol, size)] }),
+        invalid,
+      );
+      await assert.rejects(
+        writeBackup({ ...base, volumes: [fileSource(vol, size, { name: 'root', imageChunk: () => true })] }),
+        invalid,
+      );
+      await assert.rejects(readManifest(own, newKey(), 'manifests/x'), invalid);
+      assert.deepEqual(await listAll(own), []);
+    });
+
     test('changed chunks without a previous backup of that size are refused', async () => {
       const tenant = newKey();
       await assert.rejects(

@@ -14,7 +14,8 @@
  * since the chunks that manifest lists cannot be told apart from garbage.
  */
 import type { ObjectStore } from '@warren/object-store';
-import { BackupId, WarrenError } from '@warren/protocol';
+import { WarrenError } from '@warren/protocol';
+import { assertBackupId, concurrencyOf } from './args.ts';
 import { CHUNK_ID, CHUNK_PREFIX, chunkObjectKey, MANIFEST_PREFIX, manifestObjectKey } from './constants.ts';
 import { runPool } from './pool.ts';
 import { readManifest } from './restore.ts';
@@ -49,11 +50,7 @@ export async function collectGarbage(opts: CollectGarbageOptions): Promise<Colle
   const liveManifests = new Set<string>();
   const marked = new Set<string>();
   for (const backup of opts.live) {
-    if (!BackupId.safeParse(backup.id).success)
-      throw new WarrenError(
-        'INVALID_ARGUMENT',
-        `garbage collection refused: ${JSON.stringify(backup.id)} is no backup id`,
-      );
+    assertBackupId(backup.id);
     signal?.throwIfAborted();
     let manifest: Awaited<ReturnType<typeof readManifest>>;
     try {
@@ -91,7 +88,7 @@ export async function collectGarbage(opts: CollectGarbageOptions): Promise<Colle
   };
   await runPool(
     doomed,
-    opts.concurrency ?? 8,
+    concurrencyOf(opts.concurrency, 8),
     async (item) => {
       await store.delete(item.key);
       if (item.manifest) result.manifestsDeleted++;

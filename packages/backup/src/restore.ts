@@ -6,6 +6,7 @@
  */
 import type { ObjectStore } from '@warren/object-store';
 import { type BackupProgress, type BackupVolumeName, WarrenError } from '@warren/protocol';
+import { assertBackupId, concurrencyOf } from './args.ts';
 import { openChunk } from './chunk.ts';
 import {
   CHUNK_SIZE,
@@ -23,6 +24,7 @@ import type { BackupKeyBuffers } from './write.ts';
 
 /** The opened manifest of backup `id`; BACKUP_CORRUPT when it is missing or damaged, BACKUP_KEY_REJECTED for another tenant's key. */
 export async function readManifest(store: ObjectStore, tenantKey: Buffer, id: string): Promise<Manifest> {
+  assertBackupId(id);
   const sealed = await readBounded(store, id, manifestObjectKey(id), MAX_MANIFEST_OBJECT_BYTES);
   return openManifest(tenantKey, id, sealed);
 }
@@ -87,9 +89,7 @@ export interface RestoreVolumeResult {
 
 export async function restoreVolume(opts: RestoreVolumeOptions): Promise<RestoreVolumeResult> {
   const { store, manifest, backupId } = opts;
-  const concurrency = opts.concurrency ?? DEFAULT_CONCURRENCY;
-  if (!Number.isSafeInteger(concurrency) || concurrency < 1 || concurrency > 64)
-    throw new WarrenError('INVALID_ARGUMENT', `concurrency ${concurrency} is not 1-64`);
+  const concurrency = concurrencyOf(opts.concurrency, DEFAULT_CONCURRENCY);
   if (manifest.id !== backupId)
     throw new WarrenError(
       'INVALID_ARGUMENT',

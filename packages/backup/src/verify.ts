@@ -5,6 +5,7 @@
  */
 import type { ObjectStore } from '@warren/object-store';
 import { type BackupProgress, type VerifyResult, WarrenError } from '@warren/protocol';
+import { assertBackupId, concurrencyOf } from './args.ts';
 import {
   CHUNK_SIZE,
   chunkObjectKey,
@@ -40,6 +41,8 @@ const isCorrupt = (err: unknown): err is WarrenError =>
  */
 export async function verifyBackup(opts: VerifyBackupOptions): Promise<VerifyResult> {
   const { store, id } = opts;
+  assertBackupId(id);
+  const concurrency = concurrencyOf(opts.concurrency, DEFAULT_CONCURRENCY);
   const problems: VerifyResult['problems'] = [];
   let failed = 0;
   const problem = (object: string, err: WarrenError) => {
@@ -81,7 +84,7 @@ export async function verifyBackup(opts: VerifyBackupOptions): Promise<VerifyRes
   const report = throttle(PROGRESS_INTERVAL_MS, opts.onProgress);
   await runPool(
     distinct.entries(),
-    opts.concurrency ?? DEFAULT_CONCURRENCY,
+    concurrency,
     async ([cid, chunk]) => {
       try {
         const got = await fetchChunk(store, id, chunk.keys, cid, chunk.length);

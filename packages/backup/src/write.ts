@@ -5,12 +5,9 @@
  * never got there are garbage for collectGarbage.
  */
 import type { ObjectStore } from '@warren/object-store';
-import {
-  type BackupMetadata,
-  type BackupProgress,
-  type BackupVolumeName,
-  WarrenError,
-} from '@warren/protocol';
+import { BackupMetadata, type BackupProgress, type BackupVolumeName, WarrenError } from '@warren/protocol';
+import { z } from 'zod';
+import { assertBackupId, concurrencyOf } from './args.ts';
 import { chunkId, isZero, sealChunk } from './chunk.ts';
 import {
   CHUNK_SIZE,
@@ -108,9 +105,20 @@ function indexesToRead(source: VolumeSource, previous: ManifestVolume | undefine
 
 export async function writeBackup(opts: WriteBackupOptions): Promise<WriteBackupResult> {
   const { store, id, signal } = opts;
-  const concurrency = opts.concurrency ?? DEFAULT_CONCURRENCY;
-  if (!Number.isSafeInteger(concurrency) || concurrency < 1 || concurrency > 64)
-    throw new WarrenError('INVALID_ARGUMENT', `concurrency ${concurrency} is not 1-64`);
+  const concurrency = concurrencyOf(opts.concurrency, DEFAULT_CONCURRENCY);
+  assertBackupId(id);
+  // What the manifest will say is checked now, not after every chunk is uploaded.
+  if (!z.iso.datetime().safeParse(opts.pointInTime).success)
+    throw new WarrenError(
+      'INVALID_ARGUMENT',
+      `pointInTime ${JSON.stringify(opts.pointInTime)} is not an ISO 8601 UTC time`,
+    );
+  const metadataCheck = BackupMetadata.safeParse(opts.metadata);
+  if (!metadataCheck.success)
+    throw new WarrenError(
+      'INVALID_ARGUMENT',
+      `backup metadata refused: ${z.prettifyError(metadataCheck.error)}`,
+    );
   const tenant = subkeys(opts.keys.tenant);
   const image = opts.keys.image ? subkeys(opts.keys.image) : undefined;
   // Entries copied from the previous backup keep its image domain: they must be the same key.
