@@ -9,10 +9,13 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import {
   CHUNK_SIZE,
+  chunkObjectKey,
   imageKey,
   newKey,
   readManifest,
   restoreVolume,
+  sealChunk,
+  subkeys,
   unwrapTenantKey,
   verifyBackup,
   wrapTenantKey,
@@ -234,6 +237,48 @@ for (const backend of env.list) {
       assert.throws(
         () => unwrapTenantKey(master, 'ten_fedcba9876543210', wrapped),
         isError('BACKUP_KEY_REJECTED'),
+      );
+    });
+
+    test("an image chunk planted by another tenant's host is caught, and repaired by the next backup of that image", async () => {
+      n++;
+      const master = newKey();
+      const image = imageKey(master, 'sha256:5ca1ab1e');
+      const vol = path('vol');
+      const size = await writeVolume(vol, 'tr', 'poison');
+      const root = () => fileSource(vol, size, { name: 'root', imageChunk: (i) => i === 0 });
+      const common = { store, pointInTime: new Date().toISOString(), metadata: metadata() };
+      const victim = newKey();
+      const first = await writeBackup({
+        ...common,
+        keys: { tenant: victim, image },
+        id: 'bak_1000000000000006',
+        volumes: [root()],
+      });
+      const cid = first.manifest.volumes[0]!.chunks[0]!;
+      // A host agent that once held this image key (for any tenant) seals other content under
+      // the id of a real image chunk: it authenticates, but it is not that chunk.
+      await backend.replace(
+        store,
+        chunkObjectKey(cid),
+        await sealChunk(subkeys(image), cid, text('planted', CHUNK_SIZE)),
+      );
+      await assert.rejects(
+        restore(store, { tenant: victim, image }, 'bak_1000000000000006', path('out')),
+        isError('BACKUP_CORRUPT', chunkObjectKey(cid), 'content hash'),
+      );
+      // Another tenant of the image backs up: it checks the image chunk it would reuse and
+      // stores the real one again, which also makes the victim's backup whole.
+      const other = await writeBackup({
+        ...common,
+        keys: { tenant: newKey(), image },
+        id: 'bak_1000000000000007',
+        volumes: [root()],
+      });
+      assert.equal(other.chunksRepaired, 1);
+      assert.equal(
+        await restore(store, { tenant: victim, image }, 'bak_1000000000000006', path('out')),
+        await sha256File(vol),
       );
     });
 

@@ -20,6 +20,7 @@ import {
 import { type Subkeys, subkeys } from './keys.ts';
 import { type Manifest, type ManifestVolume, sealManifest } from './manifest.ts';
 import { runPool, throttle } from './pool.ts';
+import { fetchChunk } from './restore.ts';
 
 /** A disk to back up, as of the frozen point in time. */
 export interface VolumeSource {
@@ -74,8 +75,21 @@ export interface WriteBackupResult {
   chunksZero: number;
   /** Chunk entries copied from the previous manifest without reading them. */
   chunksUnchanged: number;
+  /** Image chunks found damaged in the store and stored again (counted in chunksNew too). */
+  chunksRepaired: number;
   /** Bytes read from the volumes. */
   bytesRead: number;
+}
+
+/** Whether the store's object for chunk `cid` opens and holds exactly that content. */
+async function holdsChunk(store: ObjectStore, backupId: string, keys: Subkeys, cid: string, length: number) {
+  try {
+    await fetchChunk(store, backupId, keys, cid, length);
+    return true;
+  } catch (err) {
+    if (err instanceof WarrenError && err.code === 'BACKUP_CORRUPT') return false;
+    throw err;
+  }
 }
 
 function volumeChunks(size: number): number {
@@ -170,10 +184,20 @@ export async function writeBackup(opts: WriteBackupOptions): Promise<WriteBackup
   const report = throttle(PROGRESS_INTERVAL_MS, opts.onProgress);
   let chunksZero = 0;
 
-  /** Uploads the sealed chunk unless present; true when this call stored it. */
-  const ensureStored = async (keys: Subkeys, cid: string, plaintext: Buffer): Promise<boolean> => {
+  let chunksRepaired = 0;
+  /**
+   * Uploads the sealed chunk unless present; true when this call stored it. An image chunk
+   * found in the store is read back and checked, not trusted: every host agent that backs up a
+   * tenant of that image holds the image key, so one of them could have planted a bad object
+   * under the id for other tenants to reference. A bad one is replaced with the real content,
+   * which also repairs the backups that already reference it.
+   */
+  const ensureStored = async (keys: Subkeys, cid: string, plaintext: Buffer, shared: boolean) => {
     const key = chunkObjectKey(cid);
-    if (await store.head(key)) return false;
+    if (await store.head(key)) {
+      if (!shared || (await holdsChunk(store, id, keys, cid, plaintext.length))) return false;
+      chunksRepaired++;
+    }
     const sealed = await sealChunk(keys, cid, plaintext, { zstdLevel: opts.zstdLevel });
     await store.put(key, sealed, { contentLength: sealed.length });
     progress.bytesTransferred += sealed.length;
@@ -212,7 +236,7 @@ export async function writeBackup(opts: WriteBackupOptions): Promise<WriteBackup
             await pending;
             progress.chunksReused++;
           } else {
-            const upload = ensureStored(keys, cid, plaintext);
+            const upload = ensureStored(keys, cid, plaintext, inImage);
             known.set(cid, upload);
             // A failed upload must not be taken as known by a later equal chunk.
             upload.catch(() => known.delete(cid));
@@ -259,6 +283,7 @@ export async function writeBackup(opts: WriteBackupOptions): Promise<WriteBackup
     chunksReused: progress.chunksReused,
     chunksZero,
     chunksUnchanged: unchanged,
+    chunksRepaired,
     bytesRead: progress.bytesDone,
   };
 }
