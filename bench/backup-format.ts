@@ -2,7 +2,7 @@
  * Backup and restore throughput of @warren/backup on the filesystem object store, per zstd
  * level (0 = uncompressed), to choose DEFAULT_ZSTD_LEVEL.
  *
- *   npm run bench:backup -- [--mib 256] [--concurrency 4]
+ *   npm run bench:backup-format -- [--mib 256] [--concurrency 4]
  *
  * The volume is built from real files of this machine (programs, libraries and documentation
  * under /usr: what a root disk or a workspace of tools holds) for 60%, incompressible data (the
