@@ -7,6 +7,7 @@
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { gunzipSync, zstdDecompressSync } from 'node:zlib';
 import {
   CHUNK_SIZE,
   chunkObjectKey,
@@ -69,6 +70,22 @@ async function restore(
     await target.close();
   }
   return sha256File(path);
+}
+
+/** Every way the body of an object decodes (gzip, zstd) after a chunk's (17 bytes) or a manifest's (32) header. */
+function decodable(bytes: Buffer): Buffer[] {
+  const out: Buffer[] = [];
+  for (const start of [17, 32]) {
+    for (const end of [bytes.length - 16, bytes.length]) {
+      const body = bytes.subarray(start, end);
+      for (const decode of [gunzipSync, zstdDecompressSync]) {
+        try {
+          out.push(decode(body, { maxOutputLength: 64 * CHUNK_SIZE }));
+        } catch {}
+      }
+    }
+  }
+  return out;
 }
 
 for (const backend of env.list) {
@@ -304,19 +321,35 @@ for (const backend of env.list) {
         metadata: { ...metadata(tenantName), tenantId: 'ten_5ec7e75ec7e75ec7' },
         volumes: [fileSource(vol, size)],
       });
+      // The same uncompressed, under another tenant key (ids would dedup to the objects above).
+      await writeBackup({
+        store,
+        keys: { tenant: newKey() },
+        id: 'bak_1000000000000008',
+        pointInTime: new Date().toISOString(),
+        metadata: { ...metadata(tenantName), tenantId: 'ten_5ec7e75ec7e75ec7' },
+        volumes: [fileSource(vol, size)],
+        zstdLevel: 0,
+      });
       const needles = [fileName, sentence, 'Initech', tenantName, 'ten_5ec7e75ec7e75ec7'];
       const objects = await listAll(store);
-      assert.equal(objects.length, 4); // three chunks and the manifest
+      // Three chunks and a manifest per backup.
+      assert.equal(objects.length, 8, objects.map((o) => o.key).join(' '));
       for (const { key } of objects) {
         const bytes = await readObject(store, key);
+        // The bytes as stored, and whatever part of them decompresses: compression alone
+        // (Huffman-coded literals) would hide the needles from a plain search.
+        const views = [bytes, ...decodable(bytes)];
         for (const needle of needles) {
           assert.ok(!key.includes(needle), `key ${key} names ${needle}`);
-          assert.equal(bytes.indexOf(needle), -1, `object ${key} holds ${needle}`);
-          assert.equal(
-            bytes.indexOf(Buffer.from(needle, 'utf16le')),
-            -1,
-            `object ${key} holds ${needle} (utf-16)`,
-          );
+          for (const view of views) {
+            assert.equal(view.indexOf(needle), -1, `object ${key} holds ${needle}`);
+            assert.equal(
+              view.indexOf(Buffer.from(needle, 'utf16le')),
+              -1,
+              `object ${key} holds ${needle} (utf-16)`,
+            );
+          }
         }
         assert.match(key, /^(chunks\/[0-9a-f]{2}\/[0-9a-f]{64}|manifests\/bak_[0-9a-f]{16})$/);
       }
