@@ -27,7 +27,7 @@ export const MAX_CHUNK_OBJECT_BYTES = CHUNK_HEADER_BYTES + CHUNK_SIZE + TAG_BYTE
 export const FLAG_ZSTD = 0x01;
 
 /**
- * zstd level for chunks. Measured with bench/backup.ts (256 MiB of /usr files, incompressible
+ * zstd level for chunks. Measured with bench/backup-format.ts (256 MiB of /usr files, incompressible
  * data and zeros, fs store, 2 busy cores): level 1 stores 46% of the volume against 80%
  * uncompressed, at 110-190 MB/s backup (uncompressed 190-225); level 3 saves 3 points more at
  * ~100 MB/s, level 6 one more at ~70. Level 1 halves what goes over the network and into the
