@@ -28,10 +28,12 @@ after(() => env.cleanup());
 const LAYOUT = 'rtzzrttrzr';
 const TAIL_SHORT = 12_345;
 
+/** Restores backup `id` into a new sparse file; returns its sha256. Zero chunks must not be written. */
 async function restoreToFile(store: ObjectStore, tenant: Buffer, id: string, path: string): Promise<string> {
   const manifest = await readManifest(store, tenant, id);
   const volume = manifest.volumes.find((v) => v.name === 'data')!;
   const target = await restoreTarget(path, volume.size);
+  const written: number[] = [];
   try {
     await restoreVolume({
       store,
@@ -39,11 +41,19 @@ async function restoreToFile(store: ObjectStore, tenant: Buffer, id: string, pat
       manifest,
       backupId: id,
       volume: 'data',
-      write: target.write,
+      write: async (offset, buf) => {
+        written.push(offset / CHUNK_SIZE);
+        await target.write(offset, buf);
+      },
     });
   } finally {
     await target.close();
   }
+  const expected = volume.chunks.flatMap((c, i) => (c === null ? [] : [i]));
+  assert.deepEqual(
+    written.sort((x, y) => x - y),
+    expected,
+  );
   return sha256File(path);
 }
 

@@ -40,6 +40,14 @@ export async function readBounded(
         throw corrupt(backupId, key, `is larger than the ${maxBytes} bytes the format allows`);
       parts.push(part as Buffer);
     }
+  } catch (err) {
+    if (err instanceof WarrenError) throw err;
+    // The connection or the file failed mid-body: the store's fault, not the backup's.
+    throw new WarrenError(
+      'OBJECT_STORE_UNAVAILABLE',
+      `object ${key}: reading it failed (${err instanceof Error ? err.message : String(err)})`,
+      { cause: err },
+    );
   } finally {
     stream.destroy();
   }
