@@ -225,6 +225,39 @@ for (const backend of env.list) {
       );
     });
 
+    test('a restore stops at the signal: no chunk is fetched after it', async () => {
+      n++;
+      const tenant = newKey();
+      const vol = path('vol');
+      const size = await writeVolume(vol, 'rtrtrt', 'abort-restore');
+      const { manifest } = await writeBackup({
+        store,
+        keys: { tenant },
+        id: 'bak_00000000000000f2',
+        pointInTime: new Date().toISOString(),
+        metadata: metadata(),
+        volumes: [fileSource(vol, size)],
+      });
+      const controller = new AbortController();
+      let writes = 0;
+      await assert.rejects(
+        restoreVolume({
+          store,
+          keys: { tenant },
+          manifest,
+          backupId: 'bak_00000000000000f2',
+          volume: 'data',
+          concurrency: 1,
+          signal: controller.signal,
+          write: async () => {
+            if (++writes === 2) controller.abort(new Error('the operator cancelled the restore'));
+          },
+        }),
+        /cancelled the restore/,
+      );
+      assert.equal(writes, 2);
+    });
+
     test('bad arguments are refused before anything is stored', async () => {
       const own = await backend.make();
       const vol = path('args');
