@@ -10,6 +10,7 @@ import { closeSync, openSync, read, readdirSync, readFileSync, rmSync, write } f
 import { createServer } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { AGENT_PORT_NAME } from '@warren/protocol';
+import { VolumeFreeze } from './freeze.ts';
 import { type PortDevice, servePort } from './port.ts';
 import { prepareForRestores } from './restore.ts';
 import { createAgentServer, serveChannel } from './server.ts';
@@ -87,24 +88,29 @@ async function servePorts(server: ReturnType<typeof createAgentServer>) {
 
 function main() {
   prepareForRestores();
+  const volume = new VolumeFreeze();
+  void volume.thawLeftover();
   const listenIndex = process.argv.indexOf('--listen');
   const listenPath = listenIndex > 0 ? process.argv[listenIndex + 1] : undefined;
-  const server = createAgentServer({
-    onShutdown(action) {
-      if (listenPath) {
-        log('shutdown requested in --listen mode: exiting');
+  const server = createAgentServer(
+    {
+      onShutdown(action) {
+        if (listenPath) {
+          log('shutdown requested in --listen mode: exiting');
+          process.exit(0);
+        }
+        log(`shutdown requested: ${action}`);
+        execFile(POWER_COMMAND, [action], () => {});
+      },
+      onRestart() {
+        // init (`respawn` in inittab) starts a fresh agent; the kernel (init_on_free=1) zeroes
+        // this process's memory as it is freed, credentials it held included.
+        log('restart requested after a credentials wipe: exiting');
         process.exit(0);
-      }
-      log(`shutdown requested: ${action}`);
-      execFile(POWER_COMMAND, [action], () => {});
+      },
     },
-    onRestart() {
-      // init (`respawn` in inittab) starts a fresh agent; the kernel (init_on_free=1) zeroes
-      // this process's memory as it is freed, credentials it held included.
-      log('restart requested after a credentials wipe: exiting');
-      process.exit(0);
-    },
-  });
+    volume,
+  );
   if (listenPath) {
     rmSync(listenPath, { force: true });
     const net = createServer((socket) => {

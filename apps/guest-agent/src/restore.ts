@@ -16,7 +16,7 @@ import {
 
 const run = promisify(execFile);
 /** The guest's busybox: `date` and `mount` are its applets in every profile. */
-const BUSYBOX = process.env.WARREN_BUSYBOX ?? '/usr/lib/warren/busybox';
+export const BUSYBOX = process.env.WARREN_BUSYBOX ?? '/usr/lib/warren/busybox';
 /** The workspace user's group may read the credentials; other users may not. */
 const WORKSPACE_GID = 1000;
 /** The tmpfs is small: credentials are capped at 1 MiB (MAX_CREDENTIAL_BYTES) with room for metadata. */
@@ -122,7 +122,7 @@ export function sessionEnv(): Record<string, string> {
   return credentialEnv;
 }
 
-async function isMounted(path: string): Promise<boolean> {
+export async function isMounted(path: string): Promise<boolean> {
   const mounts = await readFile('/proc/mounts', 'utf8');
   return mounts.split('\n').some((l) => l.split(' ')[1] === path);
 }

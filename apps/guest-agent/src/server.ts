@@ -1,6 +1,7 @@
 import http2, { type Http2Session, type IncomingHttpHeaders, type ServerHttp2Stream } from 'node:http2';
 import type { Duplex } from 'node:stream';
 import {
+  FreezeRequest,
   GUEST_ROUTES,
   GuestCredentials,
   parseOrThrow,
@@ -10,6 +11,7 @@ import {
 } from '@warren/protocol';
 import { handleExec } from './exec.ts';
 import { handleList, handleMkdir, handleRead, handleRemove, handleStat, handleWrite } from './files.ts';
+import { VolumeFreeze } from './freeze.ts';
 import { health } from './health.ts';
 import { readJsonBody, sendError, sendJson } from './respond.ts';
 import { fixUpAfterRestore, placeCredentials, wipeCredentials } from './restore.ts';
@@ -26,16 +28,28 @@ const RESTART_GRACE_MS = 5_000;
 
 type Handler = (stream: ServerHttp2Stream, query: URLSearchParams) => Promise<void> | void;
 
-export function createAgentServer(options: AgentOptions): http2.Http2Server {
+export function createAgentServer(options: AgentOptions, volume = new VolumeFreeze()): http2.Http2Server {
+  // File calls wait out a backup's freeze here, not in a pool thread blocked on the volume (freeze.ts).
+  const unfrozen =
+    (handler: Handler): Handler =>
+    async (s, q) => {
+      await volume.whenThawed();
+      return handler(s, q);
+    };
   const routes: Record<string, Handler> = {
     [`GET ${GUEST_ROUTES.health}`]: async (s) => sendJson(s, 200, await health()),
     [`POST ${GUEST_ROUTES.exec}`]: (s) => handleExec(s),
-    [`GET ${GUEST_ROUTES.fileContent}`]: handleRead,
-    [`PUT ${GUEST_ROUTES.fileContent}`]: handleWrite,
-    [`GET ${GUEST_ROUTES.fileStat}`]: handleStat,
-    [`GET ${GUEST_ROUTES.fileList}`]: handleList,
-    [`POST ${GUEST_ROUTES.mkdir}`]: (s) => handleMkdir(s),
-    [`POST ${GUEST_ROUTES.remove}`]: (s) => handleRemove(s),
+    [`GET ${GUEST_ROUTES.fileContent}`]: unfrozen(handleRead),
+    [`PUT ${GUEST_ROUTES.fileContent}`]: unfrozen(handleWrite),
+    [`GET ${GUEST_ROUTES.fileStat}`]: unfrozen(handleStat),
+    [`GET ${GUEST_ROUTES.fileList}`]: unfrozen(handleList),
+    [`POST ${GUEST_ROUTES.mkdir}`]: unfrozen((s) => handleMkdir(s)),
+    [`POST ${GUEST_ROUTES.remove}`]: unfrozen((s) => handleRemove(s)),
+    [`POST ${GUEST_ROUTES.freeze}`]: async (s) => {
+      const req = parseOrThrow(FreezeRequest, await readJsonBody(s));
+      sendJson(s, 200, await volume.freeze(req.timeoutMs));
+    },
+    [`POST ${GUEST_ROUTES.thaw}`]: async (s) => sendJson(s, 200, { thawed: await volume.thaw() }),
     [`POST ${GUEST_ROUTES.shutdown}`]: async (s) => {
       const req = parseOrThrow(ShutdownRequest, await readJsonBody(s));
       s.on('close', () => options.onShutdown(req.action));

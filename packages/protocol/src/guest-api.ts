@@ -133,7 +133,34 @@ export const GUEST_ROUTES = {
   restored: '/v1/restored',
   scrub: '/v1/scrub',
   credentials: '/v1/credentials',
+  freeze: '/v1/freeze',
+  thaw: '/v1/thaw',
 } as const;
+
+/**
+ * The longest a guest holds its data volume frozen for a backup's point in time. The host needs
+ * well under a second (one QMP transaction); the bound is what a host agent that died mid-freeze
+ * costs the tenant at worst.
+ */
+export const MAX_FREEZE_MS = 60_000;
+export const DEFAULT_FREEZE_MS = 10_000;
+
+/**
+ * `POST /v1/freeze`: freezes the data volume's filesystem (fsfreeze) so that its disk holds a
+ * consistent state, and thaws it by itself after `timeoutMs` whatever the host does.
+ */
+export const FreezeRequest = z.strictObject({
+  timeoutMs: z.number().int().min(1).max(MAX_FREEZE_MS).default(DEFAULT_FREEZE_MS),
+});
+export type FreezeRequest = z.input<typeof FreezeRequest>;
+export const FreezeResult = z.strictObject({
+  /** The guest's clock (ms since the epoch) when it thaws unless told before. */
+  thawAt: z.number(),
+});
+export type FreezeResult = z.infer<typeof FreezeResult>;
+/** `POST /v1/thaw`: thaws the data volume; `thawed` is false when it was not frozen (idempotent). */
+export const ThawResult = z.strictObject({ thawed: z.boolean() });
+export type ThawResult = z.infer<typeof ThawResult>;
 
 /**
  * `POST /v1/restored`: the host tells a guest it was just restored from a snapshot, so the

@@ -11,6 +11,8 @@ import {
   FileStat,
   FrameDecoder,
   FrameType,
+  type FreezeRequest,
+  FreezeResult,
   GUEST_ROUTES,
   type GuestCredentials,
   Health,
@@ -22,6 +24,7 @@ import {
   type RestoredRequest,
   type RestoredResult,
   RestoredResult as RestoredResultSchema,
+  ThawResult,
   WarrenError,
   WipedCredentials,
   WriteResult,
@@ -184,6 +187,23 @@ export class GuestClient {
       unixMs: Date.now(),
       entropy: randomBytes(64).toString('base64'),
     } satisfies RestoredRequest);
+  }
+
+  /** Freezes the guest's data volume (fsfreeze) until a thaw, or until `timeoutMs` has passed in the guest. */
+  async freeze(timeoutMs: number): Promise<FreezeResult> {
+    // The guest flushes the volume before it freezes; past its own deadline the freeze is moot.
+    return this.#json(
+      'POST',
+      GUEST_ROUTES.freeze,
+      FreezeResult,
+      { timeoutMs } satisfies FreezeRequest,
+      timeoutMs,
+    );
+  }
+
+  /** Thaws the guest's data volume; false when it was not frozen. */
+  async thaw(): Promise<boolean> {
+    return (await this.#json('POST', GUEST_ROUTES.thaw, ThawResult, {})).thawed;
   }
 
   /** Places credentials in the guest's tmpfs (and environment for new commands). */

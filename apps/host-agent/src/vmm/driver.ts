@@ -52,6 +52,9 @@ export interface DiskChains {
   data: string[];
 }
 
+export type DiskName = keyof DiskChains;
+export const DISK_NAMES: readonly DiskName[] = ['root', 'data'];
+
 /** What a snapshot leaves behind besides its files. */
 export interface SnapshotTaken {
   memory: SnapshotMemory;
@@ -171,8 +174,22 @@ export interface VmmDriver {
    * `spec.disks`), and resumes it. Drivers with `memorySnapshots` and `diskSnapshots`.
    */
   snapshot?(vm: RunningVm, spec: VmLaunchSpec, dir: string, tops: DiskChains): Promise<SnapshotTaken>;
-  /** New empty top layers over `frozen`, for a VM that is not running (a revert); returns the chains with them. */
-  newTops?(dir: string, frozen: DiskChains, image: VerifiedImage): Promise<DiskChains>;
+  /**
+   * New empty top layers over `frozen` (over each of `disks`, both by default), for a VM that is
+   * not running (a revert) or for `freezeDisks`; returns the chains with them.
+   */
+  newTops?(
+    dir: string,
+    frozen: DiskChains,
+    image: VerifiedImage,
+    disks?: readonly DiskName[],
+  ): Promise<DiskChains>;
+  /**
+   * Moves a running VM's disks onto `tops` (made by `newTops` over `spec.disks`) at one instant,
+   * without pausing the guest: afterwards the layers below the new tops no longer change. A
+   * backup's point in time. Drivers with `diskSnapshots`.
+   */
+  freezeDisks?(vm: RunningVm, spec: VmLaunchSpec, tops: DiskChains): Promise<void>;
   /** Removes what the driver keeps of a VM outside its directory; called when the VM is destroyed, after it ended. */
   forget?(id: string, dir: string): Promise<void>;
   /**

@@ -3,7 +3,7 @@ import { chmod, mkdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { run } from '@warren/images';
 import { PRIVATE_FILE_MODE } from '../fs-modes.ts';
-import type { DiskChains, VmDiskSpec } from './driver.ts';
+import { DISK_NAMES, type DiskChains, type DiskName, type VmDiskSpec } from './driver.ts';
 
 /**
  * The disk layout drivers backed by QEMU share (the QEMU driver and libvirt's): a qcow2 overlay
@@ -55,13 +55,15 @@ export async function createVmDisks(dir: string, spec: VmDiskSpec): Promise<void
 }
 
 /**
- * Makes an empty qcow2 top for each disk over the top of `frozen`, in LAYERS_DIR, and returns
- * the chains with them. `rootVirtualBytes` is the image rootfs's size (the root disk's size).
+ * Makes an empty qcow2 top for each of `disks` (both by default) over the top of `frozen`, in
+ * LAYERS_DIR, and returns the chains with them. `rootVirtualBytes` is the image rootfs's size
+ * (the root disk's size).
  */
 export async function createTops(
   dir: string,
   frozen: DiskChains,
   rootVirtualBytes: number,
+  disks: readonly DiskName[] = DISK_NAMES,
 ): Promise<DiskChains> {
   await layersDir(dir);
   const out: DiskChains = { root: [...frozen.root], data: [...frozen.data] };
@@ -70,6 +72,7 @@ export async function createTops(
     ['root', rootVirtualBytes],
     ['data', dataVirtualBytes],
   ] as const) {
+    if (!disks.includes(disk)) continue;
     const below = frozen[disk].at(-1)!;
     const top = `${LAYERS_DIR}/${disk}-${randomBytes(6).toString('hex')}.qcow2`;
     // The backing named in the header is informational (qemu-img info): QEMU is always given

@@ -10,7 +10,9 @@ import { VirtioSerialTransport } from '../../guest/transport.ts';
 import { writeCappedLog } from '../console-log.ts';
 import {
   capabilities,
+  DISK_NAMES,
   type DiskChains,
+  type DiskName,
   type RunningVm,
   type SnapshotTaken,
   type VmDiskSpec,
@@ -22,7 +24,7 @@ import { connectSocket, hostTscKHz } from '../host-io.ts';
 import { createTops, createVmDisks, INITIAL_CHAINS } from '../vm-disks.ts';
 import { fileSizeLimit, hostPathOf, launcher, prepareJail, resolveQemuBinary, TAP_FD } from './jail.ts';
 import { JAIL_PATHS, processName, QEMU_FILES, qemuArgs } from './qemu-args.ts';
-import { loadSnapshot, takeSnapshot } from './qemu-snapshot.ts';
+import { loadSnapshot, switchToTops, takeSnapshot } from './qemu-snapshot.ts';
 import { QmpClient } from './qmp-client.ts';
 
 export interface QemuDriverOptions {
@@ -75,8 +77,23 @@ export class QemuDriver implements VmmDriver {
     return takeSnapshot({ vmDir: spec.dir, pid: vm.pid, qmp: vm.qmp, ids: spec.jail, disks, tops, dir });
   }
 
-  async newTops(dir: string, frozen: DiskChains, image: VerifiedImage): Promise<DiskChains> {
-    return createTops(dir, frozen, (await stat(image.rootfsPath)).size);
+  async newTops(
+    dir: string,
+    frozen: DiskChains,
+    image: VerifiedImage,
+    disks?: readonly DiskName[],
+  ): Promise<DiskChains> {
+    return createTops(dir, frozen, (await stat(image.rootfsPath)).size, disks);
+  }
+
+  async freezeDisks(vm: RunningVm, spec: VmLaunchSpec, tops: DiskChains): Promise<void> {
+    if (!(vm instanceof QemuVm)) throw new WarrenError('INTERNAL', `VM ${spec.id} is not a QEMU driver VM`);
+    if (!spec.jail) throw new WarrenError('INTERNAL', `VM ${spec.id} has no uid`);
+    const disks = spec.disks ?? INITIAL_CHAINS;
+    for (const disk of DISK_NAMES)
+      if (tops[disk].length > disks[disk].length)
+        await chown(join(spec.dir, tops[disk].at(-1)!), spec.jail.uid, spec.jail.gid);
+    await switchToTops(vm.qmp, disks, tops);
   }
 
   longestSocketPath(dir: string): string {

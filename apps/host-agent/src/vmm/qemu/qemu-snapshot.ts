@@ -20,7 +20,7 @@ import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { type SnapshotMemory, WarrenError } from '@warren/protocol';
-import type { DiskChains, JailIds } from '../driver.ts';
+import { DISK_NAMES, type DiskChains, type DiskName, type JailIds } from '../driver.ts';
 import { hostPathOf, SNAPSHOT_MEMORY_FILE } from './jail.ts';
 import { JAIL_PATHS, jailPathOfLayer, layerNode, RAM_OBJECT } from './qemu-args.ts';
 import type { QmpClient } from './qmp-client.ts';
@@ -80,6 +80,50 @@ function sparseCopy(from: string, to: string): Promise<void> {
   });
 }
 
+/** Opens the (new, empty) top of `chain` in QEMU as a block node of its own, backed by nothing yet. */
+async function addTop(qmp: QmpClient, disk: DiskName, chain: string[]): Promise<void> {
+  const index = chain.length - 1;
+  await qmp.execute('blockdev-add', {
+    driver: 'qcow2',
+    'node-name': layerNode(disk, index),
+    discard: 'unmap',
+    file: { driver: 'file', filename: jailPathOfLayer(chain[index]!) },
+    backing: null,
+  });
+}
+
+/** `blockdev-snapshot` arguments that put `disk`'s new top over its current one. */
+function snapshotArgs(
+  disk: DiskName,
+  disks: DiskChains,
+  tops: DiskChains,
+): { node: string; overlay: string } {
+  return { node: layerNode(disk, disks[disk].length - 1), overlay: layerNode(disk, tops[disk].length - 1) };
+}
+
+/**
+ * Moves the running guest's disks that have a new top in `tops` onto it, all in one QMP
+ * `transaction`: the guest keeps running, and the layers below are frozen at one instant for
+ * every disk (a backup's point in time). Nothing changes when it fails: the tops added are
+ * removed again.
+ */
+export async function switchToTops(qmp: QmpClient, disks: DiskChains, tops: DiskChains): Promise<void> {
+  const moved = DISK_NAMES.filter((d) => tops[d].length === disks[d].length + 1);
+  const added: string[] = [];
+  try {
+    for (const disk of moved) {
+      await addTop(qmp, disk, tops[disk]);
+      added.push(layerNode(disk, tops[disk].length - 1));
+    }
+    await qmp.execute('transaction', {
+      actions: moved.map((disk) => ({ type: 'blockdev-snapshot', data: snapshotArgs(disk, disks, tops) })),
+    });
+  } catch (e) {
+    for (const node of added) await qmp.execute('blockdev-del', { 'node-name': node }).catch(() => {});
+    throw e;
+  }
+}
+
 export interface SnapshotTarget {
   vmDir: string;
   pid: number;
@@ -106,19 +150,9 @@ export async function takeSnapshot(t: SnapshotTarget): Promise<{ memory: Snapsho
   await t.qmp.execute('stop');
   let resumed = false;
   try {
-    for (const disk of ['root', 'data'] as const) {
-      const index = t.tops[disk].length - 1;
-      await t.qmp.execute('blockdev-add', {
-        driver: 'qcow2',
-        'node-name': layerNode(disk, index),
-        discard: 'unmap',
-        file: { driver: 'file', filename: jailPathOfLayer(t.tops[disk][index]!) },
-        backing: null,
-      });
-      await t.qmp.execute('blockdev-snapshot', {
-        node: layerNode(disk, t.disks[disk].length - 1),
-        overlay: layerNode(disk, index),
-      });
+    for (const disk of DISK_NAMES) {
+      await addTop(t.qmp, disk, t.tops[disk]);
+      await t.qmp.execute('blockdev-snapshot', snapshotArgs(disk, t.disks, t.tops));
     }
     await saveState(t, memory);
     if (memory === 'mapped') await sparseCopy(await memfdPath(t.pid), join(t.dir, SNAPSHOT_MEMORY_FILE));
