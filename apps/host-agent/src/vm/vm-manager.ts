@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
-import { mkdir, rm } from 'node:fs/promises';
+import { mkdir, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { ImageStore, VerifiedImage } from '@warren/images';
@@ -27,10 +27,19 @@ import type { CgroupDriver, CgroupHandle, IoLimit } from '../cgroups/cgroups.ts'
 import { changedFilesIsolated } from '../disk-changes/index.ts';
 import { GuestClient } from '../guest/guest-client.ts';
 import type { HostNetwork } from '../net/host-network.ts';
-import type { DiskChains, RunningVm, VmExit, VmLaunchSpec, VmmDriver } from '../vmm/driver.ts';
+import {
+  DISK_NAMES,
+  type DiskChains,
+  DisksNotSwitched,
+  type RunningVm,
+  type VmExit,
+  type VmLaunchSpec,
+  type VmmDriver,
+} from '../vmm/driver.ts';
+import { LAYERS_DIR, layersDir } from '../vmm/vm-disks.ts';
 import { JailIdAllocator, type UidRange } from './jail-ids.ts';
 import { VmLinks } from './vm-links.ts';
-import { type SnapshotRecord, VmId, type VmRecord, VmRecords } from './vm-records.ts';
+import { type BackupMark, type SnapshotRecord, VmId, type VmRecord, VmRecords } from './vm-records.ts';
 import {
   chainsOf,
   collectGarbage,
@@ -55,6 +64,16 @@ export const CreateVmRequest = z.strictObject({
   network: NetworkPolicy.optional(),
 });
 export type CreateVmRequest = z.input<typeof CreateVmRequest>;
+
+/** What `backupPoint` hands its caller: the VM's record before the freeze, and the chains it froze. */
+export interface BackupPoint {
+  record: VmRecord;
+  dir: string;
+  frozen: DiskChains;
+  pointInTime: string;
+  /** The image's raw root filesystem, the root disk's base. */
+  rootfsPath: string;
+}
 
 export type VmState = 'stopped' | 'starting' | 'running' | 'stopping' | 'crashed';
 
@@ -290,59 +309,65 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
 
   /** Boots the VM and waits until its guest agent answers. */
   start(id: string): Promise<VmStatus> {
-    return this.#locked(id, async () => {
-      const record = await this.#records.read(id);
-      if (this.#live.has(id)) return this.#status(record);
-      if (record.vmm !== this.#driver.name) {
-        throw new WarrenError(
-          'CONFLICT',
-          `VM ${id} was made by the ${record.vmm} VMM and this host runs ${this.#driver.name}; start it with WARREN_VMM=${record.vmm}, or destroy it`,
-        );
-      }
-      this.#transitions.set(id, 'starting');
-      this.touch(id);
-      this.#credentials.delete(id);
-      try {
-        record.desired = 'running';
-        delete record.lastExit;
-        if (record.jail) await this.#records.write(record);
-        // A VM made before VMMs were jailed gets its own uid at its first start since.
-        else await this.#jailIds.allocate((ids) => this.#records.write(Object.assign(record, { jail: ids })));
-        await this.#links.prepare(record);
-        const spec = await this.#launchSpec(record, true);
-        await this.#launchUntilReady(record, spec);
-        return this.#finish(id, record);
-      } finally {
-        this.#transitions.delete(id);
-      }
-    });
+    return this.#locked(id, () => this.#start(id));
+  }
+
+  /** `start`, for a caller that holds the VM's lock. */
+  async #start(id: string): Promise<VmStatus> {
+    const record = await this.#records.read(id);
+    if (this.#live.has(id)) return this.#status(record);
+    if (record.vmm !== this.#driver.name) {
+      throw new WarrenError(
+        'CONFLICT',
+        `VM ${id} was made by the ${record.vmm} VMM and this host runs ${this.#driver.name}; start it with WARREN_VMM=${record.vmm}, or destroy it`,
+      );
+    }
+    this.#transitions.set(id, 'starting');
+    this.touch(id);
+    this.#credentials.delete(id);
+    try {
+      record.desired = 'running';
+      delete record.lastExit;
+      if (record.jail) await this.#records.write(record);
+      // A VM made before VMMs were jailed gets its own uid at its first start since.
+      else await this.#jailIds.allocate((ids) => this.#records.write(Object.assign(record, { jail: ids })));
+      await this.#links.prepare(record);
+      const spec = await this.#launchSpec(record, true);
+      await this.#launchUntilReady(record, spec);
+      return this.#finish(id, record);
+    } finally {
+      this.#transitions.delete(id);
+    }
   }
 
   /** Graceful power-off through the guest agent; the VMM's quit and then SIGKILL after the timeout. */
   stop(id: string, timeoutMs = this.#o.stopTimeoutMs): Promise<VmStatus> {
-    return this.#locked(id, async () => {
-      const record = await this.#records.read(id);
-      record.desired = 'stopped';
-      await this.#records.write(record);
-      const live = this.#live.get(id);
-      if (!live) return this.#status(record);
-      this.#transitions.set(id, 'stopping');
-      live.expectingExit = true;
-      try {
-        const guest = await this.#guest(id).catch(() => undefined);
-        await guest?.shutdown().catch(() => {});
-        if (!(await settlesWithin(live.vm.exited, timeoutMs))) {
-          this.#o.log?.(`VM ${id} did not power off within ${timeoutMs} ms: quitting its VMM`);
-          await live.vm.quit();
-          if (!(await settlesWithin(live.vm.exited, 5_000))) live.vm.kill();
-        }
-        await live.vm.exited;
-        await this.#settled(id);
-        return this.#finish(id, await this.#records.read(id));
-      } finally {
-        this.#transitions.delete(id);
+    return this.#locked(id, () => this.#stop(id, timeoutMs));
+  }
+
+  /** `stop`, for a caller that holds the VM's lock. */
+  async #stop(id: string, timeoutMs = this.#o.stopTimeoutMs): Promise<VmStatus> {
+    const record = await this.#records.read(id);
+    record.desired = 'stopped';
+    await this.#records.write(record);
+    const live = this.#live.get(id);
+    if (!live) return this.#status(record);
+    this.#transitions.set(id, 'stopping');
+    live.expectingExit = true;
+    try {
+      const guest = await this.#guest(id).catch(() => undefined);
+      await guest?.shutdown().catch(() => {});
+      if (!(await settlesWithin(live.vm.exited, timeoutMs))) {
+        this.#o.log?.(`VM ${id} did not power off within ${timeoutMs} ms: quitting its VMM`);
+        await live.vm.quit();
+        if (!(await settlesWithin(live.vm.exited, 5_000))) live.vm.kill();
       }
-    });
+      await live.vm.exited;
+      await this.#settled(id);
+      return this.#finish(id, await this.#records.read(id));
+    } finally {
+      this.#transitions.delete(id);
+    }
   }
 
   /** Hard stop: SIGKILL to the VMM. The data volume keeps what the guest had flushed. */
@@ -532,6 +557,118 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
       } finally {
         this.#reverting.delete(id);
       }
+    });
+  }
+
+  /**
+   * A backup's point in time, under the VM's lock (so no snapshot, revert, restore or start
+   * runs meanwhile): new empty tops go over the data disk (and the root disk with
+   * `includeRoot`), recorded before the switch as snapshots do. A running VM's data volume is
+   * frozen in the guest (fsfreeze, thawed by the guest itself after `freezeTimeoutMs` at the
+   * latest) while QEMU switches its disks onto the tops in one transaction, so the layers below
+   * hold a clean filesystem; the VM keeps running. `open` gets the frozen chains and opens
+   * their files before the lock is let go: from then on the backup reads files nothing writes,
+   * and a stop, a revert or even a destroy of the VM no longer concerns it.
+   */
+  backupPoint<T>(
+    id: string,
+    options: { includeRoot: boolean; freezeTimeoutMs: number },
+    open: (point: BackupPoint) => Promise<T>,
+  ): Promise<T> {
+    return this.#locked(id, async () => {
+      const d = this.#driver;
+      const record = await this.#records.read(id);
+      const live = this.#live.get(id);
+      if (!d.newTops || (live && (!d.capabilities.diskSnapshots || !d.freezeDisks))) {
+        throw new WarrenError(
+          'BACKUPS_UNSUPPORTED',
+          `the ${d.name} VMM of this host cannot freeze ${live ? "a running VM's" : "a VM's"} disks for a backup; run the VM on a host with WARREN_VMM=qemu`,
+        );
+      }
+      const dir = this.dirOf(id);
+      const image = await this.#imagePaths(record.imageId);
+      const before = chainsOf(record);
+      const spec = live ? await this.#launchSpec(record, false) : undefined;
+      const tops = await d.newTops(dir, before, image, options.includeRoot ? DISK_NAMES : ['data']);
+      record.disks = tops;
+      await this.#records.write(record);
+      let pointInTime = new Date().toISOString();
+      if (live && spec) {
+        const guest = await this.#guest(id);
+        await guest.freeze(options.freezeTimeoutMs);
+        try {
+          await d.freezeDisks!(live.vm, spec, tops);
+          pointInTime = new Date().toISOString();
+        } catch (e) {
+          // QEMU refused the switch and still writes the old tops: the record must say so again.
+          if (e instanceof DisksNotSwitched) {
+            record.disks = before;
+            await this.#records.write(record);
+            await collectGarbage(dir, record);
+            throw e.cause;
+          }
+          throw e;
+        } finally {
+          await guest
+            .thaw()
+            .catch((e: Error) => this.#o.log?.(`VM ${id}: thawing its data volume failed: ${e.message}`));
+        }
+      }
+      return open({ record, dir, frozen: before, pointInTime, rootfsPath: image.rootfsPath });
+    });
+  }
+
+  /** Records the last backup this host completed of the VM (see BackupMark); a VM gone meanwhile is no error. */
+  setBackupMark(id: string, mark: BackupMark): Promise<void> {
+    return this.#locked(id, async () => {
+      const record = await this.#records.tryRead(id);
+      if (!record) return;
+      record.backupMark = mark;
+      await this.#records.write(record);
+    });
+  }
+
+  /**
+   * Replaces the VM's data volume with a new raw file, under the VM's lock: `fill(path)` writes
+   * it (a temporary name in the VM's layers directory, which the agent's start-up garbage
+   * collection removes if this never finishes); the VM is stopped only then, the data chain is
+   * switched to the file in one record write, and the VM started again if it ran (or always).
+   * Nothing of the old chain is removed here: snapshots that hold its layers keep them, and
+   * layer GC collects the rest.
+   */
+  replaceDataVolume(
+    id: string,
+    job: string,
+    fill: (path: string) => Promise<number>,
+    start: 'as-before' | 'always',
+  ): Promise<VmStatus> {
+    return this.#locked(id, async () => {
+      const dir = this.dirOf(id);
+      await this.#records.read(id);
+      await layersDir(dir);
+      const tmp = `${LAYERS_DIR}/.restore-${job}`;
+      const base = `${LAYERS_DIR}/data-${job}.img`;
+      let size: number;
+      try {
+        size = await fill(join(dir, tmp));
+        await rename(join(dir, tmp), join(dir, base));
+      } catch (e) {
+        await rm(join(dir, tmp), { force: true });
+        throw e;
+      }
+      const wasRunning = this.#live.has(id);
+      if (wasRunning) await this.#stop(id);
+      const record = await this.#records.read(id);
+      record.disks = { root: chainsOf(record).root, data: [base] };
+      record.diskMiB = Math.ceil(size / (1024 * 1024));
+      // The volume is another one now: no later backup may take it for the one the mark froze.
+      delete record.backupMark;
+      delete record.basedOn;
+      this.#unchangedSince.delete(id);
+      await this.#records.write(record);
+      await collectGarbage(dir, record);
+      if (wasRunning || start === 'always') return this.#start(id);
+      return this.#status(record);
     });
   }
 

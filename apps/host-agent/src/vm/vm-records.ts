@@ -1,6 +1,13 @@
 import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { NetworkPolicy, parseOrThrow, SnapshotMemory, SnapshotName, WarrenError } from '@warren/protocol';
+import {
+  BackupId,
+  NetworkPolicy,
+  parseOrThrow,
+  SnapshotMemory,
+  SnapshotName,
+  WarrenError,
+} from '@warren/protocol';
 import { z } from 'zod';
 import { PRIVATE_DIR_MODE, PRIVATE_FILE_MODE } from '../fs-modes.ts';
 
@@ -26,6 +33,18 @@ export const SnapshotRecord = z.object({
   disks: Chains,
 });
 export type SnapshotRecord = z.infer<typeof SnapshotRecord>;
+
+/**
+ * The last backup this host completed of a VM, and the chains it froze (relative paths; `root`
+ * only when the backup held the root disk). Layers below a VM's top never change, so while the
+ * mark's chain is a prefix of a later backup's, only the clusters of the layers above it can
+ * differ from that backup: the next one reads only those.
+ */
+export const BackupMark = z.object({
+  id: BackupId,
+  chains: z.object({ data: z.array(z.string()).min(1), root: z.array(z.string()).min(1).optional() }),
+});
+export type BackupMark = z.infer<typeof BackupMark>;
 
 export const VmRecord = z.object({
   id: VmId,
@@ -69,6 +88,7 @@ export const VmRecord = z.object({
   snapshots: z.array(SnapshotRecord).default([]),
   /** The snapshot the VM was last made from or reverted to, parent of the next one. */
   basedOn: SnapshotName.optional(),
+  backupMark: BackupMark.optional(),
 });
 export type VmRecord = z.infer<typeof VmRecord>;
 

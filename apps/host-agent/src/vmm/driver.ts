@@ -55,6 +55,16 @@ export interface DiskChains {
 export type DiskName = keyof DiskChains;
 export const DISK_NAMES: readonly DiskName[] = ['root', 'data'];
 
+/**
+ * Thrown by `freezeDisks` when the VMM refused the switch, so the VM still writes its old tops
+ * (`cause` says why). Any other failure leaves it unknown whether the switch happened.
+ */
+export class DisksNotSwitched extends Error {
+  constructor(cause: unknown) {
+    super(cause instanceof Error ? cause.message : String(cause), { cause });
+  }
+}
+
 /** What a snapshot leaves behind besides its files. */
 export interface SnapshotTaken {
   memory: SnapshotMemory;

@@ -20,10 +20,10 @@ import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { type SnapshotMemory, WarrenError } from '@warren/protocol';
-import { DISK_NAMES, type DiskChains, type DiskName, type JailIds } from '../driver.ts';
+import { DISK_NAMES, type DiskChains, type DiskName, DisksNotSwitched, type JailIds } from '../driver.ts';
 import { hostPathOf, SNAPSHOT_MEMORY_FILE } from './jail.ts';
 import { JAIL_PATHS, jailPathOfLayer, layerNode, RAM_OBJECT } from './qemu-args.ts';
-import type { QmpClient } from './qmp-client.ts';
+import { type QmpClient, QmpError } from './qmp-client.ts';
 
 /** A snapshot's device state (and, for `stream`, its memory), in the snapshot's directory. */
 export const SNAPSHOT_STATE_FILE = 'state';
@@ -120,6 +120,8 @@ export async function switchToTops(qmp: QmpClient, disks: DiskChains, tops: Disk
     });
   } catch (e) {
     for (const node of added) await qmp.execute('blockdev-del', { 'node-name': node }).catch(() => {});
+    // An answer from QEMU (not a lost connection) means the transaction did nothing.
+    if (e instanceof QmpError) throw new DisksNotSwitched(e);
     throw e;
   }
 }

@@ -14,6 +14,13 @@ export interface QmpEvent {
  * A minimal QMP client: one unix socket, JSON lines, commands matched to replies by id,
  * asynchronous events emitted as `event`. Emits `close` when QEMU goes away.
  */
+/** QEMU answered a command with an error (the command did not happen), as opposed to a lost connection. */
+export class QmpError extends WarrenError {
+  constructor(desc: string) {
+    super('INTERNAL', `QMP error: ${desc}`);
+  }
+}
+
 export class QmpClient extends EventEmitter<{ event: [QmpEvent]; close: [] }> {
   readonly #socket: Socket;
   readonly #pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
@@ -107,7 +114,7 @@ export class QmpClient extends EventEmitter<{ event: [QmpEvent]; close: [] }> {
         this.#pending.delete(msg.id);
         if (msg.error) {
           const err = msg.error as { desc?: string };
-          p.reject(new WarrenError('INTERNAL', `QMP error: ${String(err.desc ?? 'unknown')}`));
+          p.reject(new QmpError(String(err.desc ?? 'unknown')));
         } else p.resolve(msg.return);
       }
     }
