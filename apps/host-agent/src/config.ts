@@ -1,6 +1,13 @@
 import { availableParallelism, hostname, totalmem } from 'node:os';
 import { type ObjectStoreConfigInput, objectStoreConfigSchema } from '@warren/object-store/config';
-import { defaultHostAgentSocket, ResourceName, Resources, WarrenError } from '@warren/protocol';
+import {
+  DEFAULT_FREEZE_MS,
+  defaultHostAgentSocket,
+  MAX_FREEZE_MS,
+  ResourceName,
+  Resources,
+  WarrenError,
+} from '@warren/protocol';
 import { z } from 'zod';
 import { addressPlan, formatCidr, parseCidr } from './net/address.ts';
 import { parseUpstream } from './net/dns-forwarder.ts';
@@ -281,6 +288,14 @@ export const HostAgentConfig = z
     /** A secret: never logged, and left out of error messages like every value. */
     s3SecretAccessKey: z.string().optional(),
     s3ForcePathStyle: z.enum(['on', 'off']).optional(),
+    /**
+     * WARREN_BACKUP_FREEZE_TIMEOUT_MS: how long a backup may hold a running guest's data volume
+     * frozen (fsfreeze) for its point in time; the guest thaws by itself after it, so it is also
+     * the longest a host agent that dies mid-freeze stalls the tenant's writes.
+     */
+    backupFreezeTimeoutMs: z.coerce.number().int().min(1000).max(MAX_FREEZE_MS).default(DEFAULT_FREEZE_MS),
+    /** WARREN_BACKUP_CONCURRENCY: chunks one backup or restore job has in flight (read, sealed, sent) at once. */
+    backupConcurrency: z.coerce.number().int().min(1).max(64).default(4),
   })
   .superRefine((c, ctx) => {
     // Checked here so a bad object store setting stops the agent at start, naming its variable.
@@ -374,6 +389,8 @@ export const ENV_NAMES: Record<keyof HostAgentConfig, string> = {
   proxyIdleMs: 'WARREN_PROXY_IDLE_MS',
   proxyWsIdleMs: 'WARREN_PROXY_WS_IDLE_MS',
   objectStore: 'WARREN_OBJECT_STORE',
+  backupFreezeTimeoutMs: 'WARREN_BACKUP_FREEZE_TIMEOUT_MS',
+  backupConcurrency: 'WARREN_BACKUP_CONCURRENCY',
   objectStoreDir: 'WARREN_OBJECT_STORE_DIR',
   s3Endpoint: 'WARREN_S3_ENDPOINT',
   s3Region: 'WARREN_S3_REGION',
