@@ -23,6 +23,7 @@ import {
 } from '@warren/protocol';
 import { z } from 'zod';
 import type { Accelerator } from '../accel.ts';
+import { mergeIntoRawBase } from '../backup/merge.ts';
 import type { CgroupDriver, CgroupHandle, IoLimit } from '../cgroups/cgroups.ts';
 import { changedFilesIsolated } from '../disk-changes/index.ts';
 import { GuestClient } from '../guest/guest-client.ts';
@@ -36,7 +37,7 @@ import {
   type VmLaunchSpec,
   type VmmDriver,
 } from '../vmm/driver.ts';
-import { LAYERS_DIR, layersDir } from '../vmm/vm-disks.ts';
+import { LAYERS_DIR, layerFormat, layersDir } from '../vmm/vm-disks.ts';
 import { JailIdAllocator, type UidRange } from './jail-ids.ts';
 import { VmLinks } from './vm-links.ts';
 import { type BackupMark, type SnapshotRecord, VmId, type VmRecord, VmRecords } from './vm-records.ts';
@@ -625,6 +626,44 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
       if (!record) return;
       record.backupMark = mark;
       await this.#records.write(record);
+    });
+  }
+
+  /**
+   * After backup `markId` froze `frozen`: merges the layers it froze into each disk's bottom
+   * layer, so a VM's chain does not grow by a layer per backup, and moves the mark down with
+   * them. Only while the VM has no snapshots (they hold those layers as they are) and its chain
+   * still builds on `frozen` (no revert or restore since). Running: QEMU merges them, the guest
+   * running on (`mergeLayers`); stopped: the data disk's layers are written into its raw base
+   * here (backup/merge.ts), the root disk's are left as they are. The chain and mark are written
+   * after the merge: until then they still name the merged layers, which read the same.
+   */
+  mergeBackupLayers(id: string, markId: string, frozen: Partial<DiskChains>): Promise<void> {
+    return this.#locked(id, async () => {
+      const record = await this.#records.tryRead(id);
+      if (!record || record.snapshots.length > 0) return;
+      const dir = this.dirOf(id);
+      const live = this.#live.get(id);
+      for (const disk of DISK_NAMES) {
+        const below = frozen[disk];
+        const chain = chainsOf(record)[disk];
+        if (!below || below.length < 2 || below.length >= chain.length) continue;
+        if (below.some((layer, i) => chain[i] !== layer)) continue;
+        if (live) {
+          if (!this.#driver.mergeLayers) continue;
+          const spec = await this.#launchSpec(record, false);
+          await this.#driver.mergeLayers(live.vm, spec, disk, below.length - 1);
+        } else if (disk === 'data' && layerFormat(below[0]!) === 'raw') {
+          await mergeIntoRawBase(
+            join(dir, below[0]!),
+            below.slice(1).map((l) => join(dir, l)),
+          );
+        } else continue;
+        record.disks = { ...chainsOf(record), [disk]: [below[0]!, ...chain.slice(below.length)] };
+        if (record.backupMark?.id === markId) record.backupMark.chains[disk] = [below[0]!];
+        await this.#records.write(record);
+      }
+      await collectGarbage(dir, record);
     });
   }
 

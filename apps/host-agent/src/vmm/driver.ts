@@ -200,6 +200,12 @@ export interface VmmDriver {
    * backup's point in time. Drivers with `diskSnapshots`.
    */
   freezeDisks?(vm: RunningVm, spec: VmLaunchSpec, tops: DiskChains): Promise<void>;
+  /**
+   * Merges frozen layers 1..`count` of a running VM's `disk` chain (`spec.disks`) into its layer
+   * 0, the guest running on; the chain is then layer 0 and the layers above `count`. Drivers
+   * with `diskSnapshots`.
+   */
+  mergeLayers?(vm: RunningVm, spec: VmLaunchSpec, disk: DiskName, count: number): Promise<void>;
   /** Removes what the driver keeps of a VM outside its directory; called when the VM is destroyed, after it ended. */
   forget?(id: string, dir: string): Promise<void>;
   /**

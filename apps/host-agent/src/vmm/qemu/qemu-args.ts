@@ -1,3 +1,4 @@
+import { basename } from 'node:path';
 import { AGENT_PORT_NAME } from '@warren/protocol';
 import type { DiskChains, VmLaunchSpec } from '../driver.ts';
 import { INITIAL_CHAINS, layerFormat } from '../vm-disks.ts';
@@ -46,9 +47,21 @@ export function jailPathOfLayer(layer: string): string {
 
 /**
  * Block node names: layer 0 keeps the names VMs had before snapshots existed (`root`, `data`),
- * so a QEMU started by an earlier agent can be snapshotted too.
+ * so a QEMU started by an earlier agent can be snapshotted too. A layer above it is named for
+ * its file (`data-3d3f02977a29` for `jail/disks/data-3d3f02977a29.qcow2`), so its name stays
+ * the same when layers below it are merged away in a running QEMU; agents before that named
+ * them by position (`data-1`), and QEMUs they started still do (`positionalNode`).
  */
-export function layerNode(disk: 'root' | 'data', index: number): string {
+export function layerNode(disk: 'root' | 'data', index: number, layer: string): string {
+  if (index === 0) return disk;
+  const name = basename(layer).replace(/\.(qcow2|img)$/, '');
+  return name.startsWith(`${disk}-`) && /^[a-z][a-z0-9_-]{0,30}$/.test(name)
+    ? name
+    : positionalNode(disk, index);
+}
+
+/** The name earlier agents gave layer `index` of a disk. */
+export function positionalNode(disk: 'root' | 'data', index: number): string {
   return index === 0 ? disk : `${disk}-${index}`;
 }
 
@@ -61,13 +74,15 @@ function chainArgs(disk: 'root' | 'data', chain: string[], direct: string): { ar
     // Frozen layers are read-only to QEMU; only the top takes writes.
     const mode = top ? `discard=unmap${direct}` : 'read-only=on';
     const backing =
-      layerFormat(layer) === 'qcow2' ? `,backing=${i === 0 ? 'rootfs' : layerNode(disk, i - 1)}` : '';
+      layerFormat(layer) === 'qcow2'
+        ? `,backing=${i === 0 ? 'rootfs' : layerNode(disk, i - 1, chain[i - 1]!)}`
+        : '';
     args.push(
       '-blockdev',
-      `driver=${layerFormat(layer)},node-name=${layerNode(disk, i)}${backing},${mode},${file}`,
+      `driver=${layerFormat(layer)},node-name=${layerNode(disk, i, layer)}${backing},${mode},${file}`,
     );
   });
-  return { args, top: layerNode(disk, chain.length - 1) };
+  return { args, top: layerNode(disk, chain.length - 1, chain.at(-1)!) };
 }
 
 /** A marker in QEMU's command line that ties a process to its VM when re-attaching. */

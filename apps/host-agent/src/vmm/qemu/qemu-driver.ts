@@ -24,8 +24,11 @@ import { connectSocket, hostTscKHz } from '../host-io.ts';
 import { createTops, createVmDisks, INITIAL_CHAINS } from '../vm-disks.ts';
 import { fileSizeLimit, hostPathOf, launcher, prepareJail, resolveQemuBinary, TAP_FD } from './jail.ts';
 import { JAIL_PATHS, processName, QEMU_FILES, qemuArgs } from './qemu-args.ts';
-import { loadSnapshot, switchToTops, takeSnapshot } from './qemu-snapshot.ts';
+import { commitLayers, loadSnapshot, switchToTops, takeSnapshot } from './qemu-snapshot.ts';
 import { QmpClient } from './qmp-client.ts';
+
+/** How long merging a disk's frozen layers into its base may take (they hold what changed between two backups). */
+const MERGE_TIMEOUT_MS = 30 * 60_000;
 
 export interface QemuDriverOptions {
   binary: string;
@@ -94,6 +97,11 @@ export class QemuDriver implements VmmDriver {
       if (tops[disk].length > disks[disk].length)
         await chown(join(spec.dir, tops[disk].at(-1)!), spec.jail.uid, spec.jail.gid);
     await switchToTops(vm.qmp, disks, tops);
+  }
+
+  async mergeLayers(vm: RunningVm, spec: VmLaunchSpec, disk: DiskName, count: number): Promise<void> {
+    if (!(vm instanceof QemuVm)) throw new WarrenError('INTERNAL', `VM ${spec.id} is not a QEMU driver VM`);
+    await commitLayers(vm.qmp, disk, (spec.disks ?? INITIAL_CHAINS)[disk], count, MERGE_TIMEOUT_MS);
   }
 
   longestSocketPath(dir: string): string {

@@ -22,7 +22,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { type SnapshotMemory, WarrenError } from '@warren/protocol';
 import { DISK_NAMES, type DiskChains, type DiskName, DisksNotSwitched, type JailIds } from '../driver.ts';
 import { hostPathOf, SNAPSHOT_MEMORY_FILE } from './jail.ts';
-import { JAIL_PATHS, jailPathOfLayer, layerNode, RAM_OBJECT } from './qemu-args.ts';
+import { JAIL_PATHS, jailPathOfLayer, layerNode, positionalNode, RAM_OBJECT } from './qemu-args.ts';
 import { type QmpClient, QmpError } from './qmp-client.ts';
 
 /** A snapshot's device state (and, for `stream`, its memory), in the snapshot's directory. */
@@ -80,25 +80,44 @@ function sparseCopy(from: string, to: string): Promise<void> {
   });
 }
 
+/** Names of the block nodes the running QEMU has. */
+async function nodeNames(qmp: QmpClient): Promise<Set<string>> {
+  const nodes = await qmp.execute<{ 'node-name': string }[]>('query-named-block-nodes', { flat: true });
+  return new Set(nodes.map((n) => n['node-name']));
+}
+
+/** The node QEMU holds layer `index` of `chain` in: named for its file, or by position in a QEMU an earlier agent started. */
+function nodeOf(names: Set<string>, disk: DiskName, chain: string[], index: number): string {
+  const named = layerNode(disk, index, chain[index]!);
+  return names.has(named) ? named : positionalNode(disk, index);
+}
+
 /** Opens the (new, empty) top of `chain` in QEMU as a block node of its own, backed by nothing yet. */
-async function addTop(qmp: QmpClient, disk: DiskName, chain: string[]): Promise<void> {
+async function addTop(qmp: QmpClient, disk: DiskName, chain: string[]): Promise<string> {
   const index = chain.length - 1;
+  const node = layerNode(disk, index, chain[index]!);
   await qmp.execute('blockdev-add', {
     driver: 'qcow2',
-    'node-name': layerNode(disk, index),
+    'node-name': node,
     discard: 'unmap',
     file: { driver: 'file', filename: jailPathOfLayer(chain[index]!) },
     backing: null,
   });
+  return node;
 }
 
 /** `blockdev-snapshot` arguments that put `disk`'s new top over its current one. */
 function snapshotArgs(
+  names: Set<string>,
   disk: DiskName,
   disks: DiskChains,
   tops: DiskChains,
 ): { node: string; overlay: string } {
-  return { node: layerNode(disk, disks[disk].length - 1), overlay: layerNode(disk, tops[disk].length - 1) };
+  const index = tops[disk].length - 1;
+  return {
+    node: nodeOf(names, disk, disks[disk], disks[disk].length - 1),
+    overlay: layerNode(disk, index, tops[disk][index]!),
+  };
 }
 
 /**
@@ -111,18 +130,83 @@ export async function switchToTops(qmp: QmpClient, disks: DiskChains, tops: Disk
   const moved = DISK_NAMES.filter((d) => tops[d].length === disks[d].length + 1);
   const added: string[] = [];
   try {
-    for (const disk of moved) {
-      await addTop(qmp, disk, tops[disk]);
-      added.push(layerNode(disk, tops[disk].length - 1));
-    }
+    const names = await nodeNames(qmp);
+    for (const disk of moved) added.push(await addTop(qmp, disk, tops[disk]));
     await qmp.execute('transaction', {
-      actions: moved.map((disk) => ({ type: 'blockdev-snapshot', data: snapshotArgs(disk, disks, tops) })),
+      actions: moved.map((disk) => ({
+        type: 'blockdev-snapshot',
+        data: snapshotArgs(names, disk, disks, tops),
+      })),
     });
   } catch (e) {
     for (const node of added) await qmp.execute('blockdev-del', { 'node-name': node }).catch(() => {});
     // An answer from QEMU (not a lost connection) means the transaction did nothing.
     if (e instanceof QmpError) throw new DisksNotSwitched(e);
     throw e;
+  }
+}
+
+/** How long a cancelled merge job may take to end. */
+const JOB_CANCEL_GRACE_MS = 60_000;
+
+interface JobInfo {
+  id: string;
+  status: string;
+  error?: string;
+}
+
+/**
+ * Merges layers 1..`count` of a running VM's `chain` into layer 0 (QMP `block-commit`, the
+ * guest running on): QEMU copies what they hold into the bottom layer and drops them from the
+ * disk's graph, so the chain becomes layer 0 and the layers above `count`. The layers merged
+ * must be frozen ones (below the top). Waits for the job, and dismisses it, within `timeoutMs`;
+ * a job that fails or runs out of time is cancelled, and leaves the chain as it was (what it
+ * copied is what the layers above hold anyway).
+ */
+export async function commitLayers(
+  qmp: QmpClient,
+  disk: DiskName,
+  chain: string[],
+  count: number,
+  timeoutMs: number,
+): Promise<void> {
+  if (count < 1 || count > chain.length - 2)
+    throw new WarrenError('INTERNAL', `cannot merge ${count} layers of ${chain.length}`);
+  const names = await nodeNames(qmp);
+  const job = `warren-commit-${disk}`;
+  await qmp.execute('block-commit', {
+    'job-id': job,
+    device: nodeOf(names, disk, chain, chain.length - 1),
+    'base-node': nodeOf(names, disk, chain, 0),
+    'top-node': nodeOf(names, disk, chain, count),
+    'auto-dismiss': false,
+  });
+  const deadline = Date.now() + timeoutMs;
+  let cancelled = false;
+  for (let pause = 5; ; pause = Math.min(pause * 2, 200)) {
+    const info = (await qmp.execute<JobInfo[]>('query-jobs')).find((j) => j.id === job);
+    if (!info) throw new WarrenError('INTERNAL', `QEMU lost the merge job of the ${disk} disk`);
+    if (info.status === 'concluded') {
+      await qmp.execute('job-dismiss', { id: job });
+      if (info.error || cancelled)
+        throw new WarrenError(
+          cancelled ? 'TIMEOUT' : 'INTERNAL',
+          cancelled
+            ? `merging the ${disk} disk's layers did not finish in ${timeoutMs} ms`
+            : `merging the ${disk} disk's layers failed: ${info.error}`,
+        );
+      return;
+    }
+    if (!cancelled && Date.now() > deadline) {
+      cancelled = true;
+      await qmp.execute('job-cancel', { id: job }).catch(() => {});
+    }
+    if (Date.now() > deadline + JOB_CANCEL_GRACE_MS)
+      throw new WarrenError(
+        'TIMEOUT',
+        `the merge job of the ${disk} disk did not end after it was cancelled`,
+      );
+    await sleep(pause);
   }
 }
 
@@ -152,9 +236,10 @@ export async function takeSnapshot(t: SnapshotTarget): Promise<{ memory: Snapsho
   await t.qmp.execute('stop');
   let resumed = false;
   try {
+    const names = await nodeNames(t.qmp);
     for (const disk of DISK_NAMES) {
       await addTop(t.qmp, disk, t.tops[disk]);
-      await t.qmp.execute('blockdev-snapshot', snapshotArgs(disk, t.disks, t.tops));
+      await t.qmp.execute('blockdev-snapshot', snapshotArgs(names, disk, t.disks, t.tops));
     }
     await saveState(t, memory);
     if (memory === 'mapped') await sparseCopy(await memfdPath(t.pid), join(t.dir, SNAPSHOT_MEMORY_FILE));
