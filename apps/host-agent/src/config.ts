@@ -1,4 +1,5 @@
 import { availableParallelism, hostname, totalmem } from 'node:os';
+import { DEFAULT_CONCURRENCY } from '@warren/backup';
 import { type ObjectStoreConfigInput, objectStoreConfigSchema } from '@warren/object-store/config';
 import {
   DEFAULT_FREEZE_MS,
@@ -294,8 +295,8 @@ export const HostAgentConfig = z
      * the longest a host agent that dies mid-freeze stalls the tenant's writes.
      */
     backupFreezeTimeoutMs: z.coerce.number().int().min(1000).max(MAX_FREEZE_MS).default(DEFAULT_FREEZE_MS),
-    /** WARREN_BACKUP_CONCURRENCY: chunks one backup or restore job has in flight (read, sealed, sent) at once. */
-    backupConcurrency: z.coerce.number().int().min(1).max(64).default(4),
+    /** WARREN_BACKUP_CONCURRENCY: chunks one backup or restore job has in flight (read, sealed, sent) at once; 64 is @warren/backup's bound. */
+    backupConcurrency: z.coerce.number().int().min(1).max(64).default(DEFAULT_CONCURRENCY),
   })
   .superRefine((c, ctx) => {
     // Checked here so a bad object store setting stops the agent at start, naming its variable.

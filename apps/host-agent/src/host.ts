@@ -1,8 +1,10 @@
 import { mkdir } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { ImageStore } from '@warren/images';
+import { createObjectStore } from '@warren/object-store';
 import type { CgroupState } from '@warren/protocol';
 import { chooseAccelerator } from './accel.ts';
+import { BackupJobs } from './backup/backup-jobs.ts';
 import {
   blockDeviceOf,
   type CgroupDriver,
@@ -10,7 +12,7 @@ import {
   type IoLimit,
   supportsIoLimits,
 } from './cgroups/cgroups.ts';
-import { type HostAgentConfig, imagesDirOf } from './config.ts';
+import { type HostAgentConfig, imagesDirOf, objectStoreConfigOf } from './config.ts';
 import { lockDownDataDir } from './fs-modes.ts';
 import { addressPlan } from './net/address.ts';
 import { parseUpstream, systemResolver } from './net/dns-forwarder.ts';
@@ -23,6 +25,8 @@ export interface Host {
   config: HostAgentConfig;
   store: ImageStore;
   vms: VmManager;
+  /** Backup and restore jobs, against the object store WARREN_OBJECT_STORE names. */
+  backups: BackupJobs;
   accel: { accel: 'kvm' | 'tcg'; reason: string };
   /** `state` is what the heartbeat reports: the cgroup version in use, or `off` by the operator's choice. */
   cgroups: { state: CgroupState; reason: string };
@@ -77,10 +81,18 @@ export async function openHost(config: HostAgentConfig, log: (m: string) => void
     ...(network ? { network } : {}),
     log,
   });
+  const backups = new BackupJobs({
+    vms,
+    store: createObjectStore(objectStoreConfigOf(config)),
+    freezeTimeoutMs: config.backupFreezeTimeoutMs,
+    concurrency: config.backupConcurrency,
+    log,
+  });
   return {
     config,
     store,
     vms,
+    backups,
     accel,
     ...(network ? { network } : {}),
     cgroups: { state: cg.state, reason: cg.reason },

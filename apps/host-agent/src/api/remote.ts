@@ -3,6 +3,7 @@ import { tenantIdOfVm, WarrenError } from '@warren/protocol';
 import Fastify, { type FastifyInstance } from 'fastify';
 import { MAX_STREAMS_PER_VM_DEFAULT, PROXY_IDLE_DEFAULTS } from '../config.ts';
 import type { Host } from '../host.ts';
+import { registerBackupRoutes } from './backups.ts';
 import { registerGuestRoutes, useWarrenErrors } from './common.ts';
 import { guestIpTarget, type ResolveVmTarget, registerProxyRoutes } from './proxy.ts';
 import { registerSnapshotRoutes } from './snapshots.ts';
@@ -55,6 +56,7 @@ export function createRemoteApi(host: Host, options: RemoteApiOptions): FastifyI
     return host.vms.guest(id);
   };
   registerSnapshotRoutes(app, host.vms, tenantVm);
+  registerBackupRoutes(app, host.backups, tenantVm);
 
   registerGuestRoutes(app, guestOf, {
     maxStreamsPerVm: options.maxStreamsPerVm ?? MAX_STREAMS_PER_VM_DEFAULT,

@@ -2,6 +2,7 @@ import { EXEC_CONTENT_TYPE, ImageBuildRequest, parseOrThrow, WarrenError } from 
 import Fastify, { type FastifyInstance } from 'fastify';
 import type { Host } from '../host.ts';
 import { buildHostImage } from '../images.ts';
+import { registerBackupRoutes } from './backups.ts';
 import { registerGuestRoutes, useWarrenErrors } from './common.ts';
 import { registerSnapshotRoutes } from './snapshots.ts';
 
@@ -57,5 +58,6 @@ export function createApi(host: Host): FastifyInstance {
   });
   registerGuestRoutes(app, guestOf);
   registerSnapshotRoutes(app, host.vms, () => {});
+  registerBackupRoutes(app, host.backups, () => {});
   return app;
 }
