@@ -19,7 +19,7 @@ import { after, before, describe, test } from 'node:test';
 import { createObjectStore, type ObjectStore } from '@warren/object-store';
 import type { BackupMetadata } from '@warren/protocol';
 import { minimalImage, REPO_ROOT, TEST_IMAGES_DIR } from '../helpers/image.ts';
-import { startS3Server, type S3Server } from '../helpers/s3-server.ts';
+import { type S3Server, startS3Server } from '../helpers/s3-server.ts';
 import { until } from '../helpers/until.ts';
 
 const BUCKET = 'warren-kill';
@@ -125,8 +125,12 @@ describe('kill -9 of the host agent mid-backup and mid-restore', { timeout: 900_
   const call = (method: string, path: string, body?: unknown) => api(socket(), method, path, body);
   const run = async (script: string): Promise<string> => {
     const r = await call('POST', `/v1/vms/${VM}/exec`, { argv: ['sh', '-c', script] });
-    assert.ok(Array.isArray(r.body), JSON.stringify(r.body));
-    const lines = r.body as { stdout?: string; stderr?: string; exit?: { exitCode: number } }[];
+    // NDJSON: one line (no output) parses as one object.
+    const lines = (Array.isArray(r.body) ? r.body : [r.body]) as {
+      stdout?: string;
+      stderr?: string;
+      exit?: { exitCode: number };
+    }[];
     const exit = lines.find((l) => l.exit)?.exit;
     const out = (k: 'stdout' | 'stderr') =>
       lines
@@ -149,10 +153,14 @@ describe('kill -9 of the host agent mid-backup and mid-restore', { timeout: 900_
 
   async function startAgent(): Promise<void> {
     agentLog = '';
-    const child = spawn(join(REPO_ROOT, 'scripts', 'node.sh'), [join(REPO_ROOT, 'apps/host-agent/src/main.ts')], {
-      env: { ...process.env, ...env },
-      stdio: ['ignore', 'ignore', 'pipe'],
-    });
+    const child = spawn(
+      join(REPO_ROOT, 'scripts', 'node.sh'),
+      [join(REPO_ROOT, 'apps/host-agent/src/main.ts')],
+      {
+        env: { ...process.env, ...env },
+        stdio: ['ignore', 'ignore', 'pipe'],
+      },
+    );
     child.stderr!.on('data', (c) => (agentLog += c));
     agent = child;
     await until(
