@@ -591,29 +591,40 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
       const before = chainsOf(record);
       const spec = live ? await this.#launchSpec(record, false) : undefined;
       const tops = await d.newTops(dir, before, image, options.includeRoot ? DISK_NAMES : ['data']);
-      record.disks = tops;
-      await this.#records.write(record);
+      // Frozen before the record changes: a guest that cannot freeze leaves nothing to undo.
+      let guest: GuestClient | undefined;
+      try {
+        guest = live ? await this.#guest(id) : undefined;
+        await guest?.freeze(options.freezeTimeoutMs);
+      } catch (e) {
+        await collectGarbage(dir, record);
+        throw e;
+      }
       let pointInTime = new Date().toISOString();
-      if (live && spec) {
-        const guest = await this.#guest(id);
-        await guest.freeze(options.freezeTimeoutMs);
-        try {
-          await d.freezeDisks!(live.vm, spec, tops);
-          pointInTime = new Date().toISOString();
-        } catch (e) {
-          // QEMU refused the switch and still writes the old tops: the record must say so again.
-          if (e instanceof DisksNotSwitched) {
-            record.disks = before;
-            await this.#records.write(record);
-            await collectGarbage(dir, record);
-            throw e.cause;
+      try {
+        // Recorded before the switch, as snapshots do: the new tops sit on the old ones, so
+        // whether or not QEMU got to write to them, this chain holds every write.
+        record.disks = tops;
+        await this.#records.write(record);
+        if (live && spec) {
+          try {
+            await d.freezeDisks!(live.vm, spec, tops);
+            pointInTime = new Date().toISOString();
+          } catch (e) {
+            // QEMU refused the switch and still writes the old tops: the record must say so again.
+            if (e instanceof DisksNotSwitched) {
+              record.disks = before;
+              await this.#records.write(record);
+              await collectGarbage(dir, record);
+              throw e.cause;
+            }
+            throw e;
           }
-          throw e;
-        } finally {
-          await guest
-            .thaw()
-            .catch((e: Error) => this.#o.log?.(`VM ${id}: thawing its data volume failed: ${e.message}`));
         }
+      } finally {
+        await guest
+          ?.thaw()
+          .catch((e: Error) => this.#o.log?.(`VM ${id}: thawing its data volume failed: ${e.message}`));
       }
       return open({ record, dir, frozen: before, pointInTime, rootfsPath: image.rootfsPath });
     });
