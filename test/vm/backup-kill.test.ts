@@ -273,7 +273,7 @@ describe('kill -9 of the host agent mid-backup and mid-restore', { timeout: 900_
     assert.equal(r.status, 202, JSON.stringify(r.body));
     await until('a chunk download is held', () => gate!.held, 120_000, 20);
     const layers = join(dataDir, 'vms', VM, 'jail', 'disks');
-    assert.ok((await readdir(layers)).includes(`.restore-${restoreJob}`), 'the restore is mid-way');
+    assert.ok((await readdir(layers)).includes(`.restore-${restoreJob}-data`), 'the restore is mid-way');
     await killAgent();
     gate!.release();
 

@@ -40,7 +40,7 @@ const METADATA: BackupMetadata = {
 describe('backups on real VMs (qemu)', { timeout: 900_000 }, () => {
   let host: TestHost;
   const id = 'bak-a';
-  const keys = { tenant: randomBytes(32).toString('base64') };
+  const keys = { tenant: randomBytes(32).toString('base64'), image: randomBytes(32).toString('base64') };
   const run = async (script: string) => {
     const r = await collect(async (o) => (await host.vms.guest(id)).exec(sh(script), o));
     const code = (r.exit as { exitCode: number | null }).exitCode;
@@ -187,5 +187,28 @@ describe('backups on real VMs (qemu)', { timeout: 900_000 }, () => {
     const next = await backup({ id: backupId(), previous: second });
     assert.equal(next.result!.mode, 'full');
     assert.match(next.result!.reason ?? '', /not the previous one/);
+  });
+
+  test('with the root disk: a restore brings both disks back, and the restored root backs up incrementally', async () => {
+    await run('echo kept > /etc/root-marker && echo data-marker > /workspace/marker && sync');
+    const withRoot = backupId();
+    const job = await backup({ id: withRoot, includeRoot: true });
+    assert.deepEqual(
+      job.result!.volumes.map((v) => v.name),
+      ['data', 'root'],
+    );
+    await run('rm /etc/root-marker && echo later > /etc/root-later && rm /workspace/marker && sync');
+    const restored = await restore(withRoot);
+    assert.deepEqual(restored.result!.volumes.map((v) => v.name).sort(), ['data', 'root']);
+    const status = await host.vms.get(id);
+    assert.equal(status.disks!.root.length, 1, 'a raw root of its own');
+    assert.equal(await run('cat /etc/root-marker /workspace/marker'), 'kept\ndata-marker\n');
+    assert.ok(!(await run('ls /etc')).split('\n').includes('root-later'));
+    // The restored root is a raw bottom layer now: backed up, changed a little, backed up again.
+    const a = await backup({ id: backupId(), includeRoot: true });
+    await run('echo again > /etc/root-again && sync');
+    const b = await backup({ id: backupId(), includeRoot: true, previous: a.id });
+    assert.equal(b.result!.mode, 'incremental', b.result!.reason);
+    assert.ok(b.progress.bytesTotal <= 32 * MiB, `read ${b.progress.bytesTotal} bytes`);
   });
 });

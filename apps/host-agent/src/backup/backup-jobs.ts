@@ -29,6 +29,7 @@ import {
 } from '@warren/protocol';
 import type { BackupPoint, VmManager } from '../vm/vm-manager.ts';
 import type { BackupMark } from '../vm/vm-records.ts';
+import { layerFormat } from '../vmm/vm-disks.ts';
 import { ChainThread } from './chain-thread.ts';
 
 /** Finished jobs kept for the control plane to poll, at most this many and this long. */
@@ -244,36 +245,47 @@ export class BackupJobs {
     // Read (and checked against the key) before the VM is touched: a wrong key or a missing
     // backup costs the tenant nothing.
     const manifest = await readManifest(store, keys.tenant, req.backup);
-    const volume = manifest.volumes.find((v) => v.name === 'data');
-    if (!volume)
+    if (!manifest.volumes.some((v) => v.name === 'data'))
       throw new WarrenError(
         'BACKUP_CORRUPT',
         `backup ${req.backup} has no data volume (manifests/${req.backup})`,
       );
-    entry.job.progress = { ...NO_PROGRESS, bytesTotal: volume.size };
-    await this.#o.vms.replaceDataVolume(
+    const volumes = manifest.volumes;
+    // Progress over all the volumes: what the ones already written added, plus the current one's.
+    const done = { ...NO_PROGRESS, bytesTotal: volumes.reduce((n, v) => n + v.size, 0) };
+    entry.job.progress = { ...done };
+    await this.#o.vms.replaceVolumes(
       entry.vmId,
       req.job,
-      async (path) => {
+      volumes.map((v) => v.name),
+      async (disk, path) => {
+        const volume = volumes.find((v) => v.name === disk)!;
         const file = await open(path, 'w', 0o600);
         try {
           // Sparse: chunks of zeros are holes, never written.
           await file.truncate(volume.size);
-          await restoreVolume({
+          const r = await restoreVolume({
             store,
             keys,
             manifest,
             backupId: req.backup,
-            volume: 'data',
+            volume: disk,
             write: async (offset, buf) => {
               await file.write(buf, 0, buf.length, offset);
             },
             concurrency: this.#o.concurrency,
             onProgress: (p) => {
-              entry.job.progress = p;
+              entry.job.progress = {
+                ...done,
+                bytesDone: done.bytesDone + p.bytesDone,
+                bytesTransferred: done.bytesTransferred + p.bytesTransferred,
+              };
             },
           });
           await file.sync();
+          done.bytesDone += volume.size;
+          done.bytesTransferred += r.bytesTransferred;
+          entry.job.progress = { ...done };
         } finally {
           await file.close();
         }
@@ -283,9 +295,11 @@ export class BackupJobs {
     );
     return {
       pointInTime: manifest.pointInTime,
-      volumes: [
-        { name: 'data', sizeBytes: volume.size, chunks: volume.chunks.filter((c) => c !== null).length },
-      ],
+      volumes: volumes.map((v) => ({
+        name: v.name,
+        sizeBytes: v.size,
+        chunks: v.chunks.filter((c) => c !== null).length,
+      })),
       storedBytes: 0,
       mode: 'full',
       durationMs: performance.now() - started,
@@ -325,12 +339,22 @@ async function openVolumes(point: BackupPoint, includeRoot: boolean): Promise<Op
     });
     await expectSize(out[0]!.thread, data[0]!, 'data');
     if (includeRoot) {
-      const layers = point.frozen.root.map((l) => join(point.dir, l));
-      const thread = await ChainThread.open({ base: point.rootfsPath, baseFormat: 'raw', layers });
+      const files = point.frozen.root.map((l) => join(point.dir, l));
+      // A root disk sits on the image's rootfs, unless a restore made it a raw file of its own:
+      // then every chunk of it is the tenant's (its bytes no longer show what is the image's).
+      const own = layerFormat(point.frozen.root[0]!) === 'raw';
+      const base = own ? files[0]! : point.rootfsPath;
+      const thread = await ChainThread.open({
+        base,
+        baseFormat: 'raw',
+        layers: own ? files.slice(1) : files,
+      });
       out.push({ name: 'root', thread });
-      await expectSize(thread, point.rootfsPath, 'root');
-      const tenant = await thread.allocatedChunks(0, CHUNK_SIZE);
-      out[1]!.tenantChunks = tenant && new Set(tenant);
+      await expectSize(thread, base, 'root');
+      if (!own) {
+        const tenant = await thread.allocatedChunks(0, CHUNK_SIZE);
+        out[1]!.tenantChunks = tenant && new Set(tenant);
+      }
     }
     return out;
   } catch (e) {
@@ -370,8 +394,9 @@ async function whatChanged(
     return 'the disk was reverted or restored since the previous backup';
   const before = previous.volumes.find((p) => p.name === v.name);
   if (!before || before.size !== v.thread.size) return 'the disk changed size since the previous backup';
-  // The data disk's chain starts with its raw base; the root disk's are all qcow2 layers.
-  const fromLayer = v.name === 'data' ? below.length - 1 : below.length;
+  // A chain that starts with a raw file reads it as its base (the data disk, a restored root
+  // disk); a root disk over its image has qcow2 layers only.
+  const fromLayer = layerFormat(below[0]!) === 'raw' ? below.length - 1 : below.length;
   const changed = await v.thread.allocatedChunks(fromLayer, CHUNK_SIZE);
   if (!changed) return 'too many changed clusters to list';
   v.changed = changed;

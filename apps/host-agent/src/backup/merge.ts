@@ -1,5 +1,5 @@
 /**
- * Merging a stopped VM's frozen data layers into its raw base without QEMU: the layers are read
+ * Merging a stopped VM's frozen layers into a raw bottom layer without QEMU: the layers are read
  * with the hardened qcow2 reader (in its thread) and their chunks written over the base, so no
  * qemu-img running as root ever parses metadata a guest's QEMU wrote.
  */
@@ -22,7 +22,7 @@ export async function mergeIntoRawBase(base: string, layers: string[]): Promise<
     if (thread.size !== size)
       throw new WarrenError(
         'INTERNAL',
-        `the data disk's top layer claims ${thread.size} bytes where its base has ${size}`,
+        `a disk's top layer claims ${thread.size} bytes where its base has ${size}`,
       );
     const chunks =
       (await thread.allocatedChunks(0, MERGE_CHUNK_BYTES)) ??

@@ -31,6 +31,7 @@ import type { HostNetwork } from '../net/host-network.ts';
 import {
   DISK_NAMES,
   type DiskChains,
+  type DiskName,
   DisksNotSwitched,
   type RunningVm,
   type VmExit,
@@ -645,8 +646,9 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
    * layer, so a VM's chain does not grow by a layer per backup, and moves the mark down with
    * them. Only while the VM has no snapshots (they hold those layers as they are) and its chain
    * still builds on `frozen` (no revert or restore since). Running: QEMU merges them, the guest
-   * running on (`mergeLayers`); stopped: the data disk's layers are written into its raw base
-   * here (backup/merge.ts), the root disk's are left as they are. The chain and mark are written
+   * running on (`mergeLayers`); stopped: the layers are written into a raw bottom layer here
+   * (backup/merge.ts: the data disk's, a restored root disk's); a root disk over its image's
+   * root.qcow2 keeps them until a merge while it runs. The chain and mark are written
    * after the merge: until then they still name the merged layers, which read the same.
    */
   mergeBackupLayers(id: string, markId: string, frozen: Partial<DiskChains>): Promise<void> {
@@ -664,7 +666,7 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
           if (!this.#driver.mergeLayers) continue;
           const spec = await this.#launchSpec(record, false);
           await this.#driver.mergeLayers(live.vm, spec, disk, below.length - 1);
-        } else if (disk === 'data' && layerFormat(below[0]!) === 'raw') {
+        } else if (layerFormat(below[0]!) === 'raw') {
           await mergeIntoRawBase(
             join(dir, below[0]!),
             below.slice(1).map((l) => join(dir, l)),
@@ -679,39 +681,48 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
   }
 
   /**
-   * Replaces the VM's data volume with a new raw file, under the VM's lock: `fill(path)` writes
-   * it (a temporary name in the VM's layers directory, which the agent's start-up garbage
-   * collection removes if this never finishes); the VM is stopped only then, the data chain is
-   * switched to the file in one record write, and the VM started again if it ran (or always).
-   * Nothing of the old chain is removed here: snapshots that hold its layers keep them, and
-   * layer GC collects the rest.
+   * Replaces the VM's data volume (and its root disk, when `disks` has it) with new raw files,
+   * under the VM's lock: `fill(disk, path)` writes each (a temporary name in the VM's layers
+   * directory, which the agent's start-up garbage collection removes if this never finishes)
+   * and returns its size; the VM is stopped only then, both chains are switched to the new
+   * files in one record write, and the VM started again if it ran (or always). Nothing of the
+   * old chains is removed here: snapshots that hold their layers keep them, layer GC collects
+   * the rest, and the VM's original disks stay.
    */
-  replaceDataVolume(
+  replaceVolumes(
     id: string,
     job: string,
-    fill: (path: string) => Promise<number>,
+    disks: readonly DiskName[],
+    fill: (disk: DiskName, path: string) => Promise<number>,
     start: 'as-before' | 'always',
   ): Promise<VmStatus> {
     return this.#locked(id, async () => {
       const dir = this.dirOf(id);
       await this.#records.read(id);
       await layersDir(dir);
-      const tmp = `${LAYERS_DIR}/.restore-${job}`;
-      const base = `${LAYERS_DIR}/data-${job}.img`;
-      let size: number;
+      const made: Partial<Record<DiskName, { layer: string; size: number }>> = {};
+      const tmp = (disk: DiskName) => join(dir, `${LAYERS_DIR}/.restore-${job}-${disk}`);
       try {
-        size = await fill(join(dir, tmp));
-        await rename(join(dir, tmp), join(dir, base));
+        for (const disk of disks) {
+          const size = await fill(disk, tmp(disk));
+          const layer = `${LAYERS_DIR}/${disk}-${job}.img`;
+          await rename(tmp(disk), join(dir, layer));
+          made[disk] = { layer, size };
+        }
       } catch (e) {
-        await rm(join(dir, tmp), { force: true });
+        for (const disk of disks) await rm(tmp(disk), { force: true });
         throw e;
       }
       const wasRunning = this.#live.has(id);
       if (wasRunning) await this.#stop(id);
       const record = await this.#records.read(id);
-      record.disks = { root: chainsOf(record).root, data: [base] };
-      record.diskMiB = Math.ceil(size / (1024 * 1024));
-      // The volume is another one now: no later backup may take it for the one the mark froze.
+      const chains = chainsOf(record);
+      record.disks = {
+        root: made.root ? [made.root.layer] : chains.root,
+        data: made.data ? [made.data.layer] : chains.data,
+      };
+      if (made.data) record.diskMiB = Math.ceil(made.data.size / (1024 * 1024));
+      // The volumes are other ones now: no later backup may take them for the ones the mark froze.
       delete record.backupMark;
       delete record.basedOn;
       this.#unchangedSince.delete(id);
@@ -737,7 +748,8 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
       const image = await this.#imagePaths(record.imageId);
       const chain = (chains: DiskChains, disk: 'root' | 'data') => {
         const files = chains[disk].map((l) => join(dir, l));
-        return disk === 'root'
+        // A root disk sits on the image's rootfs, unless a restore made it a raw file of its own.
+        return disk === 'root' && layerFormat(chains.root[0]!) === 'qcow2'
           ? { base: image.rootfsPath, baseFormat: 'raw' as const, layers: files }
           : { base: files[0]!, baseFormat: 'raw' as const, layers: files.slice(1) };
       };

@@ -159,9 +159,9 @@ export async function resolveQemuBinary(binary: string): Promise<string> {
  * metadata) or its memory (the memfd holding guest RAM is sized with ftruncate).
  */
 export async function fileSizeLimit(spec: VmLaunchSpec): Promise<number> {
-  const sizes = await Promise.all(
-    [vmDisks(spec.dir).data, spec.image.rootfsPath].map((p) => stat(p).then((s) => s.size)),
-  );
+  // The data disk's bottom layer is data.img, or the volume a restore put in its place.
+  const dataBase = join(spec.dir, (spec.disks ?? INITIAL_CHAINS).data[0]!);
+  const sizes = await Promise.all([dataBase, spec.image.rootfsPath].map((p) => stat(p).then((s) => s.size)));
   return Math.max(...sizes, spec.memoryMiB * 1024 * 1024) + FSIZE_SLACK_BYTES;
 }
 
