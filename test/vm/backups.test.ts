@@ -97,6 +97,27 @@ describe('backups on real VMs (qemu)', { timeout: 900_000 }, () => {
     assert.equal(await guest.thaw(), false, 'already thawed by the guest');
   });
 
+  test('file calls during a freeze wait for the thaw without holding up the guest agent', async () => {
+    const guest = await host.vms.guest(id);
+    await guest.freeze(30_000);
+    // More writes than the guest agent has libuv pool threads (UV_THREADPOOL_SIZE=8 in the
+    // image): were they blocked in those threads on the frozen volume, every later request
+    // (its port reads, a health check's statfs) would wait for the guest's own thaw timer.
+    const writes = Array.from({ length: 12 }, (_, i) =>
+      guest.writeFile(`/workspace/during-${i}`, `w${i}`).then(
+        () => 'written',
+        (e: Error) => e.message,
+      ),
+    );
+    try {
+      await guest.health(10_000);
+      assert.equal(await guest.thaw(), true, 'thawed by the request, not by the timer');
+    } finally {
+      assert.deepEqual(await Promise.all(writes), Array(12).fill('written'));
+    }
+    assert.equal(await run('cat /workspace/during-0 /workspace/during-11'), 'w0w11');
+  });
+
   let first = '';
   let second = '';
   let linesBefore = 0;
