@@ -27,7 +27,7 @@ import {
   parseOrThrow,
   WarrenError,
 } from '@warren/protocol';
-import type { BackupPoint, VmManager } from '../vm/vm-manager.ts';
+import { type BackupPoint, backupsUnsupported, type VmManager } from '../vm/vm-manager.ts';
 import type { BackupMark } from '../vm/vm-records.ts';
 import { layerFormat } from '../vmm/vm-disks.ts';
 import { ChainThread } from './chain-thread.ts';
@@ -94,7 +94,10 @@ export class BackupJobs {
     const req = parseOrThrow(HostBackupRequest, request);
     const known = this.#known(req.id, vmId, 'backup');
     if (known) return known;
-    await this.#o.vms.get(vmId);
+    const vm = await this.#o.vms.get(vmId);
+    // Said at once when it is already clear; backupPoint checks again under the VM's lock.
+    const { vmm } = this.#o.vms;
+    if (vm.state === 'running' && !vmm.capabilities.diskSnapshots) throw backupsUnsupported(vmm.name, true);
     const entry = this.#add(req.id, vmId, 'backup');
     const keys = keyBuffers(req.keys);
     void this.#run(entry, keys, () => this.#backup(entry, req, keys));

@@ -67,6 +67,13 @@ export const CreateVmRequest = z.strictObject({
 });
 export type CreateVmRequest = z.input<typeof CreateVmRequest>;
 
+export function backupsUnsupported(vmm: string, running: boolean): WarrenError {
+  return new WarrenError(
+    'BACKUPS_UNSUPPORTED',
+    `the ${vmm} VMM of this host cannot freeze ${running ? "a running VM's" : "a VM's"} disks for a backup; run the VM on a host with WARREN_VMM=qemu`,
+  );
+}
+
 /** What `backupPoint` hands its caller: the VM's record before the freeze, and the chains it froze. */
 export interface BackupPoint {
   record: VmRecord;
@@ -581,12 +588,8 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
       const d = this.#driver;
       const record = await this.#records.read(id);
       const live = this.#live.get(id);
-      if (!d.newTops || (live && (!d.capabilities.diskSnapshots || !d.freezeDisks))) {
-        throw new WarrenError(
-          'BACKUPS_UNSUPPORTED',
-          `the ${d.name} VMM of this host cannot freeze ${live ? "a running VM's" : "a VM's"} disks for a backup; run the VM on a host with WARREN_VMM=qemu`,
-        );
-      }
+      if (!d.newTops || (live && (!d.capabilities.diskSnapshots || !d.freezeDisks)))
+        throw backupsUnsupported(d.name, live !== undefined);
       const dir = this.dirOf(id);
       const image = await this.#imagePaths(record.imageId);
       const before = chainsOf(record);
