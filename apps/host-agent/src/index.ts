@@ -1,5 +1,6 @@
 export * from './accel.ts';
 export * from './api/common.ts';
+export * from './backup/backup-jobs.ts';
 export * from './api/remote.ts';
 export * from './api/server.ts';
 export * from './cgroups/cgroups.ts';

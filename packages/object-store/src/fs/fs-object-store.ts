@@ -79,7 +79,8 @@ export class FsObjectStore implements ObjectStore {
         await handle.close();
         throw Object.assign(new Error('not a file'), { code: 'ENOENT' });
       }
-      return handle.createReadStream();
+      // 1 MiB reads: backup chunks are read whole, in one or two pieces rather than sixteen.
+      return handle.createReadStream({ highWaterMark: 1024 * 1024 });
     } catch (err) {
       throw this.#error(key, err);
     }
