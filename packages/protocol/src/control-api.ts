@@ -163,8 +163,18 @@ export const ListTenantsQuery = z.strictObject({
 });
 export type ListTenantsQuery = z.infer<typeof ListTenantsQuery>;
 
-export const OperationKind = z.enum(['create', 'start', 'stop', 'delete']);
+/**
+ * `create`, `start`, `stop`, `delete` end when the tenant's host reports the new desired state;
+ * `restore` (a backup put back into the tenant's volumes) ends when its host's restore job does.
+ */
+export const OperationKind = z.enum(['create', 'start', 'stop', 'delete', 'restore']);
 export const OperationStatus = z.enum(['running', 'succeeded', 'failed']);
+/** How far long work (a restore) has come, in bytes of the volumes it writes. */
+export const OperationProgress = z.object({
+  bytesTotal: z.number().int().min(0),
+  bytesDone: z.number().int().min(0),
+});
+export type OperationProgress = z.infer<typeof OperationProgress>;
 export const Operation = z.object({
   id: OperationId,
   kind: OperationKind,
@@ -172,6 +182,8 @@ export const Operation = z.object({
   tenantName: ResourceName,
   status: OperationStatus,
   error: ErrorSummary.nullable(),
+  /** Only for kinds that report it (restore); null until the first report. */
+  progress: OperationProgress.nullable().optional(),
   createdAt: z.string(),
   updatedAt: z.string(),
 });
