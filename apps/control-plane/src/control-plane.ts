@@ -6,7 +6,7 @@ import { type ApiServer, createApiServer } from './api/server.ts';
 import { type BootstrapResult, bootstrapCredentials } from './auth/bootstrap.ts';
 import { deleteExpiredSessions } from './auth/sessions.ts';
 import { type ControlPlaneConfig, stateDirOf } from './config.ts';
-import { HostService } from './hosts/service.ts';
+import { HostService, LIFECYCLE_KINDS } from './hosts/service.ts';
 import { now } from './ids.ts';
 import { pruneHistory } from './retention.ts';
 import { dialectFromConfig, openStore, type Store, type StoreDialect } from './store/index.ts';
@@ -118,6 +118,8 @@ async function failOverdueOperations(store: Store, config: ControlPlaneConfig): 
       updated_at: now(),
     })
     .where('status', '=', 'running')
+    // Restores have their own deadline (WARREN_BACKUP_JOB_TIMEOUT_MS, tenants/backups.ts).
+    .where('kind', 'in', LIFECYCLE_KINDS)
     .where('created_at', '<', cutoff)
     .execute();
 }

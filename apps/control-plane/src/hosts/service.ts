@@ -24,6 +24,9 @@ import { healthySince, isHealthy } from './health.ts';
 type JoinPrincipal = Extract<Principal, { kind: 'join' }>;
 
 /** Host agents: joining, heartbeats (which carry actual state and return desired state), views. */
+/** The operations a heartbeat completes; `restore` is the backup service's. */
+export const LIFECYCLE_KINDS = ['create', 'start', 'stop', 'delete'];
+
 export class HostService {
   readonly #db: Db;
   readonly #config: ControlPlaneConfig;
@@ -234,6 +237,8 @@ export class HostService {
           .where('tenant_id', '=', row.id)
           .where('status', '=', 'running')
           .where('generation', '<=', vm.generation)
+          // A restore ends with its host job (tenants/backups.ts), not with a generation.
+          .where('kind', 'in', LIFECYCLE_KINDS)
           .execute();
         for (const op of ops) {
           const target = op.kind === 'stop' ? 'stopped' : op.kind === 'delete' ? null : 'running';

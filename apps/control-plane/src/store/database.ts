@@ -14,6 +14,9 @@ export interface Database {
   sessions: SessionsTable;
   dashboard_logins: DashboardLoginsTable;
   tenant_sessions: TenantSessionsTable;
+  backups: BackupsTable;
+  tenant_keys: TenantKeysTable;
+  backup_policies: BackupPoliciesTable;
 }
 
 export interface TenantsTable {
@@ -98,6 +101,10 @@ export interface OperationsTable {
   error_message: string | null;
   created_at: string;
   updated_at: string;
+  /** A restore's host job id (migration 0008); null for the lifecycle kinds. */
+  job?: string | null;
+  /** JSON OperationProgress of a restore; null otherwise. */
+  progress?: string | null;
 }
 
 export interface AuditEventsTable {
@@ -148,4 +155,47 @@ export interface TenantSessionsTable {
   created_at: string;
   expires_at: string;
   ended_at: string | null;
+}
+
+/** One backup in the catalog (migration 0008). Usable only when `complete`. */
+export interface BackupsTable {
+  id: string;
+  tenant_id: string;
+  tenant_name: string;
+  /** running | complete | failed; at most one running per tenant. */
+  state: string;
+  /** manual | scheduled */
+  trigger: string;
+  include_root: number;
+  host_id: string | null;
+  created_at: string;
+  completed_at: string | null;
+  point_in_time: string | null;
+  size_bytes: number;
+  stored_bytes: number;
+  mode: string | null;
+  /** JSON BackupProgress. */
+  progress: string | null;
+  /** JSON BackupMetadata. */
+  metadata: string;
+  error_code: string | null;
+  error_message: string | null;
+}
+
+/** A tenant's backup key, wrapped by the platform master key (never stored in the clear). */
+export interface TenantKeysTable {
+  tenant_id: string;
+  wrapped: string;
+  created_at: string;
+}
+
+/** A tenant's backup schedule and retention (BackupPolicy); no row: the defaults, no schedule. */
+export interface BackupPoliciesTable {
+  tenant_id: string;
+  every_minutes: number | null;
+  keep_last: number;
+  keep_hourly: number;
+  keep_daily: number;
+  keep_weekly: number;
+  updated_at: string;
 }

@@ -13,6 +13,7 @@ import type { z } from 'zod';
 import { isUniqueViolation } from '../api/errors.ts';
 import type { ControlPlaneConfig } from '../config.ts';
 import { healthySince, whereHealthy } from '../hosts/health.ts';
+import { LIFECYCLE_KINDS } from '../hosts/service.ts';
 import { newId, now } from '../ids.ts';
 import { placeTenant } from '../scheduler/place.ts';
 import type { OperationsTable, TenantsTable } from '../store/database.ts';
@@ -220,6 +221,8 @@ export class TenantService {
         })
         .where('tenant_id', '=', cur.id)
         .where('status', '=', 'running')
+        // A restore in progress is not an intent about the VM's state; it ends on its own.
+        .where('kind', 'in', LIFECYCLE_KINDS)
         .execute();
       const op = operationRow(cur, kind, generation, t);
       await trx.insertInto('operations').values(op).execute();

@@ -1,4 +1,4 @@
-import type { NetworkPolicy, Operation, Tenant } from '@warren/protocol';
+import type { NetworkPolicy, Operation, OperationProgress, Tenant } from '@warren/protocol';
 import type { OperationsTable, TenantsTable } from '../store/database.ts';
 
 /** Database rows to API objects: the only place that knows both shapes. */
@@ -34,6 +34,7 @@ export function operationView(row: OperationsTable): Operation {
     tenantName: row.tenant_name,
     status: row.status as Operation['status'],
     error: row.error_code === null ? null : { code: row.error_code, message: row.error_message ?? '' },
+    ...(row.kind === 'restore' ? { progress: parseProgress(row.progress ?? null) } : {}),
     createdAt: row.created_at,
     updatedAt: row.updated_at,
   };
@@ -53,4 +54,14 @@ export function networkOf(
     allowlist,
     bandwidthMbit: row.bandwidth_mbit,
   };
+}
+
+function parseProgress(json: string | null): OperationProgress | null {
+  if (json === null) return null;
+  try {
+    const p = JSON.parse(json) as OperationProgress;
+    return { bytesTotal: p.bytesTotal, bytesDone: p.bytesDone };
+  } catch {
+    return null;
+  }
 }
