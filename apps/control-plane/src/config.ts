@@ -1,3 +1,4 @@
+import { type ObjectStoreConfigInput, objectStoreConfigSchema } from '@warren/object-store/config';
 import { RESOURCE_LIMITS, type ResourceKind, WarrenError } from '@warren/protocol';
 import { z } from 'zod';
 
@@ -156,6 +157,55 @@ export const ControlPlaneConfig = z.strictObject({
   auditRetentionDays: z.coerce.number().int().min(1).default(90),
   /** WARREN_OPERATION_RETENTION_DAYS: finished operations older than this (since they ended) are deleted. */
   operationRetentionDays: z.coerce.number().int().min(1).default(7),
+  /**
+   * WARREN_MASTER_KEY_FILE: the platform master key (32 bytes) that wraps every tenant's backup
+   * key; `<dataDir>/master.key` when unset, made (mode 0600) at first start. Without it no backup
+   * can be read: keep a copy somewhere safe, apart from the backups.
+   */
+  masterKeyFile: z.string().startsWith('/').optional(),
+  /**
+   * WARREN_OBJECT_STORE: where backups are, for verify and GC here (hosts write them): `fs` or
+   * `s3`. Every host agent must name the same store (docs/operations.md, "Backups").
+   */
+  objectStore: z.enum(['fs', 's3']).default('fs'),
+  /**
+   * WARREN_OBJECT_STORE_DIR: the `fs` store's directory; `<dataDir>/objects` when unset, which is
+   * the host agent's default too, so one machine (`npm start`) shares it without settings.
+   */
+  objectStoreDir: z.string().startsWith('/').optional(),
+  /** WARREN_S3_*: the `s3` store; their limits and defaults are @warren/object-store's schema. */
+  s3Endpoint: z.string().optional(),
+  s3Region: z.string().optional(),
+  s3Bucket: z.string().optional(),
+  s3AccessKeyId: z.string().optional(),
+  /** A secret: never logged, and left out of error messages like every value. */
+  s3SecretAccessKey: z.string().optional(),
+  s3ForcePathStyle: z.enum(['on', 'off']).optional(),
+  /** WARREN_BACKUP_POLL_MS: how often a running backup or restore job is asked for its progress. */
+  backupPollMs: z.coerce.number().int().min(10).max(60_000).default(1_000),
+  /**
+   * WARREN_BACKUP_JOB_TIMEOUT_MS: a backup or restore job still running after this long is
+   * failed with TIMEOUT (its partial objects are garbage for GC); bounds a host that hangs.
+   */
+  backupJobTimeoutMs: z.coerce
+    .number()
+    .int()
+    .min(1000)
+    .default(6 * 3600_000),
+  /**
+   * WARREN_BACKUP_SCHEDULE_MS: how often the backup scheduler looks for due backups (policies'
+   * `everyMinutes`) and prunes by the policies' keep rules; 0 turns it off.
+   */
+  backupScheduleMs: z.coerce.number().int().min(0).default(60_000),
+  /**
+   * WARREN_BACKUP_GC_INTERVAL_MS: how often unreferenced chunks and manifests are deleted from
+   * the object store (also after every prune that removed a backup); 0 turns the periodic run off.
+   */
+  backupGcIntervalMs: z.coerce
+    .number()
+    .int()
+    .min(0)
+    .default(24 * 3600_000),
 });
 export type ControlPlaneConfig = z.infer<typeof ControlPlaneConfig>;
 
@@ -197,6 +247,19 @@ export const CONFIG_ENV: Record<keyof ControlPlaneConfig, string> = {
   sessionMaxMs: 'WARREN_SESSION_MAX_MS',
   auditRetentionDays: 'WARREN_AUDIT_RETENTION_DAYS',
   operationRetentionDays: 'WARREN_OPERATION_RETENTION_DAYS',
+  masterKeyFile: 'WARREN_MASTER_KEY_FILE',
+  objectStore: 'WARREN_OBJECT_STORE',
+  objectStoreDir: 'WARREN_OBJECT_STORE_DIR',
+  s3Endpoint: 'WARREN_S3_ENDPOINT',
+  s3Region: 'WARREN_S3_REGION',
+  s3Bucket: 'WARREN_S3_BUCKET',
+  s3AccessKeyId: 'WARREN_S3_ACCESS_KEY_ID',
+  s3SecretAccessKey: 'WARREN_S3_SECRET_ACCESS_KEY',
+  s3ForcePathStyle: 'WARREN_S3_FORCE_PATH_STYLE',
+  backupPollMs: 'WARREN_BACKUP_POLL_MS',
+  backupJobTimeoutMs: 'WARREN_BACKUP_JOB_TIMEOUT_MS',
+  backupScheduleMs: 'WARREN_BACKUP_SCHEDULE_MS',
+  backupGcIntervalMs: 'WARREN_BACKUP_GC_INTERVAL_MS',
 };
 
 export function loadConfig(
@@ -209,6 +272,16 @@ export function loadConfig(
   }
   const r = ControlPlaneConfig.safeParse({ ...raw, ...overrides });
   if (r.success) {
+    // Checked here so a bad object store setting stops the control plane at start, naming its variable.
+    const store = objectStoreConfigSchema.safeParse(objectStoreConfigOf(r.data));
+    const bad = store.error?.issues[0];
+    if (bad) {
+      const field = OBJECT_STORE_FIELDS[String(bad.path[0])] ?? 'objectStore';
+      throw new WarrenError(
+        'INVALID_ARGUMENT',
+        `${CONFIG_ENV[field]}: ${bad.message} (see docs/configuration.md)`,
+      );
+    }
     const publicUrl = r.data.dashboardPublicUrl;
     if (publicUrl !== undefined && new URL(publicUrl).hostname !== r.data.dashboardDomain) {
       throw new WarrenError(
@@ -225,6 +298,41 @@ export function loadConfig(
     'INVALID_ARGUMENT',
     `${name}: ${issue?.message ?? 'invalid'} (see docs/configuration.md)`,
   );
+}
+
+/** The object store's field each setting fills (for error messages that name the variable). */
+const OBJECT_STORE_FIELDS: Record<string, keyof ControlPlaneConfig> = {
+  root: 'objectStoreDir',
+  endpoint: 's3Endpoint',
+  region: 's3Region',
+  bucket: 's3Bucket',
+  accessKeyId: 's3AccessKeyId',
+  secretAccessKey: 's3SecretAccessKey',
+  forcePathStyle: 's3ForcePathStyle',
+};
+
+/**
+ * The configuration for `createObjectStore` that these settings name: the same variables, and
+ * the same default directory, as the host agent's (apps/host-agent/src/config.ts), so both
+ * daemons of one machine open one store.
+ */
+export function objectStoreConfigOf(config: ControlPlaneConfig): ObjectStoreConfigInput {
+  if (config.objectStore === 'fs')
+    return { kind: 'fs', root: config.objectStoreDir ?? `${config.dataDir}/objects` };
+  return {
+    kind: 's3',
+    ...(config.s3Endpoint === undefined ? {} : { endpoint: config.s3Endpoint }),
+    ...(config.s3Region === undefined ? {} : { region: config.s3Region }),
+    bucket: config.s3Bucket ?? '',
+    accessKeyId: config.s3AccessKeyId ?? '',
+    secretAccessKey: config.s3SecretAccessKey ?? '',
+    ...(config.s3ForcePathStyle === undefined ? {} : { forcePathStyle: config.s3ForcePathStyle === 'on' }),
+  };
+}
+
+/** The platform master key file (WARREN_MASTER_KEY_FILE). */
+export function masterKeyFileOf(config: ControlPlaneConfig): string {
+  return config.masterKeyFile ?? `${config.dataDir}/master.key`;
 }
 
 /** Where the control plane keeps its files: database, token files, api.json. */

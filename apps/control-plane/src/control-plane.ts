@@ -1,11 +1,16 @@
 import { rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { createObjectStore } from '@warren/object-store';
 import { AgentClient } from './agents/agent-client.ts';
 import { RateLimiter } from './api/rate-limit.ts';
 import { type ApiServer, createApiServer } from './api/server.ts';
 import { type BootstrapResult, bootstrapCredentials } from './auth/bootstrap.ts';
 import { deleteExpiredSessions } from './auth/sessions.ts';
-import { type ControlPlaneConfig, stateDirOf } from './config.ts';
+import type { BackupFormat } from './backups/format.ts';
+import { libraryFormat } from './backups/library-format.ts';
+import { loadMasterKey } from './backups/master-key.ts';
+import { BackupService } from './backups/service.ts';
+import { type ControlPlaneConfig, masterKeyFileOf, objectStoreConfigOf, stateDirOf } from './config.ts';
 import { HostService, LIFECYCLE_KINDS } from './hosts/service.ts';
 import { now } from './ids.ts';
 import { pruneHistory } from './retention.ts';
@@ -22,6 +27,8 @@ export interface ControlPlane extends ApiServer {
   hosts: HostService;
   /** Safe-YOLO sessions; tests drive the expiry sweep through `tenantSessions.expire(at)`. */
   tenantSessions: TenantSessionService;
+  /** Backups, restores, schedules and GC; tests drive the scheduler through `backups.tick(at)`. */
+  backups: BackupService;
   credentials: BootstrapResult;
   /** Listens on the configured host and port; returns the API's base URL and writes api.json. */
   listen(): Promise<string>;
@@ -35,9 +42,11 @@ export interface ControlPlane extends ApiServer {
  */
 export async function openControlPlane(
   config: ControlPlaneConfig,
-  options: { dialect?: StoreDialect; log?: (m: string) => void } = {},
+  options: { dialect?: StoreDialect; log?: (m: string) => void; backupFormat?: BackupFormat } = {},
 ): Promise<ControlPlane> {
   const log = options.log ?? (() => {});
+  // Before the store opens: a master key that is refused stops the start with nothing changed.
+  const masterKey = await loadMasterKey(masterKeyFileOf(config), log);
   const store = await openStore(options.dialect ?? dialectFromConfig(config));
   const credentials = await bootstrapCredentials(store.db, stateDirOf(config));
   const agents = new AgentClient();
@@ -63,8 +72,34 @@ export async function openControlPlane(
   const locks = new TenantLocks();
   const snapshots = new SnapshotService({ db: store.db, hosts, agents });
   const tenantSessions = new TenantSessionService({ db: store.db, config, snapshots, locks, log });
+  const objects = createObjectStore(objectStoreConfigOf(config));
+  const backups = new BackupService({
+    db: store.db,
+    config,
+    hosts,
+    agents,
+    tenants,
+    locks,
+    store: objects,
+    format: options.backupFormat ?? libraryFormat(),
+    masterKey,
+    log,
+  });
+  await backups.reconcile();
   const server = createApiServer(
-    { db: store.db, config, tenants, hosts, agents, rateLimiter, streams, locks, snapshots, tenantSessions },
+    {
+      db: store.db,
+      config,
+      tenants,
+      hosts,
+      agents,
+      rateLimiter,
+      streams,
+      locks,
+      snapshots,
+      tenantSessions,
+      backups,
+    },
     log,
   );
   const sweeper = setInterval(() => {
@@ -76,6 +111,20 @@ export async function openControlPlane(
     void tenantSessions.sweep().catch((e) => log(`session expiry sweeper: ${e}`));
   }, 5_000);
   sweeper.unref();
+  let scheduling = false;
+  const scheduler =
+    config.backupScheduleMs > 0
+      ? setInterval(() => {
+          // One pass at a time: a pass waits on GC and host calls.
+          if (scheduling) return;
+          scheduling = true;
+          void backups
+            .tick()
+            .catch((e) => log(`backup scheduler: ${e}`))
+            .finally(() => (scheduling = false));
+        }, config.backupScheduleMs)
+      : undefined;
+  scheduler?.unref();
   let closed = false;
   return {
     ...server,
@@ -84,6 +133,7 @@ export async function openControlPlane(
     tenants,
     hosts,
     tenantSessions,
+    backups,
     credentials,
     async listen() {
       await server.app.listen({ host: config.host, port: config.port });
@@ -100,7 +150,10 @@ export async function openControlPlane(
       if (closed) return;
       closed = true;
       clearInterval(sweeper);
+      clearInterval(scheduler);
+      await backups.close();
       await server.app.close();
+      await objects.close();
       await store.close();
     },
   };

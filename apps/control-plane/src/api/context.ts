@@ -1,6 +1,7 @@
 import type { FastifyInstance } from 'fastify';
 import type { z } from 'zod';
 import type { AgentClient } from '../agents/agent-client.ts';
+import type { BackupService } from '../backups/service.ts';
 import type { ControlPlaneConfig } from '../config.ts';
 import type { HostService } from '../hosts/service.ts';
 import type { Db } from '../store/index.ts';
@@ -26,6 +27,7 @@ export interface Api {
   locks: TenantLocks;
   snapshots: SnapshotService;
   tenantSessions: TenantSessionService;
+  backups: BackupService;
   route<B extends z.ZodType | undefined = undefined, Q extends z.ZodType | undefined = undefined>(
     spec: RouteSpec<B, Q>,
     handler: (

@@ -10,6 +10,7 @@ import { openApiDocument } from './openapi.ts';
 import { defineRoute, type RegisteredRoute } from './route.ts';
 import { adminRoutes } from './routes/admin.ts';
 import { agentRoutes } from './routes/agent.ts';
+import { backupRoutes } from './routes/backups.ts';
 import { checkDashboardRequest, dashboardRoutes } from './routes/dashboard.ts';
 import { guestRoutes } from './routes/guest.ts';
 import { sessionRoutes } from './routes/sessions.ts';
@@ -87,6 +88,7 @@ export function createApiServer(services: Omit<Api, 'route'>, log: (m: string) =
   tenantRoutes(api);
   guestRoutes(api);
   snapshotRoutes(api);
+  backupRoutes(api);
   tenantSessionRoutes(api);
   adminRoutes(api);
   agentRoutes(api);

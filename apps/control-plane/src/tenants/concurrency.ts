@@ -62,8 +62,8 @@ export class TenantStreams {
 }
 
 /**
- * One snapshot or session step (snapshot create, revert, delete; session start, end, expiry)
- * per tenant at a time, so an end's revert cannot interleave with another revert or a new
+ * One snapshot, session, backup or restore step (snapshot create, revert, delete; session
+ * start, end, expiry; a backup or restore job from start to end) per tenant at a time, so an end's revert cannot interleave with another revert or a new
  * snapshot of the same VM. A second caller is refused at once (CONFLICT) rather than queued:
  * these steps take seconds, and a queue would hold one connection per waiting client. In
  * memory, per control-plane process, like TenantStreams.
@@ -73,6 +73,20 @@ export class TenantLocks {
 
   /** Runs `step` holding the tenant's lock; CONFLICT naming what holds it when busy. */
   async with<T>(tenant: { id: string; name: string }, what: string, step: () => Promise<T>): Promise<T> {
+    const release = this.hold(tenant, what);
+    try {
+      return await step();
+    } finally {
+      release();
+    }
+  }
+
+  /**
+   * Takes the tenant's lock until the returned function is called (once; later calls do
+   * nothing), for work that outlives the request that started it (a backup or restore job);
+   * CONFLICT naming what holds it when busy.
+   */
+  hold(tenant: { id: string; name: string }, what: string): () => void {
     const holder = this.#held.get(tenant.id);
     if (holder !== undefined) {
       throw new WarrenError(
@@ -82,11 +96,12 @@ export class TenantLocks {
       );
     }
     this.#held.set(tenant.id, what);
-    try {
-      return await step();
-    } finally {
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
       this.#held.delete(tenant.id);
-    }
+    };
   }
 
   /** Whether a step holds the tenant now (the expiry sweep skips such a tenant until its next pass). */

@@ -1,0 +1,942 @@
+import { randomBytes } from 'node:crypto';
+import { imageKey, newKey, unwrapTenantKey, wrapTenantKey } from '@warren/backup';
+import type { ObjectStore } from '@warren/object-store';
+import {
+  type Backup,
+  BackupJob,
+  type BackupMetadata,
+  BackupPolicy,
+  type BackupProgress,
+  type ErrorSummary,
+  type HostBackupRequest,
+  type HostRestoreRequest,
+  type TenantOperationResponse,
+  type VerifyResult,
+  vmIdOfTenant,
+  WarrenError,
+} from '@warren/protocol';
+import type { z } from 'zod';
+import type { AgentClient } from '../agents/agent-client.ts';
+import { isUniqueViolation, toWarrenError } from '../api/errors.ts';
+import type { ControlPlaneConfig } from '../config.ts';
+import type { HostService } from '../hosts/service.ts';
+import { newId, now } from '../ids.ts';
+import type { BackupsTable, HostsTable, OperationsTable, TenantsTable } from '../store/database.ts';
+import type { Db } from '../store/index.ts';
+import type { TenantLocks } from '../tenants/concurrency.ts';
+import type { TenantService } from '../tenants/service.ts';
+import { networkOf, operationView } from '../tenants/view.ts';
+import type { BackupFormat } from './format.ts';
+import { BackupGate } from './gate.ts';
+import { pruneSelection } from './retention.ts';
+
+/** A call to a host agent that only starts or polls a job: quick, or the host is in trouble. */
+const HOST_CALL_MS = 30_000;
+
+type Trigger = 'manual' | 'scheduled';
+
+export interface BackupServiceDeps {
+  db: Db;
+  config: ControlPlaneConfig;
+  hosts: HostService;
+  agents: AgentClient;
+  tenants: TenantService;
+  locks: TenantLocks;
+  store: ObjectStore;
+  format: BackupFormat;
+  masterKey: Buffer;
+  log: (m: string) => void;
+}
+
+/**
+ * Backups of tenants (the catalog, keys, jobs on host agents), restores, the schedule,
+ * retention and GC.
+ *
+ * - A backup or restore holds its tenant's lock (TenantLocks) from its start to its job's end,
+ *   so it never interleaves with a snapshot, a revert, a session step or another backup or
+ *   restore of the same tenant: those are refused with CONFLICT meanwhile.
+ * - GC and backups exclude each other (BackupGate): GC runs only when no backup is running
+ *   (in this process, or as a `running` row left by a previous one and not yet reconciled), and
+ *   no backup starts while GC runs, so a backup never reuses a chunk GC is deleting.
+ * - A backup exists iff its manifest object exists: when a host does not know a job any more
+ *   (it restarted) or the job outlives WARREN_BACKUP_JOB_TIMEOUT_MS, the manifest decides.
+ */
+export class BackupService {
+  readonly #d: BackupServiceDeps;
+  readonly gate = new BackupGate();
+  /** Backups a restore or verify reads right now: not deleted meanwhile. */
+  readonly #reading = new Map<string, number>();
+  /** Jobs being followed, so close() can stop them and tests can wait for them. */
+  readonly #jobs = new Set<Promise<void>>();
+  #closed = false;
+  #lastGc = Date.now();
+
+  constructor(deps: BackupServiceDeps) {
+    this.#d = deps;
+  }
+
+  // ---- the catalog ----
+
+  async list(tenant: Pick<TenantsTable, 'id'>): Promise<Backup[]> {
+    const rows = await this.#d.db
+      .selectFrom('backups')
+      .selectAll()
+      .where('tenant_id', '=', tenant.id)
+      .orderBy('created_at', 'desc')
+      .orderBy('id', 'desc')
+      .execute();
+    return rows.map(backupView);
+  }
+
+  async get(tenant: Pick<TenantsTable, 'id' | 'name'>, id: string): Promise<Backup> {
+    return backupView(await this.#row(tenant, id));
+  }
+
+  async #row(tenant: Pick<TenantsTable, 'id' | 'name'>, id: string): Promise<BackupsTable> {
+    const row = await this.#d.db
+      .selectFrom('backups')
+      .selectAll()
+      .where('tenant_id', '=', tenant.id)
+      .where('id', '=', id)
+      .executeTakeFirst();
+    // Another tenant's backup is as absent as one that never was.
+    if (!row) throw new WarrenError('NOT_FOUND', `tenant ${tenant.name} has no backup ${id}`);
+    return row;
+  }
+
+  // ---- keys ----
+
+  /** The tenant's backup key: made and stored wrapped on its first backup, unwrapped per job. */
+  async #tenantKey(tenant: Pick<TenantsTable, 'id'>, create: boolean): Promise<Buffer> {
+    const row = await this.#d.db
+      .selectFrom('tenant_keys')
+      .select('wrapped')
+      .where('tenant_id', '=', tenant.id)
+      .executeTakeFirst();
+    if (row) return unwrapTenantKey(this.#d.masterKey, tenant.id, row.wrapped);
+    if (!create) {
+      throw new WarrenError(
+        'BACKUP_KEY_REJECTED',
+        `tenant ${tenant.id} has no backup key (it has never been backed up)`,
+      );
+    }
+    const key = newKey();
+    try {
+      await this.#d.db
+        .insertInto('tenant_keys')
+        .values({
+          tenant_id: tenant.id,
+          wrapped: wrapTenantKey(this.#d.masterKey, tenant.id, key),
+          created_at: now(),
+        })
+        .execute();
+    } catch (e) {
+      // Two first backups at once (another process): the one stored wins.
+      if (!isUniqueViolation(e)) throw e;
+      return this.#tenantKey(tenant, false);
+    }
+    return key;
+  }
+
+  /**
+   * The image's key. The image id is the sha256 of the image's manifest, which names its root
+   * disk's digest: a digest of the image, so it serves as `imageKey`'s digest.
+   */
+  #imageKey(imageId: string): Buffer {
+    return imageKey(this.#d.masterKey, imageId);
+  }
+
+  #keys(tenantKey: Buffer, imageId: string): HostBackupRequest['keys'] {
+    return { tenant: tenantKey.toString('base64'), image: this.#imageKey(imageId).toString('base64') };
+  }
+
+  // ---- backups ----
+
+  /**
+   * Starts a backup of the tenant (running or stopped, on a live host): the row `running`, then
+   * the host's job, which this process follows until it ends. Answers at once with the row.
+   */
+  async create(
+    tenant: TenantsTable,
+    request: { includeRoot?: boolean | undefined },
+    trigger: Trigger = 'manual',
+  ): Promise<Backup> {
+    this.gate.refuseWhileGc();
+    const release = this.#d.locks.hold(tenant, 'backup');
+    let started = false;
+    try {
+      const cur = await this.#fresh(tenant);
+      if (cur.desired_state === 'absent')
+        throw new WarrenError('CONFLICT', `tenant ${cur.name} is being deleted`);
+      const host = await this.#d.hosts.liveHostOf(cur);
+      const key = await this.#tenantKey(cur, true);
+      const previous = await this.#d.db
+        .selectFrom('backups')
+        .select('id')
+        .where('tenant_id', '=', cur.id)
+        .where('state', '=', 'complete')
+        .orderBy('created_at', 'desc')
+        .orderBy('id', 'desc')
+        .executeTakeFirst();
+      const metadata = metadataOf(cur);
+      const row: BackupsTable = {
+        id: newBackupId(),
+        tenant_id: cur.id,
+        tenant_name: cur.name,
+        state: 'running',
+        trigger,
+        include_root: request.includeRoot ? 1 : 0,
+        host_id: host.id,
+        created_at: now(),
+        completed_at: null,
+        point_in_time: null,
+        size_bytes: 0,
+        stored_bytes: 0,
+        mode: null,
+        progress: null,
+        metadata: JSON.stringify(metadata),
+        error_code: null,
+        error_message: null,
+      };
+      this.gate.backupStarted();
+      started = true;
+      try {
+        await this.#d.db.insertInto('backups').values(row).execute();
+      } catch (e) {
+        if (isUniqueViolation(e))
+          throw new WarrenError('CONFLICT', `tenant ${cur.name} already has a backup running; wait for it`);
+        throw e;
+      }
+      const body: HostBackupRequest = {
+        id: row.id,
+        keys: this.#keys(key, cur.image_id),
+        includeRoot: row.include_root === 1,
+        metadata,
+        ...(previous ? { previous: previous.id } : {}),
+      };
+      try {
+        await this.#post(host, `/v1/vms/${vmIdOfTenant(cur.id)}/backups`, body);
+      } catch (e) {
+        await this.#finishBackup(row, { error: toWarrenError(e) });
+        throw e;
+      }
+      this.#follow(
+        this.#followBackup(row, host, () => {
+          this.gate.backupEnded();
+          release();
+        }),
+      );
+      return backupView(row);
+    } catch (e) {
+      if (started) this.gate.backupEnded();
+      release();
+      throw e;
+    }
+  }
+
+  /** Polls the host's job until it ends; a job the host lost, or one past its deadline, is decided by its manifest. */
+  async #followBackup(row: BackupsTable, host: HostsTable | undefined, done: () => void): Promise<void> {
+    try {
+      const deadline = Date.parse(row.created_at) + this.#d.config.backupJobTimeoutMs;
+      while (!this.#closed) {
+        const h = host ?? (await this.#hostById(row.host_id));
+        let job: BackupJob | 'lost' | undefined;
+        try {
+          job = h ? await this.#job(h, row.id) : 'lost';
+        } catch (e) {
+          // A host that does not answer may come back: keep asking until the deadline.
+          this.#d.log(`backup ${row.id}: polling host ${h?.name}: ${toWarrenError(e).message}`);
+        }
+        if (job === 'lost')
+          return await this.#decideByManifest(row, 'its host does not know the job (it restarted or left)');
+        if (job && job.state === 'succeeded' && job.result) {
+          const r = job.result;
+          await this.#finishBackup(row, {
+            complete: {
+              pointInTime: r.pointInTime,
+              sizeBytes: r.volumes.reduce((n, v) => n + v.sizeBytes, 0),
+              storedBytes: r.storedBytes,
+              mode: r.mode,
+              progress: job.progress,
+            },
+          });
+          return;
+        }
+        if (job && job.state === 'failed') {
+          return await this.#finishBackup(row, {
+            error: job.error ?? { code: 'INTERNAL', message: 'the host reported a failure' },
+            progress: job.progress,
+          });
+        }
+        if (job) await this.#progress('backups', row.id, job.progress);
+        if (Date.now() > deadline)
+          return await this.#decideByManifest(
+            row,
+            `not finished within WARREN_BACKUP_JOB_TIMEOUT_MS (${this.#d.config.backupJobTimeoutMs} ms)`,
+            'TIMEOUT',
+          );
+        await this.#sleep(this.#d.config.backupPollMs);
+      }
+    } catch (e) {
+      this.#d.log(`backup ${row.id}: ${toWarrenError(e).message}`);
+    } finally {
+      done();
+    }
+  }
+
+  /** The manifest is the commit point: it exists, the backup is complete (as the manifest says); else failed. */
+  async #decideByManifest(row: BackupsTable, why: string, code = 'HOST_UNAVAILABLE'): Promise<void> {
+    const key = await this.#tenantKey({ id: row.tenant_id }, false);
+    const manifest = await this.#d.format.readManifest(this.#d.store, key, row.id);
+    if (manifest) {
+      this.#d.log(`backup ${row.id}: ${why}; its manifest exists, so it is complete`);
+      await this.#finishBackup(row, {
+        complete: {
+          pointInTime: manifest.pointInTime,
+          sizeBytes: manifest.volumes.reduce((n, v) => n + v.size, 0),
+          storedBytes: 0,
+          mode: null,
+          progress: null,
+        },
+      });
+    } else {
+      await this.#finishBackup(row, {
+        error: {
+          code,
+          message: `backup ${row.id}: ${why}, and it wrote no manifest; its partial objects go at the next GC`,
+        },
+      });
+    }
+  }
+
+  async #finishBackup(
+    row: BackupsTable,
+    end:
+      | {
+          complete: {
+            pointInTime: string;
+            sizeBytes: number;
+            storedBytes: number;
+            mode: string | null;
+            progress: BackupProgress | null;
+          };
+        }
+      | { error: ErrorSummary; progress?: BackupProgress },
+  ): Promise<void> {
+    const t = now();
+    const set =
+      'complete' in end
+        ? {
+            state: 'complete',
+            completed_at: t,
+            point_in_time: end.complete.pointInTime,
+            size_bytes: end.complete.sizeBytes,
+            stored_bytes: end.complete.storedBytes,
+            mode: end.complete.mode,
+            ...(end.complete.progress ? { progress: JSON.stringify(end.complete.progress) } : {}),
+          }
+        : {
+            state: 'failed',
+            completed_at: t,
+            error_code: end.error.code.slice(0, 64),
+            error_message: end.error.message.slice(0, 4096),
+            ...(end.progress ? { progress: JSON.stringify(end.progress) } : {}),
+          };
+    // Only a running row ends: a tenant deleted meanwhile took its rows with it.
+    await this.#d.db
+      .updateTable('backups')
+      .set(set)
+      .where('id', '=', row.id)
+      .where('state', '=', 'running')
+      .execute();
+  }
+
+  /** Deletes a backup: its catalog row, then its manifest object (its chunks go at the next GC). */
+  async delete(tenant: TenantsTable, id: string): Promise<void> {
+    const row = await this.#row(tenant, id);
+    if (row.state === 'running')
+      throw new WarrenError('CONFLICT', `backup ${id} is running; wait for it to end`);
+    if (this.#reading.has(id))
+      throw new WarrenError(
+        'CONFLICT',
+        `backup ${id} is being restored or verified; retry when that has finished`,
+      );
+    await this.#d.db.deleteFrom('backups').where('id', '=', id).execute();
+    // A manifest left behind (the store failed) is not in the catalog, so GC removes it.
+    await this.#d.store
+      .delete(`manifests/${id}`)
+      .catch((e) => this.#d.log(`backup ${id}: deleting its manifest: ${e}`));
+  }
+
+  /** Reads the manifest and every chunk of a complete backup back and checks them. */
+  async verify(tenant: TenantsTable, id: string): Promise<VerifyResult> {
+    const row = await this.#row(tenant, id);
+    if (row.state !== 'complete')
+      throw new WarrenError('CONFLICT', `backup ${id} is ${row.state}, not complete`);
+    const metadata = JSON.parse(row.metadata) as BackupMetadata;
+    const tenantKey = await this.#tenantKey(tenant, false);
+    return this.#reading_(id, () =>
+      this.#d.format.verify(
+        this.#d.store,
+        { tenant: tenantKey, image: this.#imageKey(metadata.imageId) },
+        id,
+      ),
+    );
+  }
+
+  async #reading_<T>(id: string, f: () => Promise<T>): Promise<T> {
+    this.#reading.set(id, (this.#reading.get(id) ?? 0) + 1);
+    try {
+      return await f();
+    } finally {
+      const n = (this.#reading.get(id) ?? 1) - 1;
+      if (n > 0) this.#reading.set(id, n);
+      else this.#reading.delete(id);
+    }
+  }
+
+  // ---- restores ----
+
+  /**
+   * Restores a complete backup into its own tenant (its volumes replaced, the VM restarted by
+   * its host) or, with `newTenant`, into a new tenant made like the backup's (image, resources,
+   * network), placed by the scheduler on any healthy host with the image. Answers at once with
+   * the target tenant and the restore operation, which ends when the host's job does.
+   */
+  async restore(
+    tenant: TenantsTable,
+    id: string,
+    newTenant: string | undefined,
+  ): Promise<TenantOperationResponse> {
+    const row = await this.#row(tenant, id);
+    if (row.state !== 'complete')
+      throw new WarrenError('CONFLICT', `backup ${id} is ${row.state}, not complete`);
+    const key = await this.#tenantKey(tenant, false);
+    const metadata = JSON.parse(row.metadata) as BackupMetadata;
+    let target: TenantsTable;
+    let release: () => void;
+    if (newTenant === undefined) {
+      release = this.#d.locks.hold(tenant, 'restore');
+      try {
+        target = await this.#fresh(tenant);
+        if (target.desired_state === 'absent')
+          throw new WarrenError('CONFLICT', `tenant ${target.name} is being deleted`);
+        await this.#d.hosts.liveHostOf(target);
+      } catch (e) {
+        release();
+        throw e;
+      }
+    } else {
+      const created = await this.#d.tenants.create(createRequestOf(newTenant, metadata, tenant));
+      target = await this.#fresh({ id: created.tenant.id, name: newTenant });
+      release = this.#d.locks.hold(target, 'restore');
+    }
+    const t = now();
+    const op: OperationsTable = {
+      id: newId('op'),
+      kind: 'restore',
+      tenant_id: target.id,
+      tenant_name: target.name,
+      generation: target.generation,
+      status: 'running',
+      error_code: null,
+      error_message: null,
+      created_at: t,
+      updated_at: t,
+      job: newBackupId(),
+      progress: null,
+    };
+    await this.#d.db.insertInto('operations').values(op).execute();
+    this.gate.restoreStarted();
+    this.#reading.set(id, (this.#reading.get(id) ?? 0) + 1);
+    const done = () => {
+      this.gate.restoreEnded();
+      const n = (this.#reading.get(id) ?? 1) - 1;
+      if (n > 0) this.#reading.set(id, n);
+      else this.#reading.delete(id);
+      release();
+    };
+    const body: HostRestoreRequest = {
+      job: op.job!,
+      backup: id,
+      keys: this.#keys(key, metadata.imageId),
+      start: newTenant === undefined ? 'as-before' : 'always',
+    };
+    this.#follow(this.#runRestore(op, target, body, newTenant !== undefined, done));
+    return { tenant: await this.#d.tenants.view(target), operation: operationView(op) };
+  }
+
+  async #runRestore(
+    op: OperationsTable,
+    target: TenantsTable,
+    body: HostRestoreRequest | undefined,
+    fresh: boolean,
+    done: () => void,
+  ): Promise<void> {
+    try {
+      const deadline = Date.parse(op.created_at) + this.#d.config.backupJobTimeoutMs;
+      let host: HostsTable | undefined;
+      if (body) {
+        // A new tenant's VM must exist on its host before its volumes can be replaced.
+        if (fresh) await this.#untilCreated(target, deadline);
+        const cur = await this.#fresh(target);
+        host = await this.#d.hosts.liveHostOf(cur);
+        await this.#post(host, `/v1/vms/${vmIdOfTenant(target.id)}/restore`, body);
+      }
+      while (!this.#closed) {
+        const h = host ?? (await this.#hostById((await this.#fresh(target)).host_id));
+        let job: BackupJob | 'lost' | undefined;
+        try {
+          job = h ? await this.#job(h, op.job!) : 'lost';
+        } catch (e) {
+          this.#d.log(`restore ${op.id}: polling host ${h?.name}: ${toWarrenError(e).message}`);
+        }
+        if (job === 'lost')
+          return await this.#finishOp(op, {
+            code: 'HOST_UNAVAILABLE',
+            message: `the host of tenant ${target.name} does not know restore job ${op.job} (it restarted); the tenant's volumes are as they were or fully restored, never half: check it and restore again if needed`,
+          });
+        if (job?.state === 'succeeded') return await this.#finishOp(op, null, job.progress);
+        if (job?.state === 'failed')
+          return await this.#finishOp(
+            op,
+            job.error ?? { code: 'INTERNAL', message: 'the host reported a failure' },
+            job.progress,
+          );
+        if (job) await this.#progress('operations', op.id, job.progress);
+        if (Date.now() > deadline)
+          return await this.#finishOp(op, {
+            code: 'TIMEOUT',
+            message: `not finished within WARREN_BACKUP_JOB_TIMEOUT_MS (${this.#d.config.backupJobTimeoutMs} ms)`,
+          });
+        await this.#sleep(this.#d.config.backupPollMs);
+      }
+    } catch (e) {
+      await this.#finishOp(op, toWarrenError(e)).catch(() => {});
+    } finally {
+      done();
+    }
+  }
+
+  /** Waits until a new tenant's host reports its VM (running); fails past the deadline or if it fails. */
+  async #untilCreated(target: TenantsTable, deadline: number): Promise<void> {
+    while (!this.#closed) {
+      const cur = await this.#fresh(target);
+      if (cur.state === 'running' || cur.state === 'stopped') return;
+      if (cur.state === 'failed' || cur.desired_state === 'absent')
+        throw new WarrenError(
+          cur.last_error_code === null ? 'CONFLICT' : (cur.last_error_code as 'INTERNAL'),
+          `new tenant ${cur.name} did not start (${cur.last_error_message ?? cur.state}); nothing was restored`,
+        );
+      if (Date.now() > deadline)
+        throw new WarrenError('TIMEOUT', `new tenant ${cur.name} did not start in time`);
+      await this.#sleep(this.#d.config.backupPollMs);
+    }
+  }
+
+  async #finishOp(op: OperationsTable, error: ErrorSummary | null, progress?: BackupProgress): Promise<void> {
+    await this.#d.db
+      .updateTable('operations')
+      .set({
+        status: error ? 'failed' : 'succeeded',
+        error_code: error ? error.code.slice(0, 64) : null,
+        error_message: error ? error.message.slice(0, 4096) : null,
+        ...(progress ? { progress: JSON.stringify(progressOf(progress)) } : {}),
+        updated_at: now(),
+      })
+      .where('id', '=', op.id)
+      .where('status', '=', 'running')
+      .execute();
+  }
+
+  // ---- start, schedule, retention, GC ----
+
+  /**
+   * After a restart: every backup still `running` and every running restore is followed again
+   * (its host may still run it); what a host lost is decided as `#followBackup` says. Until a
+   * row ends, it holds its tenant's lock and keeps GC out.
+   */
+  async reconcile(): Promise<void> {
+    const rows = await this.#d.db.selectFrom('backups').selectAll().where('state', '=', 'running').execute();
+    for (const row of rows) {
+      let release: () => void;
+      try {
+        release = this.#d.locks.hold({ id: row.tenant_id, name: row.tenant_name }, 'backup');
+      } catch {
+        continue; // followed already
+      }
+      this.gate.backupStarted();
+      this.#follow(
+        this.#followBackup(row, undefined, () => {
+          this.gate.backupEnded();
+          release();
+        }),
+      );
+    }
+    const ops = await this.#d.db
+      .selectFrom('operations')
+      .selectAll()
+      .where('kind', '=', 'restore')
+      .where('status', '=', 'running')
+      .execute();
+    for (const op of ops) {
+      const target = await this.#d.db
+        .selectFrom('tenants')
+        .selectAll()
+        .where('id', '=', op.tenant_id)
+        .executeTakeFirst();
+      if (!target || !op.job) {
+        await this.#finishOp(op, { code: 'NOT_FOUND', message: `tenant ${op.tenant_name} is gone` });
+        continue;
+      }
+      let release: () => void;
+      try {
+        release = this.#d.locks.hold(target, 'restore');
+      } catch {
+        continue;
+      }
+      this.gate.restoreStarted();
+      this.#follow(
+        this.#runRestore(op, target, undefined, false, () => {
+          this.gate.restoreEnded();
+          release();
+        }),
+      );
+    }
+  }
+
+  async getPolicy(tenant: Pick<TenantsTable, 'id'>): Promise<BackupPolicy> {
+    const row = await this.#d.db
+      .selectFrom('backup_policies')
+      .selectAll()
+      .where('tenant_id', '=', tenant.id)
+      .executeTakeFirst();
+    if (!row) return BackupPolicy.parse({});
+    return {
+      everyMinutes: row.every_minutes,
+      keepLast: row.keep_last,
+      keepHourly: row.keep_hourly,
+      keepDaily: row.keep_daily,
+      keepWeekly: row.keep_weekly,
+    };
+  }
+
+  async setPolicy(tenant: Pick<TenantsTable, 'id'>, policy: BackupPolicy): Promise<BackupPolicy> {
+    const values = {
+      every_minutes: policy.everyMinutes,
+      keep_last: policy.keepLast,
+      keep_hourly: policy.keepHourly,
+      keep_daily: policy.keepDaily,
+      keep_weekly: policy.keepWeekly,
+      updated_at: now(),
+    };
+    await this.#d.db
+      .insertInto('backup_policies')
+      .values({ tenant_id: tenant.id, ...values })
+      .onConflict((oc) => oc.column('tenant_id').doUpdateSet(values))
+      .execute();
+    return this.getPolicy(tenant);
+  }
+
+  /**
+   * One pass of the scheduler at time `at` (tests drive the clock through here): starts the
+   * backups policies make due, prunes by their keep rules, and runs GC after a prune that
+   * removed something or when WARREN_BACKUP_GC_INTERVAL_MS has passed since the last run.
+   * Returns what it did, for tests and the log.
+   */
+  async tick(at: number = Date.now()): Promise<{ started: string[]; pruned: string[]; gc: boolean }> {
+    const started: string[] = [];
+    const pruned: string[] = [];
+    const policies = await this.#d.db
+      .selectFrom('backup_policies')
+      .innerJoin('tenants', 'tenants.id', 'backup_policies.tenant_id')
+      .selectAll('backup_policies')
+      .select(['tenants.name as tenant_name'])
+      .execute();
+    for (const p of policies) {
+      const tenant = { id: p.tenant_id, name: p.tenant_name };
+      if (p.every_minutes !== null && !this.gate.gcRunning && !this.#d.locks.busy(p.tenant_id)) {
+        const last = await this.#d.db
+          .selectFrom('backups')
+          .select('created_at')
+          .where('tenant_id', '=', p.tenant_id)
+          .orderBy('created_at', 'desc')
+          .executeTakeFirst();
+        if (!last || Date.parse(last.created_at) <= at - p.every_minutes * 60_000) {
+          try {
+            const row = await this.#d.db
+              .selectFrom('tenants')
+              .selectAll()
+              .where('id', '=', p.tenant_id)
+              .executeTakeFirstOrThrow();
+            const b = await this.create(row, { includeRoot: false }, 'scheduled');
+            started.push(b.id);
+            await this.#audit('tenant.backup.create', `${tenant.name}:${b.id}`, tenant.id, 202, 'ok');
+          } catch (e) {
+            const err = toWarrenError(e);
+            this.#d.log(`scheduled backup of tenant ${tenant.name}: ${err.message}`);
+            await this.#audit('tenant.backup.create', tenant.name, tenant.id, err.status, err.code);
+          }
+        }
+      }
+      const complete = await this.#d.db
+        .selectFrom('backups')
+        .select(['id', 'created_at', 'point_in_time'])
+        .where('tenant_id', '=', p.tenant_id)
+        .where('state', '=', 'complete')
+        .execute();
+      const policy = {
+        keepLast: p.keep_last,
+        keepHourly: p.keep_hourly,
+        keepDaily: p.keep_daily,
+        keepWeekly: p.keep_weekly,
+      };
+      for (const id of pruneSelection(
+        complete.map((b) => ({ id: b.id, at: b.point_in_time ?? b.created_at })),
+        policy,
+      )) {
+        if (this.#reading.has(id)) continue;
+        await this.#d.db.deleteFrom('backups').where('id', '=', id).where('state', '=', 'complete').execute();
+        await this.#d.store.delete(`manifests/${id}`).catch(() => {});
+        await this.#audit('tenant.backup.prune', `${tenant.name}:${id}`, tenant.id, 204, 'ok');
+        pruned.push(id);
+      }
+    }
+    let gc = false;
+    const interval = this.#d.config.backupGcIntervalMs;
+    if (pruned.length > 0 || (interval > 0 && at - this.#lastGc >= interval)) {
+      gc = (await this.gc()).ran;
+      if (gc) this.#lastGc = at;
+    }
+    return { started, pruned, gc };
+  }
+
+  /**
+   * Garbage collection: every chunk no complete backup's manifest references and every manifest
+   * not in the catalog is deleted. Skipped (ran: false) while any backup runs, here or as a
+   * `running` row not yet reconciled, or a restore reads.
+   */
+  async gc(): Promise<{ ran: boolean; deletedObjects: number }> {
+    if (!this.gate.idle()) return { ran: false, deletedObjects: 0 };
+    const running = await this.#d.db
+      .selectFrom('backups')
+      .select('id')
+      .where('state', '=', 'running')
+      .executeTakeFirst();
+    if (running || !this.gate.idle()) return { ran: false, deletedObjects: 0 };
+    const release = this.gate.gcStarted();
+    try {
+      const rows = await this.#d.db
+        .selectFrom('backups')
+        .innerJoin('tenant_keys', 'tenant_keys.tenant_id', 'backups.tenant_id')
+        .select(['backups.id', 'backups.tenant_id', 'tenant_keys.wrapped'])
+        .where('backups.state', '=', 'complete')
+        .execute();
+      // A key that does not unwrap stops GC here (BACKUP_KEY_REJECTED): it never deletes by guess.
+      const live = rows.map((r) => ({
+        id: r.id,
+        tenantKey: unwrapTenantKey(this.#d.masterKey, r.tenant_id, r.wrapped),
+      }));
+      const { deletedObjects } = await this.#d.format.collectGarbage(this.#d.store, live);
+      if (deletedObjects > 0) this.#d.log(`backup GC: deleted ${deletedObjects} unreferenced objects`);
+      return { ran: true, deletedObjects };
+    } finally {
+      release();
+    }
+  }
+
+  /** Resolves when every job this process follows has ended (tests). */
+  async settled(): Promise<void> {
+    while (this.#jobs.size > 0) await Promise.allSettled([...this.#jobs]);
+  }
+
+  /** Stops following jobs (their rows stay as they are, for the next start's reconcile). */
+  async close(): Promise<void> {
+    this.#closed = true;
+    for (const wake of this.#sleepers) wake();
+    await Promise.allSettled([...this.#jobs]);
+  }
+
+  // ---- helpers ----
+
+  #follow(job: Promise<void>): void {
+    const p = job.catch((e) => this.#d.log(`backup job: ${toWarrenError(e).message}`));
+    this.#jobs.add(p);
+    void p.finally(() => this.#jobs.delete(p));
+  }
+
+  readonly #sleepers = new Set<() => void>();
+  #sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const wake = () => {
+        clearTimeout(timer);
+        this.#sleepers.delete(wake);
+        resolve();
+      };
+      const timer = setTimeout(wake, ms);
+      this.#sleepers.add(wake);
+    });
+  }
+
+  async #fresh(tenant: Pick<TenantsTable, 'id' | 'name'>): Promise<TenantsTable> {
+    const cur = await this.#d.db
+      .selectFrom('tenants')
+      .selectAll()
+      .where('id', '=', tenant.id)
+      .executeTakeFirst();
+    if (!cur) throw new WarrenError('NOT_FOUND', `no tenant ${tenant.name}`);
+    return cur;
+  }
+
+  async #hostById(id: string | null): Promise<HostsTable | undefined> {
+    if (!id) return undefined;
+    return this.#d.db.selectFrom('hosts').selectAll().where('id', '=', id).executeTakeFirst();
+  }
+
+  async #post(host: HostsTable, path: string, body: unknown): Promise<void> {
+    const res = await this.#d.agents.request(host, 'POST', path, {
+      body: JSON.stringify(body),
+      contentType: 'application/json',
+      timeoutMs: HOST_CALL_MS,
+    });
+    await res.body?.cancel();
+  }
+
+  /** The host's job, or 'lost' when the host answers that it does not know it. */
+  async #job(host: HostsTable, id: string): Promise<BackupJob | 'lost'> {
+    let res: Response;
+    try {
+      res = await this.#d.agents.request(host, 'GET', `/v1/backup-jobs/${id}`, { timeoutMs: HOST_CALL_MS });
+    } catch (e) {
+      if (e instanceof WarrenError && e.status === 404) return 'lost';
+      throw e;
+    }
+    const parsed = BackupJob.safeParse(await res.json().catch(() => undefined));
+    if (!parsed.success || parsed.data.id !== id)
+      throw new WarrenError(
+        'HOST_UNAVAILABLE',
+        `host ${host.name} answered for job ${id} with an unexpected shape`,
+      );
+    return parsed.data;
+  }
+
+  async #progress(table: 'backups' | 'operations', id: string, p: BackupProgress): Promise<void> {
+    const json = JSON.stringify(table === 'backups' ? p : progressOf(p));
+    if (table === 'backups')
+      await this.#d.db
+        .updateTable('backups')
+        .set({ progress: json })
+        .where('id', '=', id)
+        .where('state', '=', 'running')
+        .execute();
+    else
+      await this.#d.db
+        .updateTable('operations')
+        .set({ progress: json, updated_at: now() })
+        .where('id', '=', id)
+        .where('status', '=', 'running')
+        .execute();
+  }
+
+  async #audit(
+    action: string,
+    target: string,
+    tenantId: string,
+    status: number,
+    result: string,
+  ): Promise<void> {
+    await this.#d.db
+      .insertInto('audit_events')
+      .values({
+        at: now(),
+        actor: 'scheduler',
+        action,
+        target: target.slice(0, 200),
+        tenant_id: tenantId,
+        result,
+        status,
+        request_id: '-',
+      })
+      .execute()
+      .catch(() => {});
+  }
+}
+
+function newBackupId(): string {
+  return `bak_${randomBytes(8).toString('hex')}`;
+}
+
+function progressOf(p: BackupProgress): { bytesTotal: number; bytesDone: number } {
+  return { bytesTotal: p.bytesTotal, bytesDone: p.bytesDone };
+}
+
+/** What a restore into a new tenant needs of this one; it travels in the manifest too. */
+function metadataOf(t: TenantsTable): BackupMetadata {
+  return {
+    tenantId: t.id,
+    tenantName: t.name,
+    imageId: t.image_id,
+    resources: {
+      vcpus: t.vcpus,
+      memoryMiB: t.memory_mib,
+      diskMiB: t.disk_mib,
+      quota: { vcpus: t.quota_vcpus, memoryMiB: t.quota_memory_mib, diskMiB: t.quota_disk_mib },
+      dashboardPort: t.dashboard_port,
+    },
+    network: networkOf(t),
+  };
+}
+
+/** A create request for a clone: the backup's image, resources and network (the source's quota when the metadata lacks one). */
+function createRequestOf(
+  name: string,
+  m: BackupMetadata,
+  source: TenantsTable,
+): z.input<typeof import('@warren/protocol').CreateTenantRequest> {
+  const r = m.resources as {
+    vcpus?: number;
+    memoryMiB?: number;
+    diskMiB?: number;
+    quota?: { vcpus: number; memoryMiB: number; diskMiB: number };
+    dashboardPort?: number;
+  };
+  return {
+    name,
+    image: m.imageId,
+    vcpus: r.vcpus ?? source.vcpus,
+    memoryMiB: r.memoryMiB ?? source.memory_mib,
+    diskMiB: r.diskMiB ?? source.disk_mib,
+    quota: r.quota ?? {
+      vcpus: source.quota_vcpus,
+      memoryMiB: source.quota_memory_mib,
+      diskMiB: source.quota_disk_mib,
+    },
+    ...(m.network ? { network: m.network as never } : {}),
+    ...(r.dashboardPort ? { dashboardPort: r.dashboardPort } : {}),
+  };
+}
+
+export function backupView(r: BackupsTable): Backup {
+  let progress: BackupProgress | null = null;
+  try {
+    progress = r.progress === null ? null : (JSON.parse(r.progress) as BackupProgress);
+  } catch {
+    progress = null;
+  }
+  return {
+    id: r.id,
+    tenantId: r.tenant_id,
+    tenantName: r.tenant_name,
+    state: r.state as Backup['state'],
+    trigger: r.trigger as Backup['trigger'],
+    includeRoot: r.include_root === 1,
+    createdAt: r.created_at,
+    completedAt: r.completed_at,
+    pointInTime: r.point_in_time,
+    sizeBytes: r.size_bytes,
+    storedBytes: r.stored_bytes,
+    mode: r.mode as Backup['mode'],
+    progress,
+    error: r.error_code === null ? null : { code: r.error_code, message: r.error_message ?? '' },
+  };
+}
