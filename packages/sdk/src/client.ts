@@ -1,6 +1,7 @@
 import { HealthResponse, WarrenError } from '@warren/protocol';
 import type { z } from 'zod';
 import { Audit } from './audit.ts';
+import { Backups } from './backups.ts';
 import { Hosts } from './hosts.ts';
 import { Http } from './http.ts';
 import { JoinTokens } from './join-tokens.ts';
@@ -41,6 +42,8 @@ export class WarrenClient {
   readonly snapshots: Snapshots;
   /** Safe-YOLO sessions (`/v1/tenants/{t}/sessions`), not the dashboard's browser sessions. */
   readonly sessions: Sessions;
+  /** Backups and restores (`/v1/tenants/{t}/backups`). */
+  readonly backups: Backups;
   readonly #http: Http;
 
   constructor(options: WarrenClientOptions = {}) {
@@ -63,6 +66,7 @@ export class WarrenClient {
     this.audit = new Audit(http);
     this.snapshots = new Snapshots(http);
     this.sessions = new Sessions(http, this.tenants);
+    this.backups = new Backups(http);
   }
 
   async health(): Promise<z.output<typeof HealthResponse>> {

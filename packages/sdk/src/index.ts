@@ -1,6 +1,9 @@
 export type {
   ApiKey,
   AuditEvent,
+  Backup,
+  BackupPolicy,
+  BackupProgress,
   ChangeList,
   CreatedJoinToken,
   CreatedKey,
@@ -24,9 +27,11 @@ export type {
   TenantOperationResponse,
   TenantSession,
   TenantState,
+  VerifyResult,
 } from '@warren/protocol';
 export { WarrenError } from '@warren/protocol';
 export * from './audit.ts';
+export * from './backups.ts';
 export * from './client.ts';
 export * from './host-agent.ts';
 export * from './hosts.ts';
