@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { imageKey, newKey, unwrapTenantKey, wrapTenantKey } from '@warren/backup';
+import { imageKey, manifestObjectKey, newKey, unwrapTenantKey, wrapTenantKey } from '@warren/backup';
 import type { ObjectStore } from '@warren/object-store';
 import {
   type Backup,
@@ -247,9 +247,28 @@ export class BackupService {
           // A host that does not answer may come back: keep asking until the deadline.
           this.#d.log(`backup ${row.id}: polling host ${h?.name}: ${toWarrenError(e).message}`);
         }
-        if (job === 'lost')
-          return await this.#decideByManifest(row, 'its host does not know the job (it restarted or left)');
-        if (job && job.state === 'succeeded' && job.result) {
+        const lost =
+          job === 'lost'
+            ? 'its host does not know the job (it restarted or left)'
+            : Date.now() > deadline
+              ? `not finished within WARREN_BACKUP_JOB_TIMEOUT_MS (${this.#d.config.backupJobTimeoutMs} ms)`
+              : undefined;
+        if (lost) {
+          try {
+            return await this.#decideByManifest(row, lost, job === 'lost' ? 'HOST_UNAVAILABLE' : 'TIMEOUT');
+          } catch (e) {
+            // The object store did not answer: nothing is known yet, ask again.
+            this.#d.log(`backup ${row.id}: reading its manifest: ${toWarrenError(e).message}`);
+            await this.#sleep(this.#d.config.backupPollMs);
+            continue;
+          }
+        }
+        if (job === 'lost') return;
+        if (job?.state === 'succeeded' && !job.result) {
+          // A host that says done but not what: the manifest says it.
+          return await this.#decideByManifest(row, 'its host reported no result', 'HOST_UNAVAILABLE');
+        }
+        if (job?.state === 'succeeded' && job.result) {
           const r = job.result;
           await this.#finishBackup(row, {
             complete: {
@@ -269,12 +288,6 @@ export class BackupService {
           });
         }
         if (job) await this.#progress('backups', row.id, job.progress);
-        if (Date.now() > deadline)
-          return await this.#decideByManifest(
-            row,
-            `not finished within WARREN_BACKUP_JOB_TIMEOUT_MS (${this.#d.config.backupJobTimeoutMs} ms)`,
-            'TIMEOUT',
-          );
         await this.#sleep(this.#d.config.backupPollMs);
       }
     } catch (e) {
@@ -284,10 +297,21 @@ export class BackupService {
     }
   }
 
-  /** The manifest is the commit point: it exists, the backup is complete (as the manifest says); else failed. */
-  async #decideByManifest(row: BackupsTable, why: string, code = 'HOST_UNAVAILABLE'): Promise<void> {
-    const key = await this.#tenantKey({ id: row.tenant_id }, false);
-    const manifest = await this.#d.format.readManifest(this.#d.store, key, row.id);
+  /**
+   * The manifest is the commit point: it exists, the backup is complete (as the manifest says);
+   * absent, failed. One that exists but does not open (damaged, another key) fails the backup
+   * with that error. Throws only when the store does not answer (the caller asks again).
+   */
+  async #decideByManifest(row: BackupsTable, why: string, code: string): Promise<void> {
+    let manifest: Awaited<ReturnType<BackupFormat['readManifest']>>;
+    try {
+      const key = await this.#tenantKey({ id: row.tenant_id }, false);
+      manifest = await this.#d.format.readManifest(this.#d.store, key, row.id);
+    } catch (e) {
+      const err = toWarrenError(e);
+      if (err.code !== 'BACKUP_CORRUPT' && err.code !== 'BACKUP_KEY_REJECTED') throw e;
+      return this.#finishBackup(row, { error: { code: err.code, message: `${why}; ${err.message}` } });
+    }
     if (manifest) {
       this.#d.log(`backup ${row.id}: ${why}; its manifest exists, so it is complete`);
       await this.#finishBackup(row, {
@@ -364,7 +388,7 @@ export class BackupService {
     await this.#d.db.deleteFrom('backups').where('id', '=', id).execute();
     // A manifest left behind (the store failed) is not in the catalog, so GC removes it.
     await this.#d.store
-      .delete(`manifests/${id}`)
+      .delete(manifestObjectKey(id))
       .catch((e) => this.#d.log(`backup ${id}: deleting its manifest: ${e}`));
   }
 
@@ -697,7 +721,7 @@ export class BackupService {
       )) {
         if (this.#reading.has(id)) continue;
         await this.#d.db.deleteFrom('backups').where('id', '=', id).where('state', '=', 'complete').execute();
-        await this.#d.store.delete(`manifests/${id}`).catch(() => {});
+        await this.#d.store.delete(manifestObjectKey(id)).catch(() => {});
         await this.#audit('tenant.backup.prune', `${tenant.name}:${id}`, tenant.id, 204, 'ok');
         pruned.push(id);
       }
