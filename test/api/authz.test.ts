@@ -5,6 +5,7 @@
  * the very next request. A's key on A's own resources succeeds, so the 404s are not an outage.
  */
 import assert from 'node:assert/strict';
+import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import type { RegisteredRoute } from '@warren/control-plane';
 import {
@@ -15,12 +16,13 @@ import {
   openTestControlPlane,
   type TestControlPlane,
 } from '../helpers/api.ts';
+import { until } from '../helpers/until.ts';
 
 let t: TestControlPlane;
 let agent: FakeAgent;
 const tenants: Record<
   'a' | 'b',
-  { id: string; name: string; key: string; keyId: string; op: string; session: string }
+  { id: string; name: string; key: string; keyId: string; op: string; session: string; backup: string }
 > = {} as never;
 /** A snapshot each tenant has from the start, for the routes that name one. */
 const SNAPSHOT = 'base';
@@ -33,7 +35,8 @@ function concrete(route: RegisteredRoute, who: 'a' | 'b', byId = false): string 
     .replace(':host', agent.name)
     .replace(':key', x.keyId)
     .replace(':snapshot', SNAPSHOT)
-    .replace(':session', x.session);
+    .replace(':session', x.session)
+    .replace(':backup', x.backup);
   return route.url.includes('/files') ? `${path}?path=/tmp/x` : path;
 }
 
@@ -47,11 +50,13 @@ function sampleBody(route: RegisteredRoute): { body?: unknown; raw?: string; con
 }
 
 before(async () => {
-  t = await openTestControlPlane();
-  agent = await new FakeAgent('host-1', { vcpus: 64, memoryMiB: 65536, diskMiB: 1_000_000 }).start(
-    t.url,
-    t.joinToken,
-  );
+  t = await openTestControlPlane({ backupPollMs: 20 });
+  agent = (
+    await new FakeAgent('host-1', { vcpus: 64, memoryMiB: 65536, diskMiB: 1_000_000 }).start(
+      t.url,
+      t.joinToken,
+    )
+  ).useObjectStore(join(t.dataDir, 'objects'));
   for (const who of ['a', 'b'] as const) {
     const name = `tenant-${who}`;
     const { created, key } = await createTenantWithKey(t, { name });
@@ -63,6 +68,7 @@ before(async () => {
       op: created.operation.id,
       // The success walk below starts a session (POST) before it reaches the routes that name one.
       session: 'ses_0000000000000000',
+      backup: '',
     };
   }
   await convergeAllRunning(t, [agent]);
@@ -72,8 +78,25 @@ before(async () => {
       body: { name: SNAPSHOT },
     });
     assert.equal(snap.status, 201, snap.text);
+    tenants[who].backup = await completeBackup(who);
   }
 });
+
+/** A complete backup of the tenant, for the routes that name one. */
+async function completeBackup(who: 'a' | 'b'): Promise<string> {
+  const b = await call(t.url, 'POST', `/v1/tenants/${tenants[who].name}/backups`, {
+    token: t.adminToken,
+    body: {},
+  });
+  assert.equal(b.status, 202, b.text);
+  await until('the backup completes', async () => {
+    const r = await call(t.url, 'GET', `/v1/tenants/${tenants[who].name}/backups/${b.body.id}`, {
+      token: t.adminToken,
+    });
+    return r.body.state === 'complete';
+  });
+  return b.body.id;
+}
 
 after(async () => {
   await agent?.stop();
@@ -142,8 +165,28 @@ describe('authorization matrix', () => {
   test("tenant A's key succeeds on its own resources through the same routes", async () => {
     for (const r of t.cp.routes.filter((x) => x.auth === 'tenant' && x.url.includes(':'))) {
       if (r.url.endsWith('/stop') || r.url.endsWith('/start')) continue;
-      const res = await call(t.url, r.method, concrete(r, 'a'), { token: tenants.a.key, ...sampleBody(r) });
+      // Deleting the backup the later routes name would leave them nothing: delete another.
+      const path =
+        r.method === 'DELETE' && r.url.endsWith('/:backup')
+          ? concrete(r, 'a').replace(tenants.a.backup, await completeBackup('a'))
+          : concrete(r, 'a');
+      const res = await call(t.url, r.method, path, { token: tenants.a.key, ...sampleBody(r) });
       assert.ok(res.status >= 200 && res.status < 300, `${r.method} ${r.url}: ${res.status} ${res.text}`);
+      // A backup or restore holds the tenant until its job ends; the next routes need it free.
+      if (r.method === 'POST' && r.url.endsWith('/backups'))
+        await until('the backup ends', async () => {
+          const b = await call(t.url, 'GET', `/v1/tenants/tenant-a/backups/${res.body.id}`, {
+            token: tenants.a.key,
+          });
+          return b.body.state !== 'running';
+        });
+      if (r.url.endsWith('/restore'))
+        await until('the restore ends', async () => {
+          const o = await call(t.url, 'GET', `/v1/operations/${res.body.operation.id}`, {
+            token: tenants.a.key,
+          });
+          return o.body.status !== 'running';
+        });
       if (r.method === 'POST' && r.url.endsWith('/sessions')) tenants.a.session = res.body.id;
     }
   });

@@ -5,12 +5,24 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { AddressInfo, Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import {
+  type BackupKeyBuffers,
+  CHUNK_SIZE,
+  readManifest,
+  restoreVolume,
+  type VolumeSource,
+  writeBackup,
+} from '@warren/backup';
 import type { ControlPlaneConfig } from '@warren/control-plane';
 import { type ControlPlane, loadConfig, openControlPlane } from '@warren/control-plane';
+import { createObjectStore, type ObjectStore } from '@warren/object-store';
 import {
+  type BackupJob,
   type DesiredTenant,
   type FileChange,
   type HeartbeatResponse,
+  HostBackupRequest,
+  HostRestoreRequest,
   PROXY_UPSTREAM_HEADER,
   type Resources,
   type Snapshot,
@@ -141,6 +153,24 @@ export class FakeAgent {
   changes: FileChange[] = [];
   /** Fails the next call of one kind (`PUT credentials`, `POST snapshots/revert`, …) with this agent error. */
   readonly failNext = new Map<string, { status: number; code: string; message: string }>();
+  /**
+   * Backups: the agent's job routes (`POST /v1/vms/:id/backups`, `POST /v1/vms/:id/restore`,
+   * `GET /v1/backup-jobs/:id`) run jobs with the real @warren/backup library against a real
+   * filesystem object store (`objectsDir`, set with `useObjectStore`), reading and writing each
+   * VM's "volumes" from memory (`volumes`): manifests and chunks are the real thing.
+   */
+  readonly jobs = new Map<string, BackupJob>();
+  /** Each VM's volumes (`data`, and `root` when set), as a disk's bytes. */
+  readonly volumes = new Map<string, { data: Buffer; root?: Buffer }>();
+  /** While set, a backup job reads its first chunk, then waits for it (progress visible meanwhile). */
+  backupGate: Promise<void> | undefined;
+  /** The point in time the next backups report (retention tests); now when unset. */
+  pointInTime: (() => string) | undefined;
+  /** The images this host reports having. */
+  images: string[] = [FAKE_IMAGE];
+  /** Restore jobs done, in order. */
+  readonly restores: { vmId: string; backup: string; start: string }[] = [];
+  #objects: ObjectStore | undefined;
   #made = 0;
   /** The snapshot each VM was last made or reverted to, and the VMs that ran something since. */
   readonly #at = new Map<string, string>();
@@ -193,8 +223,11 @@ export class FakeAgent {
       req.on('end', () => {
         this.seen.push({ method: req.method!, url: req.url!, auth: req.headers.authorization, body });
         const vm = /^\/v1\/vms\/([^/]+)\/(snapshots|credentials)(.*)$/.exec(req.url!);
+        const job = /^\/v1\/(?:vms\/([^/]+)\/(backups|restore)|backup-jobs\/([^/]+))$/.exec(req.url!);
         if (req.headers.authorization !== `Bearer ${this.#agentToken}`) {
           res.writeHead(401).end('{"error":{"code":"UNAUTHENTICATED","message":"no","fix":""}}');
+        } else if (job) {
+          this.#jobApi(req.method!, job[1], job[2], job[3], body, res);
         } else if (vm) {
           this.#snapshotApi(req.method!, vm[1]!, vm[2]!, vm[3]!, body, res);
         } else if (req.url!.endsWith('/exec')) {
@@ -326,6 +359,173 @@ export class FakeAgent {
     return error(404, 'NOT_FOUND', `no route ${op}`);
   }
 
+  /** Opens the object store backup jobs use (the control plane's, in tests: one machine). */
+  useObjectStore(root: string): this {
+    this.#objects = createObjectStore({ kind: 'fs', root });
+    return this;
+  }
+
+  /** Forgets every job, as an agent that restarted would. */
+  forgetJobs(): void {
+    this.jobs.clear();
+  }
+
+  /** A VM's data volume: deterministic, distinct per VM, with a zero chunk and a short last chunk. */
+  volumeOf(vmId: string): { data: Buffer; root?: Buffer } {
+    let v = this.volumes.get(vmId);
+    if (!v) {
+      const data = Buffer.alloc(3 * CHUNK_SIZE + 4096);
+      for (let i = 0; i < data.length; i += 64) data.write(`${vmId}:${i};`, i);
+      data.fill(0, CHUNK_SIZE, 2 * CHUNK_SIZE);
+      v = { data };
+      this.volumes.set(vmId, v);
+    }
+    return v;
+  }
+
+  #jobApi(
+    method: string,
+    vmId: string | undefined,
+    kind: string | undefined,
+    jobId: string | undefined,
+    body: string,
+    res: ServerResponse,
+  ): ServerResponse {
+    const send = (status: number, value: unknown) =>
+      res.writeHead(status, { 'content-type': 'application/json' }).end(JSON.stringify(value));
+    const error = (status: number, code: string, message: string) =>
+      send(status, { error: { code, message, fix: '' } });
+    if (jobId !== undefined) {
+      const j = this.jobs.get(jobId);
+      return j && method === 'GET' ? send(200, j) : error(404, 'NOT_FOUND', `no backup job ${jobId}`);
+    }
+    if (method !== 'POST' || !vmId) return error(404, 'NOT_FOUND', 'no such route');
+    if (!this.desired.some((d) => d.vmId === vmId)) return error(404, 'VM_NOT_FOUND', `no VM ${vmId}`);
+    const objects = this.#objects;
+    if (!objects) return error(409, 'BACKUPS_UNSUPPORTED', 'this fake agent has no object store');
+    const fail = this.failNext.get(`POST ${kind}`);
+    if (fail) {
+      this.failNext.delete(`POST ${kind}`);
+      return error(fail.status, fail.code, fail.message);
+    }
+    const keysOf = (k: { tenant: string; image?: string | undefined }): BackupKeyBuffers => ({
+      tenant: Buffer.from(k.tenant, 'base64'),
+      ...(k.image ? { image: Buffer.from(k.image, 'base64') } : {}),
+    });
+    const zero = { bytesTotal: 0, bytesDone: 0, bytesTransferred: 0, chunksNew: 0, chunksReused: 0 };
+    if (kind === 'backups') {
+      const req = HostBackupRequest.parse(JSON.parse(body));
+      const j: BackupJob = {
+        id: req.id,
+        kind: 'backup',
+        state: 'running',
+        progress: zero,
+        result: null,
+        error: null,
+      };
+      this.jobs.set(j.id, j);
+      const started = Date.now();
+      const v = this.volumeOf(vmId);
+      const gate = this.backupGate;
+      const source = (name: 'data' | 'root', buf: Buffer): VolumeSource => ({
+        name,
+        size: buf.length,
+        read: async (offset, length) => {
+          if (offset > 0 && gate) await gate;
+          return Buffer.from(buf.subarray(offset, offset + length));
+        },
+      });
+      const pointInTime = this.pointInTime?.() ?? new Date().toISOString();
+      j.progress = { ...zero, bytesTotal: v.data.length };
+      void (async () => {
+        try {
+          const keys = keysOf(req.keys);
+          const previous = req.previous
+            ? await readManifest(objects, keys.tenant, req.previous).catch(() => undefined)
+            : undefined;
+          const volumes = [
+            source('data', v.data),
+            ...(req.includeRoot && v.root ? [source('root', v.root)] : []),
+          ];
+          const r = await writeBackup({
+            store: objects,
+            keys,
+            id: req.id,
+            pointInTime,
+            metadata: req.metadata as never,
+            volumes,
+            ...(previous ? { previous } : {}),
+            onProgress: (p) => {
+              j.progress = p;
+            },
+          });
+          j.progress = { ...j.progress, bytesDone: j.progress.bytesTotal };
+          j.result = {
+            pointInTime,
+            volumes: volumes.map((x) => ({ name: x.name, sizeBytes: x.size, chunks: 0 })),
+            storedBytes: r.storedBytes,
+            mode: 'full',
+            reason: 'fake agent',
+            durationMs: Date.now() - started,
+          };
+          j.state = 'succeeded';
+        } catch (e) {
+          j.state = 'failed';
+          j.error = {
+            code: (e as { code?: string }).code ?? 'INTERNAL',
+            message: String((e as Error).message),
+          };
+        }
+      })();
+      return send(202, j);
+    }
+    const req = HostRestoreRequest.parse(JSON.parse(body));
+    const j: BackupJob = {
+      id: req.job,
+      kind: 'restore',
+      state: 'running',
+      progress: zero,
+      result: null,
+      error: null,
+    };
+    this.jobs.set(j.id, j);
+    void (async () => {
+      try {
+        const keys = keysOf(req.keys);
+        const manifest = await readManifest(objects, keys.tenant, req.backup);
+        const restored: { data: Buffer; root?: Buffer } = { data: Buffer.alloc(0) };
+        for (const vol of manifest.volumes) {
+          const buf = Buffer.alloc(vol.size);
+          await restoreVolume({
+            store: objects,
+            keys,
+            manifest,
+            backupId: req.backup,
+            volume: vol.name,
+            write: async (offset, b) => {
+              b.copy(buf, offset);
+            },
+            onProgress: (p) => {
+              j.progress = p;
+            },
+          });
+          restored[vol.name] = buf;
+        }
+        // As the real agent: switched only once everything was read and checked.
+        this.volumes.set(vmId, { ...this.volumeOf(vmId), ...restored });
+        this.restores.push({ vmId, backup: req.backup, start: req.start ?? 'as-before' });
+        j.state = 'succeeded';
+      } catch (e) {
+        j.state = 'failed';
+        j.error = {
+          code: (e as { code?: string }).code ?? 'INTERNAL',
+          message: String((e as Error).message),
+        };
+      }
+    })();
+    return send(202, j);
+  }
+
   async #held(res: ServerResponse, last: string): Promise<void> {
     this.streaming++;
     await this.gate;
@@ -355,7 +555,7 @@ export class FakeAgent {
         agentVersion: 'fake',
         capacity: this.capacity,
         health: 'ok',
-        images: [{ id: FAKE_IMAGE, profile: 'standard', createdAt: '2026-01-01T00:00:00.000Z' }],
+        images: this.images.map((id) => ({ id, profile: 'standard', createdAt: '2026-01-01T00:00:00.000Z' })),
         vms,
       },
     });
@@ -369,6 +569,7 @@ export class FakeAgent {
     // A half-closed tunnel would hold server.close() forever.
     for (const socket of this.#tunnels) socket.destroy();
     await new Promise<void>((r) => (this.#server ? this.#server.close(() => r()) : r()));
+    await this.#objects?.close();
   }
 }
 
