@@ -14,7 +14,10 @@ export interface KeepRules {
  * depend on the machine's time zone.
  */
 export function pruneSelection(backups: { id: string; at: string }[], rules: KeepRules): string[] {
-  const sorted = [...backups].sort((a, b) => b.at.localeCompare(a.at) || b.id.localeCompare(a.id));
+  // By instant, not by string: a host may write its time with an offset.
+  const sorted = backups
+    .map((b) => ({ ...b, t: Date.parse(b.at) }))
+    .sort((a, b) => b.t - a.t || b.id.localeCompare(a.id));
   const keep = new Set<string>(sorted.slice(0, rules.keepLast).map((b) => b.id));
   const buckets: [number, (d: Date) => string][] = [
     [rules.keepHourly, (d) => d.toISOString().slice(0, 13)],
@@ -25,7 +28,7 @@ export function pruneSelection(backups: { id: string; at: string }[], rules: Kee
     const seen = new Set<string>();
     for (const b of sorted) {
       if (seen.size >= n) break;
-      const bucket = bucketOf(new Date(b.at));
+      const bucket = bucketOf(new Date(b.t));
       if (seen.has(bucket)) continue;
       seen.add(bucket);
       keep.add(b.id);
