@@ -1,7 +1,14 @@
 export type { RegisteredRoute, RouteAuth } from './api/route.ts';
 export { DISPLAY_BODY_CHARS, displayPrefix, newToken, TOKEN_PREFIX } from './auth/tokens.ts';
 export { type KeepRules, pruneSelection } from './backups/retention.ts';
-export { CONFIG_ENV, ControlPlaneConfig, loadConfig, stateDirOf } from './config.ts';
+export {
+  CONFIG_ENV,
+  ControlPlaneConfig,
+  loadConfig,
+  masterKeyFileOf,
+  objectStoreConfigOf,
+  stateDirOf,
+} from './config.ts';
 export { type ControlPlane, openControlPlane } from './control-plane.ts';
 export { placeTenant } from './scheduler/place.ts';
 export { fits, type HostCandidate, rank, score } from './scheduler/policy.ts';
