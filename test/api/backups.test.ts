@@ -11,7 +11,18 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { chmod, mkdir, mkdtemp, readdir, readFile, rm, stat, symlink, writeFile } from 'node:fs/promises';
+import {
+  chmod,
+  mkdir,
+  mkdtemp,
+  readdir,
+  readFile,
+  rm,
+  stat,
+  symlink,
+  utimes,
+  writeFile,
+} from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -188,6 +199,13 @@ describe('backups', () => {
     const gc = await t.cp.backups.gc();
     assert.equal(gc.ran, true);
     assert.deepEqual(await objectsUnder('chunks/ee/'), []);
+    // A crashed upload's temporary file goes too, once older than a job may run.
+    const tmp = join(t.dataDir, 'objects', 'chunks', 'ee', '.tmp-crashed');
+    await writeFile(tmp, 'half');
+    const old = new Date(Date.now() - 7 * 3600_000);
+    await utimes(tmp, old, old);
+    assert.equal((await t.cp.backups.gc()).ran, true);
+    await assert.rejects(stat(tmp), /ENOENT/);
     // Unlocked again.
     const snap = await call(t.url, 'POST', '/v1/tenants/beta/snapshots', { ...as('beta'), body: {} });
     assert.equal(snap.status, 201, snap.text);

@@ -763,7 +763,12 @@ export class BackupService {
       }));
       const { deletedObjects } = await this.#d.format.collectGarbage(this.#d.store, live);
       if (deletedObjects > 0) this.#d.log(`backup GC: deleted ${deletedObjects} unreferenced objects`);
-      return { ran: true, deletedObjects };
+      // Uploads a crashed job left half-done (fs temporary files, S3 multipart uploads). Only
+      // those older than a job may run: a host may still be writing for a job this process
+      // already gave up on as lost.
+      const incomplete = await this.#d.store.collectIncomplete(this.#d.config.backupJobTimeoutMs);
+      if (incomplete.removed > 0) this.#d.log(`backup GC: removed ${incomplete.removed} incomplete uploads`);
+      return { ran: true, deletedObjects: deletedObjects + incomplete.removed };
     } finally {
       release();
     }
