@@ -272,7 +272,7 @@ export class BackupService {
           const r = job.result;
           await this.#finishBackup(row, {
             complete: {
-              pointInTime: r.pointInTime,
+              pointInTime: instant(r.pointInTime, row.created_at),
               sizeBytes: r.volumes.reduce((n, v) => n + v.sizeBytes, 0),
               storedBytes: r.storedBytes,
               mode: r.mode,
@@ -316,7 +316,7 @@ export class BackupService {
       this.#d.log(`backup ${row.id}: ${why}; its manifest exists, so it is complete`);
       await this.#finishBackup(row, {
         complete: {
-          pointInTime: manifest.pointInTime,
+          pointInTime: instant(manifest.pointInTime, row.created_at),
           sizeBytes: manifest.volumes.reduce((n, v) => n + v.size, 0),
           storedBytes: 0,
           mode: null,
@@ -889,6 +889,16 @@ export class BackupService {
       .execute()
       .catch(() => {});
   }
+}
+
+/**
+ * A host's point in time as the catalog stores it (ISO 8601, UTC), so retention sorts and
+ * buckets it right; anything else a host sends (it is not trusted with the catalog's shape)
+ * becomes the time the backup was asked for.
+ */
+function instant(reported: string, fallback: string): string {
+  const t = reported.length <= 64 ? Date.parse(reported) : Number.NaN;
+  return Number.isNaN(t) ? fallback : new Date(t).toISOString();
 }
 
 function newBackupId(): string {
