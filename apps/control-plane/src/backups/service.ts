@@ -10,6 +10,7 @@ import {
   type ErrorSummary,
   type HostBackupRequest,
   type HostRestoreRequest,
+  isErrorCode,
   type TenantOperationResponse,
   type VerifyResult,
   vmIdOfTenant,
@@ -502,7 +503,11 @@ export class BackupService {
       let host: HostsTable | undefined;
       if (body) {
         // A new tenant's VM must exist on its host before its volumes can be replaced.
-        if (fresh) await this.#untilCreated(target, deadline);
+        if (fresh)
+          await this.#untilCreated(
+            target,
+            Math.min(deadline, Date.parse(op.created_at) + this.#d.config.operationTimeoutMs),
+          );
         const cur = await this.#fresh(target);
         host = await this.#d.hosts.liveHostOf(cur);
         await this.#post(host, `/v1/vms/${vmIdOfTenant(target.id)}/restore`, body);
@@ -549,11 +554,14 @@ export class BackupService {
       if (cur.state === 'running' || cur.state === 'stopped') return;
       if (cur.state === 'failed' || cur.desired_state === 'absent')
         throw new WarrenError(
-          cur.last_error_code === null ? 'CONFLICT' : (cur.last_error_code as 'INTERNAL'),
+          isErrorCode(cur.last_error_code) ? cur.last_error_code : 'VM_BOOT_FAILED',
           `new tenant ${cur.name} did not start (${cur.last_error_message ?? cur.state}); nothing was restored`,
         );
       if (Date.now() > deadline)
-        throw new WarrenError('TIMEOUT', `new tenant ${cur.name} did not start in time`);
+        throw new WarrenError(
+          'TIMEOUT',
+          `new tenant ${cur.name} did not start within WARREN_OPERATION_TIMEOUT_MS; nothing was restored (delete it, or restore into it when it runs)`,
+        );
       await this.#sleep(this.#d.config.backupPollMs);
     }
   }
