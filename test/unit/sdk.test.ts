@@ -360,5 +360,80 @@ for (const transport of TRANSPORTS) {
         assert.equal(seen.length, 0);
       });
     });
+
+    describe('backups', () => {
+      const backup = (state: 'running' | 'complete' | 'failed', done = 0) => ({
+        id: 'bak_00000000000000aa',
+        tenantId: 'ten_0000000000000001',
+        tenantName: 'demo',
+        state,
+        trigger: 'manual',
+        includeRoot: false,
+        createdAt: NOW,
+        completedAt: state === 'running' ? null : NOW,
+        pointInTime: state === 'complete' ? NOW : null,
+        sizeBytes: 100,
+        storedBytes: 10,
+        mode: state === 'complete' ? 'full' : null,
+        progress: { bytesTotal: 100, bytesDone: done, bytesTransferred: 0, chunksNew: 0, chunksReused: 0 },
+        error: state === 'failed' ? { code: 'BACKUP_KEY_REJECTED', message: 'no' } : null,
+      });
+
+      test('wait polls until complete, reporting progress', async () => {
+        let n = 0;
+        handler = (_req, res) =>
+          json(res, 200, n++ < 2 ? backup('running', n * 40) : backup('complete', 100));
+        const progress: number[] = [];
+        const done = await warren.backups.wait('demo', 'bak_00000000000000aa', {
+          intervalMs: 1,
+          onProgress: (b) => progress.push(b.progress!.bytesDone),
+        });
+        assert.equal(done.state, 'complete');
+        assert.deepEqual(progress, [40, 80, 100]);
+        assert.equal(seen[0]!.url, '/v1/tenants/demo/backups/bak_00000000000000aa');
+      });
+
+      test('a failed backup throws its error code naming the backup', async () => {
+        handler = (_req, res) => json(res, 200, backup('failed'));
+        await assert.rejects(
+          warren.backups.wait('demo', 'bak_00000000000000aa', { intervalMs: 1 }),
+          (e: WarrenError) => {
+            assert.equal(e.code, 'BACKUP_KEY_REJECTED');
+            assert.match(e.message, /bak_00000000000000aa/);
+            return true;
+          },
+        );
+      });
+
+      test('ids are checked before anything is sent; restore sends newTenant', async () => {
+        await assert.rejects(warren.backups.get('demo', '../keys'), { code: 'INVALID_ARGUMENT' });
+        await assert.rejects(
+          warren.backups.restore('demo', 'bak_00000000000000aa', { newTenant: 'Bad Name' }),
+          {
+            code: 'INVALID_ARGUMENT',
+          },
+        );
+        assert.equal(seen.length, 0);
+        handler = (_req, res) =>
+          json(res, 202, {
+            tenant: tenant(),
+            operation: {
+              id: 'op_0000000000000001',
+              kind: 'restore',
+              tenantId: 'ten_0000000000000001',
+              tenantName: 'demo',
+              status: 'running',
+              error: null,
+              progress: null,
+              createdAt: NOW,
+              updatedAt: NOW,
+            },
+          });
+        const r = await warren.backups.restore('demo', 'bak_00000000000000aa', { newTenant: 'demo-copy' });
+        assert.equal(r.operation.kind, 'restore');
+        assert.equal(seen[0]!.url, '/v1/tenants/demo/backups/bak_00000000000000aa/restore');
+        assert.deepEqual(JSON.parse(seen[0]!.body.toString()), { newTenant: 'demo-copy' });
+      });
+    });
   });
 }
