@@ -172,7 +172,9 @@ describe('backups', () => {
     assert.equal((await call(t.url, 'GET', `/v1/tenants/alpha/backups/${id}`, as('alpha'))).status, 200);
   });
 
-  test('progress is visible while a backup runs; its tenant is locked and GC waits for it', async () => {
+  test('progress is visible while a backup runs; a second backup and a restore wait, a snapshot does not; GC waits', async () => {
+    const previous = await backupNow('beta');
+    assert.equal((await settled('beta', previous)).state, 'complete');
     const open = release();
     const id = await backupNow('beta');
     try {
@@ -181,11 +183,19 @@ describe('backups', () => {
         return r.body.state === 'running' && r.body.progress?.bytesTotal > 0 && r.body;
       });
       assert.equal(running.progress.bytesTotal, agent.volumeOf(vm('beta')).data.length);
-      const snap = await call(t.url, 'POST', '/v1/tenants/beta/snapshots', { ...as('beta'), body: {} });
-      assert.equal(snap.status, 409, snap.text);
-      assert.match(snap.body.error.message, /busy with a backup/);
       const second = await call(t.url, 'POST', '/v1/tenants/beta/backups', { ...as('beta'), body: {} });
       assert.equal(second.status, 409);
+      assert.match(second.body.error.message, /already has a backup running/);
+      const restore = await call(t.url, 'POST', `/v1/tenants/beta/backups/${previous}/restore`, {
+        ...as('beta'),
+        body: {},
+      });
+      assert.equal(restore.status, 409, restore.text);
+      assert.match(restore.body.error.message, new RegExp(`being backed up \\(${id}\\)`));
+      // The host orders a snapshot with the backup's point in time itself: not held up here
+      // (a session's end, which reverts, must not wait hours for a backup).
+      const snap = await call(t.url, 'POST', '/v1/tenants/beta/snapshots', { ...as('beta'), body: {} });
+      assert.equal(snap.status, 201, snap.text);
       // A stray chunk GC would delete stays while the backup runs: GC does not run.
       const stray = `chunks/ee/${'e'.repeat(64)}`;
       await mkdir(join(t.dataDir, 'objects', 'chunks', 'ee'), { recursive: true });
@@ -206,9 +216,27 @@ describe('backups', () => {
     await utimes(tmp, old, old);
     assert.equal((await t.cp.backups.gc()).ran, true);
     await assert.rejects(stat(tmp), /ENOENT/);
-    // Unlocked again.
-    const snap = await call(t.url, 'POST', '/v1/tenants/beta/snapshots', { ...as('beta'), body: {} });
-    assert.equal(snap.status, 201, snap.text);
+    // A restore meanwhile holds the tenant: no backup starts under it.
+    let restored!: () => void;
+    agent.restoreGate = new Promise<void>((r) => (restored = r));
+    const r = await call(t.url, 'POST', `/v1/tenants/beta/backups/${previous}/restore`, {
+      ...as('beta'),
+      body: {},
+    });
+    assert.equal(r.status, 202, r.text);
+    try {
+      const during = await call(t.url, 'POST', '/v1/tenants/beta/backups', { ...as('beta'), body: {} });
+      assert.equal(during.status, 409, during.text);
+      assert.match(during.body.error.message, /busy with a restore/);
+      assert.deepEqual(await t.cp.backups.gc(), { ran: false, deletedObjects: 0 });
+    } finally {
+      agent.restoreGate = undefined;
+      restored();
+    }
+    await until('the restore ends', async () => {
+      const o = await call(t.url, 'GET', `/v1/operations/${r.body.operation.id}`, as('beta'));
+      return o.body.status === 'succeeded';
+    });
   });
 
   test('a host that loses the job: no manifest, so the backup fails; what it wrote later goes at GC', async () => {

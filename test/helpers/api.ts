@@ -164,6 +164,8 @@ export class FakeAgent {
   readonly volumes = new Map<string, { data: Buffer; root?: Buffer }>();
   /** While set, a backup job reads its first chunk, then waits for it (progress visible meanwhile). */
   backupGate: Promise<void> | undefined;
+  /** While set, a restore job waits for it before it reads anything. */
+  restoreGate: Promise<void> | undefined;
   /** The point in time the next backups report (retention tests); now when unset. */
   pointInTime: (() => string) | undefined;
   /** The images this host reports having. */
@@ -480,6 +482,7 @@ export class FakeAgent {
       return send(202, j);
     }
     const req = HostRestoreRequest.parse(JSON.parse(body));
+    const restoreGate = this.restoreGate;
     const j: BackupJob = {
       id: req.job,
       kind: 'restore',
@@ -491,6 +494,7 @@ export class FakeAgent {
     this.jobs.set(j.id, j);
     void (async () => {
       try {
+        await restoreGate;
         const keys = keysOf(req.keys);
         const manifest = await readManifest(objects, keys.tenant, req.backup);
         const restored: { data: Buffer; root?: Buffer } = { data: Buffer.alloc(0) };

@@ -53,9 +53,12 @@ export interface BackupServiceDeps {
  * Backups of tenants (the catalog, keys, jobs on host agents), restores, the schedule,
  * retention and GC.
  *
- * - A backup or restore holds its tenant's lock (TenantLocks) from its start to its job's end,
- *   so it never interleaves with a snapshot, a revert, a session step or another backup or
- *   restore of the same tenant: those are refused with CONFLICT meanwhile.
+ * - A restore holds its tenant's lock (TenantLocks) from its start to its job's end, so it never
+ *   interleaves with a snapshot, a revert, a session step, a backup or another restore of the
+ *   tenant: those are refused with CONFLICT meanwhile. A backup holds the lock only while it
+ *   starts (the host orders its point in time and merge with the VM's other steps; a long
+ *   backup must not delay a session's end and the removal of its credentials); one backup runs
+ *   per tenant (the catalog's unique index), and a restore is refused while one runs.
  * - GC and backups exclude each other (BackupGate): GC runs only when no backup is running
  *   (in this process, or as a `running` row left by a previous one and not yet reconciled), and
  *   no backup starts while GC runs, so a backup never reuses a chunk GC is deleting.
@@ -163,12 +166,17 @@ export class BackupService {
     trigger: Trigger = 'manual',
   ): Promise<Backup> {
     this.gate.refuseWhileGc();
-    const release = this.#d.locks.hold(tenant, 'backup');
+    // Held while the backup starts only: the host orders a backup's point in time and merge
+    // with snapshots, reverts and stops of the VM itself, and a backup running for hours must
+    // not hold up a session's end (its credentials would stay in the guest past its expiry).
+    const release = this.#d.locks.hold(tenant, 'backup start');
     let started = false;
     try {
       const cur = await this.#fresh(tenant);
       if (cur.desired_state === 'absent')
         throw new WarrenError('CONFLICT', `tenant ${cur.name} is being deleted`);
+      // A restore holds the tenant's lock for its whole job, so none runs now; one this process
+      // lost track of (a restart) is followed again by reconcile and holds it too.
       const host = await this.#d.hosts.liveHostOf(cur);
       const key = await this.#tenantKey(cur, true);
       const previous = await this.#d.db
@@ -221,17 +229,13 @@ export class BackupService {
         await this.#finishBackup(row, { error: toWarrenError(e) });
         throw e;
       }
-      this.#follow(
-        this.#followBackup(row, host, () => {
-          this.gate.backupEnded();
-          release();
-        }),
-      );
+      this.#follow(this.#followBackup(row, host, () => this.gate.backupEnded()));
       return backupView(row);
     } catch (e) {
       if (started) this.gate.backupEnded();
-      release();
       throw e;
+    } finally {
+      release();
     }
   }
 
@@ -446,6 +450,18 @@ export class BackupService {
         target = await this.#fresh(tenant);
         if (target.desired_state === 'absent')
           throw new WarrenError('CONFLICT', `tenant ${target.name} is being deleted`);
+        // Its volumes are not replaced under a backup reading them (rows are written under the lock).
+        const running = await this.#d.db
+          .selectFrom('backups')
+          .select('id')
+          .where('tenant_id', '=', target.id)
+          .where('state', '=', 'running')
+          .executeTakeFirst();
+        if (running)
+          throw new WarrenError(
+            'CONFLICT',
+            `tenant ${target.name} is being backed up (${running.id}); restore when it has finished`,
+          );
         await this.#d.hosts.liveHostOf(target);
       } catch (e) {
         release();
@@ -586,24 +602,13 @@ export class BackupService {
   /**
    * After a restart: every backup still `running` and every running restore is followed again
    * (its host may still run it); what a host lost is decided as `#followBackup` says. Until a
-   * row ends, it holds its tenant's lock and keeps GC out.
+   * row ends it keeps GC out; a restore holds its tenant's lock again.
    */
   async reconcile(): Promise<void> {
     const rows = await this.#d.db.selectFrom('backups').selectAll().where('state', '=', 'running').execute();
     for (const row of rows) {
-      let release: () => void;
-      try {
-        release = this.#d.locks.hold({ id: row.tenant_id, name: row.tenant_name }, 'backup');
-      } catch {
-        continue; // followed already
-      }
       this.gate.backupStarted();
-      this.#follow(
-        this.#followBackup(row, undefined, () => {
-          this.gate.backupEnded();
-          release();
-        }),
-      );
+      this.#follow(this.#followBackup(row, undefined, () => this.gate.backupEnded()));
     }
     const ops = await this.#d.db
       .selectFrom('operations')
@@ -690,11 +695,15 @@ export class BackupService {
       if (p.every_minutes !== null && !this.gate.gcRunning && !this.#d.locks.busy(p.tenant_id)) {
         const last = await this.#d.db
           .selectFrom('backups')
-          .select('created_at')
+          .select(['created_at', 'state'])
           .where('tenant_id', '=', p.tenant_id)
           .orderBy('created_at', 'desc')
           .executeTakeFirst();
-        if (!last || Date.parse(last.created_at) <= at - p.every_minutes * 60_000) {
+        // One still running (longer than the interval) is let finish, not refused every pass.
+        if (
+          !last ||
+          (last.state !== 'running' && Date.parse(last.created_at) <= at - p.every_minutes * 60_000)
+        ) {
           try {
             const row = await this.#d.db
               .selectFrom('tenants')

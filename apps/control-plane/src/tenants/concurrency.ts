@@ -63,7 +63,7 @@ export class TenantStreams {
 
 /**
  * One snapshot, session, backup or restore step (snapshot create, revert, delete; session
- * start, end, expiry; a backup or restore job from start to end) per tenant at a time, so an end's revert cannot interleave with another revert or a new
+ * start, end, expiry; a backup's start; a restore job from start to end) per tenant at a time, so an end's revert cannot interleave with another revert or a new
  * snapshot of the same VM. A second caller is refused at once (CONFLICT) rather than queued:
  * these steps take seconds, and a queue would hold one connection per waiting client. In
  * memory, per control-plane process, like TenantStreams.
