@@ -26,6 +26,7 @@ import {
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { libraryFormat } from '@warren/control-plane';
 import { vmIdOfTenant } from '@warren/protocol';
 import {
   call,
@@ -62,11 +63,17 @@ async function backupNow(name: string, body: object = {}): Promise<string> {
   return r.body.id;
 }
 
+/**
+ * Waits until the backup has ended, and until the control plane has finished following its job
+ * (the row is written a moment before the job lets go of the GC gate).
+ */
 async function settled(name: string, id: string): Promise<{ state: string; [k: string]: unknown }> {
-  return until(`backup ${id} ends`, async () => {
+  const done = await until(`backup ${id} ends`, async () => {
     const r = await call(t.url, 'GET', `/v1/tenants/${name}/backups/${id}`, as(name));
     return r.body.state !== 'running' && r.body;
   });
+  await t.cp.backups.settled();
+  return done;
 }
 
 async function objectsUnder(prefix: string, root = join(t.dataDir, 'objects')): Promise<string[]> {
@@ -531,6 +538,7 @@ describe('after a control-plane restart', () => {
     }
     const done = await until('complete', async () => (await state(id)).state === 'complete' && state(id));
     assert.equal(done.mode, 'full');
+    await r.cp.backups.settled();
     assert.equal((await r.cp.backups.gc()).ran, true);
   });
 
@@ -578,6 +586,7 @@ describe('after a control-plane restart', () => {
       [host],
       async () => (await call(r.url, 'GET', '/v1/tenants/omega', { token: r.adminToken })).status === 404,
     );
+    await r.cp.backups.settled();
     assert.deepEqual(await r.cp.store.db.selectFrom('backups').selectAll().execute(), []);
     assert.deepEqual(await r.cp.store.db.selectFrom('tenant_keys').selectAll().execute(), []);
     assert.equal((await r.cp.backups.gc()).ran, true);
@@ -691,5 +700,92 @@ describe('the master key file', () => {
       await h.stop();
       await c.close(true);
     }
+  });
+});
+
+describe('limits a tenant cannot lift', () => {
+  let l: TestControlPlane;
+  let host: FakeAgent;
+  let token = '';
+  /** While set, every verify waits for it before it reads anything. */
+  let verifyGate: Promise<void> | undefined;
+  let verifying = 0;
+
+  before(async () => {
+    const real = libraryFormat();
+    l = await openTestControlPlane({ ...SETTINGS, tenantMaxBackups: 2 }, undefined, {
+      backupFormat: {
+        ...real,
+        async verify(store, keys, id) {
+          verifying++;
+          await verifyGate;
+          verifying--;
+          return real.verify(store, keys, id);
+        },
+      },
+    });
+    host = (await new FakeAgent('lim-host', CAPACITY).start(l.url, l.joinToken)).useObjectStore(
+      join(l.dataDir, 'objects'),
+    );
+    token = (await createTenantWithKey(l, { name: 'lambda' })).key.token;
+    await convergeAllRunning(l, [host]);
+  });
+
+  after(async () => {
+    await host?.stop();
+    await l?.close();
+  });
+
+  async function backup(): Promise<{
+    status: number;
+    body: { id: string; error?: { code: string; message: string } };
+  }> {
+    const r = await call(l.url, 'POST', '/v1/tenants/lambda/backups', { token, body: {} });
+    if (r.status === 202)
+      await until('complete', async () => {
+        const b = await call(l.url, 'GET', `/v1/tenants/lambda/backups/${r.body.id}`, { token });
+        return b.body.state === 'complete';
+      });
+    return r;
+  }
+
+  test('WARREN_TENANT_MAX_BACKUPS: one more backup is QUOTA_EXCEEDED; deleting one makes room', async () => {
+    const first = await backup();
+    assert.equal(first.status, 202);
+    assert.equal((await backup()).status, 202);
+    const third = await backup();
+    assert.equal(third.status, 422, JSON.stringify(third.body));
+    assert.equal(third.body.error?.code, 'QUOTA_EXCEEDED');
+    assert.match(third.body.error!.message, /WARREN_TENANT_MAX_BACKUPS = 2/);
+    assert.equal(
+      (await call(l.url, 'DELETE', `/v1/tenants/lambda/backups/${first.body.id}`, { token })).status,
+      204,
+    );
+    assert.equal((await backup()).status, 202);
+  });
+
+  test('one verify per tenant at a time: a second one meanwhile is CONFLICT, not a second full read', async () => {
+    const list = await call(l.url, 'GET', '/v1/tenants/lambda/backups', { token });
+    const [a, b] = list.body.backups.map((x: { id: string }) => x.id);
+    let open!: () => void;
+    verifyGate = new Promise<void>((r) => (open = r));
+    const first = call(l.url, 'POST', `/v1/tenants/lambda/backups/${a}/verify`, { token });
+    try {
+      await until('the first verify runs', () => verifying === 1);
+      for (const id of [a, b]) {
+        const again = await call(l.url, 'POST', `/v1/tenants/lambda/backups/${id}/verify`, { token });
+        assert.equal(again.status, 409, again.text);
+        assert.match(again.body.error.message, /a verify of tenant lambda's backups is running/);
+      }
+      assert.equal(verifying, 1);
+    } finally {
+      verifyGate = undefined;
+      open();
+    }
+    assert.equal((await first).body.ok, true);
+    assert.equal(
+      (await call(l.url, 'POST', `/v1/tenants/lambda/backups/${b}/verify`, { token })).body.ok,
+      true,
+    );
   });
 });

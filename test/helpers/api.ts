@@ -13,7 +13,7 @@ import {
   type VolumeSource,
   writeBackup,
 } from '@warren/backup';
-import type { ControlPlaneConfig } from '@warren/control-plane';
+import type { BackupFormat, ControlPlaneConfig } from '@warren/control-plane';
 import { type ControlPlane, loadConfig, openControlPlane } from '@warren/control-plane';
 import { createObjectStore, type ObjectStore } from '@warren/object-store';
 import {
@@ -47,7 +47,7 @@ export interface TestControlPlane {
 export async function openTestControlPlane(
   overrides: Partial<ControlPlaneConfig> = {},
   dataDir?: string,
-  options: { log?: (m: string) => void } = {},
+  options: { log?: (m: string) => void; backupFormat?: BackupFormat } = {},
 ): Promise<TestControlPlane> {
   const dir = dataDir ?? (await mkdtemp(join(tmpdir(), 'wcp-')));
   const cp = await openControlPlane(

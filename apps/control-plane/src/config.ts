@@ -181,6 +181,12 @@ export const ControlPlaneConfig = z.strictObject({
   /** A secret: never logged, and left out of error messages like every value. */
   s3SecretAccessKey: z.string().optional(),
   s3ForcePathStyle: z.enum(['on', 'off']).optional(),
+  /**
+   * WARREN_TENANT_MAX_BACKUPS: backups one tenant may hold (running, complete and failed alike);
+   * one more is QUOTA_EXCEEDED. Bounds the catalog and what every GC pass reads; a policy's
+   * keep rules keep a scheduled tenant well under it.
+   */
+  tenantMaxBackups: z.coerce.number().int().min(1).max(100_000).default(200),
   /** WARREN_BACKUP_POLL_MS: how often a running backup or restore job is asked for its progress. */
   backupPollMs: z.coerce.number().int().min(10).max(60_000).default(1_000),
   /**
@@ -256,6 +262,7 @@ export const CONFIG_ENV: Record<keyof ControlPlaneConfig, string> = {
   s3AccessKeyId: 'WARREN_S3_ACCESS_KEY_ID',
   s3SecretAccessKey: 'WARREN_S3_SECRET_ACCESS_KEY',
   s3ForcePathStyle: 'WARREN_S3_FORCE_PATH_STYLE',
+  tenantMaxBackups: 'WARREN_TENANT_MAX_BACKUPS',
   backupPollMs: 'WARREN_BACKUP_POLL_MS',
   backupJobTimeoutMs: 'WARREN_BACKUP_JOB_TIMEOUT_MS',
   backupScheduleMs: 'WARREN_BACKUP_SCHEDULE_MS',

@@ -1,5 +1,7 @@
 export type { RegisteredRoute, RouteAuth } from './api/route.ts';
 export { DISPLAY_BODY_CHARS, displayPrefix, newToken, TOKEN_PREFIX } from './auth/tokens.ts';
+export type { BackupFormat } from './backups/format.ts';
+export { libraryFormat } from './backups/library-format.ts';
 export { type KeepRules, pruneSelection } from './backups/retention.ts';
 export {
   CONFIG_ENV,

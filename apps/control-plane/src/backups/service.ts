@@ -68,6 +68,8 @@ export interface BackupServiceDeps {
 export class BackupService {
   readonly #d: BackupServiceDeps;
   readonly gate = new BackupGate();
+  /** Tenants with a verify running (one each). */
+  readonly #verifying = new Set<string>();
   /** Backups a restore or verify reads right now: not deleted meanwhile. */
   readonly #reading = new Map<string, number>();
   /** Jobs being followed, so close() can stop them and tests can wait for them. */
@@ -177,6 +179,18 @@ export class BackupService {
         throw new WarrenError('CONFLICT', `tenant ${cur.name} is being deleted`);
       // A restore holds the tenant's lock for its whole job, so none runs now; one this process
       // lost track of (a restart) is followed again by reconcile and holds it too.
+      const { n } = await this.#d.db
+        .selectFrom('backups')
+        .select((eb) => eb.fn.countAll<number>().as('n'))
+        .where('tenant_id', '=', cur.id)
+        .executeTakeFirstOrThrow();
+      const max = this.#d.config.tenantMaxBackups;
+      if (Number(n) >= max)
+        throw new WarrenError(
+          'QUOTA_EXCEEDED',
+          `tenant ${cur.name} holds ${n} backups, its limit (WARREN_TENANT_MAX_BACKUPS = ${max}); delete some (\`warren tenant backup delete\`) or set a backup policy that prunes them`,
+          { details: { limit: 'platform.tenantMaxBackups', value: max } },
+        );
       const host = await this.#d.hosts.liveHostOf(cur);
       const key = await this.#tenantKey(cur, true);
       const previous = await this.#d.db
@@ -404,13 +418,25 @@ export class BackupService {
       throw new WarrenError('CONFLICT', `backup ${id} is ${row.state}, not complete`);
     const metadata = JSON.parse(row.metadata) as BackupMetadata;
     const tenantKey = await this.#tenantKey(tenant, false);
-    return this.#reading_(id, () =>
-      this.#d.format.verify(
-        this.#d.store,
-        { tenant: tenantKey, image: this.#imageKey(metadata.imageId) },
-        id,
-      ),
-    );
+    // A verify reads the whole backup through this process: one per tenant at a time, so a
+    // tenant cannot put the control plane's bandwidth and CPU to work many times over.
+    if (this.#verifying.has(tenant.id))
+      throw new WarrenError(
+        'CONFLICT',
+        `a verify of tenant ${tenant.name}'s backups is running; retry when it has finished`,
+      );
+    this.#verifying.add(tenant.id);
+    try {
+      return await this.#reading_(id, () =>
+        this.#d.format.verify(
+          this.#d.store,
+          { tenant: tenantKey, image: this.#imageKey(metadata.imageId) },
+          id,
+        ),
+      );
+    } finally {
+      this.#verifying.delete(tenant.id);
+    }
   }
 
   async #reading_<T>(id: string, f: () => Promise<T>): Promise<T> {
