@@ -406,7 +406,8 @@ describe('retention, schedules and GC', () => {
   test('the keep rules prune through the scheduler clock, then GC takes what only pruned backups held', async () => {
     await tenant('epsilon');
     await convergeAllRunning(t, [agent]);
-    const base = Date.parse('2026-03-02T10:00:00.000Z');
+    // Two hours ahead, on the hour: the scheduler's clock runs past the real one.
+    const base = (Math.ceil(Date.now() / 3600_000) + 2) * 3600_000;
     const at = (minutes: number) => new Date(base + minutes * 60_000).toISOString();
     const times = [at(10), at(40), at(70), at(130)];
     const made: string[] = [];
@@ -439,6 +440,18 @@ describe('retention, schedules and GC', () => {
       const v = await call(t.url, 'POST', `/v1/tenants/epsilon/backups/${id}/verify`, as('epsilon'));
       assert.equal(v.body.ok, true, v.text);
     }
+    // Another prune right away waits for WARREN_BACKUP_GC_MIN_INTERVAL_MS (1 h) before its GC.
+    agent.pointInTime = () => at(190);
+    const extra = await backupNow('epsilon');
+    assert.equal((await settled('epsilon', extra)).state, 'complete');
+    agent.pointInTime = undefined;
+    const soon = await t.cp.backups.tick(base + 200 * 60_000 + 60_000);
+    assert.deepEqual(soon.pruned, [made[2]]);
+    assert.equal(soon.gc, false);
+    assert.ok((await objectsUnder('manifests/')).every((m) => m !== `manifests/${made[2]}`));
+    const later = await t.cp.backups.tick(base + 261 * 60_000);
+    assert.deepEqual(later.pruned, []);
+    assert.equal(later.gc, true);
     const audit = await call(t.url, 'GET', `/v1/audit?tenant=${ids.epsilon}&limit=100`, {
       token: t.adminToken,
     });
@@ -453,6 +466,13 @@ describe('retention, schedules and GC', () => {
   test('a schedule starts backups when due, by the scheduler clock', async () => {
     await tenant('zeta');
     await convergeAllRunning(t, [agent]);
+    // More often than WARREN_BACKUP_MIN_EVERY_MINUTES (15) is refused.
+    const often = await call(t.url, 'PUT', '/v1/tenants/zeta/backup-policy', {
+      ...as('zeta'),
+      body: { everyMinutes: 1 },
+    });
+    assert.equal(often.status, 422, often.text);
+    assert.match(often.body.error.message, /WARREN_BACKUP_MIN_EVERY_MINUTES = 15/);
     const set = await call(t.url, 'PUT', '/v1/tenants/zeta/backup-policy', {
       ...as('zeta'),
       body: { everyMinutes: 60 },

@@ -187,6 +187,18 @@ export const ControlPlaneConfig = z.strictObject({
    * keep rules keep a scheduled tenant well under it.
    */
   tenantMaxBackups: z.coerce.number().int().min(1).max(100_000).default(200),
+  /**
+   * WARREN_BACKUP_MIN_EVERY_MINUTES: the shortest schedule a tenant's backup policy may ask for
+   * (`everyMinutes`); less is QUOTA_EXCEEDED. Each scheduled backup costs its host a freeze and a
+   * read of what changed, and its prunes a GC pass over every tenant's manifests.
+   */
+  backupMinEveryMinutes: z.coerce.number().int().min(1).max(525_600).default(15),
+  /**
+   * WARREN_BACKUP_GC_MIN_INTERVAL_MS: GC after a prune waits until this long after the last GC
+   * (a GC reads every complete backup's manifest: one tenant's prunes must not make it run
+   * every scheduler pass); the pruned objects go at the next pass after that.
+   */
+  backupGcMinIntervalMs: z.coerce.number().int().min(0).default(3600_000),
   /** WARREN_BACKUP_POLL_MS: how often a running backup or restore job is asked for its progress. */
   backupPollMs: z.coerce.number().int().min(10).max(60_000).default(1_000),
   /**
@@ -263,6 +275,8 @@ export const CONFIG_ENV: Record<keyof ControlPlaneConfig, string> = {
   s3SecretAccessKey: 'WARREN_S3_SECRET_ACCESS_KEY',
   s3ForcePathStyle: 'WARREN_S3_FORCE_PATH_STYLE',
   tenantMaxBackups: 'WARREN_TENANT_MAX_BACKUPS',
+  backupMinEveryMinutes: 'WARREN_BACKUP_MIN_EVERY_MINUTES',
+  backupGcMinIntervalMs: 'WARREN_BACKUP_GC_MIN_INTERVAL_MS',
   backupPollMs: 'WARREN_BACKUP_POLL_MS',
   backupJobTimeoutMs: 'WARREN_BACKUP_JOB_TIMEOUT_MS',
   backupScheduleMs: 'WARREN_BACKUP_SCHEDULE_MS',

@@ -76,6 +76,8 @@ export class BackupService {
   readonly #jobs = new Set<Promise<void>>();
   #closed = false;
   #lastGc = Date.now();
+  /** Backups pruned since the last GC: their objects wait for it. */
+  #prunedSinceGc = false;
 
   constructor(deps: BackupServiceDeps) {
     this.#d = deps;
@@ -685,6 +687,13 @@ export class BackupService {
   }
 
   async setPolicy(tenant: Pick<TenantsTable, 'id'>, policy: BackupPolicy): Promise<BackupPolicy> {
+    const min = this.#d.config.backupMinEveryMinutes;
+    if (policy.everyMinutes !== null && policy.everyMinutes < min)
+      throw new WarrenError(
+        'QUOTA_EXCEEDED',
+        `everyMinutes ${policy.everyMinutes} is more often than the platform allows (WARREN_BACKUP_MIN_EVERY_MINUTES = ${min}); ask for ${min} or more`,
+        { details: { limit: 'platform.backupMinEveryMinutes', value: min } },
+      );
     const values = {
       every_minutes: policy.everyMinutes,
       keep_last: policy.keepLast,
@@ -704,7 +713,8 @@ export class BackupService {
   /**
    * One pass of the scheduler at time `at` (tests drive the clock through here): starts the
    * backups policies make due, prunes by their keep rules, and runs GC after a prune that
-   * removed something or when WARREN_BACKUP_GC_INTERVAL_MS has passed since the last run.
+   * removed something (once WARREN_BACKUP_GC_MIN_INTERVAL_MS has passed since the last run) or
+   * when WARREN_BACKUP_GC_INTERVAL_MS has.
    * Returns what it did, for tests and the log.
    */
   async tick(at: number = Date.now()): Promise<{ started: string[]; pruned: string[]; gc: boolean }> {
@@ -770,10 +780,18 @@ export class BackupService {
       }
     }
     let gc = false;
+    if (pruned.length > 0) this.#prunedSinceGc = true;
     const interval = this.#d.config.backupGcIntervalMs;
-    if (pruned.length > 0 || (interval > 0 && at - this.#lastGc >= interval)) {
+    const sinceGc = at - this.#lastGc;
+    if (
+      (this.#prunedSinceGc && sinceGc >= this.#d.config.backupGcMinIntervalMs) ||
+      (interval > 0 && sinceGc >= interval)
+    ) {
       gc = (await this.gc()).ran;
-      if (gc) this.#lastGc = at;
+      if (gc) {
+        this.#lastGc = at;
+        this.#prunedSinceGc = false;
+      }
     }
     return { started, pruned, gc };
   }
