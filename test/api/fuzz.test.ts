@@ -274,6 +274,9 @@ test('a generated run of 1,500 requests: no 5xx, server healthy after', async ()
   assert.equal(health.status, 200);
   // The run may have drained the host (a valid admin request); undo that, then create.
   await call(t.url, 'POST', '/v1/hosts/fuzz-host/drain', { token: t.adminToken, body: { draining: false } });
+  // The run may outlast WARREN_HEARTBEAT_TIMEOUT_MS (15 s) on a busy machine: the host heartbeats
+  // only when told to, and a silent one has no images to place a tenant on.
+  await agent.heartbeat();
   const ok = await call(t.url, 'POST', '/v1/tenants', {
     token: t.adminToken,
     body: { name: 'after-fuzz', image: FAKE_IMAGE },
