@@ -263,6 +263,17 @@ describe('backups', () => {
     await until('the job ends', () => agent.jobs.size === 0 && true);
     assert.equal((await t.cp.backups.gc()).ran, true);
     assert.ok(!(await objectsUnder('manifests/')).includes(`manifests/${id}`));
+    // Listed with its error for WARREN_OPERATION_RETENTION_DAYS (7), then gone (the sweeper, every 5 s).
+    await t.cp.store.db
+      .updateTable('backups')
+      .set({ completed_at: new Date(Date.now() - 8 * 86_400_000).toISOString() })
+      .where('id', '=', id)
+      .execute();
+    await until('the old failed backup is swept', async () =>
+      (await call(t.url, 'GET', `/v1/tenants/gamma/backups/${id}`, as('gamma'))).status === 404
+        ? true
+        : undefined,
+    );
   });
 
   test('verify: a flipped byte in a chunk is reported naming the backup and the object', async () => {

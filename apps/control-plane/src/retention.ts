@@ -9,8 +9,8 @@ const DAY_MS = 24 * 3600_000;
 
 /**
  * Keeps the history tables from growing forever: audit events older than
- * WARREN_AUDIT_RETENTION_DAYS, operations finished longer than WARREN_OPERATION_RETENTION_DAYS
- * ago, and expired join tokens. Each delete walks an index (audit_at, operations_status_updated),
+ * WARREN_AUDIT_RETENTION_DAYS, operations finished and backups failed longer than
+ * WARREN_OPERATION_RETENTION_DAYS ago, and expired join tokens. Each delete walks an index (audit_at, operations_status_updated),
  * in batches, so a pass with nothing to do costs an index probe and a large backlog is worked
  * off over several passes without holding the write lock for long.
  */
@@ -35,6 +35,22 @@ export async function pruneHistory(db: Db, config: ControlPlaneConfig): Promise<
           .select('id')
           .where('status', 'in', ['succeeded', 'failed'])
           .where('updated_at', '<', opCutoff)
+          .limit(BATCH),
+      )
+      .executeTakeFirst();
+    return Number(r.numDeletedRows);
+  });
+  // Failed backups are listed for a while so their error can be read, then go like finished
+  // operations (they count against WARREN_TENANT_MAX_BACKUPS); what they uploaded is GC's.
+  await inBatches(async () => {
+    const r = await db
+      .deleteFrom('backups')
+      .where('id', 'in', (eb) =>
+        eb
+          .selectFrom('backups')
+          .select('id')
+          .where('state', '=', 'failed')
+          .where('completed_at', '<', opCutoff)
           .limit(BATCH),
       )
       .executeTakeFirst();
