@@ -437,7 +437,7 @@ describe('retention, schedules and GC', () => {
     });
     assert.equal(policy.status, 200, policy.text);
     const chunksBefore = (await objectsUnder('chunks/')).length;
-    const tick = await t.cp.backups.tick(base + 200 * 60_000);
+    const tick = await t.cp.backups.schedule.tick(base + 200 * 60_000);
     // Newest (12:10) by keepLast; hours 12 and 11 by keepHourly: 12:10 and 11:10; 10:40 and 10:10 go.
     assert.deepEqual(new Set(tick.pruned), new Set([made[0], made[1]]));
     assert.equal(tick.gc, true);
@@ -456,11 +456,11 @@ describe('retention, schedules and GC', () => {
     const extra = await backupNow('epsilon');
     assert.equal((await settled('epsilon', extra)).state, 'complete');
     agent.pointInTime = undefined;
-    const soon = await t.cp.backups.tick(base + 200 * 60_000 + 60_000);
+    const soon = await t.cp.backups.schedule.tick(base + 200 * 60_000 + 60_000);
     assert.deepEqual(soon.pruned, [made[2]]);
     assert.equal(soon.gc, false);
     assert.ok((await objectsUnder('manifests/')).every((m) => m !== `manifests/${made[2]}`));
-    const later = await t.cp.backups.tick(base + 261 * 60_000);
+    const later = await t.cp.backups.schedule.tick(base + 261 * 60_000);
     assert.deepEqual(later.pruned, []);
     assert.equal(later.gc, true);
     const audit = await call(t.url, 'GET', `/v1/audit?tenant=${ids.epsilon}&limit=100`, {
@@ -497,11 +497,11 @@ describe('retention, schedules and GC', () => {
       keepWeekly: 4,
     });
     const now = Date.now();
-    const first = await t.cp.backups.tick(now);
+    const first = await t.cp.backups.schedule.tick(now);
     assert.equal(first.started.length, 1);
     assert.equal((await settled('zeta', first.started[0]!)).state, 'complete');
-    assert.deepEqual((await t.cp.backups.tick(now + 30 * 60_000)).started, []);
-    const second = await t.cp.backups.tick(now + 61 * 60_000);
+    assert.deepEqual((await t.cp.backups.schedule.tick(now + 30 * 60_000)).started, []);
+    const second = await t.cp.backups.schedule.tick(now + 61 * 60_000);
     assert.equal(second.started.length, 1);
     const b = await settled('zeta', second.started[0]!);
     assert.equal(b.state, 'complete');

@@ -27,7 +27,7 @@ export interface ControlPlane extends ApiServer {
   hosts: HostService;
   /** Safe-YOLO sessions; tests drive the expiry sweep through `tenantSessions.expire(at)`. */
   tenantSessions: TenantSessionService;
-  /** Backups, restores, schedules and GC; tests drive the scheduler through `backups.tick(at)`. */
+  /** Backups, restores, schedules and GC; tests drive the scheduler through `backups.schedule.tick(at)`. */
   backups: BackupService;
   credentials: BootstrapResult;
   /** Listens on the configured host and port; returns the API's base URL and writes api.json. */
@@ -118,7 +118,7 @@ export async function openControlPlane(
           // One pass at a time: a pass waits on GC and host calls.
           if (scheduling) return;
           scheduling = true;
-          void backups
+          void backups.schedule
             .tick()
             .catch((e) => log(`backup scheduler: ${e}`))
             .finally(() => (scheduling = false));

@@ -1,11 +1,9 @@
-import { randomBytes } from 'node:crypto';
 import { imageKey, manifestObjectKey, newKey, unwrapTenantKey, wrapTenantKey } from '@warren/backup';
 import type { ObjectStore } from '@warren/object-store';
 import {
   type Backup,
   BackupJob,
   type BackupMetadata,
-  BackupPolicy,
   type BackupProgress,
   type ErrorSummary,
   type HostBackupRequest,
@@ -16,7 +14,6 @@ import {
   vmIdOfTenant,
   WarrenError,
 } from '@warren/protocol';
-import type { z } from 'zod';
 import type { AgentClient } from '../agents/agent-client.ts';
 import { isUniqueViolation, toWarrenError } from '../api/errors.ts';
 import type { ControlPlaneConfig } from '../config.ts';
@@ -26,10 +23,11 @@ import type { BackupsTable, HostsTable, OperationsTable, TenantsTable } from '..
 import type { Db } from '../store/index.ts';
 import type { TenantLocks } from '../tenants/concurrency.ts';
 import type { TenantService } from '../tenants/service.ts';
-import { networkOf, operationView } from '../tenants/view.ts';
+import { operationView } from '../tenants/view.ts';
 import type { BackupFormat } from './format.ts';
 import { BackupGate } from './gate.ts';
-import { pruneSelection } from './retention.ts';
+import { BackupSchedule } from './schedule.ts';
+import { backupView, createRequestOf, instant, metadataOf, newBackupId, progressOf } from './view.ts';
 
 /** A call to a host agent that only starts or polls a job: quick, or the host is in trouble. */
 const HOST_CALL_MS = 30_000;
@@ -75,12 +73,13 @@ export class BackupService {
   /** Jobs being followed, so close() can stop them and tests can wait for them. */
   readonly #jobs = new Set<Promise<void>>();
   #closed = false;
-  #lastGc = Date.now();
-  /** Backups pruned since the last GC: their objects wait for it. */
-  #prunedSinceGc = false;
+
+  /** Policies, the scheduler's pass and retention (schedule.ts); tests drive `schedule.tick(at)`. */
+  readonly schedule: BackupSchedule;
 
   constructor(deps: BackupServiceDeps) {
     this.#d = deps;
+    this.schedule = new BackupSchedule({ ...deps, backups: this });
   }
 
   // ---- the catalog ----
@@ -670,130 +669,20 @@ export class BackupService {
     }
   }
 
-  async getPolicy(tenant: Pick<TenantsTable, 'id'>): Promise<BackupPolicy> {
-    const row = await this.#d.db
-      .selectFrom('backup_policies')
-      .selectAll()
-      .where('tenant_id', '=', tenant.id)
-      .executeTakeFirst();
-    if (!row) return BackupPolicy.parse({});
-    return {
-      everyMinutes: row.every_minutes,
-      keepLast: row.keep_last,
-      keepHourly: row.keep_hourly,
-      keepDaily: row.keep_daily,
-      keepWeekly: row.keep_weekly,
-    };
-  }
-
-  async setPolicy(tenant: Pick<TenantsTable, 'id'>, policy: BackupPolicy): Promise<BackupPolicy> {
-    const min = this.#d.config.backupMinEveryMinutes;
-    if (policy.everyMinutes !== null && policy.everyMinutes < min)
-      throw new WarrenError(
-        'QUOTA_EXCEEDED',
-        `everyMinutes ${policy.everyMinutes} is more often than the platform allows (WARREN_BACKUP_MIN_EVERY_MINUTES = ${min}); ask for ${min} or more`,
-        { details: { limit: 'platform.backupMinEveryMinutes', value: min } },
-      );
-    const values = {
-      every_minutes: policy.everyMinutes,
-      keep_last: policy.keepLast,
-      keep_hourly: policy.keepHourly,
-      keep_daily: policy.keepDaily,
-      keep_weekly: policy.keepWeekly,
-      updated_at: now(),
-    };
-    await this.#d.db
-      .insertInto('backup_policies')
-      .values({ tenant_id: tenant.id, ...values })
-      .onConflict((oc) => oc.column('tenant_id').doUpdateSet(values))
-      .execute();
-    return this.getPolicy(tenant);
-  }
-
   /**
-   * One pass of the scheduler at time `at` (tests drive the clock through here): starts the
-   * backups policies make due, prunes by their keep rules, and runs GC after a prune that
-   * removed something (once WARREN_BACKUP_GC_MIN_INTERVAL_MS has passed since the last run) or
-   * when WARREN_BACKUP_GC_INTERVAL_MS has.
-   * Returns what it did, for tests and the log.
+   * Deletes a complete backup the keep rules no longer keep (catalog row, then manifest);
+   * false when a restore or verify reads it now (it is pruned at a later pass).
    */
-  async tick(at: number = Date.now()): Promise<{ started: string[]; pruned: string[]; gc: boolean }> {
-    const started: string[] = [];
-    const pruned: string[] = [];
-    const policies = await this.#d.db
-      .selectFrom('backup_policies')
-      .innerJoin('tenants', 'tenants.id', 'backup_policies.tenant_id')
-      .selectAll('backup_policies')
-      .select(['tenants.name as tenant_name'])
-      .execute();
-    for (const p of policies) {
-      const tenant = { id: p.tenant_id, name: p.tenant_name };
-      if (p.every_minutes !== null && !this.gate.gcRunning && !this.#d.locks.busy(p.tenant_id)) {
-        const last = await this.#d.db
-          .selectFrom('backups')
-          .select(['created_at', 'state'])
-          .where('tenant_id', '=', p.tenant_id)
-          .orderBy('created_at', 'desc')
-          .executeTakeFirst();
-        // One still running (longer than the interval) is let finish, not refused every pass.
-        if (
-          !last ||
-          (last.state !== 'running' && Date.parse(last.created_at) <= at - p.every_minutes * 60_000)
-        ) {
-          try {
-            const row = await this.#d.db
-              .selectFrom('tenants')
-              .selectAll()
-              .where('id', '=', p.tenant_id)
-              .executeTakeFirstOrThrow();
-            const b = await this.create(row, { includeRoot: false }, 'scheduled');
-            started.push(b.id);
-            await this.#audit('tenant.backup.create', `${tenant.name}:${b.id}`, tenant.id, 202, 'ok');
-          } catch (e) {
-            const err = toWarrenError(e);
-            this.#d.log(`scheduled backup of tenant ${tenant.name}: ${err.message}`);
-            await this.#audit('tenant.backup.create', tenant.name, tenant.id, err.status, err.code);
-          }
-        }
-      }
-      const complete = await this.#d.db
-        .selectFrom('backups')
-        .select(['id', 'created_at', 'point_in_time'])
-        .where('tenant_id', '=', p.tenant_id)
-        .where('state', '=', 'complete')
-        .execute();
-      const policy = {
-        keepLast: p.keep_last,
-        keepHourly: p.keep_hourly,
-        keepDaily: p.keep_daily,
-        keepWeekly: p.keep_weekly,
-      };
-      for (const id of pruneSelection(
-        complete.map((b) => ({ id: b.id, at: b.point_in_time ?? b.created_at })),
-        policy,
-      )) {
-        if (this.#reading.has(id)) continue;
-        await this.#d.db.deleteFrom('backups').where('id', '=', id).where('state', '=', 'complete').execute();
-        await this.#d.store.delete(manifestObjectKey(id)).catch(() => {});
-        await this.#audit('tenant.backup.prune', `${tenant.name}:${id}`, tenant.id, 204, 'ok');
-        pruned.push(id);
-      }
-    }
-    let gc = false;
-    if (pruned.length > 0) this.#prunedSinceGc = true;
-    const interval = this.#d.config.backupGcIntervalMs;
-    const sinceGc = at - this.#lastGc;
-    if (
-      (this.#prunedSinceGc && sinceGc >= this.#d.config.backupGcMinIntervalMs) ||
-      (interval > 0 && sinceGc >= interval)
-    ) {
-      gc = (await this.gc()).ran;
-      if (gc) {
-        this.#lastGc = at;
-        this.#prunedSinceGc = false;
-      }
-    }
-    return { started, pruned, gc };
+  async prune(id: string): Promise<boolean> {
+    if (this.#reading.has(id)) return false;
+    const r = await this.#d.db
+      .deleteFrom('backups')
+      .where('id', '=', id)
+      .where('state', '=', 'complete')
+      .executeTakeFirst();
+    if (Number(r.numDeletedRows) === 0) return false;
+    await this.#d.store.delete(manifestObjectKey(id)).catch(() => {});
+    return true;
   }
 
   /**
@@ -927,116 +816,4 @@ export class BackupService {
         .where('status', '=', 'running')
         .execute();
   }
-
-  async #audit(
-    action: string,
-    target: string,
-    tenantId: string,
-    status: number,
-    result: string,
-  ): Promise<void> {
-    await this.#d.db
-      .insertInto('audit_events')
-      .values({
-        at: now(),
-        actor: 'scheduler',
-        action,
-        target: target.slice(0, 200),
-        tenant_id: tenantId,
-        result,
-        status,
-        request_id: '-',
-      })
-      .execute()
-      .catch(() => {});
-  }
-}
-
-/**
- * A host's point in time as the catalog stores it (ISO 8601, UTC), so retention sorts and
- * buckets it right; anything else a host sends (it is not trusted with the catalog's shape)
- * becomes the time the backup was asked for.
- */
-function instant(reported: string, fallback: string): string {
-  const t = reported.length <= 64 ? Date.parse(reported) : Number.NaN;
-  return Number.isNaN(t) ? fallback : new Date(t).toISOString();
-}
-
-function newBackupId(): string {
-  return `bak_${randomBytes(8).toString('hex')}`;
-}
-
-function progressOf(p: BackupProgress): { bytesTotal: number; bytesDone: number } {
-  return { bytesTotal: p.bytesTotal, bytesDone: p.bytesDone };
-}
-
-/** What a restore into a new tenant needs of this one; it travels in the manifest too. */
-function metadataOf(t: TenantsTable): BackupMetadata {
-  return {
-    tenantId: t.id,
-    tenantName: t.name,
-    imageId: t.image_id,
-    resources: {
-      vcpus: t.vcpus,
-      memoryMiB: t.memory_mib,
-      diskMiB: t.disk_mib,
-      quota: { vcpus: t.quota_vcpus, memoryMiB: t.quota_memory_mib, diskMiB: t.quota_disk_mib },
-      dashboardPort: t.dashboard_port,
-    },
-    network: networkOf(t),
-  };
-}
-
-/** A create request for a clone: the backup's image, resources and network (the source's quota when the metadata lacks one). */
-function createRequestOf(
-  name: string,
-  m: BackupMetadata,
-  source: TenantsTable,
-): z.input<typeof import('@warren/protocol').CreateTenantRequest> {
-  const r = m.resources as {
-    vcpus?: number;
-    memoryMiB?: number;
-    diskMiB?: number;
-    quota?: { vcpus: number; memoryMiB: number; diskMiB: number };
-    dashboardPort?: number;
-  };
-  return {
-    name,
-    image: m.imageId,
-    vcpus: r.vcpus ?? source.vcpus,
-    memoryMiB: r.memoryMiB ?? source.memory_mib,
-    diskMiB: r.diskMiB ?? source.disk_mib,
-    quota: r.quota ?? {
-      vcpus: source.quota_vcpus,
-      memoryMiB: source.quota_memory_mib,
-      diskMiB: source.quota_disk_mib,
-    },
-    ...(m.network ? { network: m.network as never } : {}),
-    ...(r.dashboardPort ? { dashboardPort: r.dashboardPort } : {}),
-  };
-}
-
-export function backupView(r: BackupsTable): Backup {
-  let progress: BackupProgress | null = null;
-  try {
-    progress = r.progress === null ? null : (JSON.parse(r.progress) as BackupProgress);
-  } catch {
-    progress = null;
-  }
-  return {
-    id: r.id,
-    tenantId: r.tenant_id,
-    tenantName: r.tenant_name,
-    state: r.state as Backup['state'],
-    trigger: r.trigger as Backup['trigger'],
-    includeRoot: r.include_root === 1,
-    createdAt: r.created_at,
-    completedAt: r.completed_at,
-    pointInTime: r.point_in_time,
-    sizeBytes: r.size_bytes,
-    storedBytes: r.stored_bytes,
-    mode: r.mode as Backup['mode'],
-    progress,
-    error: r.error_code === null ? null : { code: r.error_code, message: r.error_message ?? '' },
-  };
 }

@@ -128,7 +128,7 @@ export function backupRoutes(api: Api): void {
       summary: "The tenant's backup schedule and retention (defaults, no schedule, until set)",
       response: { status: 200, schema: BackupPolicy },
     },
-    async ({ tenant }) => api.backups.getPolicy(tenant!),
+    async ({ tenant }) => api.backups.schedule.getPolicy(tenant!),
   );
 
   api.route(
@@ -142,6 +142,6 @@ export function backupRoutes(api: Api): void {
       response: { status: 200, schema: BackupPolicy },
       audit: 'tenant.backup-policy.update',
     },
-    async ({ tenant, body }) => api.backups.setPolicy(tenant!, body),
+    async ({ tenant, body }) => api.backups.schedule.setPolicy(tenant!, body),
   );
 }
