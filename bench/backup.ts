@@ -13,20 +13,23 @@
  *
  * Per run, into a new store (and a new restic repository):
  *   1. Warren first backup (full): the job from request to succeeded.
- *   2. A change of 1% of the volume in the guest, through the guest agent: a new file of half
- *      that size, and the other half rewritten in place inside existing files, then `sync`.
- *   3. Warren second backup (incremental: the previous is the first).
- *   4. restic gets the SAME two points in time: each Warren backup is exported untimed to a raw
+ *   2. A change of 1% of the volume in the guest, through the guest agent, as files: half in
+ *      new files, half by replacing whole existing files (written beside and renamed over, as
+ *      editors, git and package managers do); `sync`. Then Warren's second backup (incremental).
+ *   3. Another 1%, scattered in place: 64 KiB rewritten inside each of 160 existing files spread
+ *      over the volume (as a database writes its pages): the worst case for fixed 1 MiB chunks,
+ *      since each small write makes a whole chunk be read and stored. Then the third backup.
+ *   4. restic gets the SAME three points in time: each Warren backup is exported untimed to a raw
  *      file (the library's own restore, which also proves the backup whole), and restic backs up
- *      that one file path twice (`restic backup`, the second after the file was replaced by the
- *      second point). restic is given the volume as Warren is: as one block device image; a
+ *      that one file path three times (`restic backup`, each after the file was replaced by the
+ *      next point). restic is given the volume as Warren is: as one block device image; a
  *      changed file makes restic read all of it again, which is the work Warren's change
  *      tracking saves. (restic of the files inside the volume would be another comparison: it
  *      needs the filesystem mounted on the host, which Warren never does with a tenant's disk.)
- *   5. Restore: Warren's restore job of the second backup into the stopped VM (download, check,
+ *   5. Restore: Warren's restore job of the third backup into the stopped VM (download, check,
  *      write, switch), against `restic restore latest` into an empty directory. The restored
  *      volume's sha256 is compared with the export, untimed.
- * Stored sizes: the object store's directory and the restic repository, after both backups.
+ * Stored sizes: the object store's directory and the restic repository, after the three backups.
  *
  * Baseline printed in the same run: restic's figures. Targets (issue 12): Warren's incremental
  * backup at least 5x faster than restic's; Warren's restore no slower than restic's.
@@ -41,7 +44,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
 import { newKey, readManifest, restoreVolume } from '@warren/backup';
 import { BackupJobs, imagesDirOf, loadConfig, openHost } from '@warren/host-agent';
-import { buildImage, ImageStore, run } from '@warren/images';
+import { buildImage, ImageStore } from '@warren/images';
 import { createObjectStore } from '@warren/object-store';
 import type { BackupJob } from '@warren/protocol';
 import { REPO_ROOT } from '../test/helpers/image.ts';
@@ -156,15 +159,22 @@ function summary(xs: number[], unit: (x: number) => string): string {
   return `median ${unit(median(xs))} (min ${unit(Math.min(...xs))}, max ${unit(Math.max(...xs))})`;
 }
 
+/** The two kinds of 1% change (see the file comment), each followed by an incremental backup. */
+const PATTERNS = ['files', 'scattered'] as const;
+type Pattern = (typeof PATTERNS)[number];
+
 interface Figures {
   full: number[];
-  incremental: number[];
+  files: number[];
+  scattered: number[];
   restore: number[];
   stored: number[];
 }
-const warren: Figures = { full: [], incremental: [], restore: [], stored: [] };
-const restic: Figures = { full: [], incremental: [], restore: [], stored: [] };
-const changedBytes: number[] = [];
+const figures = (): Figures => ({ full: [], files: [], scattered: [], restore: [], stored: [] });
+const warren = figures();
+const restic = figures();
+/** What each incremental backup read of the volume, per pattern. */
+const warrenRead: Record<Pattern, number[]> = { files: [], scattered: [] };
 
 const source = await dataset();
 const scratch = await mkdtemp(join(tmpdir(), 'wb-backup-'));
@@ -198,9 +208,57 @@ try {
     if (r.exitCode !== 0) throw new Error(`${argv.join(' ')}: exit ${r.exitCode} ${stderr}`);
     return stdout;
   };
-  const files = (await exec(['sh', '-c', 'find /workspace/share -type f -size +256k | sort | head -200']))
+  // Existing files of 256 KiB or more, spread over the volume: what the changes touch.
+  const files = (
+    await exec([
+      'sh',
+      '-c',
+      'find /workspace/share -type f -size +256k -exec stat -c "%s %n" {} + | sort -k2 | head -400',
+    ])
+  )
     .split('\n')
-    .filter(Boolean);
+    .filter(Boolean)
+    .map((line) => ({ size: Number(line.split(' ')[0]), path: line.slice(line.indexOf(' ') + 1) }))
+    // Quoted into shell commands below: only names that need no escaping.
+    .filter((f) => /^[\w./+-]+$/.test(f.path));
+
+  /** The guest shell commands of one 1% change (about 20 MiB of a 2 GiB volume). */
+  const onePercentKiB = Math.round((dataMiB * 1024) / 100);
+  const change = (pattern: Pattern, run: number): string => {
+    if (pattern === 'files') {
+      // As programs write files: half in new files, half by replacing whole existing files
+      // (written beside, renamed over, as editors, git and package managers do).
+      const replaced: string[] = [];
+      let kib = 0;
+      for (const f of files) {
+        if (kib >= onePercentKiB / 2) break;
+        replaced.push(f.path);
+        kib += Math.ceil(f.size / 1024);
+      }
+      return [
+        `mkdir -p /workspace/new-${run}`,
+        ...Array.from(
+          { length: 10 },
+          (_, k) =>
+            `dd if=/dev/urandom of=/workspace/new-${run}/f${k} bs=1k count=${Math.floor(onePercentKiB / 20)} 2>/dev/null`,
+        ),
+        ...replaced.map((f) => `{ cat '${f}'; echo ${run}; } > '${f}.new' && mv '${f}.new' '${f}'`),
+        'sync',
+      ].join(' && ');
+    }
+    // As a database does: 64 KiB rewritten in place in each of 160 existing files spread
+    // over the volume, the worst case for fixed 1 MiB chunks (each write dirties its own chunk).
+    const perFile = 64;
+    return [
+      ...files
+        .slice(0, Math.floor(onePercentKiB / perFile))
+        .map(
+          (f) =>
+            `dd if=/dev/urandom of='${f.path}' bs=1k seek=${run * 8} count=${perFile} conv=notrunc 2>/dev/null`,
+        ),
+      'sync',
+    ].join(' && ');
+  };
 
   for (let i = 1; i <= runs; i++) {
     const storeDir = join(scratch, `store-${i}`);
@@ -215,47 +273,40 @@ try {
       resources: {},
       network: null,
     };
+    const repo = join(scratch, `restic-${i}`);
+    const renv = {
+      RESTIC_REPOSITORY: repo,
+      RESTIC_PASSWORD: 'bench',
+      RESTIC_CACHE_DIR: join(scratch, 'restic-cache'),
+    };
+    /** Warren's backups of this run, in order: full, then one per pattern. */
+    const ids: string[] = [];
 
     // 1. Warren, first backup.
-    const first = backupId();
+    ids.push(backupId());
     let t0 = performance.now();
-    await jobs.startBackup(vm.id, { id: first, keys, metadata });
-    const fullJob = await waitJob(jobs, first);
+    await jobs.startBackup(vm.id, { id: ids[0]!, keys, metadata });
+    await waitJob(jobs, ids[0]!);
     warren.full.push(performance.now() - t0);
 
-    // 2. Change 1% of the volume in the guest: half a new file, half rewritten in place.
-    const onePercent = Math.round((dataMiB * 1024) / 100); // KiB
-    const perFile = 64; // KiB rewritten in each existing file
-    const rewrite = files.slice(0, Math.floor(onePercent / 2 / perFile));
-    await exec([
-      'sh',
-      '-c',
-      [
-        `dd if=/dev/urandom of=/workspace/new-${i}.bin bs=1k count=${Math.floor(onePercent / 2)} 2>/dev/null`,
-        ...rewrite.map(
-          (f) => `dd if=/dev/urandom of='${f}' bs=1k seek=${i * 8} count=${perFile} conv=notrunc 2>/dev/null`,
-        ),
-        'sync',
-      ].join(' && '),
-    ]);
-    changedBytes.push((Math.floor(onePercent / 2) + rewrite.length * perFile) * 1024);
-
-    // 3. Warren, second backup.
-    const second = backupId();
-    t0 = performance.now();
-    await jobs.startBackup(vm.id, { id: second, keys, metadata, previous: first });
-    const incJob = await waitJob(jobs, second);
-    warren.incremental.push(performance.now() - t0);
-    if (incJob.result?.mode !== 'incremental')
-      throw new Error(`the second backup was ${incJob.result?.mode} (${incJob.result?.reason})`);
+    // 2-3. Each pattern of change, then an incremental backup.
+    for (const pattern of PATTERNS) {
+      await exec(['sh', '-c', change(pattern, i)]);
+      const id = backupId();
+      t0 = performance.now();
+      await jobs.startBackup(vm.id, { id, keys, metadata, previous: ids.at(-1)! });
+      const job = await waitJob(jobs, id);
+      warren[pattern].push(performance.now() - t0);
+      if (job.result?.mode !== 'incremental')
+        throw new Error(`the backup after "${pattern}" was ${job.result?.mode} (${job.result?.reason})`);
+      warrenRead[pattern].push(job.progress.bytesTotal);
+      ids.push(id);
+    }
     warren.stored.push(await du(storeDir));
-    if (i === 1)
-      console.log(
-        `run 1: first backup ${fullJob.result?.mode}, read ${mib(fullJob.progress.bytesTotal)}; second ${incJob.result?.mode}, read ${mib(incJob.progress.bytesTotal)}, ${incJob.progress.chunksNew} new chunks`,
-      );
 
-    // 4. restic on the same two points in time, exported untimed by the library's restore.
+    // 4. restic on the same points in time, exported untimed by the library's restore.
     const point = join(scratch, 'volume', 'data.img');
+    const next = join(scratch, 'next.img');
     await mkdir(join(scratch, 'volume'), { recursive: true });
     const exportTo = async (id: string, path: string) => {
       const manifest = await readManifest(store, tenant, id);
@@ -277,27 +328,20 @@ try {
         await fh.close();
       }
     };
-    await exportTo(first, point);
-    const secondExport = join(scratch, 'second.img');
-    await exportTo(second, secondExport);
-    const repo = join(scratch, `restic-${i}`);
-    const renv = {
-      RESTIC_REPOSITORY: repo,
-      RESTIC_PASSWORD: 'bench',
-      RESTIC_CACHE_DIR: join(scratch, 'restic-cache'),
-    };
     await sh('restic', ['init', '-q'], renv);
-    t0 = performance.now();
-    await sh('restic', ['backup', '-q', point], renv);
-    restic.full.push(performance.now() - t0);
-    await rename(secondExport, point);
-    t0 = performance.now();
-    await sh('restic', ['backup', '-q', point], renv);
-    restic.incremental.push(performance.now() - t0);
+    for (const [k, id] of ids.entries()) {
+      await exportTo(id, next);
+      await rename(next, point);
+      t0 = performance.now();
+      await sh('restic', ['backup', '-q', point], renv);
+      const took = performance.now() - t0;
+      if (k === 0) restic.full.push(took);
+      else restic[PATTERNS[k - 1]!].push(took);
+    }
     restic.stored.push(await du(repo));
     const want = await sha256(point);
 
-    // 5. Restores.
+    // 5. Restores of the last point.
     const target = join(scratch, 'restic-restore');
     await rm(target, { recursive: true, force: true });
     t0 = performance.now();
@@ -308,13 +352,12 @@ try {
     await host.vms.stop(vm.id);
     const job = backupId();
     t0 = performance.now();
-    await jobs.startRestore(vm.id, { job, backup: second, keys });
+    await jobs.startRestore(vm.id, { job, backup: ids.at(-1)!, keys });
     await waitJob(jobs, job);
     warren.restore.push(performance.now() - t0);
     const record = JSON.parse(await readFile(join(host.vms.dirOf(vm.id), 'vm.json'), 'utf8'));
     const restored = join(host.vms.dirOf(vm.id), record.disks.data[0]);
-    const got = await sha256(restored);
-    if (got !== want)
+    if ((await sha256(restored)) !== want)
       throw new Error(`run ${i}: the restored volume differs from the backup's point in time`);
     await host.vms.start(vm.id);
 
@@ -325,21 +368,26 @@ try {
     console.log(`run ${i}/${runs} done`);
   }
 
-  console.log(`\nvolume ${dataMiB} MiB, change per run ${summary(changedBytes, mib)}, ${runs} runs`);
+  console.log(`\nvolume ${dataMiB} MiB (${mib(onePercentKiB * 1024)} is 1%), ${runs} runs, medians`);
   const rows: [string, keyof Figures, (x: number) => string][] = [
     ['first backup', 'full', s],
-    ['second backup (1% changed)', 'incremental', s],
+    ['after 1% changed as files (new and replaced)', 'files', s],
+    ['after 1% changed in place, scattered (64 KiB in each of 160 files)', 'scattered', s],
     ['restore', 'restore', s],
-    ['stored after both', 'stored', mib],
+    ['stored after the three backups', 'stored', mib],
   ];
   for (const [label, key, unit] of rows) {
-    console.log(`${label}`);
+    console.log(label);
     console.log(`  warren ${summary(warren[key], unit)}`);
     console.log(`  restic ${summary(restic[key], unit)}`);
   }
-  const inc = median(restic.incremental) / median(warren.incremental);
+  for (const pattern of PATTERNS) {
+    const ratio = median(restic[pattern]) / median(warren[pattern]);
+    console.log(
+      `incremental (${pattern}): warren ${ratio.toFixed(1)}x faster than restic (target >= 5x); warren read ${summary(warrenRead[pattern], mib)}`,
+    );
+  }
   const res = median(warren.restore) / median(restic.restore);
-  console.log(`\nincremental: warren ${inc.toFixed(1)}x faster than restic (target >= 5x)`);
   console.log(`restore: warren takes ${res.toFixed(2)}x restic's time (target <= 1.0)`);
 } finally {
   await cleanup();
