@@ -98,6 +98,9 @@ export class BackupJobs {
     // Said at once when it is already clear; backupPoint checks again under the VM's lock.
     const { vmm } = this.#o.vms;
     if (vm.state === 'running' && !vmm.capabilities.diskSnapshots) throw backupsUnsupported(vmm.name, true);
+    // The same request may have arrived meanwhile.
+    const raced = this.#known(req.id, vmId, 'backup');
+    if (raced) return raced;
     const entry = this.#add(req.id, vmId, 'backup');
     const keys = keyBuffers(req.keys);
     void this.#run(entry, keys, () => this.#backup(entry, req, keys));
@@ -110,6 +113,8 @@ export class BackupJobs {
     const known = this.#known(req.job, vmId, 'restore');
     if (known) return known;
     await this.#o.vms.get(vmId);
+    const raced = this.#known(req.job, vmId, 'restore');
+    if (raced) return raced;
     const entry = this.#add(req.job, vmId, 'restore');
     const keys = keyBuffers(req.keys);
     void this.#run(entry, keys, () => this.#restore(entry, req, keys));
