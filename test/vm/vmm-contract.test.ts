@@ -123,6 +123,31 @@ for (const name of VMM_NAMES) {
       assert.deepEqual(await host.vms.snapshots(a), []);
     });
 
+    test("backups: a driver that cannot freeze a running VM's disks refuses them with BACKUPS_UNSUPPORTED", async (t) => {
+      if (host.vms.vmm.capabilities.diskSnapshots) {
+        t.skip(`${name} freezes disks: test/vm/backups.test.ts covers it`);
+        return;
+      }
+      const before = (await host.vms.get(a)).disks;
+      const request = {
+        id: 'bak_0123456789abcdef',
+        keys: { tenant: Buffer.alloc(32, 1).toString('base64') },
+        metadata: {
+          tenantId: 'ten_0123456789abcdef',
+          tenantName: 'x',
+          imageId: 'x',
+          resources: {},
+          network: null,
+        },
+      };
+      await assert.rejects(host.backups.startBackup(a, request), { code: 'BACKUPS_UNSUPPORTED' });
+      await assert.rejects(
+        host.vms.backupPoint(a, { includeRoot: false, freezeTimeoutMs: 1000 }, async () => undefined),
+        { code: 'BACKUPS_UNSUPPORTED' },
+      );
+      assert.deepEqual((await host.vms.get(a)).disks, before);
+    });
+
     test('stop powers the guest off; start again keeps the data volume and the root disk', async () => {
       const stopped = await host.vms.stop(a);
       assert.equal(stopped.state, 'stopped');
