@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
-import { closeSync, openSync, readFileSync, writeSync } from 'node:fs';
+import { closeSync, openSync, readFileSync, statSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { createApi, createRemoteApi } from '@warren/host-agent';
@@ -109,6 +109,8 @@ describe('backups of a stopped VM', { timeout: 300_000 }, () => {
     assert.deepEqual(status.disks!.data, [`jail/disks/data-${job}.img`]);
     assert.equal(status.backupMark, undefined);
     assert.equal(sha(dataPath(status.disks!.data[0]!)), firstDigest, 'the volume as the first backup had it');
+    // Nothing refers to the original volume any more (no snapshot): emptied, the file kept for the jail's bind.
+    assert.equal(statSync(dataPath('data.img')).size, 0);
   });
 
   test('a top layer whose header claims another disk size is refused, not backed up', async () => {

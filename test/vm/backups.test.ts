@@ -9,7 +9,7 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { readdir } from 'node:fs/promises';
+import { readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { LAYERS_DIR } from '@warren/host-agent';
@@ -174,6 +174,8 @@ describe('backups on real VMs (qemu)', { timeout: 900_000 }, () => {
   test('a restore brings the volume back to the first backup’s point in time', async () => {
     await run('cd /workspace && echo later > later.txt && rm d/b.txt && sync');
     const vmDir = host.vms.dirOf(id);
+    // A snapshot holds the volume the restore replaces: it must keep its layers.
+    await host.vms.createSnapshot(id, { name: 'before-restore' });
     const oldChain = (await host.vms.get(id)).disks!.data;
     const job = await restore(first);
     assert.equal(job.result!.volumes[0]!.sizeBytes, DISK_MIB * MiB);
@@ -198,6 +200,15 @@ describe('backups on real VMs (qemu)', { timeout: 900_000 }, () => {
     // Nothing left of the restore's temporary file.
     const layers = await readdir(join(vmDir, LAYERS_DIR));
     assert.ok(!layers.some((f) => f.startsWith('.restore-')), layers.join());
+    const held = (await host.vms.snapshots(id)).length;
+    assert.equal(held, 1);
+    for (const layer of oldChain.slice(0, -1))
+      assert.ok((await stat(join(vmDir, layer))).size > 0, `${layer} is the snapshot's`);
+    // Once the snapshot goes, nothing refers to the old volume: its layers go, data.img is emptied.
+    await host.vms.deleteSnapshot(id, 'before-restore');
+    assert.equal((await stat(join(vmDir, 'data.img'))).size, 0);
+    const left = await readdir(join(vmDir, LAYERS_DIR));
+    assert.ok(!oldChain.slice(1).some((l) => left.includes(l.split('/').at(-1)!)), left.join());
     console.log(`# restore: ${job.result!.durationMs} ms; ${n} of the log's lines`);
   });
 

@@ -2,7 +2,7 @@
  * Bookkeeping of a VM's snapshots that needs no VMM: which layer files are still needed, what
  * a snapshot costs on disk, and its public shape.
  */
-import { readdir, rm, stat } from 'node:fs/promises';
+import { readdir, rm, stat, truncate } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Snapshot } from '@warren/protocol';
 import type { DiskChains } from '../vmm/driver.ts';
@@ -20,7 +20,7 @@ export function chainsOf(record: VmRecord): DiskChains {
  * Removes layer files nothing refers to any more (not the VM's chains, not a snapshot's) and
  * snapshot directories no record names (a snapshot cut short by a crash). Only files in
  * LAYERS_DIR and SNAPSHOTS_DIR are ever removed; the VM's two original disks are the base of
- * every chain.
+ * every chain until a restore replaces them, and are emptied once none refers to them.
  */
 export async function collectGarbage(dir: string, record: VmRecord): Promise<void> {
   const kept = new Set(record.snapshots.map((s) => s.dir));
@@ -35,6 +35,10 @@ export async function collectGarbage(dir: string, record: VmRecord): Promise<voi
     const layer = `${LAYERS_DIR}/${name}`;
     if (!needed.has(layer)) await rm(join(dir, layer), { force: true });
   }
+  // The original disks once a restore replaced them and no snapshot holds them: emptied, not
+  // removed, since the QEMU jail binds them at every launch.
+  for (const disk of [...INITIAL_CHAINS.root, ...INITIAL_CHAINS.data])
+    if (!needed.has(disk)) await truncate(join(dir, disk), 0).catch(() => {});
 }
 
 async function allocated(path: string): Promise<number> {
