@@ -171,6 +171,17 @@ describe('backups on real VMs (qemu)', { timeout: 900_000 }, () => {
     console.log(`# backup 2 (incremental): read ${job.progress.bytesTotal} bytes, stored ${r.storedBytes}`);
   });
 
+  test('a snapshot asked for while a backup runs takes its turn; both complete', async () => {
+    const jobId = backupId();
+    await host.backups.startBackup(id, { id: jobId, keys, metadata: METADATA, previous: second });
+    const snap = await host.vms.createSnapshot(id, { name: 'during-backup' });
+    const job = await finished(jobId);
+    assert.equal(job.state, 'succeeded', JSON.stringify(job.error));
+    assert.equal(snap.snapshot.name, 'during-backup');
+    await host.vms.deleteSnapshot(id, 'during-backup');
+    assert.equal(await digests(['a.bin', 'd/b.txt', 'c.txt', 'log']), digestsSecond);
+  });
+
   test('a restore brings the volume back to the first backup’s point in time', async () => {
     await run('cd /workspace && echo later > later.txt && rm d/b.txt && sync');
     const vmDir = host.vms.dirOf(id);
