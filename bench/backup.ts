@@ -88,6 +88,14 @@ function sh(cmd: string, args: string[], env: Record<string, string> = {}): Prom
   });
 }
 
+/**
+ * Writes what is dirty before each timed step, so no step pays for the writeback of the one
+ * before it (a restore right after the other system's 2 GiB restore would).
+ */
+async function settle(): Promise<void> {
+  await sh('sync', []);
+}
+
 async function du(path: string): Promise<number> {
   return Number((await sh('du', ['-sb', path])).split('\t')[0]);
 }
@@ -302,6 +310,7 @@ try {
 
     // 1. Warren, first backup.
     ids.push(backupId());
+    await settle();
     let t0 = performance.now();
     await jobs.startBackup(vm.id, { id: ids[0]!, keys, metadata });
     await waitJob(jobs, ids[0]!);
@@ -311,6 +320,7 @@ try {
     for (const pattern of PATTERNS) {
       await exec(['sh', '-c', change(pattern, i)]);
       const id = backupId();
+      await settle();
       t0 = performance.now();
       await jobs.startBackup(vm.id, { id, keys, metadata, previous: ids.at(-1)! });
       const job = await waitJob(jobs, id);
@@ -351,6 +361,7 @@ try {
     for (const [k, id] of ids.entries()) {
       await exportTo(id, next);
       await rename(next, point);
+      await settle();
       t0 = performance.now();
       await sh('restic', ['backup', '-q', point], renv);
       const took = performance.now() - t0;
@@ -363,6 +374,7 @@ try {
     // 5. Restores of the last point.
     const target = join(scratch, 'restic-restore');
     await rm(target, { recursive: true, force: true });
+    await settle();
     t0 = performance.now();
     await sh('restic', ['restore', '-q', 'latest', '--target', target], renv);
     restic.restore.push(performance.now() - t0);
@@ -370,6 +382,7 @@ try {
 
     await host.vms.stop(vm.id);
     const job = backupId();
+    await settle();
     t0 = performance.now();
     await jobs.startRestore(vm.id, { job, backup: ids.at(-1)!, keys });
     await waitJob(jobs, job);
