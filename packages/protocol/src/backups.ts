@@ -55,6 +55,28 @@ export const BackupVolumeSummary = z.object({
 });
 export type BackupVolumeSummary = z.infer<typeof BackupVolumeSummary>;
 
+/** The most files a restore drill checks: each costs a read on the host and a `sha256sum` in the guest. */
+export const MAX_DRILL_FILES = 200;
+
+/** A regular file of a restored volume as the host read it, by its guest path. */
+export const FileDigest = z.object({
+  path: z.string().max(4096),
+  size: z.number().int().min(0),
+  sha256: z.string().regex(/^[0-9a-f]{64}$/),
+});
+export type FileDigest = z.infer<typeof FileDigest>;
+
+/**
+ * The files a restore read back from the data volume it wrote, before the VM started, with the
+ * host's own ext4 reader (not the guest kernel's); `error` says why there are fewer than asked
+ * (the filesystem could not be read).
+ */
+export const FileSample = z.object({
+  files: z.array(FileDigest).max(MAX_DRILL_FILES),
+  error: z.string().max(2000).optional(),
+});
+export type FileSample = z.infer<typeof FileSample>;
+
 /** What a finished backup job hands back; the manifest in the object store says the same, signed. */
 export const BackupResult = z.object({
   /** When the point in time was taken (the moment the disks were frozen). */
@@ -66,6 +88,8 @@ export const BackupResult = z.object({
   mode: z.enum(['full', 'incremental']),
   reason: z.string().optional(),
   durationMs: z.number().min(0),
+  /** A restore asked for `sampleFiles`: the digests of those files. */
+  sample: FileSample.optional(),
 });
 export type BackupResult = z.infer<typeof BackupResult>;
 
@@ -116,6 +140,12 @@ export const HostRestoreRequest = z.strictObject({
   keys: BackupKeys,
   /** Start the VM afterwards if it was running before (the default) or always. */
   start: z.enum(['as-before', 'always']).default('as-before'),
+  /**
+   * After writing the data volume and before starting the VM, read back up to this many of its
+   * regular files and answer their digests in the job's result (`sample`): a restore drill's
+   * check.
+   */
+  sampleFiles: z.number().int().min(1).max(MAX_DRILL_FILES).optional(),
 });
 export type HostRestoreRequest = z.input<typeof HostRestoreRequest>;
 
