@@ -705,7 +705,7 @@ describe('hostile disks', () => {
     assert.deepEqual(diskChangesWorkers(), { running: 2, waiting: 1 });
     const err = await third;
     assert.ok(err instanceof WarrenError, String(err));
-    assert.match(err.message, /waited more than 500 ms for other listings to finish/);
+    assert.match(err.message, /waited more than 500 ms for other disk reads to finish/);
     assert.deepEqual(diskChangesWorkers(), { running: 2, waiting: 0 });
     for (const e of await Promise.all(slow)) assert.match(String(e), /more work to walk than allowed/);
     assert.deepEqual(diskChangesWorkers(), { running: 0, waiting: 0 });

@@ -22,11 +22,14 @@ import {
   type BackupKeys,
   type BackupProgress,
   type BackupVolumeName,
+  DATA_VOLUME_MOUNT,
+  type FileSample,
   HostBackupRequest,
   HostRestoreRequest,
   parseOrThrow,
   WarrenError,
 } from '@warren/protocol';
+import { fileDigestsIsolated } from '../disk-changes/index.ts';
 import { type BackupPoint, backupsUnsupported, type VmManager } from '../vm/vm-manager.ts';
 import type { BackupMark } from '../vm/vm-records.ts';
 import { layerFormat } from '../vmm/vm-disks.ts';
@@ -35,6 +38,10 @@ import { ChainThread } from './chain-thread.ts';
 /** Finished jobs kept for the control plane to poll, at most this many and this long. */
 const MAX_FINISHED_JOBS = 256;
 const FINISHED_JOB_TTL_MS = 24 * 60 * 60_000;
+/** A restore's file sample leaves out files larger than this: a drill checks files, not throughput. */
+const SAMPLE_MAX_FILE_BYTES = 16 * 1024 * 1024;
+/** How long reading a restore's file sample may take (at most MAX_DRILL_FILES files of the size above). */
+const SAMPLE_TIMEOUT_MS = 5 * 60_000;
 
 export interface BackupJobsOptions {
   vms: VmManager;
@@ -259,6 +266,7 @@ export class BackupJobs {
         `backup ${req.backup} has no data volume (manifests/${req.backup})`,
       );
     const volumes = manifest.volumes;
+    let sample: FileSample | undefined;
     // Progress over all the volumes: what the ones already written added, plus the current one's.
     const done = { ...NO_PROGRESS, bytesTotal: volumes.reduce((n, v) => n + v.size, 0) };
     entry.job.progress = { ...done };
@@ -291,6 +299,8 @@ export class BackupJobs {
             },
           });
           await file.sync();
+          // Read before the VM starts, so the guest has had no chance to change the files.
+          if (disk === 'data' && req.sampleFiles) sample = await sampleFiles(path, req.sampleFiles);
           done.bytesDone += volume.size;
           done.bytesTransferred += r.bytesTransferred;
           entry.job.progress = { ...done };
@@ -311,6 +321,7 @@ export class BackupJobs {
       storedBytes: 0,
       mode: 'full',
       durationMs: performance.now() - started,
+      ...(sample ? { sample } : {}),
     };
   }
 
@@ -322,6 +333,28 @@ export class BackupJobs {
     finished.forEach((e, i) => {
       if (i < excess || now - e.finishedAt! > FINISHED_JOB_TTL_MS) this.#jobs.delete(e.job.id);
     });
+  }
+}
+
+/**
+ * The digests of up to `max` files of the data volume just written to `path`, read by the host's
+ * ext4 reader in its isolated worker. A filesystem it cannot read (the guest's to corrupt) is
+ * the drill's failure to report, not the restore's.
+ */
+async function sampleFiles(path: string, max: number): Promise<FileSample> {
+  try {
+    const files = await fileDigestsIsolated(
+      { base: path, baseFormat: 'raw', layers: [] },
+      {
+        mountPoint: DATA_VOLUME_MOUNT,
+        max,
+        maxFileBytes: SAMPLE_MAX_FILE_BYTES,
+        timeoutMs: SAMPLE_TIMEOUT_MS,
+      },
+    );
+    return { files };
+  } catch (e) {
+    return { files: [], error: (e instanceof Error ? e.message : String(e)).slice(0, 2000) };
   }
 }
 

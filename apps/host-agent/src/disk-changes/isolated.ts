@@ -1,8 +1,8 @@
 /**
- * The host agent's way to list a VM's changed files: the parse of guest-written filesystems
- * runs in a child process (worker.ts) with a capped heap and a deadline, as an unprivileged
- * user on descriptors the agent opened, so a crafted disk can cost the agent at most that
- * process, never its own memory, its event loop or root.
+ * The host agent's way to read guest-written filesystems (a VM's changed files, the digests of
+ * a restored volume's files): the parse runs in a child process (worker.ts) with a capped heap
+ * and a deadline, as an unprivileged user on descriptors the agent opened, so a crafted disk can
+ * cost the agent at most that process, never its own memory, its event loop or root.
  */
 import { spawn } from 'node:child_process';
 import { closeSync, openSync } from 'node:fs';
@@ -10,14 +10,13 @@ import { basename, join, resolve as resolvePath } from 'node:path';
 import { FileChange, WarrenError } from '@warren/protocol';
 import { z } from 'zod';
 import type { ChangedFiles, ChangedFilesOptions } from './changes.ts';
+import type { FileDigest, FileDigestsOptions } from './file-digests.ts';
 import type { DiskChain } from './qcow2.ts';
 
 /** What the worker reads from its stdin, as one JSON line. */
-export interface ChangedFilesJob {
-  old: DiskChain;
-  now: DiskChain;
-  options: ChangedFilesOptions;
-}
+export type WorkerJob =
+  | { op: 'changes'; old: DiskChain; now: DiskChain; options: ChangedFilesOptions }
+  | { op: 'digests'; chain: DiskChain; options: FileDigestsOptions };
 
 const WORKER = join(import.meta.dirname, 'worker.ts');
 /**
@@ -33,10 +32,15 @@ const WORKER_GRACE_MS = 5_000;
 /** The tail of the worker's stderr kept for the agent's log when it dies without an answer. */
 const STDERR_TAIL_CHARS = 4096;
 
+const ChangesAnswer = z.object({ changes: z.array(FileChange), truncated: z.boolean() });
+// The error first: an object without `result` would also pass as one with `result: undefined`.
 const Answer = z.union([
-  z.object({ result: z.object({ changes: z.array(FileChange), truncated: z.boolean() }) }),
   z.object({ error: z.object({ message: z.string() }) }),
+  z.object({ result: z.unknown() }),
 ]);
+const DigestsAnswer = z.array(
+  z.object({ path: z.string(), size: z.number().int().min(0), sha256: z.string().regex(/^[0-9a-f]{64}$/) }),
+);
 
 /** Workers at a time in this process (each may take WORKER_HEAP_MIB and a core); later calls wait their turn. */
 const MAX_WORKERS = 2;
@@ -53,18 +57,80 @@ export function diskChangesWorkers(): { running: number; waiting: number } {
  * DISK_CHANGES_FAILED when the disks cannot be read (a format refused, a filesystem corrupt or
  * too large to walk in time), with the reason in its message.
  */
-export function changedFilesIsolated(
+export async function changedFilesIsolated(
   old: DiskChain,
   now: DiskChain,
   options: Omit<ChangedFilesOptions, 'timeoutMs'> & { timeoutMs: number },
 ): Promise<ChangedFiles> {
-  const deadline = Date.now() + options.timeoutMs;
+  const { timeoutMs, ...rest } = options;
+  const result = ChangesAnswer.safeParse(
+    await queued(CHANGES, timeoutMs, (leftMs) =>
+      runWorker(CHANGES, [old, now], timeoutMs, leftMs, ([o, n], workerMs) => ({
+        op: 'changes',
+        old: o!,
+        now: n!,
+        options: { ...rest, timeoutMs: workerMs },
+      })),
+    ),
+  );
+  if (!result.success || result.data.changes.length > rest.max)
+    throw new WarrenError('DISK_CHANGES_FAILED', 'the changed-files worker sent more than a change list');
+  return result.data;
+}
+
+/**
+ * fileDigests (file-digests.ts) in a child process, like changedFilesIsolated: the same
+ * workers, the same bounds. Throws a WarrenError DISK_CHANGES_FAILED when the filesystem cannot
+ * be read, with the reason in its message.
+ */
+export async function fileDigestsIsolated(
+  chain: DiskChain,
+  options: Omit<FileDigestsOptions, 'timeoutMs'> & { timeoutMs: number },
+): Promise<FileDigest[]> {
+  const { timeoutMs, ...rest } = options;
+  const result = DigestsAnswer.safeParse(
+    await queued(DIGESTS, timeoutMs, (leftMs) =>
+      runWorker(DIGESTS, [chain], timeoutMs, leftMs, ([c], workerMs) => ({
+        op: 'digests',
+        chain: c!,
+        options: { ...rest, timeoutMs: workerMs },
+      })),
+    ),
+  );
+  if (!result.success || result.data.length > rest.max)
+    throw new WarrenError('DISK_CHANGES_FAILED', 'the file-digests worker sent more than a list of digests');
+  return result.data;
+}
+
+/** What a job is called in its errors. */
+interface Work {
+  /** "listing the changed files" */
+  doing: string;
+  /** "the changed-files worker" */
+  worker: string;
+  /** "cannot list the changed files" */
+  failed: string;
+}
+const CHANGES: Work = {
+  doing: 'listing the changed files',
+  worker: 'the changed-files worker',
+  failed: 'cannot list the changed files',
+};
+const DIGESTS: Work = {
+  doing: "reading the files' digests",
+  worker: 'the file-digests worker',
+  failed: "cannot read the files' digests",
+};
+
+/** Runs `run` when a worker is free, at most MAX_WORKERS at a time, given up after `timeoutMs` in all. */
+function queued<T>(work: Work, timeoutMs: number, run: (leftMs: number) => Promise<T>): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
   return new Promise((resolve, reject) => {
     let timer: NodeJS.Timeout | undefined;
     const start = () => {
       clearTimeout(timer);
       workers.running++;
-      runWorker(old, now, options, Math.max(1, deadline - Date.now()))
+      run(Math.max(1, deadline - Date.now()))
         .then(resolve, reject)
         .finally(() => {
           workers.running--;
@@ -78,20 +144,21 @@ export function changedFilesIsolated(
       reject(
         new WarrenError(
           'DISK_CHANGES_FAILED',
-          `listing the changed files waited more than ${options.timeoutMs} ms for other listings to finish`,
+          `${work.doing} waited more than ${timeoutMs} ms for other disk reads to finish`,
         ),
       );
-    }, options.timeoutMs);
+    }, timeoutMs);
   });
 }
 
+/** Runs one job in a worker and answers its `result`, unchecked (the caller checks its shape). */
 function runWorker(
-  old: DiskChain,
-  now: DiskChain,
-  options: Omit<ChangedFilesOptions, 'timeoutMs'> & { timeoutMs: number },
+  work: Work,
+  chains: DiskChain[],
+  timeoutMs: number,
   leftMs: number,
-): Promise<ChangedFiles> {
-  const { timeoutMs, ...rest } = options;
+  makeJob: (inherited: DiskChain[], workerTimeoutMs: number) => WorkerJob,
+): Promise<unknown> {
   const fail = (message: string) => new WarrenError('DISK_CHANGES_FAILED', message);
   // The agent opens the files and the worker inherits them (fd 3 onwards): the worker drops to
   // an unprivileged uid before it reads a byte, and could not open the VM's 0600 files itself.
@@ -113,15 +180,11 @@ function runWorker(
     };
     return { base: ref(chain.base), baseFormat: chain.baseFormat, layers: chain.layers.map(ref) };
   };
-  let job: ChangedFilesJob;
+  let job: WorkerJob;
   try {
     // The worker also stops itself, a little after this process would kill it: it ends even if
     // this process dies first.
-    job = {
-      old: inherit(old),
-      now: inherit(now),
-      options: { ...rest, timeoutMs: leftMs + WORKER_GRACE_MS },
-    };
+    job = makeJob(chains.map(inherit), leftMs + WORKER_GRACE_MS);
   } catch (e) {
     for (const f of files.values()) closeSync(f.fd);
     return Promise.reject(fail(`cannot open the VM's disks: ${(e as Error).message}`));
@@ -136,7 +199,7 @@ function runWorker(
         stdio: ['pipe', 'pipe', 'pipe', ...fds.map((f) => f.fd)],
       });
     } catch (e) {
-      return reject(fail(`cannot start the changed-files worker: ${(e as Error).message}`));
+      return reject(fail(`cannot start ${work.worker}: ${(e as Error).message}`));
     } finally {
       // The worker has its own copies now.
       for (const f of fds) closeSync(f.fd);
@@ -145,14 +208,14 @@ function runWorker(
     let err = '';
     let failure: WarrenError | undefined;
     const timer = setTimeout(() => {
-      failure = fail(`listing the changed files took more than ${timeoutMs} ms and was stopped`);
+      failure = fail(`${work.doing} took more than ${timeoutMs} ms and was stopped`);
       child.kill('SIGKILL');
     }, leftMs);
     child.stdout!.setEncoding('utf8');
     child.stdout!.on('data', (chunk: string) => {
       out += chunk;
       if (out.length > MAX_ANSWER_BYTES && !failure) {
-        failure = fail('the changed-files worker sent more than a change list');
+        failure = fail(`${work.worker} sent more than an answer`);
         child.kill('SIGKILL');
       }
     });
@@ -162,7 +225,7 @@ function runWorker(
     });
     child.once('error', (e) => {
       clearTimeout(timer);
-      reject(fail(`cannot start the changed-files worker: ${e.message}`));
+      reject(fail(`cannot start ${work.worker}: ${e.message}`));
     });
     child.once('close', (code, signal) => {
       clearTimeout(timer);
@@ -175,12 +238,9 @@ function runWorker(
         // agent's log, not to the caller.
         if (err) process.stderr.write(`disk changes worker: ${err.trim()}\n`);
         const why = signal ?? `exit ${code}`;
-        return reject(fail(`the changed-files worker ended (${why}) without an answer (out of memory?)`));
+        return reject(fail(`${work.worker} ended (${why}) without an answer (out of memory?)`));
       }
-      if ('error' in parsed)
-        return reject(fail(`cannot list the changed files: ${named(parsed.error.message)}`));
-      if (parsed.result.changes.length > rest.max)
-        return reject(fail('the changed-files worker sent too many changes'));
+      if ('error' in parsed) return reject(fail(`${work.failed}: ${named(parsed.error.message)}`));
       resolve(parsed.result);
     });
     // A worker that died before reading its job closes the pipe; the close above says why.

@@ -1,13 +1,14 @@
 /**
- * Compares two disk chains in a process of its own, for changedFilesIsolated (isolated.ts):
- * reads `{old, now, options}` as one JSON line on stdin (the chains name files it inherited
- * open, `fd:3` onwards), writes `{"result": ChangedFiles}` or `{"error": {"message"}}` as one
- * line on stdout, and exits. The bytes it parses are the guest's: the parent caps this process's
+ * Reads guest filesystems in a process of its own, for isolated.ts: reads one WorkerJob as a
+ * JSON line on stdin (compare two disk chains, or digest a chain's files; the chains name files
+ * it inherited open, `fd:3` onwards), writes `{"result": ...}` or `{"error": {"message"}}` as
+ * one line on stdout, and exits. The bytes it parses are the guest's: the parent caps this process's
  * heap and time and kills it when either runs out, and it gives up root before reading them.
  */
 import { createInterface } from 'node:readline';
 import { changedFiles } from './changes.ts';
-import type { ChangedFilesJob } from './isolated.ts';
+import { fileDigests } from './file-digests.ts';
+import type { WorkerJob } from './isolated.ts';
 
 function answer(message: unknown, code: number): never {
   // Writes to a pipe are synchronous on Linux: nothing is lost by the exit that follows.
@@ -31,8 +32,12 @@ if (import.meta.main) {
   const lines = createInterface({ input: process.stdin });
   lines.once('line', (line) => {
     try {
-      const job = JSON.parse(line) as ChangedFilesJob;
-      answer({ result: changedFiles(job.old, job.now, job.options) }, 0);
+      const job = JSON.parse(line) as WorkerJob;
+      const result =
+        job.op === 'digests'
+          ? fileDigests(job.chain, job.options)
+          : changedFiles(job.old, job.now, job.options);
+      answer({ result }, 0);
     } catch (e) {
       answer({ error: { message: e instanceof Error ? e.message : String(e) } }, 1);
     }
