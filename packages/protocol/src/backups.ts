@@ -154,6 +154,21 @@ export type HostRestoreRequest = z.input<typeof HostRestoreRequest>;
 export const BackupState = z.enum(['running', 'complete', 'failed']);
 export const BackupTrigger = z.enum(['manual', 'scheduled']);
 
+/**
+ * The last restore drill of a backup: restored into a scratch tenant, booted, and a sample of its
+ * files' digests in the guest compared with the host's reading of the restored volume.
+ */
+export const BackupDrill = z.object({
+  state: z.enum(['running', 'passed', 'failed']),
+  /** When it started. */
+  at: z.string(),
+  /** Files whose digests the guest and the host agreed on (all sampled ones when passed). */
+  filesChecked: z.number().int().min(0),
+  /** Why it failed; null otherwise. */
+  error: ErrorSummary.nullable(),
+});
+export type BackupDrill = z.infer<typeof BackupDrill>;
+
 export const Backup = z.object({
   id: BackupId,
   tenantId: TenantId,
@@ -172,6 +187,8 @@ export const Backup = z.object({
   mode: z.enum(['full', 'incremental']).nullable(),
   progress: BackupProgress.nullable(),
   error: ErrorSummary.nullable(),
+  /** The last restore drill of this backup; absent when it never had one. */
+  drill: BackupDrill.optional(),
 });
 export type Backup = z.infer<typeof Backup>;
 

@@ -157,6 +157,11 @@ export const ERROR_CODES = {
     fault: 'platform',
     fix: "The key given does not open this backup: the platform master key (WARREN_MASTER_KEY_FILE) is not the one the tenant's key was wrapped with, or the backup belongs to another platform. Put the right master key file back; backups cannot be read without it.",
   },
+  BACKUP_DRILL_FAILED: {
+    status: 500,
+    fault: 'platform',
+    fix: "A restore drill restored this backup into a scratch tenant, but the files there are not what the backup holds (a file's digest in the booted guest differs from the host's reading of the restored volume, or is missing), or the host could not read the restored filesystem: the message names the first file and both digests. Run `warren tenant backup verify` on it, restore another backup, and check the host's disks and the tenant's filesystem.",
+  },
   BACKUPS_UNSUPPORTED: {
     status: 409,
     fault: 'platform',
