@@ -40,7 +40,7 @@ import {
 import { until } from '../helpers/until.ts';
 
 /** Fast polling; the scheduler and periodic GC only run when a test calls `tick`. */
-const SETTINGS = { backupPollMs: 20, backupScheduleMs: 0, backupGcIntervalMs: 0 };
+const SETTINGS = { backupPollMs: 20, backupScheduleMs: 0, backupGcIntervalMs: 0, backupDrillIntervalMs: 0 };
 const CAPACITY = { vcpus: 64, memoryMiB: 65536, diskMiB: 1_000_000 };
 
 let t: TestControlPlane;

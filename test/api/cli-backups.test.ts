@@ -30,7 +30,12 @@ let vm = '';
 let dir = '';
 
 before(async () => {
-  t = await openTestControlPlane({ backupPollMs: 20, backupScheduleMs: 0, backupGcIntervalMs: 0 });
+  t = await openTestControlPlane({
+    backupPollMs: 20,
+    backupScheduleMs: 0,
+    backupGcIntervalMs: 0,
+    backupDrillIntervalMs: 0,
+  });
   agent = (
     await new FakeAgent('cli-bk-host', { vcpus: 64, memoryMiB: 65536, diskMiB: 1_000_000 }).start(
       t.url,

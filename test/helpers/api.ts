@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
@@ -20,6 +20,7 @@ import {
   type BackupJob,
   type DesiredTenant,
   type FileChange,
+  type FileDigest,
   type HeartbeatResponse,
   HostBackupRequest,
   HostRestoreRequest,
@@ -232,6 +233,8 @@ export class FakeAgent {
           this.#jobApi(req.method!, job[1], job[2], job[3], body, res);
         } else if (vm) {
           this.#snapshotApi(req.method!, vm[1]!, vm[2]!, vm[3]!, body, res);
+        } else if (req.url!.endsWith('/exec') && this.#sha256sum(req.url!.split('/')[3]!, body, res)) {
+          // Answered as a guest's sha256sum would (restore drills).
         } else if (req.url!.endsWith('/exec')) {
           this.#dirty.add(req.url!.split('/')[3]!);
           res.writeHead(200, { 'content-type': 'application/x-ndjson' });
@@ -359,6 +362,52 @@ export class FakeAgent {
       return send(204);
     }
     return error(404, 'NOT_FOUND', `no route ${op}`);
+  }
+
+  /**
+   * The fake's guest files: its data volume's chunks, `/workspace/chunk-<i>` (what a restore's
+   * `sampleFiles` digests and a guest's `sha256sum` reads back).
+   */
+  static chunkFiles(data: Buffer, max: number): FileDigest[] {
+    const out: FileDigest[] = [];
+    for (let i = 0; i * CHUNK_SIZE < data.length && out.length < max; i++) {
+      const bytes = data.subarray(i * CHUNK_SIZE, (i + 1) * CHUNK_SIZE);
+      out.push({
+        path: `/workspace/chunk-${i}`,
+        size: bytes.length,
+        sha256: createHash('sha256').update(bytes).digest('hex'),
+      });
+    }
+    return out;
+  }
+
+  /** Changes what the guest's sha256sum says of a file (a guest whose files differ from the host's reading). */
+  guestDigest: ((vmId: string, path: string, sha256: string) => string) | undefined;
+
+  /** Answers an exec of `sha256sum -- PATHS...` from the VM's volume; false for any other command. */
+  #sha256sum(vmId: string, body: string, res: ServerResponse): boolean {
+    let argv: unknown;
+    try {
+      argv = (JSON.parse(body) as { argv?: unknown }).argv;
+    } catch {
+      return false;
+    }
+    if (!Array.isArray(argv) || argv[0] !== 'sha256sum' || argv[1] !== '--') return false;
+    const files = new Map(FakeAgent.chunkFiles(this.volumeOf(vmId).data, Infinity).map((f) => [f.path, f]));
+    let stdout = '';
+    let stderr = '';
+    for (const path of argv.slice(2) as string[]) {
+      const f = files.get(path);
+      if (f) stdout += `${this.guestDigest?.(vmId, path, f.sha256) ?? f.sha256}  ${path}\n`;
+      else stderr += `sha256sum: ${path}: No such file or directory\n`;
+    }
+    res.writeHead(200, { 'content-type': 'application/x-ndjson' });
+    res.write(`${JSON.stringify({ stdout: Buffer.from(stdout).toString('base64') })}\n`);
+    if (stderr) res.write(`${JSON.stringify({ stderr: Buffer.from(stderr).toString('base64') })}\n`);
+    res.end(
+      `${JSON.stringify({ exit: { exitCode: stderr ? 1 : 0, signal: null, timedOut: false, durationMs: 1 } })}\n`,
+    );
+    return true;
   }
 
   /** Opens the object store backup jobs use (the control plane's, in tests: one machine). */
@@ -518,6 +567,16 @@ export class FakeAgent {
         // As the real agent: switched only once everything was read and checked.
         this.volumes.set(vmId, { ...this.volumeOf(vmId), ...restored });
         this.restores.push({ vmId, backup: req.backup, start: req.start ?? 'as-before' });
+        j.result = {
+          pointInTime: manifest.pointInTime,
+          volumes: [],
+          storedBytes: 0,
+          mode: 'full',
+          durationMs: 1,
+          ...(req.sampleFiles
+            ? { sample: { files: FakeAgent.chunkFiles(restored.data, req.sampleFiles) } }
+            : {}),
+        };
         j.state = 'succeeded';
       } catch (e) {
         j.state = 'failed';

@@ -224,6 +224,16 @@ export const ControlPlaneConfig = z.strictObject({
     .int()
     .min(0)
     .default(24 * 3600_000),
+  /**
+   * WARREN_BACKUP_DRILL_INTERVAL_MS: how long a tenant with complete backups goes without a
+   * restore drill (its newest backup restored into a scratch tenant, booted, files' digests
+   * compared, the scratch tenant deleted); one drill runs at a time. 0 turns scheduled drills off.
+   */
+  backupDrillIntervalMs: z.coerce
+    .number()
+    .int()
+    .min(0)
+    .default(7 * 24 * 3600_000),
 });
 export type ControlPlaneConfig = z.infer<typeof ControlPlaneConfig>;
 
@@ -281,6 +291,7 @@ export const CONFIG_ENV: Record<keyof ControlPlaneConfig, string> = {
   backupJobTimeoutMs: 'WARREN_BACKUP_JOB_TIMEOUT_MS',
   backupScheduleMs: 'WARREN_BACKUP_SCHEDULE_MS',
   backupGcIntervalMs: 'WARREN_BACKUP_GC_INTERVAL_MS',
+  backupDrillIntervalMs: 'WARREN_BACKUP_DRILL_INTERVAL_MS',
 };
 
 export function loadConfig(

@@ -1,4 +1,4 @@
-import { type BackupProgress, WarrenError } from '@warren/protocol';
+import { type Backup, type BackupProgress, WarrenError } from '@warren/protocol';
 
 /** `12.0/100.0 MiB (12%)`: how far a backup or restore has come, for the progress line. */
 export function progressText(p: Pick<BackupProgress, 'bytesDone' | 'bytesTotal'> | null | undefined): string {
@@ -38,4 +38,12 @@ export function everyMinutes(value: string): number | null {
     );
   }
   return Number(m[1]) * { m: 1, h: 60, d: 1440 }[m[2] as 'm' | 'h' | 'd'];
+}
+
+/** A backup's last restore drill in a word or three: `-`, `running`, `passed (12 files)`, `FAILED BACKUP_CORRUPT`. */
+export function drillText(d: Backup['drill']): string {
+  if (!d) return '-';
+  if (d.state === 'running') return 'running';
+  if (d.state === 'passed') return `passed (${d.filesChecked} files)`;
+  return `FAILED ${d.error?.code ?? ''}`.trim();
 }

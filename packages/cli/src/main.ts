@@ -52,6 +52,7 @@ const COMMANDS: Record<string, () => Promise<Command>> = {
   'tenant backup show': () => import('./commands/tenant/backup/show.ts'),
   'tenant backup delete': () => import('./commands/tenant/backup/delete.ts'),
   'tenant backup verify': () => import('./commands/tenant/backup/verify.ts'),
+  'tenant backup drill': () => import('./commands/tenant/backup/drill.ts'),
   'tenant backup policy': () => import('./commands/tenant/backup/policy.ts'),
   'tenant restore': () => import('./commands/tenant/restore.ts'),
   'host list': () => import('./commands/host/list.ts'),

@@ -114,6 +114,48 @@ export class Backups {
     );
   }
 
+  /**
+   * Starts a restore drill of a complete backup (admin only): restored into a scratch tenant,
+   * booted, a sample of its files' digests compared, the scratch tenant deleted. Resolves at
+   * once with the backup, its `drill` running (see `waitDrill`).
+   */
+  async drill(tenant: string, id: string): Promise<Backup> {
+    parseOrThrow(BackupId, id);
+    return this.#http.json(Backup, 'POST', path`/v1/tenants/${tenant}/backups/${id}/drill`);
+  }
+
+  /** Polls the backup until its drill has ended: resolves with it when it passed, throws the drill's error when it failed. */
+  async waitDrill(tenant: string, id: string, options: BackupWaitOptions = {}): Promise<Backup> {
+    const interval = options.intervalMs ?? 500;
+    const deadline = options.timeoutMs === undefined ? Infinity : Date.now() + options.timeoutMs;
+    for (;;) {
+      const b = await this.get(tenant, id, { signal: options.signal });
+      options.onProgress?.(b);
+      if (b.drill?.state === 'passed') return b;
+      if (b.drill?.state === 'failed') {
+        const code = isErrorCode(b.drill.error?.code) ? b.drill.error.code : 'INTERNAL';
+        throw new WarrenError(
+          code,
+          `restore drill of backup ${id} of tenant ${b.tenantName} failed: ${b.drill.error?.message ?? 'no reason given'}`,
+          { details: { backup: id, tenant: b.tenantName } },
+        );
+      }
+      if (!b.drill) throw new WarrenError('NOT_FOUND', `backup ${id} has no restore drill; start one first`);
+      if (Date.now() + interval > deadline)
+        throw new WarrenError(
+          'TIMEOUT',
+          `the drill of backup ${id} is still running; it goes on in the background`,
+        );
+      try {
+        await sleep(interval, undefined, { signal: options.signal });
+      } catch (e) {
+        throw new WarrenError('CONFLICT', `waiting for the drill of backup ${id} cancelled by the caller`, {
+          cause: e,
+        });
+      }
+    }
+  }
+
   /** Reads the backup back from the object store and checks every object; `ok` false names what failed. */
   async verify(tenant: string, id: string): Promise<VerifyResult> {
     parseOrThrow(BackupId, id);

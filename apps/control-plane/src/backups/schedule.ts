@@ -10,7 +10,8 @@ import type { BackupService } from './service.ts';
 
 /**
  * Backup policies and the scheduler's pass: due backups started, complete backups the keep
- * rules no longer keep pruned, GC run after prunes and periodically. The clock is the pass's
+ * rules no longer keep pruned, GC run after prunes and periodically, a restore drill started
+ * when one is due (drill.ts). The clock is the pass's
  * `at`, so tests drive time through `tick(at)` without sleeping.
  */
 export class BackupSchedule {
@@ -82,7 +83,9 @@ export class BackupSchedule {
    * when WARREN_BACKUP_GC_INTERVAL_MS has.
    * Returns what it did, for tests and the log.
    */
-  async tick(at: number = Date.now()): Promise<{ started: string[]; pruned: string[]; gc: boolean }> {
+  async tick(
+    at: number = Date.now(),
+  ): Promise<{ started: string[]; pruned: string[]; gc: boolean; drill?: string }> {
     const started: string[] = [];
     const pruned: string[] = [];
     const policies = await this.#d.db
@@ -156,29 +159,36 @@ export class BackupSchedule {
         this.#prunedSinceGc = false;
       }
     }
-    return { started, pruned, gc };
+    const drill = await this.#d.backups.drills.due(at);
+    return { started, pruned, gc, ...(drill ? { drill } : {}) };
   }
 
-  async #audit(
-    action: string,
-    target: string,
-    tenantId: string,
-    status: number,
-    result: string,
-  ): Promise<void> {
-    await this.#d.db
-      .insertInto('audit_events')
-      .values({
-        at: now(),
-        actor: 'scheduler',
-        action,
-        target: target.slice(0, 200),
-        tenant_id: tenantId,
-        result,
-        status,
-        request_id: '-',
-      })
-      .execute()
-      .catch(() => {});
+  #audit(action: string, target: string, tenantId: string, status: number, result: string): Promise<void> {
+    return auditScheduler(this.#d.db, action, target, tenantId, status, result);
   }
+}
+
+/** An audit event of something the scheduler did (no request, no principal). */
+export async function auditScheduler(
+  db: Db,
+  action: string,
+  target: string,
+  tenantId: string,
+  status: number,
+  result: string,
+): Promise<void> {
+  await db
+    .insertInto('audit_events')
+    .values({
+      at: now(),
+      actor: 'scheduler',
+      action,
+      target: target.slice(0, 200),
+      tenant_id: tenantId,
+      result,
+      status,
+      request_id: '-',
+    })
+    .execute()
+    .catch(() => {});
 }

@@ -5,6 +5,7 @@ import {
   BackupJob,
   type BackupMetadata,
   type BackupProgress,
+  type BackupResult,
   type ErrorSummary,
   type HostBackupRequest,
   type HostRestoreRequest,
@@ -24,6 +25,7 @@ import type { Db } from '../store/index.ts';
 import type { TenantLocks } from '../tenants/concurrency.ts';
 import type { TenantService } from '../tenants/service.ts';
 import { operationView } from '../tenants/view.ts';
+import { BackupDrills } from './drill.ts';
 import type { BackupFormat } from './format.ts';
 import { BackupGate } from './gate.ts';
 import { BackupSchedule } from './schedule.ts';
@@ -33,6 +35,9 @@ import { backupView, createRequestOf, instant, metadataOf, newBackupId, progress
 const HOST_CALL_MS = 30_000;
 
 type Trigger = 'manual' | 'scheduled';
+
+/** How a restore's host job ended: its error, or its result (a drill's file sample in it). */
+export type RestoreEnd = (error: ErrorSummary | null, result: BackupResult | null) => void;
 
 export interface BackupServiceDeps {
   db: Db;
@@ -77,9 +82,19 @@ export class BackupService {
   /** Policies, the scheduler's pass and retention (schedule.ts); tests drive `schedule.tick(at)`. */
   readonly schedule: BackupSchedule;
 
+  /** Restore drills (drill.ts). */
+  readonly drills: BackupDrills;
+
   constructor(deps: BackupServiceDeps) {
     this.#d = deps;
     this.schedule = new BackupSchedule({ ...deps, backups: this });
+    this.drills = new BackupDrills({
+      ...deps,
+      backups: this,
+      follow: (job) => this.#follow(job),
+      sleep: (ms) => this.#sleep(ms),
+      closed: () => this.#closed,
+    });
   }
 
   // ---- the catalog ----
@@ -221,6 +236,12 @@ export class BackupService {
         metadata: JSON.stringify(metadata),
         error_code: null,
         error_message: null,
+        drill_state: null,
+        drill_at: null,
+        drill_files: null,
+        drill_error_code: null,
+        drill_error_message: null,
+        drill_tenant: null,
       };
       this.gate.backupStarted();
       started = true;
@@ -458,11 +479,14 @@ export class BackupService {
    * its host) or, with `newTenant`, into a new tenant made like the backup's (image, resources,
    * network), placed by the scheduler on any healthy host with the image. Answers at once with
    * the target tenant and the restore operation, which ends when the host's job does.
+   * `drill` (restore drills, drill.ts): the host reads back a sample of the files it wrote, and
+   * `onEnd` hears how the job ended, with the host's result.
    */
   async restore(
     tenant: TenantsTable,
     id: string,
     newTenant: string | undefined,
+    drill?: { sampleFiles: number; onEnd: RestoreEnd },
   ): Promise<TenantOperationResponse> {
     const row = await this.#row(tenant, id);
     if (row.state !== 'complete')
@@ -495,7 +519,11 @@ export class BackupService {
         throw e;
       }
     } else {
-      const created = await this.#d.tenants.create(createRequestOf(newTenant, metadata, tenant));
+      // A drill's scratch guest gets no network: the workspace it boots may start the tenant's own programs.
+      const created = await this.#d.tenants.create({
+        ...createRequestOf(newTenant, metadata, tenant),
+        ...(drill ? { network: { egress: 'none' as const } } : {}),
+      });
       target = await this.#fresh({ id: created.tenant.id, name: newTenant });
       release = this.#d.locks.hold(target, 'restore');
     }
@@ -529,8 +557,9 @@ export class BackupService {
       backup: id,
       keys: this.#keys(key, metadata.imageId),
       start: newTenant === undefined ? 'as-before' : 'always',
+      ...(drill ? { sampleFiles: drill.sampleFiles } : {}),
     };
-    this.#follow(this.#runRestore(op, target, body, newTenant !== undefined, done));
+    this.#follow(this.#runRestore(op, target, body, newTenant !== undefined, done, drill?.onEnd));
     return { tenant: await this.#d.tenants.view(target), operation: operationView(op) };
   }
 
@@ -540,7 +569,20 @@ export class BackupService {
     body: HostRestoreRequest | undefined,
     fresh: boolean,
     done: () => void,
+    onEnd: RestoreEnd = () => {},
   ): Promise<void> {
+    let ended: { error: ErrorSummary | null; result: BackupResult | null } = {
+      error: { code: 'INTERNAL', message: 'the control plane stopped before the restore ended' },
+      result: null,
+    };
+    const finish = async (
+      error: ErrorSummary | null,
+      progress?: BackupProgress,
+      result?: BackupResult | null,
+    ) => {
+      ended = { error, result: result ?? null };
+      await this.#finishOp(op, error, progress);
+    };
     try {
       const deadline = Date.parse(op.created_at) + this.#d.config.backupJobTimeoutMs;
       let host: HostsTable | undefined;
@@ -564,29 +606,29 @@ export class BackupService {
           this.#d.log(`restore ${op.id}: polling host ${h?.name}: ${toWarrenError(e).message}`);
         }
         if (job === 'lost')
-          return await this.#finishOp(op, {
+          return await finish({
             code: 'HOST_UNAVAILABLE',
             message: `the host of tenant ${target.name} does not know restore job ${op.job} (it restarted); the tenant's volumes are as they were or fully restored, never half: check it and restore again if needed`,
           });
-        if (job?.state === 'succeeded') return await this.#finishOp(op, null, job.progress);
+        if (job?.state === 'succeeded') return await finish(null, job.progress, job.result);
         if (job?.state === 'failed')
-          return await this.#finishOp(
-            op,
+          return await finish(
             job.error ?? { code: 'INTERNAL', message: 'the host reported a failure' },
             job.progress,
           );
         if (job) await this.#progress('operations', op.id, job.progress);
         if (Date.now() > deadline)
-          return await this.#finishOp(op, {
+          return await finish({
             code: 'TIMEOUT',
             message: `not finished within WARREN_BACKUP_JOB_TIMEOUT_MS (${this.#d.config.backupJobTimeoutMs} ms)`,
           });
         await this.#sleep(this.#d.config.backupPollMs);
       }
     } catch (e) {
-      await this.#finishOp(op, toWarrenError(e)).catch(() => {});
+      await finish(toWarrenError(e)).catch(() => {});
     } finally {
       done();
+      onEnd(ended.error, ended.result);
     }
   }
 
@@ -632,6 +674,7 @@ export class BackupService {
    * row ends it keeps GC out; a restore holds its tenant's lock again.
    */
   async reconcile(): Promise<void> {
+    await this.drills.reconcile();
     const rows = await this.#d.db.selectFrom('backups').selectAll().where('state', '=', 'running').execute();
     for (const row of rows) {
       this.gate.backupStarted();

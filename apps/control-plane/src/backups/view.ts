@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import type { Backup, BackupMetadata, BackupProgress } from '@warren/protocol';
+import type { Backup, BackupDrill, BackupMetadata, BackupProgress } from '@warren/protocol';
 import type { z } from 'zod';
 import type { BackupsTable, TenantsTable } from '../store/database.ts';
 import { networkOf } from '../tenants/view.ts';
@@ -92,5 +92,18 @@ export function backupView(r: BackupsTable): Backup {
     mode: r.mode as Backup['mode'],
     progress,
     error: r.error_code === null ? null : { code: r.error_code, message: r.error_message ?? '' },
+    ...(r.drill_state === null
+      ? {}
+      : {
+          drill: {
+            state: r.drill_state as BackupDrill['state'],
+            at: r.drill_at ?? r.created_at,
+            filesChecked: r.drill_files ?? 0,
+            error:
+              r.drill_error_code === null
+                ? null
+                : { code: r.drill_error_code, message: r.drill_error_message ?? '' },
+          },
+        }),
   };
 }

@@ -180,6 +180,14 @@ export interface BackupsTable {
   metadata: string;
   error_code: string | null;
   error_message: string | null;
+  /** The last restore drill: running | passed | failed, or null when none ran. */
+  drill_state: string | null;
+  drill_at: string | null;
+  drill_files: number | null;
+  drill_error_code: string | null;
+  drill_error_message: string | null;
+  /** The scratch tenant a running drill restores into (its name): deleted when the drill ends, or at the next start. */
+  drill_tenant: string | null;
 }
 
 /** A tenant's backup key, wrapped by the platform master key (never stored in the clear). */

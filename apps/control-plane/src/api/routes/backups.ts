@@ -122,6 +122,23 @@ export function backupRoutes(api: Api): void {
 
   api.route(
     {
+      method: 'POST',
+      url: '/v1/tenants/:tenant/backups/:backup/drill',
+      auth: 'admin',
+      summary:
+        "Start a restore drill of a complete backup: restored into a scratch tenant, booted, a sample of its files' digests in the guest compared with the host's reading of the restored volume, the scratch tenant deleted; answers at once with the backup, whose `drill` GET shows",
+      response: { status: 202, schema: Backup },
+      audit: 'tenant.backup.drill',
+    },
+    async ({ tenant, params, audit }) => {
+      const id = backupId(params.backup);
+      audit.target = `${tenant!.name}:${id}`;
+      return api.backups.drills.start(tenant!, id);
+    },
+  );
+
+  api.route(
+    {
       method: 'GET',
       url: '/v1/tenants/:tenant/backup-policy',
       auth: 'tenant',

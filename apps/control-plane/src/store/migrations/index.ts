@@ -8,6 +8,7 @@ import * as m0005 from './0005-credentials-retention.ts';
 import * as m0006 from './0006-dashboard-logins.ts';
 import * as m0007 from './0007-tenant-sessions.ts';
 import * as m0008 from './0008-backups.ts';
+import * as m0009 from './0009-backup-drills.ts';
 
 /**
  * Every migration, in order. Names sort lexically; never edit one that has shipped, add the
@@ -22,6 +23,7 @@ const MIGRATIONS = {
   '0006-dashboard-logins': m0006,
   '0007-tenant-sessions': m0007,
   '0008-backups': m0008,
+  '0009-backup-drills': m0009,
 };
 
 export function migrationProvider(dialect: StoreDialect): MigrationProvider {

@@ -1,5 +1,5 @@
 import { oneOperand } from '../../args.ts';
-import { progressText } from '../../backups.ts';
+import { drillText, progressText } from '../../backups.ts';
 import { type ConnectionFlags, connect } from '../../connection.ts';
 import { ago, emit, table } from '../../output.ts';
 
@@ -23,8 +23,9 @@ export async function run(
         stored: `${(b.storedBytes / 1048576).toFixed(1)} MiB`,
         mode: b.mode ?? '-',
         root: b.includeRoot ? 'yes' : 'no',
+        drill: drillText(b.drill),
       })),
-      ['id', 'state', 'taken', 'trigger', 'size', 'stored', 'mode', 'root'],
+      ['id', 'state', 'taken', 'trigger', 'size', 'stored', 'mode', 'root', 'drill'],
     ),
   );
   return 0;

@@ -1,5 +1,5 @@
 import { twoOperands } from '../../../args.ts';
-import { progressText } from '../../../backups.ts';
+import { drillText, progressText } from '../../../backups.ts';
 import { type ConnectionFlags, connect } from '../../../connection.ts';
 import { emit } from '../../../output.ts';
 
@@ -28,6 +28,10 @@ export async function run(
       ['stored', `${(b.storedBytes / 1048576).toFixed(1)} MiB`],
       ['mode', b.mode ?? '-'],
       ...(b.error ? ([['error', `${b.error.code}: ${b.error.message}`]] as [string, string][]) : []),
+      ['drill', b.drill ? `${drillText(b.drill)} (${b.drill.at})` : '-'],
+      ...(b.drill?.error
+        ? ([['drill error', `${b.drill.error.code}: ${b.drill.error.message}`]] as [string, string][])
+        : []),
     ];
     for (const [k, v] of rows) process.stdout.write(`${`${k}:`.padEnd(15)}${v}\n`);
   });
