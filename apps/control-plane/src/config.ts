@@ -1,4 +1,4 @@
-import { type ObjectStoreConfigInput, objectStoreConfigSchema } from '@warren/object-store/config';
+import { OBJECT_STORE_ENV, objectStoreSettingIssues, objectStoreSettings } from '@warren/object-store/config';
 import { RESOURCE_LIMITS, type ResourceKind, WarrenError } from '@warren/protocol';
 import { z } from 'zod';
 
@@ -163,24 +163,8 @@ export const ControlPlaneConfig = z.strictObject({
    * can be read: keep a copy somewhere safe, apart from the backups.
    */
   masterKeyFile: z.string().startsWith('/').optional(),
-  /**
-   * WARREN_OBJECT_STORE: where backups are, for verify and GC here (hosts write them): `fs` or
-   * `s3`. Every host agent must name the same store (docs/operations.md, "Backups").
-   */
-  objectStore: z.enum(['fs', 's3']).default('fs'),
-  /**
-   * WARREN_OBJECT_STORE_DIR: the `fs` store's directory; `<dataDir>/objects` when unset, which is
-   * the host agent's default too, so one machine (`npm start`) shares it without settings.
-   */
-  objectStoreDir: z.string().startsWith('/').optional(),
-  /** WARREN_S3_*: the `s3` store; their limits and defaults are @warren/object-store's schema. */
-  s3Endpoint: z.string().optional(),
-  s3Region: z.string().optional(),
-  s3Bucket: z.string().optional(),
-  s3AccessKeyId: z.string().optional(),
-  /** A secret: never logged, and left out of error messages like every value. */
-  s3SecretAccessKey: z.string().optional(),
-  s3ForcePathStyle: z.enum(['on', 'off']).optional(),
+  /** Where backups are, for verify and GC here (hosts write them); every host agent must name the same store (docs/operations.md, "Backups"). */
+  ...objectStoreSettings,
   /**
    * WARREN_TENANT_MAX_BACKUPS: backups one tenant may hold (running, complete and failed alike);
    * one more is QUOTA_EXCEEDED. Bounds the catalog and what every GC pass reads; a policy's
@@ -238,6 +222,7 @@ export const ControlPlaneConfig = z.strictObject({
 export type ControlPlaneConfig = z.infer<typeof ControlPlaneConfig>;
 
 export const CONFIG_ENV: Record<keyof ControlPlaneConfig, string> = {
+  ...OBJECT_STORE_ENV,
   dataDir: 'WARREN_DATA_DIR',
   host: 'WARREN_API_HOST',
   port: 'WARREN_API_PORT',
@@ -276,8 +261,6 @@ export const CONFIG_ENV: Record<keyof ControlPlaneConfig, string> = {
   auditRetentionDays: 'WARREN_AUDIT_RETENTION_DAYS',
   operationRetentionDays: 'WARREN_OPERATION_RETENTION_DAYS',
   masterKeyFile: 'WARREN_MASTER_KEY_FILE',
-  objectStore: 'WARREN_OBJECT_STORE',
-  objectStoreDir: 'WARREN_OBJECT_STORE_DIR',
   s3Endpoint: 'WARREN_S3_ENDPOINT',
   s3Region: 'WARREN_S3_REGION',
   s3Bucket: 'WARREN_S3_BUCKET',
@@ -305,15 +288,12 @@ export function loadConfig(
   const r = ControlPlaneConfig.safeParse({ ...raw, ...overrides });
   if (r.success) {
     // Checked here so a bad object store setting stops the control plane at start, naming its variable.
-    const store = objectStoreConfigSchema.safeParse(objectStoreConfigOf(r.data));
-    const bad = store.error?.issues[0];
-    if (bad) {
-      const field = OBJECT_STORE_FIELDS[String(bad.path[0])] ?? 'objectStore';
+    const [bad] = objectStoreSettingIssues(r.data);
+    if (bad)
       throw new WarrenError(
         'INVALID_ARGUMENT',
-        `${CONFIG_ENV[field]}: ${bad.message} (see docs/configuration.md)`,
+        `${CONFIG_ENV[bad.setting]}: ${bad.message} (see docs/configuration.md)`,
       );
-    }
     const publicUrl = r.data.dashboardPublicUrl;
     if (publicUrl !== undefined && new URL(publicUrl).hostname !== r.data.dashboardDomain) {
       throw new WarrenError(
@@ -332,35 +312,8 @@ export function loadConfig(
   );
 }
 
-/** The object store's field each setting fills (for error messages that name the variable). */
-const OBJECT_STORE_FIELDS: Record<string, keyof ControlPlaneConfig> = {
-  root: 'objectStoreDir',
-  endpoint: 's3Endpoint',
-  region: 's3Region',
-  bucket: 's3Bucket',
-  accessKeyId: 's3AccessKeyId',
-  secretAccessKey: 's3SecretAccessKey',
-  forcePathStyle: 's3ForcePathStyle',
-};
-
-/**
- * The configuration for `createObjectStore` that these settings name: the same variables, and
- * the same default directory, as the host agent's (apps/host-agent/src/config.ts), so both
- * daemons of one machine open one store.
- */
-export function objectStoreConfigOf(config: ControlPlaneConfig): ObjectStoreConfigInput {
-  if (config.objectStore === 'fs')
-    return { kind: 'fs', root: config.objectStoreDir ?? `${config.dataDir}/objects` };
-  return {
-    kind: 's3',
-    ...(config.s3Endpoint === undefined ? {} : { endpoint: config.s3Endpoint }),
-    ...(config.s3Region === undefined ? {} : { region: config.s3Region }),
-    bucket: config.s3Bucket ?? '',
-    accessKeyId: config.s3AccessKeyId ?? '',
-    secretAccessKey: config.s3SecretAccessKey ?? '',
-    ...(config.s3ForcePathStyle === undefined ? {} : { forcePathStyle: config.s3ForcePathStyle === 'on' }),
-  };
-}
+/** The store these settings name: the same variables and default directory as the host agent's, so one machine's daemons share it. */
+export { objectStoreConfigOf } from '@warren/object-store/config';
 
 /** The platform master key file (WARREN_MASTER_KEY_FILE). */
 export function masterKeyFileOf(config: ControlPlaneConfig): string {

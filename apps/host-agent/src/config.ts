@@ -1,6 +1,6 @@
 import { availableParallelism, hostname, totalmem } from 'node:os';
 import { DEFAULT_CONCURRENCY } from '@warren/backup';
-import { type ObjectStoreConfigInput, objectStoreConfigSchema } from '@warren/object-store/config';
+import { OBJECT_STORE_ENV, objectStoreSettingIssues, objectStoreSettings } from '@warren/object-store/config';
 import {
   DEFAULT_FREEZE_MS,
   defaultHostAgentSocket,
@@ -277,18 +277,7 @@ export const HostAgentConfig = z
     proxyIdleMs: z.coerce.number().int().min(1000).default(PROXY_IDLE_DEFAULTS.idleMs),
     /** WARREN_PROXY_WS_IDLE_MS: a proxied WebSocket without a byte either way for this long is closed. */
     proxyWsIdleMs: z.coerce.number().int().min(1000).default(PROXY_IDLE_DEFAULTS.wsIdleMs),
-    /** WARREN_OBJECT_STORE: where backups go: `fs` (a directory on this host) or `s3` (an S3-protocol bucket). */
-    objectStore: z.enum(['fs', 's3']).default('fs'),
-    /** WARREN_OBJECT_STORE_DIR: the `fs` store's directory; `<dataDir>/objects` when unset. */
-    objectStoreDir: z.string().startsWith('/').optional(),
-    /** WARREN_S3_*: the `s3` store; their limits and defaults are @warren/object-store's schema. */
-    s3Endpoint: z.string().optional(),
-    s3Region: z.string().optional(),
-    s3Bucket: z.string().optional(),
-    s3AccessKeyId: z.string().optional(),
-    /** A secret: never logged, and left out of error messages like every value. */
-    s3SecretAccessKey: z.string().optional(),
-    s3ForcePathStyle: z.enum(['on', 'off']).optional(),
+    ...objectStoreSettings,
     /**
      * WARREN_BACKUP_FREEZE_TIMEOUT_MS: how long a backup may hold a running guest's data volume
      * frozen (fsfreeze) for its point in time; the guest thaws by itself after it, so it is also
@@ -300,54 +289,16 @@ export const HostAgentConfig = z
   })
   .superRefine((c, ctx) => {
     // Checked here so a bad object store setting stops the agent at start, naming its variable.
-    const r = objectStoreConfigSchema.safeParse(objectStoreConfigOf(c));
-    for (const issue of r.error?.issues ?? []) {
-      const field = OBJECT_STORE_FIELDS[String(issue.path[0])] ?? 'objectStore';
-      ctx.addIssue({ code: 'custom', path: [field], message: issue.message });
-    }
+    for (const { setting, message } of objectStoreSettingIssues(c))
+      ctx.addIssue({ code: 'custom', path: [setting], message });
   });
 export type HostAgentConfig = z.infer<typeof HostAgentConfig>;
 
-/** The object store's field each host agent setting fills. */
-const OBJECT_STORE_FIELDS: Record<string, keyof HostAgentConfig> = {
-  root: 'objectStoreDir',
-  endpoint: 's3Endpoint',
-  region: 's3Region',
-  bucket: 's3Bucket',
-  accessKeyId: 's3AccessKeyId',
-  secretAccessKey: 's3SecretAccessKey',
-  forcePathStyle: 's3ForcePathStyle',
-};
-
-/** The configuration for `createObjectStore` (@warren/object-store) that these settings name. */
-export function objectStoreConfigOf(
-  config: Pick<
-    HostAgentConfig,
-    | 'dataDir'
-    | 'objectStore'
-    | 'objectStoreDir'
-    | 's3Endpoint'
-    | 's3Region'
-    | 's3Bucket'
-    | 's3AccessKeyId'
-    | 's3SecretAccessKey'
-    | 's3ForcePathStyle'
-  >,
-): ObjectStoreConfigInput {
-  if (config.objectStore === 'fs')
-    return { kind: 'fs', root: config.objectStoreDir ?? `${config.dataDir}/objects` };
-  return {
-    kind: 's3',
-    ...(config.s3Endpoint === undefined ? {} : { endpoint: config.s3Endpoint }),
-    ...(config.s3Region === undefined ? {} : { region: config.s3Region }),
-    bucket: config.s3Bucket ?? '',
-    accessKeyId: config.s3AccessKeyId ?? '',
-    secretAccessKey: config.s3SecretAccessKey ?? '',
-    ...(config.s3ForcePathStyle === undefined ? {} : { forcePathStyle: config.s3ForcePathStyle === 'on' }),
-  };
-}
+/** The store these settings name (backups and restores go there). */
+export { objectStoreConfigOf } from '@warren/object-store/config';
 
 export const ENV_NAMES: Record<keyof HostAgentConfig, string> = {
+  ...OBJECT_STORE_ENV,
   dataDir: 'WARREN_DATA_DIR',
   imagesDir: 'WARREN_IMAGES_DIR',
   accel: 'WARREN_ACCEL',
@@ -389,10 +340,8 @@ export const ENV_NAMES: Record<keyof HostAgentConfig, string> = {
   vmBlockedCidrs: 'WARREN_VM_BLOCKED_CIDRS',
   proxyIdleMs: 'WARREN_PROXY_IDLE_MS',
   proxyWsIdleMs: 'WARREN_PROXY_WS_IDLE_MS',
-  objectStore: 'WARREN_OBJECT_STORE',
   backupFreezeTimeoutMs: 'WARREN_BACKUP_FREEZE_TIMEOUT_MS',
   backupConcurrency: 'WARREN_BACKUP_CONCURRENCY',
-  objectStoreDir: 'WARREN_OBJECT_STORE_DIR',
   s3Endpoint: 'WARREN_S3_ENDPOINT',
   s3Region: 'WARREN_S3_REGION',
   s3Bucket: 'WARREN_S3_BUCKET',
