@@ -30,6 +30,7 @@ import {
   diskChangesWorkers,
   openChain,
 } from '../../apps/host-agent/src/disk-changes/index.ts';
+import { prng } from '../helpers/prng.ts';
 import { until } from '../helpers/until.ts';
 
 const dir = await mkdtemp(join(tmpdir(), 'wt-diskchanges-'));
@@ -39,18 +40,6 @@ after(() => rm(dir, { recursive: true, force: true }));
 
 function sh(cmd: string, args: string[]): string {
   return execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
-}
-
-/** A deterministic pseudo-random generator (mulberry32): the same seed gives the same corruption. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 function writeAt(file: string, offset: number, bytes: Buffer): void {
