@@ -111,5 +111,6 @@ export function desiredTenant(
     network: { egress: 'internet', allowlist: [], bandwidthMbit: null },
     dashboardPort: 8080,
     generation,
+    idleTimeoutMs: null,
   };
 }

@@ -62,7 +62,10 @@ export type DesiredState = z.infer<typeof DesiredState>;
 
 /**
  * What a tenant's VM is, as last reported by its host agent. `pending` until the agent first
- * reports it; `deleting` while desired state is `absent`.
+ * reports it; `deleting` while desired state is `absent`. `suspended`: idle, its memory saved
+ * to disk and its VMM ended (desired state stays `running`; any request wakes it).
+ * `unhealthy`: running, but its guest agent stopped answering (the host restarts it after a
+ * grace period). `lost`: its host was removed by an admin; only a restore brings it back.
  */
 export const TenantState = z.enum([
   'pending',
@@ -74,6 +77,9 @@ export const TenantState = z.enum([
   'crashed',
   'failed',
   'deleting',
+  'suspended',
+  'unhealthy',
+  'lost',
 ]);
 export type TenantState = z.infer<typeof TenantState>;
 
@@ -433,12 +439,32 @@ export type JoinRequest = z.infer<typeof JoinRequest>;
 export const JoinResponse = z.object({ hostId: HostId, token: z.string(), heartbeatIntervalMs: z.number() });
 export type JoinResponse = z.infer<typeof JoinResponse>;
 
+/** A tenant VM its host keeps stopped because no control plane lists it (an orphan). */
+export const QuarantinedVm = z.strictObject({
+  vmId: z.string().max(64),
+  tenantId: TenantId,
+  imageId: z.string().max(80),
+  vcpus: z.number().int().min(0),
+  memoryMiB: z.number().int().min(0),
+  diskMiB: z.number().int().min(0),
+  quarantinedAt: z.string().max(40),
+  /** When the host removes it, unless an admin adopts it first. */
+  removeAfter: z.string().max(40),
+});
+export type QuarantinedVm = z.infer<typeof QuarantinedVm>;
+
 /** One tenant VM as the agent sees it. `generation` is the desired generation it last acted on. */
 export const ReportedVm = z.strictObject({
   tenantId: TenantId,
-  state: TenantState.exclude(['pending', 'deleting']),
+  state: TenantState.exclude(['pending', 'deleting', 'lost']),
   generation: z.number().int().min(0),
   error: ErrorSummary.nullable(),
+  /**
+   * Failed attempts at the current generation's step (start, create) and when the next one
+   * is due; `nextAttemptAt` null means the agent gave up (a new generation, such as
+   * `warren tenant start`, tries again). Optional: older agents do not send it.
+   */
+  attempts: z.object({ count: z.number().int().min(0), nextAttemptAt: z.string().nullable() }).optional(),
 });
 export type ReportedVm = z.infer<typeof ReportedVm>;
 
@@ -454,6 +480,11 @@ export const HeartbeatRequest = z.strictObject({
   images: z.array(ImageSummary).max(1000),
   /** Every tenant VM on the host, including those being created or deleted. */
   vms: z.array(ReportedVm).max(10_000),
+  /**
+   * Tenant VMs the control plane's desired list did not name: stopped and kept (never
+   * destroyed) until `removeAfter`. Not in `vms`. Optional: older agents do not send it.
+   */
+  quarantined: z.array(QuarantinedVm).max(10_000).optional(),
 });
 export type HeartbeatRequest = z.infer<typeof HeartbeatRequest>;
 
@@ -472,6 +503,11 @@ export const DesiredTenant = z.object({
   dashboardPort: DashboardPort,
   /** Grows with every change of desired state; the agent reports the one it acted on. */
   generation: z.number().int(),
+  /**
+   * Suspend the VM after this long without use (the tenant's own setting, else the platform
+   * default); null: never. Absent from older control planes: never.
+   */
+  idleTimeoutMs: z.number().int().positive().nullable().default(null),
 });
 export type DesiredTenant = z.infer<typeof DesiredTenant>;
 

@@ -202,6 +202,21 @@ export const ERROR_CODES = {
     fault: 'platform',
     fix: 'No host agent answers on its local socket (WARREN_HOST_AGENT_SOCKET, default <WARREN_DATA_DIR>/host-agent.sock): start it with `warren up` (or `npm start`), and run the command as root, since the socket is root-only.',
   },
+  DISK_FULL: {
+    status: 507,
+    fault: 'platform',
+    fix: "The host's data directory (WARREN_DATA_DIR) ran out of space while making or starting the VM; nothing half-made was kept. Free space on that filesystem (old quarantined VMs and snapshots are listed by `warren host show`), then `warren tenant start NAME`.",
+  },
+  GUEST_UNHEALTHY: {
+    status: 503,
+    fault: 'guest',
+    fix: 'The guest agent stopped answering health checks (a hung kernel, a killed agent, memory exhausted); the host restarts the VM after WARREN_HEALTH_GRACE_MS with backoff. If it keeps happening, read the console log named in the message and give the tenant more memory.',
+  },
+  HOST_LOST: {
+    status: 410,
+    fault: 'platform',
+    fix: "The tenant's host was removed by an admin, and its VM with it: restore the tenant from its latest backup onto another host (`warren tenant restore NAME BACKUP`), or delete it.",
+  },
   INTERNAL: {
     status: 500,
     fault: 'platform',

@@ -207,6 +207,7 @@ export class HostService {
           network: networkOf(row),
           dashboardPort: row.dashboard_port,
           generation: row.generation,
+          idleTimeoutMs: null,
         });
         if (!vm) continue;
         const observed = Math.max(row.observed_generation, vm.generation);
