@@ -72,6 +72,8 @@ const tenant = (state: Tenant['state'] = 'running'): Tenant => ({
   hostId: 'host_0123456789abcdef',
   hostHealthy: true,
   lastError: null,
+  attempts: null,
+  idleTimeout: { setting: null, effective: '30m' },
   createdAt: NOW,
   updatedAt: NOW,
 });

@@ -1,5 +1,5 @@
 import { OBJECT_STORE_ENV, objectStoreSettingIssues, objectStoreSettings } from '@warren/object-store/config';
-import { RESOURCE_LIMITS, type ResourceKind, WarrenError } from '@warren/protocol';
+import { parseIdleTimeout, RESOURCE_LIMITS, type ResourceKind, WarrenError } from '@warren/protocol';
 import { z } from 'zod';
 
 /** A setting that is an amount of a tenant resource, within the protocol's bounds for it. */
@@ -76,6 +76,26 @@ export const ControlPlaneConfig = z.strictObject({
     .default(10 * 1024 * 1024),
   /** WARREN_DASHBOARD_TIMEOUT_MS: how long the dashboard proxy waits for the response headers. */
   dashboardTimeoutMs: z.coerce.number().int().min(100).default(30_000),
+  /**
+   * WARREN_IDLE_TIMEOUT: the platform default idle timeout: a tenant unused for this long
+   * (no exec, file call, dashboard request or open tunnel, no guest-reported activity) is
+   * suspended by its host, its memory saved to disk and released; any request wakes it. A
+   * duration like `30m`, `2h`, `1d` (at least 10s), or `never`. A tenant's own setting
+   * (`warren tenant update T --idle-timeout`) overrides it.
+   */
+  idleTimeout: z
+    .string()
+    .superRefine((s, ctx) => {
+      const r = parseIdleTimeout(s);
+      if ('error' in r) ctx.addIssue({ code: 'custom', message: r.error });
+    })
+    .default('30m'),
+  /**
+   * WARREN_WAKE_TIMEOUT_MS: how much longer than usual the control plane waits for the first
+   * byte of an answer from a suspended tenant (its host wakes the VM first). Bounded, so a VM
+   * that cannot wake fails the request rather than holding it.
+   */
+  wakeTimeoutMs: z.coerce.number().int().min(1000).max(600_000).default(60_000),
   /** WARREN_DASHBOARD_WS_IDLE_MS: a proxied WebSocket without a byte either way for this long is closed. */
   dashboardWsIdleMs: z.coerce
     .number()
@@ -248,6 +268,8 @@ export const CONFIG_ENV: Record<keyof ControlPlaneConfig, string> = {
   dashboardBodyLimitBytes: 'WARREN_DASHBOARD_BODY_LIMIT_BYTES',
   dashboardTimeoutMs: 'WARREN_DASHBOARD_TIMEOUT_MS',
   dashboardWsIdleMs: 'WARREN_DASHBOARD_WS_IDLE_MS',
+  idleTimeout: 'WARREN_IDLE_TIMEOUT',
+  wakeTimeoutMs: 'WARREN_WAKE_TIMEOUT_MS',
   dashboardResponseIdleMs: 'WARREN_DASHBOARD_RESPONSE_IDLE_MS',
   dashboardDomain: 'WARREN_DASHBOARD_DOMAIN',
   dashboardPublicUrl: 'WARREN_DASHBOARD_PUBLIC_URL',
@@ -314,6 +336,12 @@ export function loadConfig(
 
 /** The store these settings name: the same variables and default directory as the host agent's, so one machine's daemons share it. */
 export { objectStoreConfigOf } from '@warren/object-store/config';
+
+/** The platform default idle timeout in ms (WARREN_IDLE_TIMEOUT); null: never. */
+export function defaultIdleTimeoutMs(config: Pick<ControlPlaneConfig, 'idleTimeout'>): number | null {
+  const r = parseIdleTimeout(config.idleTimeout);
+  return 'ms' in r ? r.ms : null;
+}
 
 /** The platform master key file (WARREN_MASTER_KEY_FILE). */
 export function masterKeyFileOf(config: ControlPlaneConfig): string {

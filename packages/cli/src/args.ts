@@ -1,4 +1,4 @@
-import { WarrenError } from '@warren/protocol';
+import { parseIdleTimeout, WarrenError } from '@warren/protocol';
 
 /** The one operand a command takes (e.g. the tenant NAME); anything else is a usage error. */
 export function oneOperand(operands: string[], what: string, usage: string): string {
@@ -58,4 +58,16 @@ export function twoOperands(operands: string[], what: string, usage: string): [s
     );
   }
   return [operands[0]!, operands[1]!];
+}
+
+/**
+ * --idle-timeout: a duration (`20s`, `15m`, `2h`, `1d`) or `never`, checked here with the
+ * API's own parser; `default` (only where `allowDefault`) goes back to the platform default (null).
+ */
+export function idleTimeoutFlag(value: string | undefined, allowDefault: boolean): string | null | undefined {
+  if (value === undefined) return undefined;
+  if (allowDefault && value === 'default') return null;
+  const r = parseIdleTimeout(value);
+  if ('error' in r) throw new WarrenError('INVALID_ARGUMENT', `--idle-timeout: ${r.error}`);
+  return value;
 }

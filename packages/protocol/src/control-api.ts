@@ -120,6 +120,61 @@ export type NetworkPolicy = z.infer<typeof NetworkPolicy>;
 export const DashboardPort = z.number().int().min(1).max(65535);
 export const DEFAULT_DASHBOARD_PORT = 8080;
 
+/**
+ * How long a tenant may sit unused before its VM is suspended: a whole number of seconds,
+ * minutes, hours or days (`20s`, `15m`, `2h`, `1d`), or `never`. At least
+ * `IDLE_TIMEOUT_MIN_MS` (a shorter one would suspend between two commands of one script) and at
+ * most `IDLE_TIMEOUT_MAX_MS`. The one parser of the form: the API, the control plane's
+ * WARREN_IDLE_TIMEOUT and the CLI all use it.
+ */
+export const IDLE_TIMEOUT_MIN_MS = 10_000;
+export const IDLE_TIMEOUT_MAX_MS = 30 * 24 * 3600_000;
+const DURATION_UNITS = { s: 1000, m: 60_000, h: 3600_000, d: 24 * 3600_000 } as const;
+
+/** `15m` to 900000, `never` to null; a message saying what is accepted otherwise. */
+export function parseIdleTimeout(text: string): { ms: number | null } | { error: string } {
+  const form = 'give a duration like 20s, 15m, 2h or 1d, or never';
+  if (text === 'never') return { ms: null };
+  const m = /^([0-9]{1,9})([smhd])$/.exec(text);
+  if (!m) return { error: `"${text.slice(0, 40)}" is not an idle timeout: ${form}` };
+  const ms = Number(m[1]) * DURATION_UNITS[m[2] as keyof typeof DURATION_UNITS];
+  if (ms < IDLE_TIMEOUT_MIN_MS)
+    return {
+      error: `idle timeout ${text} is shorter than the minimum of ${formatIdleTimeout(IDLE_TIMEOUT_MIN_MS)}`,
+    };
+  if (ms > IDLE_TIMEOUT_MAX_MS)
+    return {
+      error: `idle timeout ${text} is longer than the maximum of ${formatIdleTimeout(IDLE_TIMEOUT_MAX_MS)}; use never to turn suspension off`,
+    };
+  return { ms };
+}
+
+/** 900000 to `15m` (the largest unit that divides it), null to `never`. */
+export function formatIdleTimeout(ms: number | null): string {
+  if (ms === null) return 'never';
+  for (const [unit, size] of Object.entries(DURATION_UNITS).reverse()) {
+    if (ms % size === 0) return `${ms / size}${unit}`;
+  }
+  return `${Math.round(ms / 1000)}s`;
+}
+
+/** An idle timeout as the API takes it (`15m`, `never`); it stays a string on the wire. */
+export const IdleTimeout = z
+  .string()
+  .max(20)
+  .superRefine((s, ctx) => {
+    const r = parseIdleTimeout(s);
+    if ('error' in r) ctx.addIssue({ code: 'custom', message: r.error });
+  });
+
+/** Failed attempts at a tenant's VM step (start, create), as its host last reported them. */
+export const StartAttempts = z.object({
+  count: z.number().int().min(0),
+  /** When the host tries again; null: it gave up (`warren tenant start` tries again). */
+  nextAttemptAt: z.string().nullable(),
+});
+export type StartAttempts = z.infer<typeof StartAttempts>;
+
 export const Tenant = z.object({
   id: TenantId,
   name: ResourceName,
@@ -137,6 +192,13 @@ export const Tenant = z.object({
   /** False when the tenant's host stopped heartbeating: `state` is then the last known one. */
   hostHealthy: z.boolean(),
   lastError: ErrorSummary.nullable(),
+  /** Failed start attempts its host reported; null when it reported none. */
+  attempts: StartAttempts.nullable(),
+  /**
+   * `setting`: the tenant's own idle timeout (`15m`, `never`), null when it follows the platform
+   * default (WARREN_IDLE_TIMEOUT); `effective`: the one that applies.
+   */
+  idleTimeout: z.object({ setting: z.string().nullable(), effective: z.string() }),
   createdAt: z.string(),
   updatedAt: z.string(),
 });
@@ -153,12 +215,19 @@ export const CreateTenantRequest = z.strictObject({
   quota: Resources.partial().optional(),
   network: NetworkPolicy.optional(),
   dashboardPort: DashboardPort.optional(),
+  /** Suspend the VM after this long unused (`20s`, `15m`, `2h`, `never`); the platform default when absent. */
+  idleTimeout: IdleTimeout.optional(),
 });
 
-/** Admin-only changes of a tenant's settings; network changes apply to a running VM at once. */
+/**
+ * Changes of a tenant's settings; network changes apply to a running VM at once. A tenant key
+ * may change only `idleTimeout` (of its own tenant); the rest is admin-only. `idleTimeout: null`
+ * goes back to the platform default.
+ */
 export const UpdateTenantRequest = z.strictObject({
   network: NetworkPolicy.optional(),
   dashboardPort: DashboardPort.optional(),
+  idleTimeout: IdleTimeout.nullable().optional(),
 });
 export type UpdateTenantRequest = z.input<typeof UpdateTenantRequest>;
 export type CreateTenantRequest = z.input<typeof CreateTenantRequest>;
@@ -245,13 +314,39 @@ export type CgroupState = z.infer<typeof CgroupState>;
  * new driver in the host agent needs no protocol change.
  */
 export const VmmName = z.string().regex(/^[a-z][a-z0-9-]{0,31}$/, 'a VMM driver name');
+/** A tenant VM its host keeps stopped because no control plane lists it (an orphan). */
+export const QuarantinedVm = z.strictObject({
+  vmId: z.string().max(64),
+  tenantId: TenantId,
+  imageId: z.string().max(80),
+  vcpus: z.number().int().min(0),
+  memoryMiB: z.number().int().min(0),
+  diskMiB: z.number().int().min(0),
+  quarantinedAt: z.string().max(40),
+  /** When the host removes it, unless an admin adopts it first. */
+  removeAfter: z.string().max(40),
+});
+export type QuarantinedVm = z.infer<typeof QuarantinedVm>;
+
 export const Host = z.object({
   id: HostId,
   name: ResourceName,
   /** Where the control plane reaches the host agent's API (http://ip:port). */
   address: z.string(),
   capacity: Resources,
+  /** Booked by every tenant placed on the host, suspended ones included. */
   allocated: Allocation,
+  /**
+   * The part of `allocated` that suspended tenants hold: their memory and vCPUs are free for
+   * placement (their disks stay booked), so free memory is capacity - allocated + suspended.
+   */
+  suspended: z.object({
+    tenants: z.number().int().min(0),
+    vcpus: z.number().int().min(0),
+    memoryMiB: z.number().int().min(0),
+  }),
+  /** VMs the host keeps stopped because no tenant names them (orphans), until `removeAfter`. */
+  quarantined: z.array(QuarantinedVm),
   health: HostHealth,
   draining: z.boolean(),
   agentVersion: z.string(),
@@ -267,6 +362,13 @@ export const Host = z.object({
 export type Host = z.infer<typeof Host>;
 
 export const DrainRequest = z.strictObject({ draining: z.boolean().default(true) });
+
+/** `DELETE /v1/hosts/{host}`: `force` removes a host that still heartbeats. */
+export const RemoveHostQuery = z.strictObject({ force: z.enum(['true', 'false']).optional() });
+
+/** `POST /v1/hosts/{host}/quarantine/{vmId}/adopt`: the name the adopted tenant gets. */
+export const AdoptVmRequest = z.strictObject({ name: ResourceName });
+export type AdoptVmRequest = z.input<typeof AdoptVmRequest>;
 
 export const ApiKey = z.object({
   id: KeyId,
@@ -438,20 +540,6 @@ export type JoinRequest = z.infer<typeof JoinRequest>;
 /** `token` authenticates the agent's heartbeats; a re-join under the same name rotates it. */
 export const JoinResponse = z.object({ hostId: HostId, token: z.string(), heartbeatIntervalMs: z.number() });
 export type JoinResponse = z.infer<typeof JoinResponse>;
-
-/** A tenant VM its host keeps stopped because no control plane lists it (an orphan). */
-export const QuarantinedVm = z.strictObject({
-  vmId: z.string().max(64),
-  tenantId: TenantId,
-  imageId: z.string().max(80),
-  vcpus: z.number().int().min(0),
-  memoryMiB: z.number().int().min(0),
-  diskMiB: z.number().int().min(0),
-  quarantinedAt: z.string().max(40),
-  /** When the host removes it, unless an admin adopts it first. */
-  removeAfter: z.string().max(40),
-});
-export type QuarantinedVm = z.infer<typeof QuarantinedVm>;
 
 /** One tenant VM as the agent sees it. `generation` is the desired generation it last acted on. */
 export const ReportedVm = z.strictObject({

@@ -1,8 +1,9 @@
-import { CreatedJoinToken, Host } from '@warren/protocol';
+import { CreatedJoinToken, Host, Tenant } from '@warren/protocol';
 import { z } from 'zod';
 import { type Http, path } from './http.ts';
 
 const HostList = z.object({ hosts: z.array(Host) });
+const Removed = z.object({ host: z.string(), lostTenants: z.array(z.string()) });
 
 /** The machines that run tenant VMs (admin token only). */
 export class Hosts {
@@ -24,6 +25,26 @@ export class Hosts {
   /** A draining host gets no new tenants; its tenants keep running. `false` undoes it. */
   async drain(ref: string, draining = true): Promise<Host> {
     return this.#http.json(Host, 'POST', path`/v1/hosts/${ref}/drain`, { json: { draining } });
+  }
+
+  /**
+   * Removes a host that is gone for good: its tenants become `lost` (restore them from a
+   * backup onto another host). Refused while the host heartbeats, unless `force`.
+   */
+  async remove(ref: string, options: { force?: boolean } = {}): Promise<z.infer<typeof Removed>> {
+    return this.#http.json(Removed, 'DELETE', path`/v1/hosts/${ref}`, {
+      ...(options.force ? { query: { force: 'true' } } : {}),
+    });
+  }
+
+  /**
+   * Adopts a VM the host keeps in quarantine (listed in `get(ref).quarantined`) as tenant
+   * `name`, with the VM's own tenant id, size and image; it starts out stopped.
+   */
+  async adopt(ref: string, vmId: string, name: string): Promise<Tenant> {
+    return this.#http.json(Tenant, 'POST', path`/v1/hosts/${ref}/quarantine/${vmId}/adopt`, {
+      json: { name },
+    });
   }
 
   /**

@@ -10,6 +10,7 @@ import {
   Tenant,
   TenantExecRequest,
   TenantOperationResponse,
+  UpdateTenantRequest,
   WarrenError,
 } from '@warren/protocol';
 import { z } from 'zod';
@@ -59,6 +60,16 @@ export class Tenants {
     return this.#http.json(Tenant, 'GET', path`/v1/tenants/${ref}`);
   }
 
+  /**
+   * Changes settings that need no new VM: `idleTimeout` (`15m`, `never`, null for the platform
+   * default; a tenant key may change its own), `network` and `dashboardPort` (admin only).
+   */
+  async update(ref: string, request: UpdateTenantRequest): Promise<Tenant> {
+    const json = parseOrThrow(UpdateTenantRequest, request);
+    return this.#http.json(Tenant, 'PATCH', path`/v1/tenants/${ref}`, { json });
+  }
+
+  /** Starts the VM; a suspended tenant is an ordinary start (its host wakes it). */
   async start(ref: string): Promise<TenantOperationResponse> {
     return this.#http.json(TenantOperationResponse, 'POST', path`/v1/tenants/${ref}/start`);
   }

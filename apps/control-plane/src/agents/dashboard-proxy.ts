@@ -35,6 +35,8 @@ export interface ForwardInit {
   /** Streamed to the agent; counted against `bodyLimit`. */
   body?: Readable;
   bodyLimit: number;
+  /** How long to wait without progress before the answer; the proxy's own timeout when absent. */
+  timeoutMs?: number;
   /** Called when the caller goes away before the answer: aborts the exchange. */
   onAbort: (abort: () => void) => void;
 }
@@ -85,11 +87,12 @@ export class DashboardProxy {
       });
       // Inactivity, not total time: connecting, a stalled upload and waiting for the answer
       // each count, but a large upload that keeps moving is not cut off.
-      req.setTimeout(this.#timeoutMs, () =>
+      const timeoutMs = init.timeoutMs ?? this.#timeoutMs;
+      req.setTimeout(timeoutMs, () =>
         fail(
           new WarrenError(
             'DASHBOARD_UNAVAILABLE',
-            `the tenant's dashboard did not answer within ${this.#timeoutMs} ms (WARREN_DASHBOARD_TIMEOUT_MS)`,
+            `the tenant's dashboard did not answer within ${timeoutMs} ms (WARREN_DASHBOARD_TIMEOUT_MS, plus WARREN_WAKE_TIMEOUT_MS while it wakes)`,
           ),
         ),
       );

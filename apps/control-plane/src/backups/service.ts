@@ -495,12 +495,20 @@ export class BackupService {
     const metadata = JSON.parse(row.metadata) as BackupMetadata;
     let target: TenantsTable;
     let release: () => void;
+    /** The target's VM is made anew (a new tenant, or a lost one placed on another host). */
+    let placed = newTenant !== undefined;
     if (newTenant === undefined) {
       release = this.#d.locks.hold(tenant, 'restore');
       try {
         target = await this.#fresh(tenant);
         if (target.desired_state === 'absent')
           throw new WarrenError('CONFLICT', `tenant ${target.name} is being deleted`);
+        if (target.state === 'lost') {
+          // Its host was removed: the scheduler places it on another one, where the restore
+          // fills the fresh VM's volumes, exactly as for a restore into a new tenant.
+          target = await this.#d.tenants.relocate(target);
+          placed = true;
+        }
         // Its volumes are not replaced under a backup reading them (rows are written under the lock).
         const running = await this.#d.db
           .selectFrom('backups')
@@ -556,10 +564,10 @@ export class BackupService {
       job: op.job!,
       backup: id,
       keys: this.#keys(key, metadata.imageId),
-      start: newTenant === undefined ? 'as-before' : 'always',
+      start: placed ? 'always' : 'as-before',
       ...(drill ? { sampleFiles: drill.sampleFiles } : {}),
     };
-    this.#follow(this.#runRestore(op, target, body, newTenant !== undefined, done, drill?.onEnd));
+    this.#follow(this.#runRestore(op, target, body, placed, done, drill?.onEnd));
     return { tenant: await this.#d.tenants.view(target), operation: operationView(op) };
   }
 

@@ -1,24 +1,30 @@
 import {
   type CgroupState,
+  DEFAULT_DASHBOARD_PORT,
   type DesiredTenant,
+  ERROR_CODES,
   type HeartbeatRequest,
   type HeartbeatResponse,
   type Host,
+  isErrorCode,
   type JoinRequest,
   type JoinResponse,
+  type QuarantinedVm,
+  type Tenant,
+  tenantIdOfVm,
   vmIdOfTenant,
   WarrenError,
 } from '@warren/protocol';
 import { insertCredential } from '../auth/credentials.ts';
 import type { Principal } from '../auth/principal.ts';
 import { hashToken } from '../auth/tokens.ts';
-import type { ControlPlaneConfig } from '../config.ts';
+import { type ControlPlaneConfig, defaultIdleTimeoutMs } from '../config.ts';
 import { newId, now } from '../ids.ts';
-import { releaseTenant } from '../scheduler/place.ts';
-import type { HostsTable, TenantsTable } from '../store/database.ts';
+import { releaseTenant, suspendedHold } from '../scheduler/place.ts';
+import type { HostsTable, QuarantinedVmsTable, TenantsTable } from '../store/database.ts';
 import type { Db } from '../store/index.ts';
 import { safeImages } from '../tenants/service.ts';
-import { networkOf } from '../tenants/view.ts';
+import { effectiveIdleTimeoutMs, networkOf, servesRequests, tenantView } from '../tenants/view.ts';
 import { healthySince, isHealthy } from './health.ts';
 
 type JoinPrincipal = Extract<Principal, { kind: 'join' }>;
@@ -118,6 +124,9 @@ export class HostService {
             alloc_vcpus: 0,
             alloc_memory_mib: 0,
             alloc_disk_mib: 0,
+            susp_tenants: 0,
+            susp_vcpus: 0,
+            susp_memory_mib: 0,
             health: 'ok',
             draining: 0,
             agent_version: req.agentVersion,
@@ -153,24 +162,13 @@ export class HostService {
     const t = now();
     if (hb.cgroups) this.#cgroups.set(hostId, hb.cgroups);
     if (hb.vmm) this.#vmms.set(hostId, hb.vmm);
+    const idleDefault = defaultIdleTimeoutMs(this.#config);
     const tenants = await this.#db.transaction().execute(async (trx) => {
-      await trx
-        .updateTable('hosts')
-        .set({
-          ...(hb.address ? { address: hb.address } : {}),
-          agent_version: hb.agentVersion,
-          cap_vcpus: hb.capacity.vcpus,
-          cap_memory_mib: hb.capacity.memoryMiB,
-          cap_disk_mib: hb.capacity.diskMiB,
-          health: hb.health,
-          images: JSON.stringify(hb.images),
-          last_heartbeat_at: t,
-        })
-        .where('id', '=', hostId)
-        .execute();
       const rows = await trx.selectFrom('tenants').selectAll().where('host_id', '=', hostId).execute();
       const reported = new Map(hb.vms.map((v) => [v.tenantId, v]));
       const keep: DesiredTenant[] = [];
+      /** Each kept tenant's state after this heartbeat, for the suspended hold. */
+      const states: { state: string; vcpus: number; memory_mib: number }[] = [];
       for (const row of rows) {
         const vm = reported.get(row.id);
         if (row.desired_state === 'absent' && !vm) {
@@ -207,17 +205,34 @@ export class HostService {
           network: networkOf(row),
           dashboardPort: row.dashboard_port,
           generation: row.generation,
-          idleTimeoutMs: null,
+          idleTimeoutMs: effectiveIdleTimeoutMs(row, idleDefault),
         });
-        if (!vm) continue;
+        if (!vm) {
+          states.push(row);
+          continue;
+        }
         const observed = Math.max(row.observed_generation, vm.generation);
         const state = row.desired_state === 'absent' ? 'deleting' : vm.state;
-        const failing = vm.state === 'failed' || vm.state === 'crashed';
-        const errorCode = failing ? (vm.error?.code ?? 'VM_EXITED') : null;
-        const errorMessage = failing ? (vm.error?.message ?? 'the VM stopped unexpectedly') : null;
+        states.push({ state, vcpus: row.vcpus, memory_mib: row.memory_mib });
+        const failing = vm.state === 'failed' || vm.state === 'crashed' || vm.state === 'unhealthy';
+        const errorCode = failing
+          ? (vm.error?.code ?? (vm.state === 'unhealthy' ? 'GUEST_UNHEALTHY' : 'VM_EXITED'))
+          : null;
+        const errorMessage = failing
+          ? (vm.error?.message ??
+            (vm.state === 'unhealthy' ? 'the guest agent stopped answering' : 'the VM stopped unexpectedly'))
+          : null;
+        const attemptsCount = vm.attempts?.count ?? null;
+        const nextAttemptAt = vm.attempts ? vm.attempts.nextAttemptAt : null;
         const changed = state !== row.state || observed !== row.observed_generation;
         // Most heartbeats change nothing: skip the write (and its fsync) unless something did.
-        if (changed || errorCode !== row.last_error_code || errorMessage !== row.last_error_message) {
+        if (
+          changed ||
+          errorCode !== row.last_error_code ||
+          errorMessage !== row.last_error_message ||
+          attemptsCount !== (row.attempts_count ?? null) ||
+          nextAttemptAt !== (row.next_attempt_at ?? null)
+        ) {
           await trx
             .updateTable('tenants')
             .set({
@@ -225,10 +240,15 @@ export class HostService {
               observed_generation: observed,
               last_error_code: errorCode,
               last_error_message: errorMessage,
+              attempts_count: attemptsCount,
+              next_attempt_at: nextAttemptAt,
               ...(changed ? { updated_at: t } : {}),
             })
             .where('id', '=', row.id)
             .execute();
+        }
+        if (state !== row.state) {
+          await auditTransition(trx, hostId, row, state, errorCode, errorMessage, t);
         }
         if (observed <= row.observed_generation && state === row.state) continue;
         // Operations whose generation the agent has acted on can end.
@@ -263,9 +283,71 @@ export class HostService {
           }
         }
       }
+      // Written after the tenants' states are folded in, so the suspended hold is the one they sum to.
+      const hold = suspendedHold(states);
+      await trx
+        .updateTable('hosts')
+        .set({
+          ...(hb.address ? { address: hb.address } : {}),
+          agent_version: hb.agentVersion,
+          cap_vcpus: hb.capacity.vcpus,
+          cap_memory_mib: hb.capacity.memoryMiB,
+          cap_disk_mib: hb.capacity.diskMiB,
+          susp_tenants: hold.tenants,
+          susp_vcpus: hold.vcpus,
+          susp_memory_mib: hold.memoryMiB,
+          health: hb.health,
+          images: JSON.stringify(hb.images),
+          last_heartbeat_at: t,
+        })
+        .where('id', '=', hostId)
+        .execute();
+      await this.#storeQuarantine(trx, hostId, hb.quarantined ?? []);
       return keep;
     });
     return { tenants, heartbeatIntervalMs: this.#config.heartbeatIntervalMs };
+  }
+
+  /**
+   * Replaces the host's quarantine list with the one its heartbeat carried (an older agent
+   * sends none: it has no quarantine). Written only when it changed.
+   */
+  async #storeQuarantine(trx: Db, hostId: string, vms: QuarantinedVm[]): Promise<void> {
+    const stored = await trx
+      .selectFrom('quarantined_vms')
+      .selectAll()
+      .where('host_id', '=', hostId)
+      .execute();
+    const rows: QuarantinedVmsTable[] = vms.map((v) => ({
+      host_id: hostId,
+      vm_id: v.vmId,
+      tenant_id: v.tenantId,
+      image_id: v.imageId,
+      vcpus: v.vcpus,
+      memory_mib: v.memoryMiB,
+      disk_mib: v.diskMiB,
+      quarantined_at: v.quarantinedAt,
+      remove_after: v.removeAfter,
+    }));
+    // One row per VM id, whatever a confused agent sends.
+    const unique = [...new Map(rows.map((r) => [r.vm_id, r])).values()];
+    const key = (r: QuarantinedVmsTable) =>
+      [
+        r.vm_id,
+        r.tenant_id,
+        r.image_id,
+        r.vcpus,
+        r.memory_mib,
+        r.disk_mib,
+        r.quarantined_at,
+        r.remove_after,
+      ].join('|');
+    const same =
+      stored.length === unique.length &&
+      stored.map(key).sort().join('\n') === unique.map(key).sort().join('\n');
+    if (same) return;
+    await trx.deleteFrom('quarantined_vms').where('host_id', '=', hostId).execute();
+    for (const r of unique) await trx.insertInto('quarantined_vms').values(r).execute();
   }
 
   async list(): Promise<Host[]> {
@@ -276,7 +358,190 @@ export class HostService {
       .groupBy('host_id')
       .execute();
     const n = new Map(counts.map((c) => [c.host_id, Number(c.n)]));
-    return rows.map((r) => this.view(r, n.get(r.id) ?? 0));
+    const quarantined = await this.#quarantineOf(undefined);
+    return rows.map((r) => this.view(r, n.get(r.id) ?? 0, quarantined.get(r.id) ?? []));
+  }
+
+  async #quarantineOf(hostId: string | undefined): Promise<Map<string, QuarantinedVm[]>> {
+    let q = this.#db.selectFrom('quarantined_vms').selectAll().orderBy('quarantined_at');
+    if (hostId !== undefined) q = q.where('host_id', '=', hostId);
+    const out = new Map<string, QuarantinedVm[]>();
+    for (const r of await q.execute()) {
+      const list = out.get(r.host_id) ?? [];
+      list.push({
+        vmId: r.vm_id,
+        tenantId: r.tenant_id,
+        imageId: r.image_id,
+        vcpus: r.vcpus,
+        memoryMiB: r.memory_mib,
+        diskMiB: r.disk_mib,
+        quarantinedAt: r.quarantined_at,
+        removeAfter: r.remove_after,
+      });
+      out.set(r.host_id, list);
+    }
+    return out;
+  }
+
+  /**
+   * Removes a host that is gone for good (admin). Refused while it heartbeats, unless `force`.
+   * Its tenants become `lost` (HOST_LOST): their host cleared, their booking gone with the
+   * host's row; a restore from a backup places them elsewhere. Tenants already being deleted
+   * are gone with it. The host's token stops working, so its agent, if it ever comes back,
+   * cannot heartbeat (it joins again as a new host, and quarantines what it still has).
+   */
+  async remove(ref: string, force: boolean): Promise<{ host: HostsTable; lost: string[] }> {
+    const t = now();
+    return this.#db.transaction().execute(async (trx) => {
+      const host = await trx
+        .selectFrom('hosts')
+        .selectAll()
+        .where((eb) => eb.or([eb('id', '=', ref), eb('name', '=', ref)]))
+        .executeTakeFirst();
+      if (!host) throw new WarrenError('NOT_FOUND', `no host ${ref}; see \`warren host list\``);
+      if (this.isHealthy(host) && !force) {
+        throw new WarrenError(
+          'CONFLICT',
+          `host ${host.name} still heartbeats; removing it marks its tenants lost. Stop its agent first, or pass --force (\`warren host remove ${host.name} --force\`)`,
+        );
+      }
+      const rows = await trx.selectFrom('tenants').selectAll().where('host_id', '=', host.id).execute();
+      const lost: string[] = [];
+      for (const row of rows) {
+        if (row.desired_state === 'absent') {
+          await trx.deleteFrom('tenants').where('id', '=', row.id).execute();
+          await trx
+            .updateTable('operations')
+            .set({ status: 'succeeded', updated_at: t })
+            .where('tenant_id', '=', row.id)
+            .where('kind', '=', 'delete')
+            .where('status', '=', 'running')
+            .execute();
+          continue;
+        }
+        const message = `host ${host.name} was removed by an admin, and this tenant's VM with it`;
+        await trx
+          .updateTable('tenants')
+          .set({
+            state: 'lost',
+            host_id: null,
+            last_error_code: 'HOST_LOST',
+            last_error_message: message,
+            attempts_count: null,
+            next_attempt_at: null,
+            updated_at: t,
+          })
+          .where('id', '=', row.id)
+          .execute();
+        await trx
+          .updateTable('operations')
+          .set({ status: 'failed', error_code: 'HOST_LOST', error_message: message, updated_at: t })
+          .where('tenant_id', '=', row.id)
+          .where('status', '=', 'running')
+          .execute();
+        lost.push(row.name);
+      }
+      // The host's tokens and quarantine list go with it (ON DELETE CASCADE).
+      await trx.deleteFrom('hosts').where('id', '=', host.id).execute();
+      return { host, lost };
+    });
+  }
+
+  /**
+   * Adopts a quarantined VM (admin): a tenant with the VM's tenant id, its size and image, on
+   * that host, desired `stopped`. The host then finds it in its desired list and keeps it, as
+   * the tenant's VM (the VM id derives from the tenant id). Its booking is taken whether or not
+   * the host has room: the VM's disk is already there. Refused when that tenant id or the name
+   * exists.
+   */
+  async adopt(ref: string, vmId: string, name: string): Promise<Tenant> {
+    const tenantId = tenantIdOfVm(vmId);
+    if (!tenantId) {
+      throw new WarrenError(
+        'INVALID_ARGUMENT',
+        `${vmId.slice(0, 64)} is not a tenant VM id (ten- and 16 hex digits)`,
+      );
+    }
+    const t = now();
+    const c = this.#config;
+    const row = await this.#db.transaction().execute(async (trx) => {
+      const host = await trx
+        .selectFrom('hosts')
+        .selectAll()
+        .where((eb) => eb.or([eb('id', '=', ref), eb('name', '=', ref)]))
+        .executeTakeFirst();
+      if (!host) throw new WarrenError('NOT_FOUND', `no host ${ref}; see \`warren host list\``);
+      const vm = await trx
+        .selectFrom('quarantined_vms')
+        .selectAll()
+        .where('host_id', '=', host.id)
+        .where('vm_id', '=', vmId)
+        .executeTakeFirst();
+      if (!vm) {
+        throw new WarrenError(
+          'NOT_FOUND',
+          `host ${host.name} has no quarantined VM ${vmId}; see \`warren host show ${host.name}\``,
+        );
+      }
+      const clash = await trx
+        .selectFrom('tenants')
+        .select(['id', 'name'])
+        .where((eb) => eb.or([eb('id', '=', tenantId), eb('name', '=', name)]))
+        .executeTakeFirst();
+      if (clash) {
+        throw new WarrenError(
+          'CONFLICT',
+          clash.id === tenantId
+            ? `tenant ${clash.name} already has id ${tenantId}: this VM is not an orphan of the control plane; delete or rename that tenant first if it is a stale record`
+            : `a tenant named ${name} already exists; pick another name`,
+        );
+      }
+      const tenant: TenantsTable = {
+        id: tenantId,
+        name,
+        state: 'pending',
+        desired_state: 'stopped',
+        generation: 1,
+        observed_generation: 0,
+        image_id: vm.image_id,
+        vcpus: vm.vcpus,
+        memory_mib: vm.memory_mib,
+        disk_mib: vm.disk_mib,
+        quota_vcpus: Math.max(c.quotaVcpus, vm.vcpus),
+        quota_memory_mib: Math.max(c.quotaMemoryMiB, vm.memory_mib),
+        quota_disk_mib: Math.max(c.quotaDiskMiB, vm.disk_mib),
+        host_id: host.id,
+        egress_mode: 'internet',
+        egress_allowlist: '[]',
+        bandwidth_mbit: null,
+        dashboard_port: DEFAULT_DASHBOARD_PORT,
+        last_error_code: null,
+        last_error_message: null,
+        created_at: t,
+        updated_at: t,
+        idle_timeout_ms: null,
+        attempts_count: null,
+        next_attempt_at: null,
+      };
+      await trx.insertInto('tenants').values(tenant).execute();
+      await trx
+        .updateTable('hosts')
+        .set((eb) => ({
+          alloc_vcpus: eb('alloc_vcpus', '+', vm.vcpus),
+          alloc_memory_mib: eb('alloc_memory_mib', '+', vm.memory_mib),
+          alloc_disk_mib: eb('alloc_disk_mib', '+', vm.disk_mib),
+        }))
+        .where('id', '=', host.id)
+        .execute();
+      // No longer an orphan: its host lists it among its tenants from the next heartbeat on.
+      await trx
+        .deleteFrom('quarantined_vms')
+        .where('host_id', '=', host.id)
+        .where('vm_id', '=', vmId)
+        .execute();
+      return tenant;
+    });
+    return tenantView(row, this.isHealthy(await this.find(row.host_id!)), defaultIdleTimeoutMs(this.#config));
   }
 
   async find(ref: string): Promise<HostsTable> {
@@ -296,7 +561,7 @@ export class HostService {
       .select((eb) => eb.fn.countAll<number>().as('n'))
       .where('host_id', '=', row.id)
       .executeTakeFirstOrThrow();
-    return this.view(row, Number(n));
+    return this.view(row, Number(n), (await this.#quarantineOf(row.id)).get(row.id) ?? []);
   }
 
   /** A draining host keeps its tenants but gets no new ones. */
@@ -311,7 +576,8 @@ export class HostService {
   }
 
   /** The host a tenant runs on, for calls to its agent; HOST_UNAVAILABLE when it stopped heartbeating. */
-  async liveHostOf(tenant: Pick<TenantsTable, 'name' | 'host_id'>): Promise<HostsTable> {
+  async liveHostOf(tenant: Pick<TenantsTable, 'name' | 'host_id'> & { state?: string }): Promise<HostsTable> {
+    if (tenant.state === 'lost') throw lostError(tenant.name);
     const host = tenant.host_id
       ? await this.#db.selectFrom('hosts').selectAll().where('id', '=', tenant.host_id).executeTakeFirst()
       : undefined;
@@ -321,27 +587,39 @@ export class HostService {
     return host;
   }
 
-  /** The host of a tenant that runs, for calls that need its VM up; TENANT_NOT_RUNNING otherwise. */
+  /**
+   * The host of a tenant that runs, for calls that need its VM up; TENANT_NOT_RUNNING otherwise.
+   * A suspended tenant counts as running: its host wakes the VM for the call (`wakeSlackMs`
+   * says how much longer such a call may wait for its first byte).
+   */
   async runningHostOf(
     tenant: Pick<TenantsTable, 'name' | 'host_id' | 'state' | 'desired_state'>,
   ): Promise<HostsTable> {
-    if (tenant.desired_state !== 'running' || tenant.state !== 'running') {
+    if (tenant.state === 'lost') throw lostError(tenant.name);
+    if (!servesRequests(tenant)) {
       throw new WarrenError('TENANT_NOT_RUNNING', `tenant ${tenant.name} is ${tenant.state}, not running`);
     }
     return this.liveHostOf(tenant);
+  }
+
+  /** Extra time for the first byte from a tenant's VM: WARREN_WAKE_TIMEOUT_MS while it is suspended. */
+  wakeSlackMs(tenant: Pick<TenantsTable, 'state'>): number {
+    return tenant.state === 'suspended' ? this.#config.wakeTimeoutMs : 0;
   }
 
   isHealthy(row: Pick<HostsTable, 'health' | 'last_heartbeat_at'>): boolean {
     return isHealthy(row, healthySince(this.#config));
   }
 
-  view(r: HostsTable, tenants: number): Host {
+  view(r: HostsTable, tenants: number, quarantined: QuarantinedVm[]): Host {
     return {
       id: r.id,
       name: r.name,
       address: r.address,
       capacity: { vcpus: r.cap_vcpus, memoryMiB: r.cap_memory_mib, diskMiB: r.cap_disk_mib },
       allocated: { vcpus: r.alloc_vcpus, memoryMiB: r.alloc_memory_mib, diskMiB: r.alloc_disk_mib },
+      suspended: { tenants: r.susp_tenants, vcpus: r.susp_vcpus, memoryMiB: r.susp_memory_mib },
+      quarantined,
       health: this.isHealthy(r) ? 'healthy' : 'unhealthy',
       draining: r.draining === 1,
       agentVersion: r.agent_version,
@@ -353,4 +631,50 @@ export class HostService {
       createdAt: r.created_at,
     };
   }
+}
+
+function lostError(name: string): WarrenError {
+  return new WarrenError(
+    'HOST_LOST',
+    `tenant ${name} was on a host that was removed; restore it from a backup (\`warren tenant restore ${name} BACKUP\`) or delete it`,
+  );
+}
+
+/** States a heartbeat reports that the audit trail records, entering them and leaving them for `running`. */
+const WATCHED_STATES = new Set(['unhealthy', 'crashed', 'failed', 'suspended']);
+
+/**
+ * One audit event per health transition a heartbeat reports (a state change, never a repeat):
+ * `tenant.unhealthy`, `tenant.crashed`, `tenant.failed`, `tenant.suspended`, and back to running
+ * as `tenant.woke` (from suspended) or `tenant.recovered`. The reason is the error code (result)
+ * and its message (in the target, after the tenant's name).
+ */
+async function auditTransition(
+  trx: Db,
+  hostId: string,
+  row: Pick<TenantsTable, 'id' | 'name' | 'state'>,
+  state: string,
+  errorCode: string | null,
+  errorMessage: string | null,
+  at: string,
+): Promise<void> {
+  let action: string;
+  if (WATCHED_STATES.has(state)) action = `tenant.${state}`;
+  else if (state === 'running' && WATCHED_STATES.has(row.state))
+    action = row.state === 'suspended' ? 'tenant.woke' : 'tenant.recovered';
+  else return;
+  const status = errorCode && isErrorCode(errorCode) ? ERROR_CODES[errorCode].status : 200;
+  await trx
+    .insertInto('audit_events')
+    .values({
+      at,
+      actor: `host:${hostId}`,
+      action,
+      target: (errorMessage ? `${row.name}: ${errorMessage}` : row.name).slice(0, 200),
+      tenant_id: row.id,
+      result: errorCode ?? 'ok',
+      status,
+      request_id: '-',
+    })
+    .execute();
 }

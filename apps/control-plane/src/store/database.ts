@@ -17,6 +17,7 @@ export interface Database {
   backups: BackupsTable;
   tenant_keys: TenantKeysTable;
   backup_policies: BackupPoliciesTable;
+  quarantined_vms: QuarantinedVmsTable;
 }
 
 export interface TenantsTable {
@@ -44,6 +45,12 @@ export interface TenantsTable {
   last_error_message: string | null;
   created_at: string;
   updated_at: string;
+  /** The tenant's own idle timeout (migration 0010): null follows WARREN_IDLE_TIMEOUT, 0 is never. */
+  idle_timeout_ms?: number | null;
+  /** Failed start attempts its host reported (0010); null: none reported. */
+  attempts_count?: number | null;
+  /** When the host tries again; null with a count: it gave up. */
+  next_attempt_at?: string | null;
 }
 
 export interface HostsTable {
@@ -58,6 +65,13 @@ export interface HostsTable {
   alloc_vcpus: number;
   alloc_memory_mib: number;
   alloc_disk_mib: number;
+  /**
+   * What its suspended tenants hold of the alloc_* booking (migration 0010): recomputed from
+   * the tenants' states in each heartbeat transaction, never moved by deltas.
+   */
+  susp_tenants: number;
+  susp_vcpus: number;
+  susp_memory_mib: number;
   health: string;
   draining: number;
   agent_version: string;
@@ -206,4 +220,17 @@ export interface BackupPoliciesTable {
   keep_daily: number;
   keep_weekly: number;
   updated_at: string;
+}
+
+/** An orphan VM a host keeps stopped (migration 0010), as its last heartbeat listed it. */
+export interface QuarantinedVmsTable {
+  host_id: string;
+  vm_id: string;
+  tenant_id: string;
+  image_id: string;
+  vcpus: number;
+  memory_mib: number;
+  disk_mib: number;
+  quarantined_at: string;
+  remove_after: string;
 }

@@ -3,6 +3,7 @@ import {
   DEFAULT_DASHBOARD_PORT,
   type DesiredState,
   type ListTenantsQuery,
+  parseIdleTimeout,
   type Resources,
   type Tenant,
   type TenantOperationResponse,
@@ -11,11 +12,11 @@ import {
 } from '@warren/protocol';
 import type { z } from 'zod';
 import { isUniqueViolation } from '../api/errors.ts';
-import type { ControlPlaneConfig } from '../config.ts';
+import { type ControlPlaneConfig, defaultIdleTimeoutMs } from '../config.ts';
 import { healthySince, whereHealthy } from '../hosts/health.ts';
 import { LIFECYCLE_KINDS } from '../hosts/service.ts';
 import { newId, now } from '../ids.ts';
-import { placeTenant } from '../scheduler/place.ts';
+import { placeTenant, recountSuspended } from '../scheduler/place.ts';
 import type { OperationsTable, TenantsTable } from '../store/database.ts';
 import type { Db } from '../store/index.ts';
 import { operationView, tenantView } from './view.ts';
@@ -38,7 +39,7 @@ export class TenantService {
   }
 
   async view(row: TenantsTable): Promise<Tenant> {
-    return tenantView(row, await this.#hostHealthy(row.host_id));
+    return tenantView(row, await this.#hostHealthy(row.host_id), defaultIdleTimeoutMs(this.#d.config));
   }
 
   async list(query: ListTenantsQuery, onlyTenant: string | undefined): Promise<Tenant[]> {
@@ -56,7 +57,8 @@ export class TenantService {
     }
     const rows = await q.execute();
     const healthy = await this.#healthyHosts();
-    return rows.map((r) => tenantView(r, r.host_id !== null && healthy.has(r.host_id)));
+    const idle = defaultIdleTimeoutMs(this.#d.config);
+    return rows.map((r) => tenantView(r, r.host_id !== null && healthy.has(r.host_id), idle));
   }
 
   async create(input: CreateTenantRequest | CreateRequest): Promise<TenantOperationResponse> {
@@ -99,6 +101,9 @@ export class TenantService {
       last_error_message: null,
       created_at: t,
       updated_at: t,
+      idle_timeout_ms: req.idleTimeout === undefined ? null : idleSetting(req.idleTimeout),
+      attempts_count: null,
+      next_attempt_at: null,
     };
     const op = operationRow(tenant, 'create', 1, t);
     try {
@@ -128,12 +133,16 @@ export class TenantService {
       throw e;
     }
     this.#d.onDesiredChange(tenant.host_id!);
-    return { tenant: tenantView(tenant, true), operation: operationView(op) };
+    return {
+      tenant: tenantView(tenant, true, defaultIdleTimeoutMs(this.#d.config)),
+      operation: operationView(op),
+    };
   }
 
   /**
    * Changes settings that need no new VM: the network policy (the host agent re-applies its
-   * firewall at once) and the dashboard port. A new generation tells the agent to act.
+   * firewall at once), the dashboard port and the idle timeout. A new generation tells the
+   * agent to act.
    */
   async update(
     row: TenantsTable,
@@ -156,6 +165,9 @@ export class TenantService {
             }
           : {}),
         ...(r.dashboardPort ? { dashboard_port: r.dashboardPort } : {}),
+        ...(r.idleTimeout !== undefined
+          ? { idle_timeout_ms: r.idleTimeout === null ? null : idleSetting(r.idleTimeout) }
+          : {}),
         generation: cur.generation + 1,
         updated_at: t,
       };
@@ -166,6 +178,7 @@ export class TenantService {
           egress_allowlist: next.egress_allowlist,
           bandwidth_mbit: next.bandwidth_mbit,
           dashboard_port: next.dashboard_port,
+          idle_timeout_ms: next.idle_timeout_ms ?? null,
           generation: next.generation,
           updated_at: t,
         })
@@ -177,6 +190,58 @@ export class TenantService {
     return this.view(updated);
   }
 
+  /**
+   * Places a lost tenant (its host removed) on another host with the scheduler, booking its
+   * capacity: a fresh VM under the same tenant id, desired running, for a restore to fill
+   * (backups/service.ts `restore`). Only a lost tenant moves.
+   */
+  async relocate(row: TenantsTable): Promise<TenantsTable> {
+    const t = now();
+    const since = healthySince(this.#d.config);
+    const moved = await this.#d.db.transaction().execute(async (trx) => {
+      const cur = await trx.selectFrom('tenants').selectAll().where('id', '=', row.id).executeTakeFirst();
+      if (!cur) throw new WarrenError('NOT_FOUND', `no tenant ${row.name}`);
+      if (cur.state !== 'lost' || cur.host_id !== null)
+        throw new WarrenError('CONFLICT', `tenant ${cur.name} is ${cur.state}, not lost; it keeps its host`);
+      const hostId = await placeTenant(trx, {
+        resources: { vcpus: cur.vcpus, memoryMiB: cur.memory_mib, diskMiB: cur.disk_mib },
+        imageId: cur.image_id,
+        healthySince: since,
+      });
+      const next: TenantsTable = {
+        ...cur,
+        host_id: hostId,
+        state: 'pending',
+        desired_state: 'running',
+        generation: cur.generation + 1,
+        last_error_code: null,
+        last_error_message: null,
+        attempts_count: null,
+        next_attempt_at: null,
+        updated_at: t,
+      };
+      await trx
+        .updateTable('tenants')
+        .set({
+          host_id: next.host_id,
+          state: next.state,
+          desired_state: next.desired_state,
+          generation: next.generation,
+          last_error_code: null,
+          last_error_message: null,
+          attempts_count: null,
+          next_attempt_at: null,
+          updated_at: t,
+        })
+        .where('id', '=', cur.id)
+        .execute();
+      return next;
+    });
+    this.#d.onDesiredChange(moved.host_id!);
+    return moved;
+  }
+
+  /** A suspended tenant's start is an ordinary one: the new generation makes its host wake it. */
   start(row: TenantsTable): Promise<TenantOperationResponse> {
     return this.#setDesired(row, 'running', 'start');
   }
@@ -185,7 +250,10 @@ export class TenantService {
     return this.#setDesired(row, 'stopped', 'stop');
   }
 
-  /** Marks the tenant absent; the record goes once its host agent reports the VM gone. */
+  /**
+   * Marks the tenant absent; the record goes once its host agent reports the VM gone. A lost
+   * tenant (its host removed) has no host to confirm: its record goes at once.
+   */
   delete(row: TenantsTable): Promise<TenantOperationResponse> {
     return this.#setDesired(row, 'absent', 'delete');
   }
@@ -203,6 +271,12 @@ export class TenantService {
       if (cur.desired_state === 'absent') {
         throw new WarrenError('CONFLICT', `tenant ${cur.name} is being deleted`);
       }
+      if (cur.state === 'lost' && kind !== 'delete') {
+        throw new WarrenError(
+          'HOST_LOST',
+          `tenant ${cur.name} was on a host that was removed; restore it from a backup (\`warren tenant restore ${cur.name} BACKUP\`) or delete it`,
+        );
+      }
       const generation = cur.generation + 1;
       const state = desired === 'absent' ? 'deleting' : cur.state;
       await trx
@@ -210,6 +284,9 @@ export class TenantService {
         .set({ desired_state: desired, generation, state, updated_at: t })
         .where('id', '=', cur.id)
         .execute();
+      // A suspended tenant being deleted no longer frees its memory for placement.
+      if (cur.host_id && cur.state === 'suspended' && state !== cur.state)
+        await recountSuspended(trx, cur.host_id);
       // A newer intent supersedes older unfinished ones: they will never be observed as such.
       await trx
         .updateTable('operations')
@@ -225,6 +302,14 @@ export class TenantService {
         .where('kind', 'in', LIFECYCLE_KINDS)
         .execute();
       const op = operationRow(cur, kind, generation, t);
+      if (cur.state === 'lost' && cur.host_id === null) {
+        // No host will report the VM gone: the record goes now, as a confirmed deletion would.
+        await trx.deleteFrom('tenants').where('id', '=', cur.id).execute();
+        await trx.deleteFrom('operations').where('tenant_id', '=', cur.id).execute();
+        op.status = 'succeeded';
+        await trx.insertInto('operations').values(op).execute();
+        return { tenant: { ...cur, desired_state: desired, generation, state, updated_at: t }, op };
+      }
       await trx.insertInto('operations').values(op).execute();
       return { tenant: { ...cur, desired_state: desired, generation, state, updated_at: t }, op };
     });
@@ -300,6 +385,13 @@ function operationRow(
     created_at: t,
     updated_at: t,
   };
+}
+
+/** An idle timeout as the API takes it (already validated) to its column: ms, 0 for never. */
+function idleSetting(text: string): number {
+  const r = parseIdleTimeout(text);
+  if ('error' in r) throw new WarrenError('INVALID_ARGUMENT', `idleTimeout: ${r.error}`);
+  return r.ms ?? 0;
 }
 
 function nameTaken(name: string): WarrenError {

@@ -14,6 +14,7 @@ import type { TenantSessionsTable, TenantsTable } from '../store/database.ts';
 import type { Db } from '../store/index.ts';
 import type { TenantLocks } from './concurrency.ts';
 import type { SnapshotService } from './snapshots.ts';
+import { servesRequests } from './view.ts';
 
 /** The clean snapshot every session starts from and reverts to (made, or reused when unchanged). */
 export const SESSION_SNAPSHOT = 'session-base';
@@ -71,7 +72,8 @@ export class TenantSessionService {
     const hasCredentials = Object.keys(credentials.files).length + Object.keys(credentials.env).length > 0;
     return this.#locks.with(tenant, 'session start', async () => {
       const cur = await this.#snapshots.fresh(tenant);
-      if (cur.desired_state !== 'running' || cur.state !== 'running') {
+      // A suspended tenant is woken by its host for the session's first call.
+      if (!servesRequests(cur)) {
         throw new WarrenError('TENANT_NOT_RUNNING', `tenant ${cur.name} is ${cur.state}, not running`);
       }
       const started = Date.now();

@@ -1,8 +1,15 @@
-import type { NetworkPolicy, Operation, OperationProgress, Tenant } from '@warren/protocol';
+import {
+  formatIdleTimeout,
+  type NetworkPolicy,
+  type Operation,
+  type OperationProgress,
+  type Tenant,
+} from '@warren/protocol';
 import type { OperationsTable, TenantsTable } from '../store/database.ts';
 
 /** Database rows to API objects: the only place that knows both shapes. */
-export function tenantView(row: TenantsTable, hostHealthy: boolean): Tenant {
+export function tenantView(row: TenantsTable, hostHealthy: boolean, defaultIdleMs: number | null): Tenant {
+  const own = row.idle_timeout_ms ?? null;
   return {
     id: row.id,
     name: row.name,
@@ -21,9 +28,27 @@ export function tenantView(row: TenantsTable, hostHealthy: boolean): Tenant {
       row.last_error_code === null
         ? null
         : { code: row.last_error_code, message: row.last_error_message ?? '' },
+    attempts:
+      row.attempts_count === null || row.attempts_count === undefined
+        ? null
+        : { count: row.attempts_count, nextAttemptAt: row.next_attempt_at ?? null },
+    idleTimeout: {
+      setting: own === null ? null : formatIdleTimeout(own === 0 ? null : own),
+      effective: formatIdleTimeout(effectiveIdleTimeoutMs(row, defaultIdleMs)),
+    },
     createdAt: row.created_at,
     updatedAt: row.updated_at,
   };
+}
+
+/** The idle timeout that applies to a tenant: its own (0: never), else the platform default; null: never. */
+export function effectiveIdleTimeoutMs(
+  row: Pick<TenantsTable, 'idle_timeout_ms'>,
+  defaultIdleMs: number | null,
+): number | null {
+  const own = row.idle_timeout_ms ?? null;
+  if (own === null) return defaultIdleMs;
+  return own === 0 ? null : own;
 }
 
 export function operationView(row: OperationsTable): Operation {
@@ -64,4 +89,13 @@ function parseProgress(json: string | null): OperationProgress | null {
   } catch {
     return null;
   }
+}
+
+/**
+ * Whether calls that need a tenant's VM (exec, files, dashboard, sessions) go to its host:
+ * while it runs, and while it is suspended (its host wakes it for the call; the caller sees
+ * only latency).
+ */
+export function servesRequests(tenant: Pick<TenantsTable, 'state' | 'desired_state'>): boolean {
+  return tenant.desired_state === 'running' && (tenant.state === 'running' || tenant.state === 'suspended');
 }

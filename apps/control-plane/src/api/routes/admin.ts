@@ -1,4 +1,5 @@
 import {
+  AdoptVmRequest,
   ApiKey,
   AuditEvent,
   AuditQuery,
@@ -13,6 +14,8 @@ import {
   Operation,
   OperationId,
   parseOrThrow,
+  RemoveHostQuery,
+  Tenant,
   WarrenError,
 } from '@warren/protocol';
 import { z } from 'zod';
@@ -64,6 +67,45 @@ export function adminRoutes(api: Api): void {
     async ({ params, body, audit }) => {
       audit.target = params.host;
       return api.hosts.drain(params.host!, body.draining);
+    },
+  );
+
+  api.route(
+    {
+      method: 'DELETE',
+      url: '/v1/hosts/:host',
+      auth: 'admin',
+      summary:
+        'Remove a host that is gone for good: its tenants become lost (restore them from a backup); refused while it heartbeats unless ?force=true',
+      query: RemoveHostQuery,
+      response: { status: 200, schema: z.object({ host: z.string(), lostTenants: z.array(z.string()) }) },
+      audit: 'host.remove',
+    },
+    async ({ params, query, audit }) => {
+      audit.target = params.host;
+      const { host, lost } = await api.hosts.remove(params.host!, query.force === 'true');
+      audit.target = `${host.name}${lost.length ? ` (lost: ${lost.join(', ')})` : ''}`.slice(0, 200);
+      return { host: host.name, lostTenants: lost };
+    },
+  );
+
+  api.route(
+    {
+      method: 'POST',
+      url: '/v1/hosts/:host/quarantine/:vm/adopt',
+      auth: 'admin',
+      summary:
+        "Adopt a VM the host keeps in quarantine: a tenant with the VM's tenant id, size and image on that host, desired stopped",
+      body: AdoptVmRequest,
+      response: { status: 201, schema: Tenant },
+      audit: 'host.adopt',
+    },
+    async ({ params, body, audit }) => {
+      audit.target = `${params.host}/${params.vm}`.slice(0, 200);
+      const tenant = await api.hosts.adopt(params.host!, params.vm!, body.name);
+      audit.tenantId = tenant.id;
+      audit.target = `${params.host}/${params.vm} as ${tenant.name}`.slice(0, 200);
+      return tenant;
     },
   );
 

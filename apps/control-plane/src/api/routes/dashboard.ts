@@ -23,6 +23,7 @@ import {
   sessionCookie,
 } from '../../auth/sessions.ts';
 import type { HostsTable, TenantsTable } from '../../store/database.ts';
+import { servesRequests } from '../../tenants/view.ts';
 import type { Api } from '../context.ts';
 import { cameByDashboardHost, HOST_ROUTE_PREFIX } from '../dashboard-host.ts';
 import { takeUpgrade } from '../upgrade.ts';
@@ -206,6 +207,7 @@ async function forward(
       headers: toHeaderObject(headers),
       ...(hasBody && !upgrade ? { body: req.raw } : {}),
       bodyLimit: api.config.dashboardBodyLimitBytes,
+      timeoutMs: api.config.dashboardTimeoutMs + api.hosts.wakeSlackMs(tenant),
       onAbort: (abort) => {
         const onClose = () => abort();
         (upgrade?.socket ?? reply.raw).once('close', onClose);
@@ -241,7 +243,8 @@ async function forward(
 
 /** The tenant's host, if the tenant runs there and the host is alive. */
 async function hostOf(api: Api, tenant: TenantsTable): Promise<HostsTable> {
-  if (tenant.desired_state !== 'running' || tenant.state !== 'running') {
+  // A suspended tenant's host wakes it for the request.
+  if (!servesRequests(tenant)) {
     const state =
       tenant.desired_state === 'absent'
         ? 'being deleted'

@@ -56,13 +56,23 @@ export function tenantRoutes(api: Api): void {
     {
       method: 'PATCH',
       url: '/v1/tenants/:tenant',
-      auth: 'admin',
-      summary: "Change a tenant's network policy or dashboard port (applied without a restart)",
+      auth: 'tenant',
+      summary:
+        "Change a tenant's network policy or dashboard port (admin), or its idle timeout (admin or the tenant's key); applied without a restart",
       body: UpdateTenantRequest,
       response: { status: 200, schema: Tenant },
       audit: 'tenant.update',
     },
-    async ({ tenant, body }) => api.tenants.update(tenant!, body),
+    async ({ tenant, body, principal }) => {
+      // The network policy is the platform's boundary around the tenant, not the tenant's to move.
+      if (principal?.kind !== 'admin' && (body.network !== undefined || body.dashboardPort !== undefined)) {
+        throw new WarrenError(
+          'FORBIDDEN',
+          "a tenant key may change only its tenant's idleTimeout; the network policy and dashboard port need the admin token",
+        );
+      }
+      return api.tenants.update(tenant!, body);
+    },
   );
 
   api.route(

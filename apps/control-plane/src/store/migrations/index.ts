@@ -9,6 +9,7 @@ import * as m0006 from './0006-dashboard-logins.ts';
 import * as m0007 from './0007-tenant-sessions.ts';
 import * as m0008 from './0008-backups.ts';
 import * as m0009 from './0009-backup-drills.ts';
+import * as m0010 from './0010-idle-health.ts';
 
 /**
  * Every migration, in order. Names sort lexically; never edit one that has shipped, add the
@@ -24,6 +25,7 @@ const MIGRATIONS = {
   '0007-tenant-sessions': m0007,
   '0008-backups': m0008,
   '0009-backup-drills': m0009,
+  '0010-idle-health': m0010,
 };
 
 export function migrationProvider(dialect: StoreDialect): MigrationProvider {

@@ -4,7 +4,10 @@ import { ago, emit, table } from '../../output.ts';
 
 export const usage = 'warren host list [--json]';
 
-/** VCPUS, MEMORY and DISK read allocated/capacity. */
+/**
+ * VCPUS, MEMORY and DISK read booked/capacity; SUSPENDED is the memory suspended tenants hold
+ * of that booking (free for placement until they wake) and how many they are.
+ */
 export async function run(
   args: ConnectionFlags & { json?: boolean },
   _rest: string[],
@@ -25,7 +28,9 @@ export async function run(
         vcpus: `${h.allocated.vcpus}/${h.capacity.vcpus}`,
         memory: `${h.allocated.memoryMiB}/${h.capacity.memoryMiB} MiB`,
         disk: `${h.allocated.diskMiB}/${h.capacity.diskMiB} MiB`,
+        suspended: `${h.suspended.memoryMiB} MiB (${h.suspended.tenants})`,
         tenants: h.tenants,
+        quarantined: h.quarantined.length,
         'last-heartbeat': ago(h.lastHeartbeatAt),
       })),
       [
@@ -38,7 +43,9 @@ export async function run(
         'vcpus',
         'memory',
         'disk',
+        'suspended',
         'tenants',
+        'quarantined',
         'last-heartbeat',
       ],
     ),

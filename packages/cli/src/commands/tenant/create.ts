@@ -1,9 +1,9 @@
-import { intFlag, oneOperand } from '../../args.ts';
+import { idleTimeoutFlag, intFlag, oneOperand } from '../../args.ts';
 import { type ConnectionFlags, connect } from '../../connection.ts';
 import { follow } from '../../lifecycle.ts';
 
 export const usage =
-  'warren tenant create NAME [--image ID] [--cpus N] [--memory MiB] [--disk MiB] [--no-wait] [--json]';
+  'warren tenant create NAME [--image ID] [--cpus N] [--memory MiB] [--disk MiB] [--idle-timeout 20s|15m|2h|never] [--no-wait] [--json]';
 
 /** Waits until the tenant runs (progress on stderr); stdout gets the new tenant's id. */
 export async function run(
@@ -12,6 +12,7 @@ export async function run(
     cpus?: string;
     memory?: string;
     disk?: string;
+    'idle-timeout'?: string;
     'no-wait'?: boolean;
     json?: boolean;
   },
@@ -22,6 +23,7 @@ export async function run(
   const cpus = intFlag(args.cpus, '--cpus');
   const memory = intFlag(args.memory, '--memory');
   const disk = intFlag(args.disk, '--disk');
+  const idleTimeout = idleTimeoutFlag(args['idle-timeout'], false);
   const warren = await connect(args);
   const started = await warren.tenants.create({
     name,
@@ -29,6 +31,7 @@ export async function run(
     ...(cpus === undefined ? {} : { vcpus: cpus }),
     ...(memory === undefined ? {} : { memoryMiB: memory }),
     ...(disk === undefined ? {} : { diskMiB: disk }),
+    ...(idleTimeout ? { idleTimeout } : {}),
   });
   const done = await follow(warren, started, 'creating', args);
   if (!args.json) process.stdout.write(`${done.tenant.id}\n`);

@@ -1,3 +1,4 @@
+import type { Tenant } from '@warren/protocol';
 import { oneOperand } from '../../args.ts';
 import { type ConnectionFlags, connect } from '../../connection.ts';
 import { emit } from '../../output.ts';
@@ -23,11 +24,29 @@ export async function run(
       ['image', t.imageId],
       ['resources', `${t.vcpus} vCPU, ${t.memoryMiB} MiB memory, ${t.diskMiB} MiB disk`],
       ['quota', `${t.quota.vcpus} vCPU, ${t.quota.memoryMiB} MiB memory, ${t.quota.diskMiB} MiB disk`],
-      ['last error', t.lastError ? `${t.lastError.code}: ${t.lastError.message}` : '-'],
+      ['last error', lastError(t)],
+      [
+        'idle',
+        `suspends after ${t.idleTimeout.effective}${t.idleTimeout.setting === null ? ' (platform default)' : ''}`,
+      ],
       ['created', t.createdAt],
       ['updated', t.updatedAt],
     ];
     for (const [k, v] of rows) process.stdout.write(`${`${k}:`.padEnd(12)}${v}\n`);
   });
   return 0;
+}
+
+/**
+ * The last error with its start attempts: "DISK_FULL: ... (3 attempts, next at …)", or, once
+ * the host gave up, how to try again.
+ */
+function lastError(t: Tenant): string {
+  if (!t.lastError) return '-';
+  const base = `${t.lastError.code}: ${t.lastError.message}`;
+  if (!t.attempts || t.attempts.count === 0) return base;
+  const n = `${t.attempts.count} attempt${t.attempts.count === 1 ? '' : 's'}`;
+  return t.attempts.nextAttemptAt
+    ? `${base} (${n}, next at ${t.attempts.nextAttemptAt})`
+    : `${base} (${n}; gave up, run \`warren tenant start ${t.name}\` to try again)`;
 }
