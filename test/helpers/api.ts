@@ -25,6 +25,8 @@ import {
   HostBackupRequest,
   HostRestoreRequest,
   PROXY_UPSTREAM_HEADER,
+  type QuarantinedVm,
+  type ReportedVm,
   type Resources,
   type Snapshot,
 } from '@warren/protocol';
@@ -171,6 +173,15 @@ export class FakeAgent {
   pointInTime: (() => string) | undefined;
   /** The images this host reports having. */
   images: string[] = [FAKE_IMAGE];
+  /**
+   * What the next heartbeats report of a tenant instead of its converged state (a VM that is
+   * suspended, unhealthy, or failed with start attempts), by tenant id, until deleted.
+   */
+  readonly report = new Map<string, Partial<Pick<ReportedVm, 'state' | 'error' | 'attempts'>>>();
+  /** The orphan VMs the heartbeats list as quarantined; absent (an older agent) when undefined. */
+  quarantined: QuarantinedVm[] | undefined;
+  /** How long exec and dashboard answers wait before their first byte (a VM being woken). */
+  answerDelayMs = 0;
   /** Restore jobs done, in order. */
   readonly restores: { vmId: string; backup: string; start: string }[] = [];
   #objects: ObjectStore | undefined;
@@ -223,8 +234,10 @@ export class FakeAgent {
     this.#server = createServer((req, res) => {
       let body = '';
       req.on('data', (c) => (body += c));
-      req.on('end', () => {
+      req.on('end', async () => {
         this.seen.push({ method: req.method!, url: req.url!, auth: req.headers.authorization, body });
+        if (this.answerDelayMs > 0 && (req.url!.endsWith('/exec') || req.url!.includes('/proxy/')))
+          await new Promise((r) => setTimeout(r, this.answerDelayMs));
         const vm = /^\/v1\/vms\/([^/]+)\/(snapshots|credentials)(.*)$/.exec(req.url!);
         const job = /^\/v1\/(?:vms\/([^/]+)\/(backups|restore)|backup-jobs\/([^/]+))$/.exec(req.url!);
         if (req.headers.authorization !== `Bearer ${this.#agentToken}`) {
@@ -606,12 +619,15 @@ export class FakeAgent {
   async heartbeat(): Promise<HeartbeatResponse> {
     const vms = this.desired
       .filter((d) => d.desiredState !== 'absent')
-      .map((d) => ({
-        tenantId: d.tenantId,
-        state: d.desiredState === 'running' ? ('running' as const) : ('stopped' as const),
-        generation: d.generation,
-        error: null,
-      }));
+      .map(
+        (d): ReportedVm => ({
+          tenantId: d.tenantId,
+          state: d.desiredState === 'running' ? ('running' as const) : ('stopped' as const),
+          generation: d.generation,
+          error: null,
+          ...this.report.get(d.tenantId),
+        }),
+      );
     const res = await call(this.cpUrl, 'POST', '/v1/agent/heartbeat', {
       token: this.#token,
       body: {
@@ -620,6 +636,7 @@ export class FakeAgent {
         health: 'ok',
         images: this.images.map((id) => ({ id, profile: 'standard', createdAt: '2026-01-01T00:00:00.000Z' })),
         vms,
+        ...(this.quarantined ? { quarantined: this.quarantined } : {}),
       },
     });
     if (res.status !== 200) throw new Error(`heartbeat failed: ${res.text}`);

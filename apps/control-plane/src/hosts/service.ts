@@ -363,7 +363,7 @@ export class HostService {
   }
 
   async #quarantineOf(hostId: string | undefined): Promise<Map<string, QuarantinedVm[]>> {
-    let q = this.#db.selectFrom('quarantined_vms').selectAll().orderBy('quarantined_at');
+    let q = this.#db.selectFrom('quarantined_vms').selectAll().orderBy('quarantined_at').orderBy('vm_id');
     if (hostId !== undefined) q = q.where('host_id', '=', hostId);
     const out = new Map<string, QuarantinedVm[]>();
     for (const r of await q.execute()) {
@@ -405,7 +405,12 @@ export class HostService {
           `host ${host.name} still heartbeats; removing it marks its tenants lost. Stop its agent first, or pass --force (\`warren host remove ${host.name} --force\`)`,
         );
       }
-      const rows = await trx.selectFrom('tenants').selectAll().where('host_id', '=', host.id).execute();
+      const rows = await trx
+        .selectFrom('tenants')
+        .selectAll()
+        .where('host_id', '=', host.id)
+        .orderBy('name')
+        .execute();
       const lost: string[] = [];
       for (const row of rows) {
         if (row.desired_state === 'absent') {
