@@ -310,6 +310,10 @@ describe('failed starts and health transitions', () => {
       [{ state: 'suspended' }, 3],
       [undefined, 1],
       [{ state: 'crashed', error: { code: 'VM_EXITED', message: 'qemu exited with 1' } }, 2],
+      // Restarted through `starting`: still one way back, and `starting` itself is no event.
+      [{ state: 'starting' }, 2],
+      [undefined, 1],
+      [{ state: 'starting' }, 1],
       [undefined, 1],
     ];
     for (const [report, beats] of steps) {
@@ -516,6 +520,16 @@ describe('host removal', () => {
       audit.map((e: { result: string }) => e.result),
       ['ok', 'CONFLICT'],
     );
+
+    // A lost tenant has no VM to back up: its schedule makes no backups (its backups stay).
+    const policy = await call(t.url, 'PUT', '/v1/tenants/keep/backup-policy', {
+      token: t.adminToken,
+      body: { everyMinutes: 60 },
+    });
+    assert.equal(policy.status, 200, policy.text);
+    const tick = await t.cp.backups.schedule.tick(Date.now() + 2 * 3600_000);
+    assert.deepEqual(tick.started, []);
+    assert.deepEqual(tick.pruned, []);
 
     // A lost tenant restores from its latest backup onto another host, under its own id.
     spare = (

@@ -92,11 +92,17 @@ export class BackupSchedule {
       .selectFrom('backup_policies')
       .innerJoin('tenants', 'tenants.id', 'backup_policies.tenant_id')
       .selectAll('backup_policies')
-      .select(['tenants.name as tenant_name'])
+      .select(['tenants.name as tenant_name', 'tenants.state as tenant_state'])
       .execute();
     for (const p of policies) {
       const tenant = { id: p.tenant_id, name: p.tenant_name };
-      if (p.every_minutes !== null && !this.#d.backups.gate.gcRunning && !this.#d.locks.busy(p.tenant_id)) {
+      // A lost tenant (its host removed) has no VM to back up: its backups are what restores it.
+      if (
+        p.every_minutes !== null &&
+        p.tenant_state !== 'lost' &&
+        !this.#d.backups.gate.gcRunning &&
+        !this.#d.locks.busy(p.tenant_id)
+      ) {
         const last = await this.#d.db
           .selectFrom('backups')
           .select(['created_at', 'state'])

@@ -647,11 +647,12 @@ function lostError(name: string): WarrenError {
 
 /** States a heartbeat reports that the audit trail records, entering them and leaving them for `running`. */
 const WATCHED_STATES = new Set(['unhealthy', 'crashed', 'failed', 'suspended']);
+const HEALTH_ACTIONS = [...[...WATCHED_STATES].map((s) => `tenant.${s}`), 'tenant.woke', 'tenant.recovered'];
 
 /**
  * One audit event per health transition a heartbeat reports (a state change, never a repeat):
  * `tenant.unhealthy`, `tenant.crashed`, `tenant.failed`, `tenant.suspended`, and back to running
- * as `tenant.woke` (from suspended) or `tenant.recovered`. The reason is the error code (result)
+ * (at once or through `starting`) as `tenant.woke` (from suspended) or `tenant.recovered`. The reason is the error code (result)
  * and its message (in the target, after the tenant's name).
  */
 async function auditTransition(
@@ -665,9 +666,25 @@ async function auditTransition(
 ): Promise<void> {
   let action: string;
   if (WATCHED_STATES.has(state)) action = `tenant.${state}`;
-  else if (state === 'running' && WATCHED_STATES.has(row.state))
-    action = row.state === 'suspended' ? 'tenant.woke' : 'tenant.recovered';
-  else return;
+  else if (state !== 'running') return;
+  else {
+    // Back to running, directly or through `starting` (a restart, a wake): the last health
+    // event says whether it was away. Only on entering running, so this read is rare.
+    const last = WATCHED_STATES.has(row.state)
+      ? `tenant.${row.state}`
+      : (
+          await trx
+            .selectFrom('audit_events')
+            .select('action')
+            .where('tenant_id', '=', row.id)
+            .where('action', 'in', HEALTH_ACTIONS)
+            .orderBy('id', 'desc')
+            .limit(1)
+            .executeTakeFirst()
+        )?.action;
+    if (last === undefined || last === 'tenant.woke' || last === 'tenant.recovered') return;
+    action = last === 'tenant.suspended' ? 'tenant.woke' : 'tenant.recovered';
+  }
   const status = errorCode && isErrorCode(errorCode) ? ERROR_CODES[errorCode].status : 200;
   await trx
     .insertInto('audit_events')

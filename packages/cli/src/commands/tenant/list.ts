@@ -21,8 +21,9 @@ export async function run(
     table(
       tenants.map((t) => ({
         name: t.name,
-        // A host that stopped heartbeating leaves only the last state it reported.
-        state: t.hostHealthy ? t.state : `${t.state} (host down)`,
+        // A host that stopped heartbeating leaves only the last state it reported (a lost
+        // tenant has no host at all).
+        state: t.hostHealthy || t.state === 'lost' ? t.state : `${t.state} (host down)`,
         desired: t.desiredState,
         host: t.hostId ?? '-',
         vcpus: t.vcpus,

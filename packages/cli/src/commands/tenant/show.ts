@@ -18,7 +18,7 @@ export async function run(
       ['id', t.id],
       [
         'state',
-        `${t.state} (desired: ${t.desiredState})${t.hostHealthy ? '' : ', last known: its host is down'}`,
+        `${t.state} (desired: ${t.desiredState})${t.hostHealthy || t.state === 'lost' ? '' : ', last known: its host is down'}`,
       ],
       ['host', t.hostId ?? '-'],
       ['image', t.imageId],
