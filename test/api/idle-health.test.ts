@@ -185,6 +185,17 @@ describe('suspended tenants', () => {
     const list = (await call(t.url, 'GET', '/v1/tenants?state=suspended', { token: t.adminToken })).body
       .tenants;
     assert.equal(list.length, h.suspended.tenants);
+
+    // A suspended tenant asked to stop keeps its full booking from the request on.
+    suspend('s-4');
+    await agent.heartbeat();
+    assert.deepEqual((await host()).suspended, { tenants: 2, vcpus: 2, memoryMiB: 2048 });
+    const stop = await call(t.url, 'POST', '/v1/tenants/s-4/stop', { token: t.adminToken });
+    assert.equal(stop.status, 202, stop.text);
+    assert.deepEqual((await host()).suspended, { tenants: 1, vcpus: 1, memoryMiB: 1024 });
+    agent.report.delete(ids.get('s-4')!);
+    await converge([agent], async () => (await tenant('s-4')).state === 'stopped');
+    assert.deepEqual((await host()).suspended, { tenants: 1, vcpus: 1, memoryMiB: 1024 });
   });
 
   test('exec, files, dashboard and sessions on a suspended tenant are relayed to its host, not refused', async () => {

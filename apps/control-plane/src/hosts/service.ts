@@ -168,7 +168,7 @@ export class HostService {
       const reported = new Map(hb.vms.map((v) => [v.tenantId, v]));
       const keep: DesiredTenant[] = [];
       /** Each kept tenant's state after this heartbeat, for the suspended hold. */
-      const states: { state: string; vcpus: number; memory_mib: number }[] = [];
+      const states: { state: string; desired_state: string; vcpus: number; memory_mib: number }[] = [];
       for (const row of rows) {
         const vm = reported.get(row.id);
         if (row.desired_state === 'absent' && !vm) {
@@ -213,7 +213,7 @@ export class HostService {
         }
         const observed = Math.max(row.observed_generation, vm.generation);
         const state = row.desired_state === 'absent' ? 'deleting' : vm.state;
-        states.push({ state, vcpus: row.vcpus, memory_mib: row.memory_mib });
+        states.push({ ...row, state });
         const failing = vm.state === 'failed' || vm.state === 'crashed' || vm.state === 'unhealthy';
         const errorCode = failing
           ? (vm.error?.code ?? (vm.state === 'unhealthy' ? 'GUEST_UNHEALTHY' : 'VM_EXITED'))

@@ -109,13 +109,17 @@ export interface SuspendedHold {
   memoryMiB: number;
 }
 
-/** Sums the suspended tenants among `rows` (one host's tenants, with their current states). */
+/**
+ * Sums the suspended tenants among `rows` (one host's tenants, with their current states). Only
+ * those still desired running: one asked to stop or go keeps (or gives back) its full booking
+ * from the request on, not from its host's next report.
+ */
 export function suspendedHold(
-  rows: Iterable<{ state: string; vcpus: number; memory_mib: number }>,
+  rows: Iterable<{ state: string; desired_state: string; vcpus: number; memory_mib: number }>,
 ): SuspendedHold {
   const hold = { tenants: 0, vcpus: 0, memoryMiB: 0 };
   for (const r of rows) {
-    if (r.state !== 'suspended') continue;
+    if (r.state !== 'suspended' || r.desired_state !== 'running') continue;
     hold.tenants++;
     hold.vcpus += r.vcpus;
     hold.memoryMiB += r.memory_mib;
@@ -132,7 +136,7 @@ export function suspendedHold(
 export async function recountSuspended(trx: Db, hostId: string): Promise<void> {
   const rows = await trx
     .selectFrom('tenants')
-    .select(['state', 'vcpus', 'memory_mib'])
+    .select(['state', 'desired_state', 'vcpus', 'memory_mib'])
     .where('host_id', '=', hostId)
     .where('state', '=', 'suspended')
     .execute();

@@ -284,8 +284,8 @@ export class TenantService {
         .set({ desired_state: desired, generation, state, updated_at: t })
         .where('id', '=', cur.id)
         .execute();
-      // A suspended tenant being deleted no longer frees its memory for placement.
-      if (cur.host_id && cur.state === 'suspended' && state !== cur.state)
+      // A suspended tenant asked to stop or go no longer frees its memory for placement.
+      if (cur.host_id && cur.state === 'suspended' && (state !== cur.state || desired !== cur.desired_state))
         await recountSuspended(trx, cur.host_id);
       // A newer intent supersedes older unfinished ones: they will never be observed as such.
       await trx
