@@ -437,5 +437,38 @@ for (const transport of TRANSPORTS) {
         assert.deepEqual(JSON.parse(seen[0]!.body.toString()), { newTenant: 'demo-copy' });
       });
     });
+
+    describe('idle timeouts and hosts', () => {
+      test('tenants.update sends the idle timeout; a bad one is refused before any request', async () => {
+        handler = (_req, res) =>
+          json(res, 200, { ...tenant(), idleTimeout: { setting: '15m', effective: '15m' } });
+        const t = await warren.tenants.update('demo', { idleTimeout: '15m' });
+        assert.deepEqual(t.idleTimeout, { setting: '15m', effective: '15m' });
+        assert.equal(seen[0]!.method, 'PATCH');
+        assert.equal(seen[0]!.url, '/v1/tenants/demo');
+        assert.deepEqual(JSON.parse(seen[0]!.body.toString()), { idleTimeout: '15m' });
+        await assert.rejects(warren.tenants.update('demo', { idleTimeout: '5s' }), {
+          code: 'INVALID_ARGUMENT',
+          message: /shorter than the minimum of 10s/,
+        });
+        assert.equal(seen.length, 1);
+      });
+
+      test('hosts.remove passes force as a query; hosts.adopt names the VM in the path', async () => {
+        handler = (_req, res) => json(res, 200, { host: 'vm1', lostTenants: ['demo'] });
+        assert.deepEqual(await warren.hosts.remove('vm1', { force: true }), {
+          host: 'vm1',
+          lostTenants: ['demo'],
+        });
+        assert.equal(seen[0]!.method, 'DELETE');
+        assert.equal(seen[0]!.url, '/v1/hosts/vm1?force=true');
+        await warren.hosts.remove('vm1');
+        assert.equal(seen[1]!.url, '/v1/hosts/vm1');
+        handler = (_req, res) => json(res, 201, tenant('pending'));
+        await warren.hosts.adopt('vm1', 'ten-00000000000000aa', 'rescued');
+        assert.equal(seen[2]!.url, '/v1/hosts/vm1/quarantine/ten-00000000000000aa/adopt');
+        assert.deepEqual(JSON.parse(seen[2]!.body.toString()), { name: 'rescued' });
+      });
+    });
   });
 }
