@@ -531,6 +531,9 @@ describe('host removal', () => {
       audit.map((e: { result: string }) => e.result),
       ['ok', 'CONFLICT'],
     );
+    const trail = (await call(t.url, 'GET', '/v1/audit?tenant=keep', { token: t.adminToken })).body.events;
+    assert.equal(trail[0].action, 'tenant.lost');
+    assert.equal(trail[0].result, 'HOST_LOST');
 
     // A lost tenant has no VM to back up: its schedule makes no backups (its backups stay).
     const policy = await call(t.url, 'PUT', '/v1/tenants/keep/backup-policy', {

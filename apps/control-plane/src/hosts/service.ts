@@ -444,6 +444,20 @@ export class HostService {
           .where('tenant_id', '=', row.id)
           .where('status', '=', 'running')
           .execute();
+        // In the tenant's own trail too (the route's host.remove event names no tenant).
+        await trx
+          .insertInto('audit_events')
+          .values({
+            at: t,
+            actor: 'admin',
+            action: 'tenant.lost',
+            target: `${row.name}: ${message}`.slice(0, 200),
+            tenant_id: row.id,
+            result: 'HOST_LOST',
+            status: ERROR_CODES.HOST_LOST.status,
+            request_id: '-',
+          })
+          .execute();
         lost.push(row.name);
       }
       // The host's tokens and quarantine list go with it (ON DELETE CASCADE).
