@@ -10,7 +10,10 @@ import {
 import type { TenantsTable } from '../../store/database.ts';
 import type { Api } from '../context.ts';
 
-/** Exec and files: forwarded to the tenant's host agent, which talks to the guest agent. */
+/**
+ * Exec and files: forwarded to the tenant's host agent, which talks to the guest agent. A
+ * suspended tenant's calls are forwarded too: its host wakes the VM first.
+ */
 export function guestRoutes(api: Api): void {
   const runningOn = (tenant: TenantsTable) => api.hosts.runningHostOf(tenant);
 
@@ -36,8 +39,9 @@ export function guestRoutes(api: Api): void {
         body: JSON.stringify(body),
         contentType: 'application/json',
         signal: abort.signal,
-        // The command's own timeout ends it in the guest; this only bounds a lost agent.
-        timeoutMs: (body.timeoutMs ?? 24 * 3600_000) + 60_000,
+        // The command's own timeout ends it in the guest; this only bounds a lost agent (and,
+        // while the tenant is suspended, the wake before the command starts).
+        timeoutMs: (body.timeoutMs ?? 24 * 3600_000) + 60_000 + api.hosts.wakeSlackMs(tenant!),
       });
       reply.header('content-type', EXEC_CONTENT_TYPE);
       return reply.status(200).send(Readable.fromWeb(res.body as never));
