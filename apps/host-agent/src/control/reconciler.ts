@@ -77,6 +77,11 @@ interface Track {
   name?: string;
   /** Set while the task quarantines or removes an orphan: it is no tenant VM of the control plane's. */
   orphan?: boolean;
+  /**
+   * Added to the health grace before the next restart of an unhealthy VM: 0, then the retry
+   * backoff doubling after each restart, back to 0 once the VM has run well for STABLE_MS.
+   */
+  restartDelayMs: number;
 }
 
 /** Steps whose failure counts as a failed start (reported as attempts, given up on at the limit). */
@@ -425,11 +430,18 @@ export class Reconciler {
     if (steps.length === 0 && want === 'running' && vm?.state === 'running') {
       const sick = this.#health?.unhealthy(vmId, vm.pid);
       if (sick) {
-        if (now < sick.since + (this.#health?.settings.graceMs ?? 0) || now < track.retryAt) {
+        if (now < sick.since + (this.#health?.settings.graceMs ?? 0) + track.restartDelayMs) {
           track.generation = generation;
           return;
         }
-        this.#o.log?.(`VM ${vmId}: restarting it: ${sick.error.message}`);
+        this.#o.log?.(
+          `VM ${vmId}: restarting it${track.restartDelayMs ? ` (restarted before; backoff ${track.restartDelayMs} ms)` : ''}: ${sick.error.message}`,
+        );
+        // A guest that goes unhealthy again soon after is given longer each time.
+        track.restartDelayMs = Math.min(
+          Math.max(this.#retryInitialMs, track.restartDelayMs * 2),
+          this.#retryMaxMs,
+        );
         steps = ['restart'];
       }
     }
@@ -447,7 +459,10 @@ export class Reconciler {
       track.generation = generation;
       track.error = null;
       track.retryAt = 0;
-      if (now - track.lastActionAt >= STABLE_MS) track.retryMs = this.#retryInitialMs;
+      if (now - track.lastActionAt >= STABLE_MS) {
+        track.retryMs = this.#retryInitialMs;
+        track.restartDelayMs = 0;
+      }
       return;
     }
     if (now < track.retryAt) return;
@@ -506,11 +521,6 @@ export class Reconciler {
       track.error = null;
       track.attempts = 0;
       track.retryAt = 0;
-      if (steps.includes('restart')) {
-        // A guest that goes unhealthy again soon after is restarted later each time.
-        track.retryAt = Date.now() + track.retryMs;
-        track.retryMs = Math.min(track.retryMs * 2, this.#retryMaxMs);
-      }
     } catch (e) {
       const err =
         e instanceof WarrenError ? e : new WarrenError('INTERNAL', String((e as Error)?.message ?? e));
@@ -546,6 +556,7 @@ export class Reconciler {
         retryMs: this.#retryInitialMs,
         lastActionAt: 0,
         attempts: 0,
+        restartDelayMs: 0,
       };
       this.#tracks.set(vmId, track);
     }
