@@ -181,5 +181,11 @@ test('a host pointed at an empty control plane quarantines its tenant VMs and de
   assert.equal((await h.vms.get(adopted.vmId)).quarantine, undefined);
   assert.equal(await shell(adopted.vmId, 'cat /workspace/kept'), `${adopted.tenantId}\n`);
   assert.equal((await h.vms.get(other.vmId)).state, 'stopped');
+
+  // An explicit delete of a quarantined VM (desired absent) removes it at once.
+  fake.set({ ...other, desiredState: 'absent', generation: 2 });
+  link.reconciler.wake();
+  await until('the deleted one is gone', () => !existsSync(h.vms.dirOf(other.vmId)), 30_000);
+  await fake.waitForReport('nothing quarantined', (r) => (r.quarantined ?? []).length === 0, 15_000);
   assert.deepEqual(fake.invalid, []);
 });

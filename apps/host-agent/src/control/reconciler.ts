@@ -374,13 +374,13 @@ export class Reconciler {
     if (vm.state === 'starting' || vm.state === 'stopping') return;
     const now = Date.now();
     if (!vm.quarantine) {
-      const removeAfter = new Date(now + this.#quarantineMs);
       this.#o.log?.(
-        `VM ${vmId} is not in the control plane's desired list: stopping it and keeping it, quarantined, until ${removeAfter.toISOString()}`,
+        `VM ${vmId} is not in the control plane's desired list: stopping it and keeping it, quarantined, for ${this.#quarantineMs} ms`,
       );
       this.#run1(track, ['quarantine'], async () => {
         this.#health?.forget(vmId);
-        await this.#o.vms.quarantine(vmId, removeAfter);
+        const { quarantine } = await this.#o.vms.quarantine(vmId, this.#quarantineMs);
+        this.#o.log?.(`VM ${vmId} is quarantined until ${quarantine?.removeAfter}`);
       });
     } else if (Date.parse(vm.quarantine.removeAfter) <= now) {
       this.#o.log?.(

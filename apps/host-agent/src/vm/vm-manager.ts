@@ -367,14 +367,18 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
   }
 
   /**
-   * Marks the VM quarantined until `removeAfter` and stops it gracefully. The mark is written
+   * Marks the VM quarantined for `keepMs` (until its `removeAfter`) and stops it gracefully. The mark is written
    * first: an agent that dies mid-stop still knows the VM is an orphan, not a VM to run.
    */
-  quarantine(id: string, removeAfter: Date): Promise<VmStatus> {
+  quarantine(id: string, keepMs: number): Promise<VmStatus> {
     return this.#locked(id, async () => {
       const record = await this.#records.read(id);
       if (!record.quarantine) {
-        record.quarantine = { at: new Date().toISOString(), removeAfter: removeAfter.toISOString() };
+        const now = Date.now();
+        record.quarantine = {
+          at: new Date(now).toISOString(),
+          removeAfter: new Date(now + keepMs).toISOString(),
+        };
         await this.#records.write(record);
       }
       return this.#stop(id);
