@@ -424,7 +424,6 @@ export class Reconciler {
     // Listed again (an admin adopted it): out of quarantine, then on to its desired state.
     // An explicit delete (absent) destroys it as any other VM.
     if (vm?.quarantine && want !== 'absent') {
-      this.#o.log?.(`VM ${vmId} is in the desired list again: out of quarantine, converging to ${want}`);
       steps = ['unquarantine', ...steps];
     }
     if (steps.length === 0 && want === 'running' && vm?.state === 'running') {
@@ -504,6 +503,7 @@ export class Reconciler {
           this.#health?.forget(track.vmId);
           await vms.restart(track.vmId);
         } else if (step === 'unquarantine') {
+          this.#o.log?.(`VM ${track.vmId} is in the desired list again: out of quarantine`);
           await vms.unquarantine(track.vmId);
         } else if (step === 'network') {
           if (!spec) throw new WarrenError('INTERNAL', `no desired spec for the network of VM ${track.vmId}`);
@@ -533,7 +533,7 @@ export class Reconciler {
           // Not silently forever: the report says it gave up, and how to try again.
           track.retryAt = Number.POSITIVE_INFINITY;
           retry = `gave up after ${track.attempts} attempts; run \`warren tenant start ${track.name ?? track.tenantId}\``;
-          message = `${message}; ${retry}`;
+          message = `${message.slice(0, 3800)}; ${retry}`;
         } else {
           retry = `attempt ${track.attempts} of ${this.#startMaxAttempts}, ${retry}`;
         }
