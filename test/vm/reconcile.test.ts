@@ -56,6 +56,9 @@ const reported = (cp: FakeControlPlane, t: DesiredTenant, state: string, generat
     90_000,
   );
 
+/** Short, so the test sees a quarantined orphan removed. */
+const QUARANTINE_MS = 4000;
+
 describe('host agent converges tenant VMs to the control plane', { timeout: 300_000 }, () => {
   let image: string;
   let cp: FakeControlPlane;
@@ -99,6 +102,7 @@ describe('host agent converges tenant VMs to the control plane', { timeout: 300_
         network: 'off',
         heartbeatMs: 300,
         capacityDiskMiB: 10_240,
+        quarantineMs: QUARANTINE_MS,
       },
     );
     host = await openHost(config);
@@ -270,14 +274,31 @@ describe('host agent converges tenant VMs to the control plane', { timeout: 300_
     assert.equal((await get.arrayBuffer()).byteLength, 300 * 1024);
   });
 
-  test('an orphan tenant VM (not in the desired list) is destroyed; a non-tenant VM is left alone', async () => {
+  test('an orphan tenant VM (not in the desired list) is quarantined, then removed after WARREN_QUARANTINE_MS; a non-tenant VM is left alone', async () => {
     const orphan = `ten-${randomBytes(8).toString('hex')}`;
+    const tenantId = tenantIdOfVm(orphan);
     await host.vms.create({ id: orphan, image, diskMiB: 16 });
     link.reconciler.wake();
-    await until('the orphan is gone', () => !existsSync(host.vms.dirOf(orphan)), 30_000);
-    assert.ok(
-      cp.reports.some((r) => r.vms.some((v) => v.tenantId === tenantIdOfVm(orphan))),
-      'the orphan was reported before it was removed',
+    const seen = await cp.waitForReport(
+      'the orphan is reported quarantined',
+      (r) => (r.quarantined ?? []).some((q) => q.vmId === orphan),
+      15_000,
+    );
+    const q = seen.quarantined!.find((v) => v.vmId === orphan)!;
+    assert.deepEqual([q.tenantId, q.imageId, q.diskMiB], [tenantId, image, 16]);
+    assert.equal(Date.parse(q.removeAfter) - Date.parse(q.quarantinedAt), QUARANTINE_MS);
+    assert.ok(!seen.vms.some((v) => v.tenantId === tenantId), 'not among the tenant VMs');
+    assert.deepEqual((await host.vms.get(orphan)).quarantine, {
+      at: q.quarantinedAt,
+      removeAfter: q.removeAfter,
+    });
+    assert.ok(existsSync(join(host.vms.dirOf(orphan), 'data.img')), 'its disks are kept');
+    await until('the orphan is gone', () => !existsSync(host.vms.dirOf(orphan)), QUARANTINE_MS + 15_000);
+    assert.ok(Date.now() >= Date.parse(q.removeAfter), 'not before removeAfter');
+    assert.ok(logs.some((l) => l.includes(`destroying VM ${orphan}: quarantined since`)));
+    await cp.waitForReport(
+      'no longer reported',
+      (r) => !(r.quarantined ?? []).some((v) => v.vmId === orphan),
     );
     assert.equal((await host.vms.get(keepId)).state, 'stopped');
     assert.equal((await host.vms.get(a.vmId)).state, 'running');

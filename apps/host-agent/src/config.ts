@@ -171,6 +171,32 @@ export const HostAgentConfig = z
     agentAddress: z.url({ protocol: /^https?$/, error: 'must be an http(s) URL' }).optional(),
     /** WARREN_HEARTBEAT_MS: how often the agent reports to the control plane and picks up desired state. */
     heartbeatMs: z.coerce.number().int().min(100).max(600_000).default(2000),
+    /** WARREN_HEALTH_INTERVAL_MS: how often the guest agent of each running tenant VM is checked. */
+    healthIntervalMs: z.coerce.number().int().min(100).max(3_600_000).default(10_000),
+    /** WARREN_HEALTH_TIMEOUT_MS: how long one check waits for the guest agent's answer. */
+    healthTimeoutMs: z.coerce.number().int().min(100).max(600_000).default(10_000),
+    /** WARREN_HEALTH_FAILURES: consecutive failed checks that make a VM `unhealthy`. */
+    healthFailures: z.coerce.number().int().min(1).max(1000).default(3),
+    /**
+     * WARREN_HEALTH_GRACE_MS: how long an unhealthy VM may come back by itself (its guest agent
+     * is respawned by the guest's init) before the host restarts it; later restarts back off.
+     */
+    healthGraceMs: z.coerce.number().int().min(0).max(86_400_000).default(30_000),
+    /**
+     * WARREN_START_MAX_ATTEMPTS: failed creates or starts of a tenant VM (one desired
+     * generation) before the agent gives up and says so; `warren tenant start` tries again.
+     */
+    startMaxAttempts: z.coerce.number().int().min(1).max(1000).default(5),
+    /**
+     * WARREN_QUARANTINE_MS: how long a tenant VM the control plane does not list is kept,
+     * stopped, before this host destroys it; an admin can adopt it until then.
+     */
+    quarantineMs: z.coerce
+      .number()
+      .int()
+      .min(0)
+      .max(10 * 365 * 86_400_000)
+      .default(7 * 86_400_000),
     /** WARREN_CAPACITY_VCPUS: vCPUs the control plane may place on this host. */
     capacityVcpus: z.coerce
       .number()
@@ -325,6 +351,12 @@ export const ENV_NAMES: Record<keyof HostAgentConfig, string> = {
   agentListen: 'WARREN_AGENT_LISTEN',
   agentAddress: 'WARREN_AGENT_ADDRESS',
   heartbeatMs: 'WARREN_HEARTBEAT_MS',
+  healthIntervalMs: 'WARREN_HEALTH_INTERVAL_MS',
+  healthTimeoutMs: 'WARREN_HEALTH_TIMEOUT_MS',
+  healthFailures: 'WARREN_HEALTH_FAILURES',
+  healthGraceMs: 'WARREN_HEALTH_GRACE_MS',
+  startMaxAttempts: 'WARREN_START_MAX_ATTEMPTS',
+  quarantineMs: 'WARREN_QUARANTINE_MS',
   capacityVcpus: 'WARREN_CAPACITY_VCPUS',
   capacityMemoryMiB: 'WARREN_CAPACITY_MEMORY_MIB',
   capacityDiskMiB: 'WARREN_CAPACITY_DISK_MIB',

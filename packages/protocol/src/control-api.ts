@@ -601,7 +601,8 @@ export type DesiredTenant = z.infer<typeof DesiredTenant>;
 
 /**
  * The complete list of tenants assigned to the host. A tenant VM on the host that is not in
- * it is an orphan and the agent removes it.
+ * it is an orphan: the agent stops it and keeps it quarantined (HeartbeatRequest.quarantined)
+ * for a while before it removes it, since the list may come from a restored or fresh database.
  */
 export const HeartbeatResponse = z.object({
   tenants: z.array(DesiredTenant),

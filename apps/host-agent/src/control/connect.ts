@@ -76,6 +76,14 @@ export async function connectControlPlane(
       ...(joinToken ? { joinToken } : {}),
       ...(credentials ? { credentials } : {}),
       heartbeatMs: config.heartbeatMs,
+      health: {
+        intervalMs: config.healthIntervalMs,
+        timeoutMs: config.healthTimeoutMs,
+        failures: config.healthFailures,
+        graceMs: config.healthGraceMs,
+      },
+      startMaxAttempts: config.startMaxAttempts,
+      quarantineMs: config.quarantineMs,
       ...options,
       log,
     });

@@ -7,6 +7,7 @@ import {
   type HeartbeatRequest,
   type HeartbeatResponse,
   NetworkPolicy,
+  type QuarantinedVm,
   type ReportedVm,
   type Resources,
   tenantIdOfVm,
@@ -16,6 +17,7 @@ import {
 import type { VmManager, VmStatus } from '../vm/vm-manager.ts';
 import type { ControlPlaneClient } from './client.ts';
 import { type Credentials, saveCredentials } from './credentials.ts';
+import { GuestHealth, type HealthSettings } from './health.ts';
 
 export interface ReconcilerOptions {
   vms: VmManager;
@@ -43,10 +45,16 @@ export interface ReconcilerOptions {
   /** First wait before retrying a failed converge or restarting a crashed VM; doubles up to retryMaxMs. */
   retryInitialMs?: number;
   retryMaxMs?: number;
+  /** Health checks of running tenant VMs' guest agents; none without. */
+  health?: HealthSettings;
+  /** WARREN_START_MAX_ATTEMPTS: failed creates or starts of one generation before the agent gives up. */
+  startMaxAttempts?: number;
+  /** WARREN_QUARANTINE_MS: how long an orphan tenant VM is kept stopped before it is destroyed. */
+  quarantineMs?: number;
   log?: (message: string) => void;
 }
 
-type Step = 'create' | 'start' | 'stop' | 'destroy' | 'network';
+type Step = 'create' | 'start' | 'stop' | 'destroy' | 'network' | 'restart' | 'unquarantine';
 type Phase = 'provisioning' | 'starting' | 'stopping';
 
 /** What the reconciler knows about one tenant VM beyond what VmManager has on disk. */
@@ -63,7 +71,21 @@ interface Track {
   retryAt: number;
   retryMs: number;
   lastActionAt: number;
+  /** Failed creates or starts at this generation; at startMaxAttempts the agent gives up (retryAt Infinity). */
+  attempts: number;
+  /** The tenant's name, for the message that says how to try again. */
+  name?: string;
+  /** Set while the task quarantines or removes an orphan: it is no tenant VM of the control plane's. */
+  orphan?: boolean;
+  /**
+   * Added to the health grace before the next restart of an unhealthy VM: 0, then the retry
+   * backoff doubling after each restart, back to 0 once the VM has run well for STABLE_MS.
+   */
+  restartDelayMs: number;
 }
+
+/** Steps whose failure counts as a failed start (reported as attempts, given up on at the limit). */
+const STARTING_STEPS: ReadonlySet<Step> = new Set(['create', 'start', 'restart']);
 
 /** A VM that has run this long since the last action counts as healthy again: backoff resets. */
 const STABLE_MS = 60_000;
@@ -91,12 +113,22 @@ export class Reconciler {
   #streak = 0;
   #streakCode: string | undefined;
   readonly #onExit = () => this.wake();
+  readonly #health: GuestHealth | undefined;
+  #healthLoop: Promise<void> | undefined;
+  #healthSleep: (() => void) | undefined;
+  readonly #startMaxAttempts: number;
+  readonly #quarantineMs: number;
 
   constructor(options: ReconcilerOptions) {
     this.#o = options;
     this.#retryInitialMs = options.retryInitialMs ?? 5_000;
     this.#retryMaxMs = options.retryMaxMs ?? 300_000;
     this.#credentials = options.credentials;
+    this.#startMaxAttempts = options.startMaxAttempts ?? 5;
+    this.#quarantineMs = options.quarantineMs ?? 7 * 24 * 3600_000;
+    this.#health = options.health
+      ? new GuestHealth(options.health, (id) => options.vms.consoleLog(id), options.log ?? (() => {}))
+      : undefined;
   }
 
   /** The host id once joined. */
@@ -108,6 +140,7 @@ export class Reconciler {
     if (this.#loop) return;
     this.#o.vms.on('exit', this.#onExit);
     this.#loop = this.#run();
+    if (this.#health) this.#healthLoop = this.#runHealth(this.#health);
   }
 
   /** Heartbeat now instead of at the end of the interval (desired state changed, a task ended). */
@@ -125,7 +158,8 @@ export class Reconciler {
     this.#stopped = true;
     this.#o.vms.off('exit', this.#onExit);
     this.wake();
-    await this.#loop;
+    this.#healthSleep?.();
+    await Promise.all([this.#loop, this.#healthLoop]);
     if (waitForTasks) await Promise.allSettled([...this.#tracks.values()].map((t) => t.task));
   }
 
@@ -150,6 +184,32 @@ export class Reconciler {
         };
       });
       this.#wakeSleep = undefined;
+    }
+  }
+
+  /**
+   * Checks the guest agent of every running tenant VM each interval. A VM that became
+   * unhealthy (or healthy again) is reported at once; the restart is the converge pass's.
+   */
+  async #runHealth(health: GuestHealth): Promise<void> {
+    while (!this.#stopped) {
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, health.settings.intervalMs);
+        this.#healthSleep = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+      });
+      this.#healthSleep = undefined;
+      if (this.#stopped) break;
+      try {
+        const running = [...(await this.#tenantVms()).values()]
+          .filter((vm) => vm.state === 'running' && !vm.quarantine && !this.#tracks.get(vm.id)?.task)
+          .map((vm) => vm.id);
+        if (await health.check(running, (id, ms) => this.#o.vms.probe(id, ms))) this.wake();
+      } catch (e) {
+        this.#o.log?.(`health checks: ${(e as Error).message}`);
+      }
     }
   }
 
@@ -220,15 +280,45 @@ export class Reconciler {
     const onDisk = await this.#tenantVms();
     const ids = new Set([...onDisk.keys(), ...this.#tracks.keys()]);
     const vms: ReportedVm[] = [];
+    const quarantined: QuarantinedVm[] = [];
     for (const vmId of [...ids].sort()) {
       const track = this.#tracks.get(vmId);
-      const state = stateOf(track, onDisk.get(vmId));
+      const vm = onDisk.get(vmId);
+      if (track?.orphan && !vm?.quarantine) continue;
+      if (vm?.quarantine && (!track?.task || track.orphan)) {
+        quarantined.push({
+          vmId,
+          tenantId: tenantIdOfVm(vmId)!,
+          imageId: vm.imageId,
+          vcpus: vm.cpus,
+          memoryMiB: vm.memoryMiB,
+          diskMiB: vm.diskMiB,
+          quarantinedAt: vm.quarantine.at,
+          removeAfter: vm.quarantine.removeAfter,
+        });
+        continue;
+      }
+      let state = stateOf(track, vm);
       if (!state) continue;
+      let error = track?.error ?? null;
+      const sick = state === 'running' ? this.#health?.unhealthy(vmId, vm?.pid) : undefined;
+      if (sick) {
+        state = 'unhealthy';
+        error = sick.error;
+      }
       vms.push({
         tenantId: tenantIdOfVm(vmId)!,
         state,
         generation: track?.generation ?? 0,
-        error: track?.error ?? null,
+        error,
+        ...(track && track.attempts > 0
+          ? {
+              attempts: {
+                count: track.attempts,
+                nextAttemptAt: Number.isFinite(track.retryAt) ? new Date(track.retryAt).toISOString() : null,
+              },
+            }
+          : {}),
       });
     }
     const images = (await this.#o.store.list()).map((i) => ({
@@ -245,6 +335,7 @@ export class Reconciler {
       ...(this.#o.vmm ? { vmm: this.#o.vmm } : {}),
       images,
       vms,
+      quarantined,
     };
   }
 
@@ -265,27 +356,94 @@ export class Reconciler {
       this.#consider(vmId, t.desiredState, t.generation, onDisk.get(vmId), t);
     }
     // Only after a successful heartbeat: an error must never read as "nothing is wanted".
-    for (const [vmId, vm] of onDisk) {
-      if (!wanted.has(vmId)) {
-        this.#consider(vmId, 'absent', this.#tracks.get(vmId)?.generation ?? 0, vm);
-      }
-    }
+    // Even then an unlisted VM is not destroyed: the list may come from a restored old
+    // database or a fresh control plane, so it is only stopped and kept (quarantined).
+    for (const [vmId, vm] of onDisk) if (!wanted.has(vmId)) this.#orphan(vmId, vm);
     for (const [vmId, track] of this.#tracks) {
       if (!track.task && !onDisk.has(vmId) && (!wanted.has(vmId) || !track.error)) this.#tracks.delete(vmId);
     }
   }
 
+  /**
+   * A tenant VM the desired list does not name: stopped and marked quarantined (kept for
+   * quarantineMs), and destroyed only once that time is up, unless it is listed again first.
+   */
+  #orphan(vmId: string, vm: VmStatus): void {
+    const track = this.#trackOf(vmId);
+    if (track.task) return;
+    if (vm.state === 'starting' || vm.state === 'stopping') return;
+    const now = Date.now();
+    if (!vm.quarantine) {
+      this.#o.log?.(
+        `VM ${vmId} is not in the control plane's desired list: stopping it and keeping it, quarantined, for ${this.#quarantineMs} ms`,
+      );
+      this.#run1(track, ['quarantine'], async () => {
+        this.#health?.forget(vmId);
+        const { quarantine } = await this.#o.vms.quarantine(vmId, this.#quarantineMs);
+        this.#o.log?.(`VM ${vmId} is quarantined until ${quarantine?.removeAfter}`);
+      });
+    } else if (Date.parse(vm.quarantine.removeAfter) <= now) {
+      this.#o.log?.(
+        `destroying VM ${vmId}: quarantined since ${vm.quarantine.at} and not adopted before ${vm.quarantine.removeAfter}`,
+      );
+      this.#run1(track, ['destroy'], () => this.#o.vms.destroy(vmId));
+    }
+  }
+
+  /** Runs one orphan task; a failure is logged and the next converge pass tries again. */
+  #run1(track: Track, what: string[], fn: () => Promise<unknown>): void {
+    track.phase = 'stopping';
+    track.orphan = true;
+    track.task = fn()
+      .then(
+        () => {},
+        (e) =>
+          this.#o.log?.(`VM ${track.vmId}: ${what.join('+')} failed: ${(e as Error).message}; trying again`),
+      )
+      .finally(() => {
+        track.task = undefined;
+        track.phase = undefined;
+        track.orphan = false;
+        this.wake();
+      });
+  }
+
   #consider(vmId: string, want: DesiredState, generation: number, vm?: VmStatus, spec?: DesiredTenant): void {
     const track = this.#trackOf(vmId);
     if (track.task) return;
+    if (spec) track.name = spec.name;
     const now = Date.now();
     if (generation !== track.generation) {
       // New desired state: act on it now, whatever the backoff of the old one was.
       track.retryAt = 0;
       track.retryMs = this.#retryInitialMs;
+      track.attempts = 0;
     }
     let steps = stepsTo(want, vm);
     if (steps === 'wait') return;
+    // Listed again (an admin adopted it): out of quarantine, then on to its desired state.
+    // An explicit delete (absent) destroys it as any other VM.
+    if (vm?.quarantine && want !== 'absent') {
+      steps = ['unquarantine', ...steps];
+    }
+    if (steps.length === 0 && want === 'running' && vm?.state === 'running') {
+      const sick = this.#health?.unhealthy(vmId, vm.pid);
+      if (sick) {
+        if (now < sick.since + (this.#health?.settings.graceMs ?? 0) + track.restartDelayMs) {
+          track.generation = generation;
+          return;
+        }
+        this.#o.log?.(
+          `VM ${vmId}: restarting it${track.restartDelayMs ? ` (restarted before; backoff ${track.restartDelayMs} ms)` : ''}: ${sick.error.message}`,
+        );
+        // A guest that goes unhealthy again soon after is given longer each time.
+        track.restartDelayMs = Math.min(
+          Math.max(this.#retryInitialMs, track.restartDelayMs * 2),
+          this.#retryMaxMs,
+        );
+        steps = ['restart'];
+      }
+    }
     // Not tied to a generation: a policy change needs no lifecycle step and applies to a running VM.
     if (
       vm &&
@@ -300,7 +458,10 @@ export class Reconciler {
       track.generation = generation;
       track.error = null;
       track.retryAt = 0;
-      if (now - track.lastActionAt >= STABLE_MS) track.retryMs = this.#retryInitialMs;
+      if (now - track.lastActionAt >= STABLE_MS) {
+        track.retryMs = this.#retryInitialMs;
+        track.restartDelayMs = 0;
+      }
       return;
     }
     if (now < track.retryAt) return;
@@ -337,6 +498,13 @@ export class Reconciler {
         } else if (step === 'start') {
           track.phase = 'starting';
           await vms.start(track.vmId);
+        } else if (step === 'restart') {
+          track.phase = 'starting';
+          this.#health?.forget(track.vmId);
+          await vms.restart(track.vmId);
+        } else if (step === 'unquarantine') {
+          this.#o.log?.(`VM ${track.vmId} is in the desired list again: out of quarantine`);
+          await vms.unquarantine(track.vmId);
         } else if (step === 'network') {
           if (!spec) throw new WarrenError('INTERNAL', `no desired spec for the network of VM ${track.vmId}`);
           this.#o.log?.(`VM ${track.vmId}: network policy ${JSON.stringify(spec.network)}`);
@@ -351,15 +519,27 @@ export class Reconciler {
         }
       }
       track.error = null;
+      track.attempts = 0;
       track.retryAt = 0;
     } catch (e) {
       const err =
         e instanceof WarrenError ? e : new WarrenError('INTERNAL', String((e as Error)?.message ?? e));
-      track.error = { code: err.code, message: err.message.slice(0, 4096) };
+      let message = err.message;
+      let retry = `retry in ${track.retryMs} ms`;
       track.retryAt = Date.now() + track.retryMs;
-      this.#o.log?.(
-        `VM ${track.vmId}: ${steps.join('+')} failed: ${err.code}: ${err.message}; retry in ${track.retryMs} ms`,
-      );
+      if (steps.some((s) => STARTING_STEPS.has(s))) {
+        track.attempts++;
+        if (track.attempts >= this.#startMaxAttempts) {
+          // Not silently forever: the report says it gave up, and how to try again.
+          track.retryAt = Number.POSITIVE_INFINITY;
+          retry = `gave up after ${track.attempts} attempts; run \`warren tenant start ${track.name ?? track.tenantId}\``;
+          message = `${message.slice(0, 3800)}; ${retry}`;
+        } else {
+          retry = `attempt ${track.attempts} of ${this.#startMaxAttempts}, ${retry}`;
+        }
+      }
+      track.error = { code: err.code, message: message.slice(0, 4096) };
+      this.#o.log?.(`VM ${track.vmId}: ${steps.join('+')} failed: ${err.code}: ${err.message}; ${retry}`);
       track.retryMs = Math.min(track.retryMs * 2, this.#retryMaxMs);
     }
   }
@@ -375,6 +555,8 @@ export class Reconciler {
         retryAt: 0,
         retryMs: this.#retryInitialMs,
         lastActionAt: 0,
+        attempts: 0,
+        restartDelayMs: 0,
       };
       this.#tracks.set(vmId, track);
     }

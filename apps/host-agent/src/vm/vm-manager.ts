@@ -86,6 +86,21 @@ export interface BackupPoint {
 
 export type VmState = 'stopped' | 'starting' | 'running' | 'stopping' | 'crashed';
 
+/** What one health check found: the guest agent's answer, why there was none, or `busy` (not checked). */
+export type Probe =
+  | { state: 'busy' }
+  | { state: 'ok'; pid: number; agentStartedAt: number | undefined }
+  | { state: 'failed'; pid: number; failure: string };
+
+/** ENOSPC from a syscall, or a child process (qemu-img, QEMU, mkfs) saying so, anywhere in the cause chain. */
+export function isDiskFull(e: unknown): boolean {
+  for (let c: unknown = e, depth = 0; c && depth < 8; c = (c as { cause?: unknown }).cause, depth++) {
+    if ((c as NodeJS.ErrnoException).code === 'ENOSPC') return true;
+    if (/ENOSPC|No space left on device/i.test(String((c as Error).message ?? ''))) return true;
+  }
+  return false;
+}
+
 export interface VmStatus extends VmRecord {
   state: VmState;
   pid?: number;
@@ -273,39 +288,58 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
         `VM socket paths under ${dir} exceed ${MAX_SOCKET_PATH} bytes; use a shorter WARREN_DATA_DIR`,
       );
     }
-    return this.#locked(id, async () => {
-      if (await this.#records.exists(id)) throw new WarrenError('CONFLICT', `VM ${id} already exists`);
-      const image = await this.#o.store.verify(req.image);
-      const record = await this.#records.create(id, async (partial, commit) => {
-        await this.#driver.createDisks(partial, { baseImage: image.rootfsPath, dataMiB: req.diskMiB });
-        const record: VmRecord = {
-          snapshots: [],
-          id,
-          imageId: image.id,
-          cpus: req.cpus,
-          memoryMiB: req.memoryMiB,
-          diskMiB: req.diskMiB,
-          createdAt: new Date().toISOString(),
-          vmm: this.#driver.name,
-          desired: 'stopped',
-        };
-        // The uid and the link are held until the commit: from then on the record on disk holds them.
-        await this.#jailIds.allocate(async (ids) => {
-          record.jail = ids;
-          if (req.network && this.#links.enabled) {
-            record.networkPolicy = req.network;
-            await this.#links.allocate(id, async (net) => {
-              record.network = net;
-              await commit(record);
-            });
-          } else {
+    return this.#locked(id, () => this.#diskFull(id, 'making', () => this.#create(id, req)));
+  }
+
+  async #create(id: string, req: z.output<typeof CreateVmRequest>): Promise<VmStatus> {
+    if (await this.#records.exists(id)) throw new WarrenError('CONFLICT', `VM ${id} already exists`);
+    const image = await this.#o.store.verify(req.image);
+    const record = await this.#records.create(id, async (partial, commit) => {
+      await this.#driver.createDisks(partial, { baseImage: image.rootfsPath, dataMiB: req.diskMiB });
+      const record: VmRecord = {
+        snapshots: [],
+        id,
+        imageId: image.id,
+        cpus: req.cpus,
+        memoryMiB: req.memoryMiB,
+        diskMiB: req.diskMiB,
+        createdAt: new Date().toISOString(),
+        vmm: this.#driver.name,
+        desired: 'stopped',
+      };
+      // The uid and the link are held until the commit: from then on the record on disk holds them.
+      await this.#jailIds.allocate(async (ids) => {
+        record.jail = ids;
+        if (req.network && this.#links.enabled) {
+          record.networkPolicy = req.network;
+          await this.#links.allocate(id, async (net) => {
+            record.network = net;
             await commit(record);
-          }
-        });
-        return record;
+          });
+        } else {
+          await commit(record);
+        }
       });
-      return this.#status(record);
+      return record;
     });
+    return this.#status(record);
+  }
+
+  /**
+   * Runs a create or start step; a full filesystem anywhere in it (a disk layer, the record,
+   * QEMU's own files) becomes DISK_FULL, which says what to do, instead of a raw ENOSPC.
+   */
+  async #diskFull<T>(id: string, doing: string, fn: () => Promise<T>): Promise<T> {
+    try {
+      return await fn();
+    } catch (e) {
+      if (!isDiskFull(e)) throw e;
+      throw new WarrenError(
+        'DISK_FULL',
+        `no space left in ${this.#o.dataDir} while ${doing} VM ${id}; nothing half-made was kept: free space on that filesystem (quarantined VMs and old snapshots take room), then start it again`,
+        { cause: e },
+      );
+    }
   }
 
   async get(id: string): Promise<VmStatus> {
@@ -318,7 +352,86 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
 
   /** Boots the VM and waits until its guest agent answers. */
   start(id: string): Promise<VmStatus> {
-    return this.#locked(id, () => this.#start(id));
+    return this.#locked(id, () => this.#diskFull(id, 'starting', () => this.#start(id)));
+  }
+
+  /**
+   * Ends the VM's VMM at once (its guest no longer answers, so a graceful power-off cannot
+   * work) and boots it again; the data volume keeps what the guest had flushed.
+   */
+  restart(id: string): Promise<VmStatus> {
+    return this.#locked(id, async () => {
+      await this.#killLive(id);
+      return this.#diskFull(id, 'restarting', () => this.#start(id));
+    });
+  }
+
+  /**
+   * Marks the VM quarantined for `keepMs` (until its `removeAfter`) and stops it gracefully. The mark is written
+   * first: an agent that dies mid-stop still knows the VM is an orphan, not a VM to run.
+   */
+  quarantine(id: string, keepMs: number): Promise<VmStatus> {
+    return this.#locked(id, async () => {
+      const record = await this.#records.read(id);
+      if (!record.quarantine) {
+        const now = Date.now();
+        record.quarantine = {
+          at: new Date(now).toISOString(),
+          removeAfter: new Date(now + keepMs).toISOString(),
+        };
+        await this.#records.write(record);
+      }
+      return this.#stop(id);
+    });
+  }
+
+  /** Takes the VM out of quarantine (adopted again); it keeps whatever state it had: stopped. */
+  unquarantine(id: string): Promise<VmStatus> {
+    return this.#locked(id, async () => {
+      const record = await this.#records.read(id);
+      if (record.quarantine) {
+        delete record.quarantine;
+        await this.#records.write(record);
+      }
+      return this.#status(record);
+    });
+  }
+
+  /**
+   * One health check of a running VM's guest agent, within `timeoutMs`. Not a use of the VM
+   * (no `touch`). `busy` while a lifecycle operation holds the VM (a snapshot pauses it, a
+   * credentials wipe restarts its agent): those are not the guest's failures. A check that
+   * fails drops the channel session, so the next one connects anew: a guest agent that was
+   * restarted inside the guest (busybox init respawns it) never answers the old session.
+   */
+  async probe(id: string, timeoutMs: number): Promise<Probe> {
+    const live = this.#live.get(id);
+    if (!live) return { state: 'busy' };
+    if (this.#locks.has(id) || this.#transitions.has(id) || this.#reverting.has(id)) return { state: 'busy' };
+    let guest = live.guest && !live.guest.closed ? live.guest : undefined;
+    try {
+      if (!guest) {
+        guest = await GuestClient.connect(live.vm.transport, timeoutMs);
+        if (this.#live.get(id) !== live || (live.guest && !live.guest.closed)) {
+          guest.close();
+          return { state: 'busy' };
+        }
+        live.guest = guest;
+      }
+      const health = await guest.health(timeoutMs);
+      return { state: 'ok', pid: live.vm.pid, agentStartedAt: health.agentStartedAt };
+    } catch (e) {
+      if (guest && live.guest === guest) {
+        guest.close();
+        live.guest = undefined;
+      }
+      return { state: 'failed', pid: live.vm.pid, failure: (e as Error).message };
+    }
+  }
+
+  /** Where the VM's serial console is logged (named in boot and health errors). */
+  consoleLog(id: string): string {
+    return this.#driver.consoleLog(this.dirOf(id));
   }
 
   /** `start`, for a caller that holds the VM's lock. */
@@ -344,6 +457,13 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
       const spec = await this.#launchSpec(record, true);
       await this.#launchUntilReady(record, spec);
       return this.#finish(id, record);
+    } catch (e) {
+      // A start that failed leaves nothing made for it behind: the VM is as a stopped one.
+      if (!this.#live.has(id))
+        await this.#cgroupOf(id)
+          ?.remove()
+          .catch(() => {});
+      throw e;
     } finally {
       this.#transitions.delete(id);
     }

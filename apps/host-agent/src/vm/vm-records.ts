@@ -89,6 +89,11 @@ export const VmRecord = z.object({
   /** The snapshot the VM was last made from or reverted to, parent of the next one. */
   basedOn: SnapshotName.optional(),
   backupMark: BackupMark.optional(),
+  /**
+   * Set when no control plane listed this tenant VM (an orphan): it is kept stopped until
+   * `removeAfter`, then destroyed, unless the desired list names it again first (adopted).
+   */
+  quarantine: z.object({ at: z.string(), removeAfter: z.string() }).optional(),
 });
 export type VmRecord = z.infer<typeof VmRecord>;
 
@@ -136,8 +141,14 @@ export class VmRecords {
   async write(record: VmRecord, dir = this.dirOf(record.id)): Promise<void> {
     const path = join(dir, RECORD);
     const tmp = `${path}.tmp`;
-    await writeFile(tmp, JSON.stringify(record, null, 2), { mode: PRIVATE_FILE_MODE });
-    await rename(tmp, path);
+    try {
+      await writeFile(tmp, JSON.stringify(record, null, 2), { mode: PRIVATE_FILE_MODE });
+      await rename(tmp, path);
+    } catch (e) {
+      // A write cut short (a full disk) must not leave its half behind.
+      await rm(tmp, { force: true }).catch(() => {});
+      throw e;
+    }
   }
 
   /** The ids of the VM directories, readable record or not, sorted. */
