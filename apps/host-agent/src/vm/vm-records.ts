@@ -89,6 +89,11 @@ export const VmRecord = z.object({
   /** The snapshot the VM was last made from or reverted to, parent of the next one. */
   basedOn: SnapshotName.optional(),
   backupMark: BackupMark.optional(),
+  /**
+   * Set while the VM is suspended (idle reclamation): its memory and device state in `dir`
+   * (relative to the VM directory), saved at `at`; its disks are the chains above, unchanged.
+   */
+  suspended: z.object({ dir: z.string(), memory: SnapshotMemory, at: z.string() }).optional(),
 });
 export type VmRecord = z.infer<typeof VmRecord>;
 
