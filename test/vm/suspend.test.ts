@@ -226,8 +226,19 @@ describe('idle reclamation: suspend and wake on real VMs (qemu)', { timeout: 900
     assert.match(await res.text(), new RegExp(`^${counterPid} \\d+`));
     wakeMs.push(Math.round(performance.now() - t1));
 
-    // Suspended once more, then the agent restarts: still suspended, and an exec wakes it.
+    // Suspended once more. A backup's point in time while suspended takes the offline path
+    // (new tops over its disks, no VMM needed), and the wake below runs on those tops.
     await suspended(t.vmId, (await host.vms.get(t.vmId)).pid ?? undefined);
+    const chainBefore = (await host.vms.get(t.vmId)).disks?.data.length ?? 1;
+    const frozen = await host.vms.backupPoint(
+      t.vmId,
+      { includeRoot: false, freezeTimeoutMs: 5_000 },
+      async (p) => p.frozen,
+    );
+    assert.equal(frozen.data.length, chainBefore);
+    assert.equal((await host.vms.get(t.vmId)).disks?.data.length, chainBefore + 1);
+    assert.equal(await state(t.vmId), 'suspended');
+    // Then the agent restarts: still suspended, and an exec wakes it.
     await closeAgent();
     await openAgent();
     assert.equal(await state(t.vmId), 'suspended');
@@ -239,9 +250,15 @@ describe('idle reclamation: suspend and wake on real VMs (qemu)', { timeout: 900
     wakeMs.push(Math.round(performance.now() - t2));
     assert.equal(again.stdout.split(' ')[0], counterPid);
 
+    // A new generation (`tenant start`) wakes a suspended VM without any request.
+    await suspended(t.vmId, (await host.vms.get(t.vmId)).pid ?? undefined);
+    cp.set({ ...t, idleTimeoutMs: IDLE_MS, generation: 3 });
+    await until('a new generation wakes it', async () => (await state(t.vmId)) === 'running', 60_000, 50);
+    assert.equal((await remoteExec(t.vmId, 'cat /tmp/counter')).stdout.split(' ')[0], counterPid);
+
     // Desired stopped while suspended: the memory is discarded, the VM stopped.
     await suspended(t.vmId, (await host.vms.get(t.vmId)).pid ?? undefined);
-    cp.set({ ...t, idleTimeoutMs: IDLE_MS, desiredState: 'stopped', generation: 3 });
+    cp.set({ ...t, idleTimeoutMs: IDLE_MS, desiredState: 'stopped', generation: 4 });
     await until('the suspended VM is stopped', async () => (await state(t.vmId)) === 'stopped', 30_000);
     assert.equal(existsSync(join(dir, 'suspend')), false, 'stop discards the suspend files');
     cp.tenants = [];
