@@ -44,9 +44,9 @@ export class IdleReclaimer {
     this.#o = options;
   }
 
-  /** Starts the check loop (a VMM that cannot suspend has none). */
+  /** Starts the check loop (with a VMM that cannot suspend it only forgets VMs that are gone). */
   start(): void {
-    if (this.#timer || !this.#vms.canSuspend) return;
+    if (this.#timer) return;
     this.#timer = setInterval(() => {
       this.#checking ??= this.check().finally(() => {
         this.#checking = undefined;
@@ -107,10 +107,17 @@ export class IdleReclaimer {
     return this.#eligible(id) && typeof timeout === 'number' && this.idleMs(id) >= timeout;
   }
 
-  /** Suspends every running VM idle past its timeout; one at a time, so a check never floods the disk. */
+  /**
+   * Suspends every running VM idle past its timeout; one at a time, so a check never floods the
+   * disk. First forgets the use of VMs that do not exist: requests naming made-up VM ids (the
+   * remote API touches before it knows) must not grow this agent's memory.
+   */
   async check(): Promise<void> {
+    const vms = await this.#vms.list().catch(() => undefined);
+    if (!vms) return;
+    const ids = new Set(vms.map((v) => v.id));
+    for (const id of this.#last.keys()) if (!ids.has(id) && !this.#open.has(id)) this.#last.delete(id);
     if (!this.#vms.canSuspend) return;
-    const vms = await this.#vms.list().catch(() => []);
     for (const vm of vms) {
       if (vm.state !== 'running' || !this.#idlePast(vm.id)) continue;
       await this.#vms
