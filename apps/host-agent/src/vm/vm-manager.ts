@@ -183,7 +183,7 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
     this.idle = new IdleReclaimer(
       {
         list: () => this.list(),
-        suspend: (id, o) => this.suspend(id, o),
+        suspend: (id, o) => this.suspend(id, { ...o, notIfBusy: true }),
         canSuspend: this.#canSuspend(),
       },
       {
@@ -444,9 +444,15 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
    * credentials are wiped (the guest agent restarting, the channel scrubbed), so the memory
    * file holds none; they are delivered again at wake while this agent runs. The suspend is
    * recorded in vm.json before QEMU ends, so it survives an agent restart. `unless`, asked
-   * under the VM's lock, lets an idle check give up on a VM that got busy meanwhile.
+   * under the VM's lock, lets an idle check give up on a VM that got busy meanwhile; `notIfBusy`
+   * gives up at once on a VM another operation holds (a start making room, which holds its own
+   * VM's lock, must never wait for another's: two of them could wait for each other).
    */
-  suspend(id: string, options: { unless?: () => boolean; why?: string } = {}): Promise<VmStatus> {
+  suspend(
+    id: string,
+    options: { unless?: () => boolean; why?: string; notIfBusy?: boolean } = {},
+  ): Promise<VmStatus> {
+    if (options.notIfBusy && this.#locks.has(id)) return this.get(id);
     const run = this.#locked(id, async () => {
       const record = await this.#records.read(id);
       const live = this.#live.get(id);
