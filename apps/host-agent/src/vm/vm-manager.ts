@@ -470,19 +470,26 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
       const started = performance.now();
       this.#transitions.set(id, 'stopping');
       const creds = this.#credentials.get(id);
+      const dir = this.dirOf(id);
       try {
-        if (creds) await this.#wipeAndScrub(id, live);
-        await this.#syncGuest(id);
-        const dir = this.dirOf(id);
-        await rm(join(dir, SUSPEND_DIR), { recursive: true, force: true });
-        await mkdir(join(dir, SUSPEND_DIR), { mode: 0o700 });
-        const spec = await this.#launchSpec(record, false);
         let taken: Awaited<ReturnType<typeof d.suspend>>;
         try {
-          taken = await d.suspend(live.vm, spec, join(dir, SUSPEND_DIR));
-        } catch (e) {
+          if (creds) await this.#wipeAndScrub(id, live);
+          await this.#syncGuest(id);
           await rm(join(dir, SUSPEND_DIR), { recursive: true, force: true });
-          if (creds) await (await this.#guest(id)).putCredentials(creds);
+          await mkdir(join(dir, SUSPEND_DIR), { mode: 0o700 });
+          taken = await d.suspend(live.vm, await this.#launchSpec(record, false), join(dir, SUSPEND_DIR));
+        } catch (e) {
+          // The VM runs on (a failed save resumes it): as it was, with its credentials.
+          await rm(join(dir, SUSPEND_DIR), { recursive: true, force: true });
+          if (creds)
+            await this.#guest(id)
+              .then((g) => g.putCredentials(creds))
+              .catch((err: Error) =>
+                this.#o.log?.(
+                  `VM ${id}: delivering credentials after a failed suspend failed: ${err.message}`,
+                ),
+              );
           throw e;
         }
         // Recorded before QEMU ends: from here on the saved state is the VM.
