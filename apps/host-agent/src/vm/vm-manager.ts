@@ -1023,6 +1023,8 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
   putCredentials(id: string, credentials: Credentials): Promise<void> {
     const creds = parseOrThrow(Credentials, credentials);
     return this.#locked(id, async () => {
+      // A session starting on a suspended VM wakes it.
+      if (!this.#live.has(id) && (await this.#records.read(id)).suspended) await this.#start(id);
       const guest = await this.#guest(id);
       const files: Record<string, string> = {};
       for (const [name, value] of Object.entries(creds.files))
