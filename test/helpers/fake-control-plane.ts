@@ -26,10 +26,11 @@ export class FakeControlPlane {
     this.#server = server;
   }
 
-  static async start(): Promise<FakeControlPlane> {
+  /** `host`: where it listens (a test/net lab's root address, for an agent in the lab's namespace). */
+  static async start(host = '127.0.0.1'): Promise<FakeControlPlane> {
     const cp: FakeControlPlane = new FakeControlPlane(createServer((req, res) => void cp.#handle(req, res)));
-    await new Promise<void>((resolve) => cp.#server.listen(0, '127.0.0.1', resolve));
-    cp.url = `http://127.0.0.1:${(cp.#server.address() as AddressInfo).port}`;
+    await new Promise<void>((resolve) => cp.#server.listen(0, host, resolve));
+    cp.url = `http://${host}:${(cp.#server.address() as AddressInfo).port}`;
     return cp;
   }
 

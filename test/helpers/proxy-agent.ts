@@ -39,6 +39,8 @@ export class ProxyAgent {
       },
       // Dashboard traffic marks a VM used (VmManager.touch); nothing to track here.
       touch: () => {},
+      // Open requests keep a VM from idling (VmManager.idle); no idle reclamation here.
+      idle: { hold: () => () => {} },
     };
     this.api = createRemoteApi({ vms } as unknown as Host, { agentToken: this.agentToken, onWake: () => {} });
     await this.api.listen({ host: '127.0.0.1', port: 0 });

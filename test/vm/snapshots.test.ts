@@ -7,11 +7,11 @@
  * reverted to at the end, so it is at least 60 s old by then (the clock check needs that).
  */
 import assert from 'node:assert/strict';
-import { createReadStream } from 'node:fs';
 import { readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { LAYERS_DIR } from '@warren/host-agent';
+import { anyFileHolds } from '../helpers/file-holds.ts';
 import { collect, openTestHost, type TestHost } from '../helpers/host.ts';
 import { minimalImage } from '../helpers/image.ts';
 import { until } from '../helpers/until.ts';
@@ -20,33 +20,6 @@ const sh = (script: string) => ({ argv: ['sh', '-c', script] });
 const SNAPSHOT_AGE_MS = 60_000;
 /** Made at run time, so it is in no image or earlier run's file. */
 const SECRET = `wrn-secret-${process.pid}-${Date.now().toString(36)}-ZQXJ`;
-
-/** True if any file under `dir` contains `needle` (streamed: memory files are large). */
-async function anyFileHolds(dir: string, needle: Buffer): Promise<string | undefined> {
-  for (const entry of await readdir(dir, { withFileTypes: true, recursive: true })) {
-    if (!entry.isFile()) continue;
-    const path = join(entry.parentPath, entry.name);
-    if (await fileHolds(path, needle)) return path;
-  }
-  return undefined;
-}
-
-function fileHolds(path: string, needle: Buffer): Promise<boolean> {
-  return new Promise((resolve, reject) => {
-    let tail = Buffer.alloc(0);
-    const s = createReadStream(path, { highWaterMark: 4 * 1024 * 1024 });
-    s.on('data', (chunk) => {
-      const window = Buffer.concat([tail, chunk as Buffer]);
-      if (window.includes(needle)) {
-        s.destroy();
-        resolve(true);
-      }
-      tail = window.subarray(Math.max(0, window.length - needle.length));
-    });
-    s.on('error', reject);
-    s.on('close', () => resolve(false));
-  });
-}
 
 describe('snapshots on real VMs (qemu)', { timeout: 900_000 }, () => {
   let host: TestHost;

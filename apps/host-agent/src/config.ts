@@ -102,6 +102,16 @@ export const HostAgentConfig = z
     cgroupRoot: z.string().startsWith('/').default('/sys/fs/cgroup'),
     /** WARREN_BOOT_TIMEOUT_MS: from QEMU start to guest agent ready. TCG boots take seconds. */
     bootTimeoutMs: z.coerce.number().int().positive().default(120_000),
+    /**
+     * WARREN_IDLE_CHECK_MS: how often running tenant VMs are checked against their idle timeout
+     * (the control plane's per-tenant `idleTimeoutMs`); an idle one is suspended.
+     */
+    idleCheckMs: z.coerce.number().int().min(100).default(5_000),
+    /**
+     * WARREN_WAKE_TIMEOUT_MS: how long a request (exec, files, dashboard) to a suspended VM
+     * waits for its wake before it fails with TIMEOUT.
+     */
+    wakeTimeoutMs: z.coerce.number().int().positive().default(60_000),
     /** WARREN_STOP_TIMEOUT_MS: graceful guest shutdown before the VM is killed. */
     stopTimeoutMs: z.coerce.number().int().positive().default(20_000),
     /** WARREN_TCG_TB_MIB: TCG translation cache per VM (QEMU's default is 1 GiB). */
@@ -333,6 +343,8 @@ export const ENV_NAMES: Record<keyof HostAgentConfig, string> = {
   cgroupRoot: 'WARREN_CGROUP_ROOT',
   bootTimeoutMs: 'WARREN_BOOT_TIMEOUT_MS',
   stopTimeoutMs: 'WARREN_STOP_TIMEOUT_MS',
+  idleCheckMs: 'WARREN_IDLE_CHECK_MS',
+  wakeTimeoutMs: 'WARREN_WAKE_TIMEOUT_MS',
   tcgTranslationCacheMiB: 'WARREN_TCG_TB_MIB',
   pidsMax: 'WARREN_PIDS_MAX',
   vmIoMiBps: 'WARREN_VM_IO_MIBPS',

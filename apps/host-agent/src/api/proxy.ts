@@ -34,11 +34,14 @@ interface VmWithNetwork {
 export function guestIpTarget(vms: {
   get(id: string): Promise<VmWithNetwork>;
   touch(id: string): void;
+  /** Wakes the VM if it is suspended (idle reclamation); the request waits for it. */
+  awake?(id: string): Promise<void>;
 }): ResolveVmTarget {
   return async (vmId, port) => {
-    const vm = await vms.get(vmId);
     // Dashboard traffic is use: a session's clean snapshot is no longer what the VM is.
     vms.touch(vmId);
+    await vms.awake?.(vmId);
+    const vm = await vms.get(vmId);
     if (vm.state !== 'running') throw new WarrenError('VM_NOT_RUNNING', `VM ${vmId} is ${vm.state}`);
     const ip = vm.network?.guestIp;
     if (!ip || isIP(ip) === 0) {

@@ -26,6 +26,31 @@ export interface RemoteApiOptions {
 
 const digest = (s: string) => createHash('sha256').update(s).digest();
 
+/** Routes that use a VM's guest: open requests to them keep it from being idle. */
+const GUEST_ROUTES = new Set([
+  '/v1/vms/:id/health',
+  '/v1/vms/:id/exec',
+  '/v1/vms/:id/files',
+  '/v1/vms/:id/proxy/:port/*',
+]);
+
+/**
+ * Idle reclamation: an exec, a file transfer, a dashboard request or a WebSocket tunnel counts
+ * as open from its request until its connection closes, and no VM is idle while one is open.
+ * (Waking a suspended VM is `guest()`'s and the proxy target's: they wait for it.)
+ */
+function holdWhileOpen(app: FastifyInstance, host: Host): void {
+  app.addHook('onRequest', async (req, reply) => {
+    const id = (req.params as { id?: string }).id;
+    if (!id || !tenantIdOfVm(id) || !GUEST_ROUTES.has(req.routeOptions.url ?? '')) return;
+    const release = host.vms.idle.hold(id);
+    // A WebSocket is open as long as its socket; anything else, its reply.
+    const open = req.headers.upgrade ? req.raw.socket : reply.raw;
+    if (open.destroyed) release();
+    else open.once('close', release);
+  });
+}
+
 /**
  * The API the control plane calls on this host, over TCP: guest health, exec and files of
  * tenant VMs, the dashboard proxy to a port of a tenant VM (HTTP and WebSocket, `proxy.ts`),
@@ -55,6 +80,7 @@ export function createRemoteApi(host: Host, options: RemoteApiOptions): FastifyI
     tenantVm(id);
     return host.vms.guest(id);
   };
+  holdWhileOpen(app, host);
   registerSnapshotRoutes(app, host.vms, tenantVm);
   registerBackupRoutes(app, host.backups, tenantVm);
 

@@ -342,6 +342,7 @@ export class Reconciler {
   async #converge(response: HeartbeatResponse): Promise<void> {
     const onDisk = await this.#tenantVms();
     const wanted = new Set<string>();
+    this.#o.vms.idle.setTimeouts(idleTimeoutsOf(response.tenants));
     for (const t of response.tenants) {
       // The VM id is derived here, never taken from the wire: a control plane cannot name a
       // VM outside the tenant namespace (or a path).
@@ -421,6 +422,7 @@ export class Reconciler {
     }
     let steps = stepsTo(want, vm);
     if (steps === 'wait') return;
+    if (wakesSuspended(want, vm, track.generation, generation)) steps = ['start'];
     // Listed again (an admin adopted it): out of quarantine, then on to its desired state.
     // An explicit delete (absent) destroys it as any other VM.
     if (vm?.quarantine && want !== 'absent') {
@@ -580,9 +582,29 @@ function stepsTo(want: DesiredState, vm: VmStatus | undefined): Step[] | 'wait' 
   if (want === 'absent') return vm ? ['destroy'] : [];
   if (!vm) return want === 'running' ? ['create', 'start'] : ['create'];
   if (vm.state === 'starting' || vm.state === 'stopping') return 'wait';
-  if (want === 'running') return vm.state === 'running' ? [] : ['start'];
+  // A suspended VM stays so until a request needs it or a new generation says start (wakesSuspended).
+  if (want === 'running') return vm.state === 'running' || vm.state === 'suspended' ? [] : ['start'];
   // A crashed VM is not running, but its record still says it should: stop() settles that.
   return vm.state === 'stopped' ? [] : ['stop'];
+}
+
+/**
+ * Desired running and suspended: woken only for a new generation (`tenant start`). A track this
+ * process has not acted on yet (generation 0, after an agent restart) does not count as new, so
+ * a restart never wakes every suspended tenant at once.
+ */
+function wakesSuspended(
+  want: DesiredState,
+  vm: VmStatus | undefined,
+  acted: number,
+  generation: number,
+): boolean {
+  return want === 'running' && vm?.state === 'suspended' && acted !== 0 && generation !== acted;
+}
+
+/** Each desired tenant VM's idle timeout (null: never), for the idle check. */
+function idleTimeoutsOf(tenants: readonly DesiredTenant[]): Map<string, number | null> {
+  return new Map(tenants.map((t) => [vmIdOfTenant(t.tenantId), t.idleTimeoutMs ?? null]));
 }
 
 /** A task's phase wins (it knows more than the disk), then a failure, then the VM's own state. */

@@ -39,7 +39,9 @@ import {
   type VmmDriver,
 } from '../vmm/driver.ts';
 import { LAYERS_DIR, layerFormat, layersDir } from '../vmm/vm-disks.ts';
+import { IdleReclaimer } from './idle.ts';
 import { JailIdAllocator, type UidRange } from './jail-ids.ts';
+import { dropSuspend, SUSPEND_DIR } from './suspend.ts';
 import { VmLinks } from './vm-links.ts';
 import { type BackupMark, type SnapshotRecord, VmId, type VmRecord, VmRecords } from './vm-records.ts';
 import {
@@ -84,7 +86,8 @@ export interface BackupPoint {
   rootfsPath: string;
 }
 
-export type VmState = 'stopped' | 'starting' | 'running' | 'stopping' | 'crashed';
+/** `suspended`: idle-reclaimed, its memory and device state on disk and no VMM running; `start` wakes it. */
+export type VmState = 'stopped' | 'starting' | 'running' | 'stopping' | 'crashed' | 'suspended';
 
 /** What one health check found: the guest agent's answer, why there was none, or `busy` (not checked). */
 export type Probe =
@@ -122,6 +125,12 @@ export interface VmManagerOptions {
   jailUids: UidRange;
   /** Tenant networking; without it VMs get no NIC. */
   network?: HostNetwork;
+  /** WARREN_IDLE_CHECK_MS: how often running VMs are checked against their idle timeouts. */
+  idleCheckMs?: number;
+  /** WARREN_WAKE_TIMEOUT_MS: how long a request waits for a suspended VM to wake. */
+  wakeTimeoutMs?: number;
+  /** Guest memory running VMs may hold together (WARREN_CAPACITY_MEMORY_MIB); see IdleReclaimer.makeRoom. */
+  capacityMemoryMiB?: number;
   log?: (message: string) => void;
 }
 
@@ -172,6 +181,12 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
   readonly #reverting = new Set<string>();
   /** The snapshot each VM has not been used since it was made from or reverted to (see `touch`). */
   readonly #unchangedSince = new Map<string, string>();
+  /** Suspends in progress: a request that arrives meanwhile waits for it, then wakes the VM. */
+  readonly #suspending = new Map<string, Promise<unknown>>();
+  /** Wakes in progress, shared by every request that needs the VM. */
+  readonly #waking = new Map<string, Promise<void>>();
+  /** Idle tracking, the idle check loop, and making room in memory before a start (idle.ts). */
+  readonly idle: IdleReclaimer;
 
   private constructor(options: VmManagerOptions) {
     super();
@@ -180,6 +195,18 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
     const log = options.log ?? (() => {});
     this.#records = new VmRecords(options.dataDir, log);
     this.#links = new VmLinks(this.#records, options.network, log);
+    this.idle = new IdleReclaimer(
+      {
+        list: () => this.list(),
+        suspend: (id, o) => this.suspend(id, { ...o, notIfBusy: true }),
+        canSuspend: this.#canSuspend(),
+      },
+      {
+        checkMs: options.idleCheckMs ?? 5_000,
+        ...(options.capacityMemoryMiB !== undefined ? { capacityMemoryMiB: options.capacityMemoryMiB } : {}),
+        log,
+      },
+    );
     this.#jailIds = new JailIdAllocator(options.jailUids, async () => {
       const held = new Set<number>();
       for (const r of await this.#records.all()) if (r.jail) held.add(r.jail.uid);
@@ -217,6 +244,7 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
       }
       // Whatever a snapshot or revert cut short by a crash left behind.
       await collectGarbage(m.dirOf(id), record).catch(() => {});
+      if (await m.#openSuspended(record)) continue;
       const vm = driver.capabilities.reAttach
         ? await driver.attach(await m.#launchSpec(record, false)).catch(() => undefined)
         : undefined;
@@ -233,7 +261,37 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
       }
     }
     await m.#links.open((id) => m.#live.has(id));
+    m.idle.start();
     return m;
+  }
+
+  /**
+   * At start-up: a suspended VM stays suspended. A QEMU still there is one whose suspend was cut
+   * short after its state was saved and recorded: it is ended without resuming its guest (the
+   * saved memory is what the VM is). A VM not suspended loses a suspend directory a crash left.
+   * True when the VM is suspended.
+   */
+  async #openSuspended(record: VmRecord): Promise<boolean> {
+    const dir = this.dirOf(record.id);
+    if (!record.suspended) {
+      // A QEMU woken from it may still map its memory file: the name goes, its pages stay.
+      await rm(join(dir, SUSPEND_DIR), { recursive: true, force: true });
+      return false;
+    }
+    const vm = this.#driver.capabilities.reAttach
+      ? await this.#driver
+          .attach(await this.#launchSpec(record, false), { resume: false })
+          .catch(() => undefined)
+      : undefined;
+    if (vm) {
+      this.#o.log?.(`VM ${record.id}: ending the QEMU of a suspend cut short (pid ${vm.pid})`);
+      vm.kill();
+      await vm.exited;
+    }
+    await this.#cgroupOf(record.id)
+      ?.remove()
+      .catch(() => {});
+    return true;
   }
 
   /** The driver VMs run under: its name (heartbeats report it), capabilities, and what it keeps of a VM. */
@@ -446,14 +504,18 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
     }
     this.#transitions.set(id, 'starting');
     this.touch(id);
-    this.#credentials.delete(id);
+    const suspended = record.suspended;
+    // A woken guest gets its credentials again; a booted one starts without any.
+    if (!suspended) this.#credentials.delete(id);
     try {
       record.desired = 'running';
       delete record.lastExit;
       if (record.jail) await this.#records.write(record);
       // A VM made before VMMs were jailed gets its own uid at its first start since.
       else await this.#jailIds.allocate((ids) => this.#records.write(Object.assign(record, { jail: ids })));
+      await this.idle.makeRoom(id, record.memoryMiB);
       await this.#links.prepare(record);
+      if (suspended) return await this.#wake(record, suspended);
       const spec = await this.#launchSpec(record, true);
       await this.#launchUntilReady(record, spec);
       return this.#finish(id, record);
@@ -469,6 +531,146 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
     }
   }
 
+  /**
+   * Wakes a suspended VM (`start` holds its lock): a new VMM restores its memory (pages mapped on
+   * demand from a `mapped` file) and device state on its unchanged disks, the guest's clock and
+   * entropy are fixed up (`restored`, the first call), and credentials it had are delivered again.
+   */
+  async #wake(record: VmRecord, suspended: NonNullable<VmRecord['suspended']>): Promise<VmStatus> {
+    const started = performance.now();
+    const dir = this.dirOf(record.id);
+    const spec = await this.#launchSpec(record, true, {
+      dir: join(dir, suspended.dir),
+      memory: suspended.memory,
+    });
+    await this.#launchUntilReady(
+      record,
+      spec,
+      (c) => c.restored(),
+      // From the guest's first instruction on it may write its disks: the saved memory is no
+      // longer the VM's, so no later start may restore it again.
+      () => dropSuspend(dir, record, (r) => this.#records.write(r)),
+    );
+    const creds = this.#credentials.get(record.id);
+    if (creds) await (await this.#guest(record.id)).putCredentials(creds);
+    this.#o.log?.(`VM ${record.id} woke in ${Math.round(performance.now() - started)} ms`);
+    return this.#finish(record.id, record);
+  }
+
+  /**
+   * Suspends a running VM (idle reclamation): its memory and device state go to its suspend
+   * directory, its QEMU ends and its memory (and cgroup) are returned to the host; its disks
+   * stay as they are. Before the save the guest syncs its page cache to its disks and its
+   * credentials are wiped (the guest agent restarting, the channel scrubbed), so the memory
+   * file holds none; they are delivered again at wake while this agent runs. The suspend is
+   * recorded in vm.json before QEMU ends, so it survives an agent restart. `unless`, asked
+   * under the VM's lock, lets an idle check give up on a VM that got busy meanwhile; `notIfBusy`
+   * gives up at once on a VM another operation holds (a start making room, which holds its own
+   * VM's lock, must never wait for another's: two of them could wait for each other).
+   */
+  suspend(
+    id: string,
+    options: { unless?: () => boolean; why?: string; notIfBusy?: boolean } = {},
+  ): Promise<VmStatus> {
+    if (options.notIfBusy && this.#locks.has(id)) return this.get(id);
+    const run = this.#locked(id, async () => {
+      const record = await this.#records.read(id);
+      const live = this.#live.get(id);
+      if (!live) {
+        if (record.suspended) return this.#status(record);
+        throw new WarrenError('VM_NOT_RUNNING', `VM ${id} is not running, so it cannot be suspended`);
+      }
+      if (options.unless?.()) return this.#status(record);
+      const d = this.#driver;
+      if (!this.#canSuspend() || !d.suspend)
+        throw new WarrenError(
+          'HOST_UNSUPPORTED',
+          `the ${d.name} VMM of this host cannot suspend VMs; run the VM on a host with WARREN_VMM=qemu`,
+        );
+      const started = performance.now();
+      this.#transitions.set(id, 'stopping');
+      const creds = this.#credentials.get(id);
+      const dir = this.dirOf(id);
+      try {
+        let taken: Awaited<ReturnType<typeof d.suspend>>;
+        try {
+          if (creds) await this.#wipeAndScrub(id, live);
+          await this.#syncGuest(id);
+          await rm(join(dir, SUSPEND_DIR), { recursive: true, force: true });
+          await mkdir(join(dir, SUSPEND_DIR), { mode: 0o700 });
+          taken = await d.suspend(live.vm, await this.#launchSpec(record, false), join(dir, SUSPEND_DIR));
+        } catch (e) {
+          // The VM runs on (a failed save resumes it): as it was, with its credentials.
+          await rm(join(dir, SUSPEND_DIR), { recursive: true, force: true });
+          if (creds)
+            await this.#guest(id)
+              .then((g) => g.putCredentials(creds))
+              .catch((err: Error) =>
+                this.#o.log?.(
+                  `VM ${id}: delivering credentials after a failed suspend failed: ${err.message}`,
+                ),
+              );
+          throw e;
+        }
+        // Recorded before QEMU ends: from here on the saved state is the VM.
+        live.expectingExit = true;
+        record.suspended = { dir: SUSPEND_DIR, memory: taken.memory, at: new Date().toISOString() };
+        await this.#records.write(record);
+        live.guest?.close();
+        await live.vm.quit();
+        if (!(await settlesWithin(live.vm.exited, 10_000))) live.vm.kill();
+        await live.vm.exited;
+        await this.#settled(id);
+        this.#o.log?.(
+          `VM ${id} suspended in ${Math.round(performance.now() - started)} ms (paused ${Math.round(taken.pausedMs)} ms)${options.why ? `: ${options.why}` : ''}`,
+        );
+        return this.#finish(id, await this.#records.read(id));
+      } finally {
+        this.#transitions.delete(id);
+      }
+    });
+    this.#suspending.set(id, run);
+    void run
+      .catch(() => {})
+      .finally(() => {
+        if (this.#suspending.get(id) === run) this.#suspending.delete(id);
+      });
+    return run;
+  }
+
+  #canSuspend(): boolean {
+    return this.#driver.capabilities.suspend && this.#driver.suspend !== undefined;
+  }
+
+  /**
+   * Makes sure a VM a request needs is not suspended: waits for a suspend in progress, then
+   * wakes the VM (one wake shared by every request that asks meanwhile), within the wake timeout.
+   */
+  async awake(id: string): Promise<void> {
+    await this.#suspending.get(id)?.catch(() => {});
+    if (this.#live.has(id)) return;
+    const record = await this.#records.read(id);
+    if (!record.suspended) return;
+    let wake = this.#waking.get(id);
+    if (!wake) {
+      wake = this.start(id).then(() => undefined);
+      const w = wake;
+      this.#waking.set(id, w);
+      void w
+        .catch(() => {})
+        .finally(() => {
+          if (this.#waking.get(id) === w) this.#waking.delete(id);
+        });
+    }
+    const ms = this.#o.wakeTimeoutMs ?? 60_000;
+    if (!(await settlesWithin(wake, ms)))
+      throw new WarrenError(
+        'TIMEOUT',
+        `VM ${id} did not wake from suspend within ${ms} ms (WARREN_WAKE_TIMEOUT_MS); try again`,
+      );
+    await wake;
+  }
+
   /** Graceful power-off through the guest agent; the VMM's quit and then SIGKILL after the timeout. */
   stop(id: string, timeoutMs = this.#o.stopTimeoutMs): Promise<VmStatus> {
     return this.#locked(id, () => this.#stop(id, timeoutMs));
@@ -479,6 +681,8 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
     const record = await this.#records.read(id);
     record.desired = 'stopped';
     await this.#records.write(record);
+    // A suspended VM's memory is discarded: its guest synced its disks before the suspend.
+    await dropSuspend(this.dirOf(id), record, (r) => this.#records.write(r));
     const live = this.#live.get(id);
     if (!live) return this.#status(record);
     this.#transitions.set(id, 'stopping');
@@ -505,6 +709,7 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
       const record = await this.#records.read(id);
       record.desired = 'stopped';
       await this.#records.write(record);
+      await dropSuspend(this.dirOf(id), record, (r) => this.#records.write(r));
       await this.#killLive(id);
       return this.#status(await this.#records.read(id));
     });
@@ -540,12 +745,17 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
    */
   async guest(id: string): Promise<GuestClient> {
     this.touch(id);
+    await this.awake(id);
     return this.#guest(id);
   }
 
-  /** Marks the VM as used since its last snapshot or revert, so a session's clean snapshot is taken anew. */
+  /**
+   * Marks the VM as used: since its last snapshot or revert (so a session's clean snapshot is
+   * taken anew), and now (idle reclamation).
+   */
   touch(id: string): void {
     this.#unchangedSince.delete(id);
+    this.idle.touch(id);
   }
 
   async #guest(id: string): Promise<GuestClient> {
@@ -584,6 +794,7 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
     const req = parseOrThrow(CreateSnapshotRequest, request);
     return this.#locked(id, async () => {
       const driver = this.#requireSnapshots();
+      if (!this.#live.has(id) && (await this.#records.read(id)).suspended) await this.#start(id);
       const record = await this.#records.read(id);
       const live = this.#live.get(id);
       if (!live) throw new WarrenError('VM_NOT_RUNNING', `VM ${id} is not running; start it to snapshot it`);
@@ -659,6 +870,7 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
         const image = await this.#o.store.verify(record.imageId);
         const [tops] = await Promise.all([driver.newTops(dir, snapshot.disks, image), this.#killLive(id)]);
         this.#credentials.delete(id);
+        await dropSuspend(dir, record, (r) => this.#records.write(r));
         record.disks = tops;
         record.basedOn = name;
         record.desired = 'running';
@@ -836,7 +1048,8 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
         for (const disk of disks) await rm(tmp(disk), { force: true });
         throw e;
       }
-      const wasRunning = this.#live.has(id);
+      // A suspended VM counts as running: it boots afresh on its new volumes (its memory is of the old ones).
+      const wasRunning = this.#live.has(id) || (await this.#records.read(id)).suspended !== undefined;
       if (wasRunning) await this.#stop(id);
       const record = await this.#records.read(id);
       const chains = chainsOf(record);
@@ -930,6 +1143,8 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
   putCredentials(id: string, credentials: Credentials): Promise<void> {
     const creds = parseOrThrow(Credentials, credentials);
     return this.#locked(id, async () => {
+      // A session starting on a suspended VM wakes it.
+      if (!this.#live.has(id) && (await this.#records.read(id)).suspended) await this.#start(id);
       const guest = await this.#guest(id);
       const files: Record<string, string> = {};
       for (const [name, value] of Object.entries(creds.files))
@@ -985,6 +1200,7 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
 
   /** Lets go of all VMs without stopping them (they keep running for the next agent). */
   close(): void {
+    this.idle.close();
     for (const live of this.#live.values()) {
       live.guest?.close();
       live.vm.detach();
@@ -1020,9 +1236,10 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
 
   async #recordExit(record: VmRecord, exit: VmExit, expected = false): Promise<void> {
     record.lastExit = { ...exit, at: new Date().toISOString() };
-    if (expected) record.desired = 'stopped';
+    // A suspended VM is still meant to run: its exit was the suspend's.
+    if (expected && !record.suspended) record.desired = 'stopped';
     await this.#records.write(record).catch(() => {});
-    if (record.desired !== 'running')
+    if (record.desired !== 'running' || record.suspended)
       await this.#cgroupOf(record.id)
         ?.remove()
         .catch(() => {});
@@ -1036,12 +1253,12 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
     record: VmRecord,
     spec: VmLaunchSpec,
     ready?: (client: GuestClient) => Promise<unknown>,
-    launched?: () => void,
+    launched?: () => unknown,
   ): Promise<void> {
     const vm = await this.#driver.launch(spec);
-    launched?.();
     const live = this.#track(record.id, vm);
     try {
+      await launched?.();
       live.guest = await this.#waitForAgent(record.id, vm, spec.dir, ready);
     } catch (e) {
       live.expectingExit = true;
@@ -1153,6 +1370,7 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
     if (transition) state = transition;
     else if (this.#reverting.has(record.id)) state = 'running';
     else if (live) state = 'running';
+    else if (record.suspended) state = 'suspended';
     else if (record.desired === 'running' && record.lastExit && !record.lastExit.graceful) state = 'crashed';
     else state = 'stopped';
     const status: VmStatus = {

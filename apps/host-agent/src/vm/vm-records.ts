@@ -94,6 +94,11 @@ export const VmRecord = z.object({
    * `removeAfter`, then destroyed, unless the desired list names it again first (adopted).
    */
   quarantine: z.object({ at: z.string(), removeAfter: z.string() }).optional(),
+  /**
+   * Set while the VM is suspended (idle reclamation): its memory and device state in `dir`
+   * (relative to the VM directory), saved at `at`; its disks are the chains above, unchanged.
+   */
+  suspended: z.object({ dir: z.string(), memory: SnapshotMemory, at: z.string() }).optional(),
 });
 export type VmRecord = z.infer<typeof VmRecord>;
 

@@ -120,6 +120,11 @@ export interface VmmCapabilities {
   diskSnapshots: boolean;
   /** Can pause a running guest and resume it later. */
   liveSuspend: boolean;
+  /**
+   * Can save a running guest's memory and device state without touching its disks and end its
+   * VMM (`suspend`), and start it again from them (a launch with `restore`): idle reclamation.
+   */
+  suspend: boolean;
   /** Can reach the guest over vsock (otherwise: a virtio-serial port behind a unix socket). */
   vsock: boolean;
   /** Runs each VMM in Warren's own jail (vmm/qemu/jail.ts: namespaces, own root, own uid). */
@@ -137,6 +142,7 @@ const SAFE_DEFAULTS: VmmCapabilities = {
   memorySnapshots: false,
   diskSnapshots: false,
   liveSuspend: false,
+  suspend: false,
   vsock: false,
   jailed: false,
   ownsCgroups: false,
@@ -176,14 +182,25 @@ export interface VmmDriver {
    */
   readonly ownModes?: readonly string[];
   launch(spec: VmLaunchSpec): Promise<RunningVm>;
-  /** Finds the VMM of a VM that kept running while the host agent was down (drivers with `reAttach`). */
-  attach(spec: VmLaunchSpec): Promise<RunningVm | undefined>;
+  /**
+   * Finds the VMM of a VM that kept running while the host agent was down (drivers with
+   * `reAttach`). A guest found paused by a snapshot cut short is resumed, unless `resume` is
+   * false (a suspend cut short: its state is saved and the VMM is to end, not run on).
+   */
+  attach(spec: VmLaunchSpec, options?: { resume?: boolean }): Promise<RunningVm | undefined>;
   /**
    * Takes a snapshot of a running VM into `dir` (a new, empty directory): pauses the guest,
    * saves its memory and device state, moves its disks onto `tops` (made by `newTops` over
    * `spec.disks`), and resumes it. Drivers with `memorySnapshots` and `diskSnapshots`.
    */
   snapshot?(vm: RunningVm, spec: VmLaunchSpec, dir: string, tops: DiskChains): Promise<SnapshotTaken>;
+  /**
+   * Saves a running VM's memory and device state into `dir` (a new, empty directory) without
+   * adding disk layers, and leaves the guest paused with its disks flushed: the caller records
+   * the suspend and then ends the VMM (`quit`). A failure resumes the guest. A later launch with
+   * `restore: { dir, memory }` on the same chains wakes it. Drivers with `suspend`.
+   */
+  suspend?(vm: RunningVm, spec: VmLaunchSpec, dir: string): Promise<SnapshotTaken>;
   /**
    * New empty top layers over `frozen` (over each of `disks`, both by default), for a VM that is
    * not running (a revert) or for `freezeDisks`; returns the chains with them.

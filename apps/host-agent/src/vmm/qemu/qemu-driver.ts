@@ -24,7 +24,7 @@ import { connectSocket, hostTscKHz } from '../host-io.ts';
 import { createTops, createVmDisks, INITIAL_CHAINS } from '../vm-disks.ts';
 import { fileSizeLimit, hostPathOf, launcher, prepareJail, resolveQemuBinary, TAP_FD } from './jail.ts';
 import { JAIL_PATHS, processName, QEMU_FILES, qemuArgs } from './qemu-args.ts';
-import { commitLayers, loadSnapshot, switchToTops, takeSnapshot } from './qemu-snapshot.ts';
+import { commitLayers, loadSnapshot, saveForSuspend, switchToTops, takeSnapshot } from './qemu-snapshot.ts';
 import { QmpClient } from './qmp-client.ts';
 
 /** How long merging a disk's frozen layers into its base may take (they hold what changed between two backups). */
@@ -64,6 +64,7 @@ export class QemuDriver implements VmmDriver {
     jailed: true,
     memorySnapshots: true,
     diskSnapshots: true,
+    suspend: true,
   });
   readonly ownModes = [QEMU_FILES.jail];
 
@@ -78,6 +79,12 @@ export class QemuDriver implements VmmDriver {
       await chown(join(spec.dir, layer), spec.jail.uid, spec.jail.gid);
     const disks = spec.disks ?? INITIAL_CHAINS;
     return takeSnapshot({ vmDir: spec.dir, pid: vm.pid, qmp: vm.qmp, ids: spec.jail, disks, tops, dir });
+  }
+
+  async suspend(vm: RunningVm, spec: VmLaunchSpec, dir: string): Promise<SnapshotTaken> {
+    if (!(vm instanceof QemuVm)) throw new WarrenError('INTERNAL', `VM ${spec.id} is not a QEMU driver VM`);
+    if (!spec.jail) throw new WarrenError('INTERNAL', `VM ${spec.id} has no uid`);
+    return saveForSuspend({ vmDir: spec.dir, pid: vm.pid, qmp: vm.qmp, ids: spec.jail, dir });
   }
 
   async newTops(
@@ -181,7 +188,7 @@ export class QemuDriver implements VmmDriver {
     }
   }
 
-  async attach(spec: VmLaunchSpec): Promise<RunningVm | undefined> {
+  async attach(spec: VmLaunchSpec, options: { resume?: boolean } = {}): Promise<RunningVm | undefined> {
     const pid = Number((await readFile(join(spec.dir, QEMU_FILES.pid), 'utf8').catch(() => '')).trim());
     if (!Number.isInteger(pid) || pid <= 1) return undefined;
     const kind = await vmProcessKind(pid, spec);
@@ -199,7 +206,11 @@ export class QemuDriver implements VmmDriver {
     // An agent that died during a snapshot left its guest paused (snapshots are the only
     // pause): resume it. `cont` also takes the images back from a finished migration.
     const status = await qmp.execute<{ status: string }>('query-status').catch(() => undefined);
-    if (status && ['paused', 'postmigrate', 'finish-migrate'].includes(status.status))
+    if (
+      options.resume !== false &&
+      status &&
+      ['paused', 'postmigrate', 'finish-migrate'].includes(status.status)
+    )
       await qmp.execute('cont').catch(() => {});
     return new QemuVm(spec, pid, sockets, qmp, console, this.#options.consoleLogBytes, undefined, () => {});
   }

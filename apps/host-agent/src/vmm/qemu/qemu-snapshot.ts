@@ -210,28 +210,57 @@ export async function commitLayers(
   }
 }
 
-export interface SnapshotTarget {
+/** A running QEMU whose memory and device state are saved into `dir` (empty). */
+export interface SaveTarget {
   vmDir: string;
   pid: number;
   qmp: QmpClient;
   ids: JailIds;
-  /** The VM's chains now, and the same chains with a new (already created) top each. */
-  disks: DiskChains;
-  tops: DiskChains;
-  /** The snapshot's directory, empty. */
   dir: string;
 }
 
-/** Steps 1-3 of the file comment; returns how memory was kept and how long the guest was paused. */
-export async function takeSnapshot(t: SnapshotTarget): Promise<{ memory: SnapshotMemory; pausedMs: number }> {
-  const kind = await ramKind(t.pid);
+export interface SnapshotTarget extends SaveTarget {
+  /** The VM's chains now, and the same chains with a new (already created) top each. */
+  disks: DiskChains;
+  tops: DiskChains;
+}
+
+/** How a running QEMU's memory can be saved: the memfd copied aside, or (a privately mapped file) in the stream. */
+async function memoryOf(pid: number): Promise<SnapshotMemory> {
+  const kind = await ramKind(pid);
   if (kind === 'anonymous') {
     throw new WarrenError(
       'CONFLICT',
       'this VM was started by an earlier Warren whose QEMUs cannot be snapshotted; stop and start it once',
     );
   }
-  const memory: SnapshotMemory = kind === 'memfd' ? 'mapped' : 'stream';
+  return kind === 'memfd' ? 'mapped' : 'stream';
+}
+
+/**
+ * A suspend: pauses the guest and saves its memory and device state into `t.dir` as a snapshot
+ * does, but adds no disk tops (nothing writes the disks while the VM is suspended, so the wake
+ * runs on the same chains). On success the guest stays paused, its disks flushed and released
+ * by the finished migration: the caller records the suspend and ends QEMU. On failure it is
+ * resumed, so a failed suspend leaves the tenant's VM running.
+ */
+export async function saveForSuspend(t: SaveTarget): Promise<{ memory: SnapshotMemory; pausedMs: number }> {
+  const memory = await memoryOf(t.pid);
+  const paused = performance.now();
+  await t.qmp.execute('stop');
+  try {
+    await saveState(t, memory);
+    if (memory === 'mapped') await sparseCopy(await memfdPath(t.pid), join(t.dir, SNAPSHOT_MEMORY_FILE));
+  } catch (e) {
+    await t.qmp.execute('cont').catch(() => {});
+    throw e;
+  }
+  return { memory, pausedMs: performance.now() - paused };
+}
+
+/** Steps 1-3 of the file comment; returns how memory was kept and how long the guest was paused. */
+export async function takeSnapshot(t: SnapshotTarget): Promise<{ memory: SnapshotMemory; pausedMs: number }> {
+  const memory = await memoryOf(t.pid);
   const paused = performance.now();
   await t.qmp.execute('stop');
   let resumed = false;
@@ -257,7 +286,7 @@ export async function takeSnapshot(t: SnapshotTarget): Promise<{ memory: Snapsho
 }
 
 /** Migrates the paused VM's state into the snapshot's state file through a socket in its jail. */
-async function saveState(t: SnapshotTarget, memory: SnapshotMemory): Promise<void> {
+async function saveState(t: SaveTarget, memory: SnapshotMemory): Promise<void> {
   const socket = hostPathOf(t.vmDir, JAIL_PATHS.save);
   await rm(socket, { force: true });
   const file = join(t.dir, SNAPSHOT_STATE_FILE);
