@@ -6,7 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -433,6 +433,69 @@ describe('the platform end to end', { timeout: 600_000 }, () => {
         e.isFile(),
       );
     await until('GC to remove every chunk and manifest', async () => (await left()).length === 0, 60_000);
+  });
+
+  test('CLI idle: --idle-timeout 20s suspends an idle tenant (its QEMU gone, its memory free in host show); an exec wakes it with its processes; start of a suspended tenant', async () => {
+    const made = await warren([
+      'tenant',
+      'create',
+      'idler',
+      '--memory',
+      '256',
+      '--disk',
+      '64',
+      '--idle-timeout',
+      '20s',
+    ]);
+    assert.equal(made.code, 0, made.stderr);
+    const show = async () => JSON.parse((await warren(['tenant', 'show', 'idler', '--json'])).stdout);
+    const tenant = await show();
+    assert.equal(tenant.idleTimeout.setting, '20s');
+    const vmDir = join(dataDir, 'vms', `ten-${tenant.id.slice('ten_'.length)}`);
+    const qemuOfTenant = async () =>
+      (await qemuPids()).filter((pid) => {
+        try {
+          return readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(vmDir);
+        } catch {
+          return false;
+        }
+      });
+    const sh = async (script: string) => {
+      const r = await warren(['tenant', 'exec', 'idler', '--', 'sh', '-c', script]);
+      assert.equal(r.code, 0, `${script}: ${r.stderr}`);
+      return r.stdout.trim();
+    };
+    // A process that counts in memory: it must go on counting from where it was after a wake.
+    const pid = await sh(
+      '(i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 1; done) </dev/null >/dev/null 2>&1 & echo $!',
+    );
+    await until('the counter to count', async () => Number(await sh('cat /tmp/count')) >= 2);
+    assert.ok((await qemuOfTenant()).length > 0, 'the tenant runs a QEMU');
+
+    await until('the idle tenant to be suspended', async () => (await show()).state === 'suspended', 120_000);
+    assert.deepEqual(await qemuOfTenant(), [], 'no QEMU of a suspended tenant');
+    const host = JSON.parse((await warren(['host', 'show', 'test-host', '--json'])).stdout);
+    assert.ok(
+      host.suspended.memoryMiB >= 256,
+      `the host counts the suspended memory: ${JSON.stringify(host.suspended)}`,
+    );
+    const before = Number(await sh('cat /tmp/count'));
+    assert.ok(before >= 2, 'the exec woke the tenant and read the counter');
+    assert.equal(await sh(`kill -0 ${pid} && echo alive`), 'alive', 'the counting process survived');
+    await until('the counter to go on counting', async () => Number(await sh('cat /tmp/count')) > before);
+    assert.equal((await show()).state, 'running');
+
+    // Suspended again, then woken by `tenant start`: an ordinary start that ends running.
+    await until(
+      'the tenant to be suspended again',
+      async () => (await show()).state === 'suspended',
+      120_000,
+    );
+    const started = await warren(['tenant', 'start', 'idler']);
+    assert.equal(started.code, 0, started.stderr);
+    assert.equal((await show()).state, 'running');
+    assert.equal(await sh(`kill -0 ${pid} && echo alive`), 'alive');
+    assert.equal((await warren(['tenant', 'delete', 'idler'])).code, 0);
   });
 
   test('kill -9 of the control plane in the middle of creates, then restart: running or never created, no orphan', async () => {
