@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
-import { mkdir, rename, rm } from 'node:fs/promises';
+import { mkdir, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { ImageStore, VerifiedImage } from '@warren/images';
@@ -40,6 +40,7 @@ import {
 } from '../vmm/driver.ts';
 import { LAYERS_DIR, layerFormat, layersDir } from '../vmm/vm-disks.ts';
 import { JailIdAllocator, type UidRange } from './jail-ids.ts';
+import { freshRoot, rootFromTemplate, type Template, Templates } from './templates.ts';
 import { VmLinks } from './vm-links.ts';
 import { type BackupMark, type SnapshotRecord, VmId, type VmRecord, VmRecords } from './vm-records.ts';
 import {
@@ -107,6 +108,11 @@ export interface VmManagerOptions {
   jailUids: UidRange;
   /** Tenant networking; without it VMs get no NIC. */
   network?: HostNetwork;
+  /**
+   * Starts a VM's first boot from its image's template where the driver can (WARREN_TEMPLATE_START);
+   * off by default here, so that a manager made without a config boots as before.
+   */
+  templateStart?: boolean;
   log?: (message: string) => void;
 }
 
@@ -155,6 +161,8 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
    * tenant; the control plane must not see it stop and start).
    */
   readonly #reverting = new Set<string>();
+  /** Images' templates, when VMs start from them (templateStart and a driver with memory snapshots). */
+  readonly #templates: Templates | undefined;
   /** The snapshot each VM has not been used since it was made from or reverted to (see `touch`). */
   readonly #unchangedSince = new Map<string, string>();
 
@@ -170,6 +178,20 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
       for (const r of await this.#records.all()) if (r.jail) held.add(r.jail.uid);
       return held;
     });
+    const d = options.driver;
+    if (options.templateStart && d.capabilities.memorySnapshots && d.snapshot && d.newTops) {
+      this.#templates = new Templates({
+        dataDir: options.dataDir,
+        driver: d,
+        bootTimeoutMs: options.bootTimeoutMs,
+        withJailIds: (use) => this.#jailIds.allocate(use),
+        log,
+      });
+    } else {
+      if (options.templateStart)
+        log(`the ${d.name} VMM cannot snapshot a VM's memory: new VMs boot instead of starting from a template`);
+      this.#templates = undefined;
+    }
   }
 
   /** Opens the manager and re-attaches to every VM whose VMM survived an agent restart. */
@@ -288,6 +310,7 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
           createdAt: new Date().toISOString(),
           vmm: this.#driver.name,
           desired: 'stopped',
+          neverStarted: true,
         };
         // The uid and the link are held until the commit: from then on the record on disk holds them.
         await this.#jailIds.allocate(async (ids) => {
@@ -341,11 +364,75 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
       // A VM made before VMMs were jailed gets its own uid at its first start since.
       else await this.#jailIds.allocate((ids) => this.#records.write(Object.assign(record, { jail: ids })));
       await this.#links.prepare(record);
+      if (record.neverStarted) {
+        if (await this.#startFromTemplate(record)) return this.#finish(id, record);
+        delete record.neverStarted;
+        await this.#records.write(record);
+      }
       const spec = await this.#launchSpec(record, true);
       await this.#launchUntilReady(record, spec);
       return this.#finish(id, record);
     } finally {
       this.#transitions.delete(id);
+    }
+  }
+
+  /**
+   * A first start from the image's template (templates.ts): the template's root layer is copied
+   * under the VM's root disk, a new QEMU loads the template's memory and device state on the
+   * VM's own disks and NIC, and the guest is given the VM's identity before the VM counts as
+   * started. False (logged) when templates are off or unsupported here, or the template could
+   * not be made or started from: the caller then boots the VM, with a fresh root overlay.
+   */
+  async #startFromTemplate(record: VmRecord): Promise<boolean> {
+    const templates = this.#templates;
+    if (!templates) return false;
+    const id = record.id;
+    const dir = this.dirOf(id);
+    const nic = this.#links.nicOf(record);
+    const key = {
+      imageId: record.imageId,
+      cpus: record.cpus,
+      memoryMiB: record.memoryMiB,
+      accel: this.#o.accel,
+      vmm: this.#driver.name,
+      nic: nic !== undefined,
+    };
+    const started = performance.now();
+    let template: Template;
+    try {
+      template = await templates.get(key, await this.#o.store.verify(record.imageId));
+      await rootFromTemplate(dir, template);
+    } catch (e) {
+      this.#o.log?.(`VM ${id}: no template to start from (${(e as Error).message}); booting it`);
+      return false;
+    }
+    try {
+      delete record.neverStarted;
+      await this.#records.write(record);
+      const spec = await this.#launchSpec(record, true, { dir: template.dir, memory: 'stream' });
+      const dataBytes = (await stat(join(dir, chainsOf(record).data[0]!))).size;
+      const net = record.network;
+      await this.#launchUntilReady(record, spec, async (client) => {
+        const live = this.#live.get(id);
+        if (live) await this.#driver.announceDiskSizes?.(live.vm, spec);
+        return client.identity({
+          hostname: id,
+          machineId: randomBytes(16).toString('hex'),
+          dataBytes,
+          ...(nic && net
+            ? { network: { mac: net.mac, address: `${net.guestIp}/30`, gateway: net.hostIp, dns: net.hostIp } }
+            : {}),
+        });
+      });
+      this.#o.log?.(`VM ${id} started from template in ${Math.round(performance.now() - started)} ms`);
+      return true;
+    } catch (e) {
+      this.#o.log?.(`VM ${id}: starting from its template failed (${(e as Error).message}); booting it`);
+      await templates.discard(key, (e as Error).message).catch(() => {});
+      await freshRoot(dir, (await this.#imagePaths(record.imageId)).rootfsPath);
+      record.desired = 'running';
+      return false;
     }
   }
 

@@ -89,6 +89,8 @@ export const VmRecord = z.object({
   /** The snapshot the VM was last made from or reverted to, parent of the next one. */
   basedOn: SnapshotName.optional(),
   backupMark: BackupMark.optional(),
+  /** Set at create until the VM's first start, which may restore its image's template instead of booting (templates.ts). */
+  neverStarted: z.literal(true).optional(),
 });
 export type VmRecord = z.infer<typeof VmRecord>;
 

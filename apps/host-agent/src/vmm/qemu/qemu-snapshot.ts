@@ -220,6 +220,8 @@ export interface SnapshotTarget {
   tops: DiskChains;
   /** The snapshot's directory, empty. */
   dir: string;
+  /** Keeps the memory in the state file even of a memfd VM (templates: no QEMU ever opens their files). */
+  memory?: 'stream';
 }
 
 /** Steps 1-3 of the file comment; returns how memory was kept and how long the guest was paused. */
@@ -231,7 +233,7 @@ export async function takeSnapshot(t: SnapshotTarget): Promise<{ memory: Snapsho
       'this VM was started by an earlier Warren whose QEMUs cannot be snapshotted; stop and start it once',
     );
   }
-  const memory: SnapshotMemory = kind === 'memfd' ? 'mapped' : 'stream';
+  const memory: SnapshotMemory = kind === 'memfd' && t.memory !== 'stream' ? 'mapped' : 'stream';
   const paused = performance.now();
   await t.qmp.execute('stop');
   let resumed = false;
@@ -284,6 +286,24 @@ async function saveState(t: SnapshotTarget, memory: SnapshotMemory): Promise<voi
   } finally {
     server.close();
     await rm(socket, { force: true });
+  }
+}
+
+/**
+ * Resizes each disk's top node to the size it has, which changes nothing but makes the
+ * virtio-blk device raise a config change: the guest reads the size again.
+ */
+export async function announceSizes(qmp: QmpClient, disks: DiskChains): Promise<void> {
+  const nodes = await qmp.execute<{ 'node-name': string; image: { 'virtual-size': number } }[]>(
+    'query-named-block-nodes',
+    { flat: true },
+  );
+  const names = new Set(nodes.map((n) => n['node-name']));
+  for (const disk of DISK_NAMES) {
+    const chain = disks[disk];
+    const node = nodeOf(names, disk, chain, chain.length - 1);
+    const size = nodes.find((n) => n['node-name'] === node)?.image['virtual-size'];
+    if (size !== undefined) await qmp.execute('block_resize', { 'node-name': node, size });
   }
 }
 
