@@ -129,7 +129,9 @@ async function mountDataVolume(bytes: number): Promise<void> {
   if (await isMounted(DATA_VOLUME_MOUNT)) return;
   const deadline = Date.now() + DATA_SIZE_WAIT_MS;
   for (;;) {
-    const sectors = Number((await readFile(`/sys/block/${DATA_DEVICE}/size`, 'utf8').catch(() => '0')).trim());
+    const sectors = Number(
+      (await readFile(`/sys/block/${DATA_DEVICE}/size`, 'utf8').catch(() => '0')).trim(),
+    );
     if (sectors * 512 === bytes) break;
     if (Date.now() > deadline)
       throw new WarrenError(

@@ -203,7 +203,11 @@ export class GuestClient {
       'POST',
       GUEST_ROUTES.identity,
       IdentityResult,
-      { ...identity, unixMs: Date.now(), entropy: randomBytes(64).toString('base64') } satisfies IdentityRequest,
+      {
+        ...identity,
+        unixMs: Date.now(),
+        entropy: randomBytes(64).toString('base64'),
+      } satisfies IdentityRequest,
       timeoutMs,
     );
   }

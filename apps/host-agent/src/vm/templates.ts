@@ -11,7 +11,18 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { chmod, chown, copyFile, lstat, mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import {
+  chmod,
+  chown,
+  copyFile,
+  lstat,
+  mkdir,
+  readFile,
+  rename,
+  rm,
+  stat,
+  writeFile,
+} from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { VerifiedImage } from '@warren/images';
@@ -245,7 +256,10 @@ async function waitForAgent(vm: RunningVm, timeoutMs: number): Promise<GuestClie
   let last: unknown;
   while (Date.now() < deadline && !exited) {
     try {
-      const client = await GuestClient.connect(vm.transport, Math.min(10_000, Math.max(1, deadline - Date.now())));
+      const client = await GuestClient.connect(
+        vm.transport,
+        Math.min(10_000, Math.max(1, deadline - Date.now())),
+      );
       await client.health(10_000);
       return client;
     } catch (e) {
