@@ -416,40 +416,37 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
       const dataBytes = (await stat(join(dir, chainsOf(record).data[0]!))).size;
       const net = record.network;
       let loadedMs = 0;
-      let answeredMs = 0;
-      await this.#launchUntilReady(
-        record,
-        spec,
-        async (client) => {
-          answeredMs ||= performance.now() - started;
-          const live = this.#live.get(id);
-          if (live) await this.#driver.announceDiskSizes?.(live.vm, spec);
-          return client.identity({
-            hostname: id,
-            machineId: randomBytes(16).toString('hex'),
-            dataBytes,
-            ...(nic && net
-              ? {
-                  network: {
-                    mac: net.mac,
-                    address: `${net.guestIp}/30`,
-                    gateway: net.hostIp,
-                    dns: net.hostIp,
-                  },
-                }
-              : {}),
-          });
-        },
-        () => {
-          loadedMs = performance.now() - started;
-        },
-      );
+      await this.#launchUntilReady(record, spec, undefined, () => {
+        loadedMs = performance.now() - started;
+      });
+      const answeredMs = performance.now() - started;
+      // Called once, not as the readiness check: a guest that cannot take the identity fails
+      // the template start at once (and the VM boots), instead of being asked until the boot timeout.
+      const live = this.#live.get(id);
+      if (!live?.guest) throw new WarrenError('GUEST_UNAVAILABLE', `VM ${id} ended right after its restore`);
+      await this.#driver.announceDiskSizes?.(live.vm, spec);
+      const taken = await live.guest.identity({
+        hostname: id,
+        machineId: randomBytes(16).toString('hex'),
+        dataBytes,
+        ...(nic && net
+          ? { network: { mac: net.mac, address: `${net.guestIp}/30`, gateway: net.hostIp, dns: net.hostIp } }
+          : {}),
+      });
+      // Without a reseed the guest's random generator would go on from the template's state,
+      // the same in every tenant of it, until its next scheduled reseed.
+      if (!taken.reseeded)
+        throw new WarrenError(
+          'INTERNAL',
+          `the guest of VM ${id} could not reseed its kernel random generator`,
+        );
       this.#o.log?.(
-        `VM ${id} started from its template in ${Math.round(performance.now() - started)} ms (state loaded at ${Math.round(loadedMs)} ms, guest agent connected at ${Math.round(answeredMs)} ms)`,
+        `VM ${id} started from its template in ${Math.round(performance.now() - started)} ms (state loaded at ${Math.round(loadedMs)} ms, guest agent answered at ${Math.round(answeredMs)} ms)`,
       );
       return true;
     } catch (e) {
       this.#o.log?.(`VM ${id}: starting from its template failed (${(e as Error).message}); booting it`);
+      await this.#killLive(id);
       await templates.discard(key, (e as Error).message).catch(() => {});
       await freshRoot(dir, (await this.#imagePaths(record.imageId)).rootfsPath);
       record.desired = 'running';
