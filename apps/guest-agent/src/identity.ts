@@ -67,10 +67,15 @@ export function staticElf(code: Buffer): Buffer {
   return b;
 }
 
+/** The reseed program, as a file's bytes. */
+export function reseedProgram(): Buffer {
+  return staticElf(RESEED_CODE);
+}
+
 /** Reseeds the kernel's random generator from its input pool; false where the kernel refused. */
 export async function reseedKernelRandom(): Promise<boolean> {
   if (process.arch !== 'x64') return false;
-  await writeFile(RESEED_HELPER, staticElf(RESEED_CODE), { mode: 0o700 });
+  await writeFile(RESEED_HELPER, reseedProgram(), { mode: 0o700 });
   try {
     await run(RESEED_HELPER, []);
     return true;
