@@ -17,6 +17,7 @@ import {
   copyFile,
   lstat,
   mkdir,
+  readdir,
   readFile,
   rename,
   rm,
@@ -32,7 +33,7 @@ import { z } from 'zod';
 import type { Accelerator } from '../accel.ts';
 import { PRIVATE_FILE_MODE } from '../fs-modes.ts';
 import { GuestClient } from '../guest/guest-client.ts';
-import type { JailIds, RunningVm, VmmDriver } from '../vmm/driver.ts';
+import type { JailIds, RunningVm, VmLaunchSpec, VmmDriver } from '../vmm/driver.ts';
 import { INITIAL_CHAINS, vmDisks } from '../vmm/vm-disks.ts';
 
 /** Where templates live under the data directory. */
@@ -40,6 +41,10 @@ export const TEMPLATES_DIR = 'templates';
 const TEMPLATE_FILE = 'template.json';
 const ROOT_FILE = 'root.qcow2';
 const STATE_FILE = 'state';
+/** A build's directory, beside the templates; `tpl-<rest>` is its VM's id. */
+const BUILD_PREFIX = '.b-';
+/** Part of every key: a change in how templates are made or started from makes new ones. */
+const TEMPLATE_FORMAT = 1;
 /** The template's own data disk: never mounted (template mode), there so the device layout matches a tenant's. */
 const TEMPLATE_DATA_MIB = 16;
 
@@ -87,7 +92,15 @@ export interface TemplatesOptions {
 }
 
 export function templateKeyName(key: TemplateKey): string {
-  const canonical = JSON.stringify([key.imageId, key.cpus, key.memoryMiB, key.accel, key.vmm, key.nic]);
+  const canonical = JSON.stringify([
+    TEMPLATE_FORMAT,
+    key.imageId,
+    key.cpus,
+    key.memoryMiB,
+    key.accel,
+    key.vmm,
+    key.nic,
+  ]);
   return createHash('sha256').update(canonical).digest('hex').slice(0, 24);
 }
 
@@ -112,6 +125,28 @@ export class Templates {
 
   constructor(options: TemplatesOptions) {
     this.#o = options;
+  }
+
+  /**
+   * Ends what a build cut short by an agent that died left: the template VM's QEMU (it runs in
+   * its own session and outlives the agent) and the build directory.
+   */
+  async cleanUp(): Promise<void> {
+    const root = join(this.#o.dataDir, TEMPLATES_DIR);
+    for (const name of await readdir(root).catch(() => [] as string[])) {
+      if (!name.startsWith(BUILD_PREFIX)) continue;
+      const dir = join(root, name);
+      const spec = { id: `tpl-${name.slice(BUILD_PREFIX.length)}`, dir } as VmLaunchSpec;
+      const vm = this.#o.driver.capabilities.reAttach
+        ? await this.#o.driver.attach(spec).catch(() => undefined)
+        : undefined;
+      if (vm) {
+        this.#o.log(`ending the QEMU of template build ${name}, left by an earlier agent`);
+        vm.kill();
+        await vm.exited;
+      }
+      await rm(dir, { recursive: true, force: true });
+    }
   }
 
   dirOf(key: TemplateKey): string {
@@ -180,7 +215,7 @@ export class Templates {
     await mkdir(root, { recursive: true, mode: 0o700 });
     await chmod(root, 0o700);
     // Short: the QEMU sockets live under it (unix socket paths are capped at 107 bytes).
-    const build = join(root, `.b-${name.slice(0, 12)}`);
+    const build = join(root, `${BUILD_PREFIX}${name.slice(0, 12)}`);
     const dir = this.dirOf(key);
     await rm(build, { recursive: true, force: true });
     await rm(dir, { recursive: true, force: true });

@@ -38,7 +38,7 @@ import {
   type VmLaunchSpec,
   type VmmDriver,
 } from '../vmm/driver.ts';
-import { LAYERS_DIR, layerFormat, layersDir } from '../vmm/vm-disks.ts';
+import { INITIAL_CHAINS, LAYERS_DIR, layerFormat, layersDir } from '../vmm/vm-disks.ts';
 import { JailIdAllocator, type UidRange } from './jail-ids.ts';
 import { freshRoot, rootFromTemplate, type Template, Templates } from './templates.ts';
 import { VmLinks } from './vm-links.ts';
@@ -242,6 +242,7 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
       }
     }
     await m.#links.open((id) => m.#live.has(id));
+    await m.#templates?.cleanUp();
     return m;
   }
 
@@ -390,6 +391,12 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
     const templates = this.#templates;
     if (!templates) return false;
     const id = record.id;
+    // Only the disks create made: a volume restored before the first start (replaceVolumes)
+    // is not the template's root disk, which the template's memory expects.
+    if (record.snapshots.length > 0 || chainsOf(record).root.join('/') !== INITIAL_CHAINS.root.join('/')) {
+      this.#o.log?.(`VM ${id}: its root disk is not a new one; booting it`);
+      return false;
+    }
     const dir = this.dirOf(id);
     const nic = this.#links.nicOf(record);
     const key = {
