@@ -86,6 +86,8 @@ export interface TemplatesOptions {
   dataDir: string;
   driver: VmmDriver;
   bootTimeoutMs: number;
+  /** Whether the image store still has an image: templates of removed images are removed at start. */
+  imageExists(imageId: string): Promise<boolean>;
   /** Holds a VM uid for the template VM's QEMU while `use` runs (VmManager's allocator). */
   withJailIds<T>(use: (ids: JailIds) => Promise<T>): Promise<T>;
   log: (message: string) => void;
@@ -129,13 +131,27 @@ export class Templates {
 
   /**
    * Ends what a build cut short by an agent that died left: the template VM's QEMU (it runs in
-   * its own session and outlives the agent) and the build directory.
+   * its own session and outlives the agent) and the build directory. Removes the templates of
+   * images no longer in the store.
    */
   async cleanUp(): Promise<void> {
     const root = join(this.#o.dataDir, TEMPLATES_DIR);
     for (const name of await readdir(root).catch(() => [] as string[])) {
-      if (!name.startsWith(BUILD_PREFIX)) continue;
       const dir = join(root, name);
+      if (!name.startsWith(BUILD_PREFIX)) {
+        const text = await readFile(join(dir, TEMPLATE_FILE), 'utf8').catch(() => undefined);
+        let imageId: string | undefined;
+        try {
+          imageId = text === undefined ? undefined : TemplateRecord.parse(JSON.parse(text)).key.imageId;
+        } catch {
+          // A damaged template.json: the template is checked, and rebuilt, at its next use.
+        }
+        if (imageId !== undefined && !(await this.#o.imageExists(imageId))) {
+          this.#o.log(`template ${name}: image ${imageId} is gone; removed`);
+          await rm(dir, { recursive: true, force: true });
+        }
+        continue;
+      }
       const spec = { id: `tpl-${name.slice(BUILD_PREFIX.length)}`, dir } as VmLaunchSpec;
       const vm = this.#o.driver.capabilities.reAttach
         ? await this.#o.driver.attach(spec).catch(() => undefined)

@@ -185,6 +185,11 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
         driver: d,
         bootTimeoutMs: options.bootTimeoutMs,
         withJailIds: (use) => this.#jailIds.allocate(use),
+        imageExists: (imageId) =>
+          options.store.getManifest(imageId).then(
+            () => true,
+            () => false,
+          ),
         log,
       });
     } else {
@@ -242,7 +247,9 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
       }
     }
     await m.#links.open((id) => m.#live.has(id));
-    await m.#templates?.cleanUp();
+    await m.#templates
+      ?.cleanUp()
+      .catch((e: Error) => options.log?.(`cleaning up templates failed: ${e.message}`));
     return m;
   }
 
