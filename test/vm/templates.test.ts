@@ -6,7 +6,7 @@
  * Networking is off here (no NIC), so addresses are not compared: test/net covers the link.
  */
 import assert from 'node:assert/strict';
-import { readdir } from 'node:fs/promises';
+import { open, readdir, readFile, readlink, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { collect, openTestHost, type TestHost } from '../helpers/host.ts';
@@ -91,6 +91,45 @@ describe('template start on real VMs (qemu)', { timeout: 900_000 }, () => {
       const sectors = Number(await run(host, id, 'cat /sys/block/vdb/size'));
       assert.equal(sectors * 512, mib * 1024 * 1024, `${id}'s kernel sees its own volume's size`);
     }
+  });
+
+  test("the template's files are root's, private, and open in no tenant's QEMU", async () => {
+    const root = join(host.dataDir, 'templates');
+    const [name] = (await readdir(root)).filter((n) => !n.startsWith('.'));
+    for (const file of ['root.qcow2', 'state']) {
+      const s = await stat(join(root, name!, file));
+      assert.equal(s.uid, 0);
+      assert.equal(s.mode & 0o777, 0o400, file);
+    }
+    for (const id of ['tpl-a', 'tpl-b']) {
+      const pid = (await host.vms.get(id)).pid!;
+      const open = await Promise.all(
+        (await readdir(`/proc/${pid}/fd`)).map((fd) => readlink(`/proc/${pid}/fd/${fd}`).catch(() => '')),
+      );
+      const maps = await readFile(`/proc/${pid}/maps`, 'utf8');
+      assert.ok(!open.some((p) => p.includes('/templates/')), `${id}'s QEMU holds a template file: ${open}`);
+      assert.ok(!maps.includes('/templates/'), `${id}'s QEMU maps a template file`);
+    }
+  });
+
+  test('a template whose state was altered is not used: it is rebuilt, and the tenant starts from the new one', async () => {
+    const root = join(host.dataDir, 'templates');
+    const [name] = (await readdir(root)).filter((n) => !n.startsWith('.'));
+    const before = JSON.parse(await readFile(join(root, name!, 'template.json'), 'utf8'));
+    // What an attacker with the host's disk would do: change the memory every tenant starts from.
+    const f = await open(join(root, name!, 'state'), 'r+');
+    try {
+      await f.write(Buffer.from('tampered'), 0, 8, 4096);
+    } finally {
+      await f.close();
+    }
+    await host.vms.create({ id: 'tpl-c', image, memoryMiB: MEMORY_MIB, diskMiB: 64 });
+    await host.vms.start('tpl-c');
+    const after = JSON.parse(await readFile(join(root, name!, 'template.json'), 'utf8'));
+    assert.notEqual(after.createdAt, before.createdAt, 'the template was built again');
+    assert.match(await run(host, 'tpl-c', 'cat /proc/cmdline'), /warren\.template=1/);
+    assert.equal(await run(host, 'tpl-c', 'hostname'), 'tpl-c');
+    await host.vms.destroy('tpl-c');
   });
 
   test('a tenant started from a template survives a restart as a normal VM', async () => {
