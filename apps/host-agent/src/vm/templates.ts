@@ -41,6 +41,8 @@ export const TEMPLATES_DIR = 'templates';
 const TEMPLATE_FILE = 'template.json';
 const ROOT_FILE = 'root.qcow2';
 const STATE_FILE = 'state';
+/** How long after a failed build VMs of its shape boot without a new attempt (each attempt costs up to a boot timeout). */
+const BUILD_RETRY_MS = 10 * 60_000;
 /** A build's directory, beside the templates; `tpl-<rest>` is its VM's id. */
 const BUILD_PREFIX = '.b-';
 /** Part of every key: a change in how templates are made or started from makes new ones. */
@@ -122,6 +124,8 @@ export class Templates {
   readonly #o: TemplatesOptions;
   /** Builds under way, by key name: concurrent first starts share one. */
   readonly #building = new Map<string, Promise<Template>>();
+  /** When a build of each key last failed: VMs of that shape boot without trying again for a while. */
+  readonly #failedAt = new Map<string, number>();
   /** Digests checked, by path and stat stamp. */
   readonly #checked = new Map<string, string>();
 
@@ -174,12 +178,27 @@ export class Templates {
     const name = templateKeyName(key);
     const pending = this.#building.get(name);
     if (pending) return pending;
+    const failedAt = this.#failedAt.get(name);
+    if (failedAt !== undefined && Date.now() - failedAt < BUILD_RETRY_MS)
+      return Promise.reject(
+        new WarrenError(
+          'VM_BOOT_FAILED',
+          `building template ${name} failed less than ${BUILD_RETRY_MS} ms ago`,
+        ),
+      );
     const p = (async () => {
       const found = await this.#check(key).catch((e: Error) => {
         this.#o.log(`template ${name}: ${e.message}; building it again`);
         return undefined;
       });
-      return found ?? (await this.#build(key, image));
+      if (found) return found;
+      try {
+        return await this.#build(key, image);
+      } catch (e) {
+        this.#failedAt.set(name, Date.now());
+        this.#o.log(`template ${name}: build failed: ${(e as Error).message}`);
+        throw e;
+      }
     })();
     this.#building.set(name, p);
     p.finally(() => this.#building.delete(name)).catch(() => {});
