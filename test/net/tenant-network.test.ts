@@ -344,15 +344,27 @@ describe('tenant networks: isolation, egress policies, rebuild and removal', { t
       assert.equal((await inHost('cat', `/proc/sys/net/ipv6/conf/${n.tap}/disable_ipv6`)).trim(), '1');
     }
     assert.notEqual(netA.tap, netB.tap);
-    const guest = await sh(
-      a.vmId,
-      'ip -4 -o addr show dev eth0; ip route; cat /etc/resolv.conf; cat /sys/class/net/eth0/address; ls /proc/sys/net',
-    );
-    assert.match(guest, new RegExp(`inet ${netA.guestIp}/30`));
-    assert.match(guest, new RegExp(`default via ${netA.hostIp} dev eth0`));
-    assert.match(guest, new RegExp(`nameserver ${netA.hostIp}`));
-    assert.ok(guest.includes(netA.mac), guest);
-    assert.doesNotMatch(guest, /ipv6/, 'the guest runs without IPv6');
+    // Both started from the image's template (its command line is still the guest kernel's),
+    // so the identity call, not a boot argument, configured each one's own MAC and link.
+    for (const [vmId, net] of [
+      [a.vmId, netA],
+      [b.vmId, netB],
+    ] as const) {
+      const guest = await sh(
+        vmId,
+        'ip -4 -o addr show dev eth0; ip route; cat /etc/resolv.conf; cat /sys/class/net/eth0/address; ls /proc/sys/net',
+      );
+      assert.match(guest, new RegExp(`inet ${net.guestIp}/30`));
+      assert.match(guest, new RegExp(`default via ${net.hostIp} dev eth0`));
+      assert.match(guest, new RegExp(`nameserver ${net.hostIp}`));
+      assert.ok(guest.includes(net.mac), guest);
+      assert.doesNotMatch(guest, /ipv6/, 'the guest runs without IPv6');
+      assert.match(
+        await sh(vmId, 'cat /proc/cmdline'),
+        /warren\.template=1/,
+        `${vmId} started from the template`,
+      );
+    }
   });
 
   test('tenant A reaches the internet and resolves names through the host; the host reaches tenant B', async () => {

@@ -4,6 +4,7 @@ import {
   FreezeRequest,
   GUEST_ROUTES,
   GuestCredentials,
+  IdentityRequest,
   parseOrThrow,
   RestoredRequest,
   ShutdownRequest,
@@ -13,6 +14,7 @@ import { handleExec } from './exec.ts';
 import { handleList, handleMkdir, handleRead, handleRemove, handleStat, handleWrite } from './files.ts';
 import { VolumeFreeze } from './freeze.ts';
 import { health } from './health.ts';
+import { takeIdentity } from './identity.ts';
 import { readJsonBody, sendError, sendJson } from './respond.ts';
 import { fixUpAfterRestore, placeCredentials, wipeCredentials } from './restore.ts';
 
@@ -59,6 +61,11 @@ export function createAgentServer(options: AgentOptions, volume = new VolumeFree
       const receivedAt = Date.now();
       const req = parseOrThrow(RestoredRequest, await readJsonBody(s));
       sendJson(s, 200, await fixUpAfterRestore(req, receivedAt));
+    },
+    [`POST ${GUEST_ROUTES.identity}`]: async (s) => {
+      const receivedAt = Date.now();
+      const req = parseOrThrow(IdentityRequest, await readJsonBody(s));
+      sendJson(s, 200, await takeIdentity(req, receivedAt));
     },
     // Filler the host sends after a credentials wipe: passing through the port's receive
     // buffers (the kernel reuses them, never frees them) overwrites what the credentials left there.

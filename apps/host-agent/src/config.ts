@@ -236,6 +236,12 @@ export const HostAgentConfig = z
      * and nftables); `off` gives them no NIC at all.
      */
     network: z.enum(['on', 'off']).default('on'),
+    /**
+     * WARREN_TEMPLATE_START: `on` starts a new VM's first boot from its image's template (one VM
+     * per image and shape booted once on this host and snapshotted), given its own identity
+     * after; `off` boots every VM. Drivers without memory snapshots (libvirt) always boot.
+     */
+    templateStart: z.enum(['on', 'off']).default('on'),
     /** WARREN_VM_NETWORK: the private range cut into one /30 per VM; must not collide with the host's networks. */
     vmNetwork: z
       .string()
@@ -373,6 +379,7 @@ export const ENV_NAMES: Record<keyof HostAgentConfig, string> = {
   capacityMemoryMiB: 'WARREN_CAPACITY_MEMORY_MIB',
   capacityDiskMiB: 'WARREN_CAPACITY_DISK_MIB',
   network: 'WARREN_NETWORK',
+  templateStart: 'WARREN_TEMPLATE_START',
   vmm: 'WARREN_VMM',
   vmNetwork: 'WARREN_VM_NETWORK',
   vmDnsUpstream: 'WARREN_VM_DNS_UPSTREAM',

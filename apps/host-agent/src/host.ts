@@ -82,6 +82,7 @@ export async function openHost(config: HostAgentConfig, log: (m: string) => void
     ...(io.limit ? { ioLimit: io.limit } : {}),
     jailUids: { base: config.jailUidBase, count: config.jailUidCount },
     ...(network ? { network } : {}),
+    templateStart: config.templateStart === 'on',
     log,
   });
   const backups = new BackupJobs({

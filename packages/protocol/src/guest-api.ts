@@ -131,6 +131,7 @@ export const GUEST_ROUTES = {
   remove: '/v1/files/remove',
   shutdown: '/v1/shutdown',
   restored: '/v1/restored',
+  identity: '/v1/identity',
   scrub: '/v1/scrub',
   credentials: '/v1/credentials',
   freeze: '/v1/freeze',
@@ -179,6 +180,40 @@ export const RestoredResult = z.strictObject({
   behindMs: z.number(),
 });
 export type RestoredResult = z.infer<typeof RestoredResult>;
+
+/**
+ * `POST /v1/identity`: a guest restored from its image's template (a snapshot of one booted VM
+ * that every tenant of the image on the host starts from) becomes this tenant's: the clock and
+ * entropy fix-up of `/v1/restored` with the kernel's random generator reseeded at once, its own
+ * hostname and /etc/machine-id, its NIC's MAC and addresses, and its data volume mounted at
+ * /workspace. The host sends it before anything else reaches the guest.
+ */
+export const IdentityRequest = z.strictObject({
+  unixMs: z.number().int().positive(),
+  entropy: z.string().max(1024),
+  hostname: z.string().regex(/^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/),
+  /** 32 lowercase hex digits, as /etc/machine-id holds them. */
+  machineId: z.string().regex(/^[0-9a-f]{32}$/),
+  /** The data volume's size in bytes: the template's kernel knew another disk's, and must see this one's before mounting. */
+  dataBytes: z.number().int().positive(),
+  /** The tenant's link, when it has a NIC (the template's NIC came up unconfigured). */
+  network: z
+    .strictObject({
+      mac: z.string().regex(/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/),
+      /** `<address>/<prefix>`. */
+      address: z.string().regex(/^\d{1,3}(\.\d{1,3}){3}\/\d{1,2}$/),
+      gateway: z.string().regex(/^\d{1,3}(\.\d{1,3}){3}$/),
+      dns: z.string().regex(/^\d{1,3}(\.\d{1,3}){3}$/),
+    })
+    .optional(),
+});
+export type IdentityRequest = z.infer<typeof IdentityRequest>;
+export const IdentityResult = z.strictObject({
+  behindMs: z.number(),
+  /** Whether the kernel's random generator was reseeded (RNDRESEEDCRNG) after the host's bytes were mixed in. */
+  reseeded: z.boolean(),
+});
+export type IdentityResult = z.infer<typeof IdentityResult>;
 
 /** `PUT /v1/credentials`: files (base64) for the credentials tmpfs and environment for new commands. */
 export const GuestCredentials = z.strictObject({

@@ -16,6 +16,8 @@ import {
   GUEST_ROUTES,
   type GuestCredentials,
   Health,
+  type IdentityRequest,
+  IdentityResult,
   MAX_FRAME_PAYLOAD,
   MAX_GUEST_JSON_BYTES,
   type MkdirRequest,
@@ -187,6 +189,27 @@ export class GuestClient {
       unixMs: Date.now(),
       entropy: randomBytes(64).toString('base64'),
     } satisfies RestoredRequest);
+  }
+
+  /**
+   * Makes a guest just restored from its image's template this tenant's (see IdentityRequest);
+   * the clock and entropy are the host's now, as for `restored`.
+   */
+  identity(
+    identity: Omit<IdentityRequest, 'unixMs' | 'entropy'>,
+    timeoutMs = DEFAULT_REQUEST_TIMEOUT_MS,
+  ): Promise<IdentityResult> {
+    return this.#json(
+      'POST',
+      GUEST_ROUTES.identity,
+      IdentityResult,
+      {
+        ...identity,
+        unixMs: Date.now(),
+        entropy: randomBytes(64).toString('base64'),
+      } satisfies IdentityRequest,
+      timeoutMs,
+    );
   }
 
   /** Freezes the guest's data volume (fsfreeze) until a thaw, or until `timeoutMs` has passed in the guest. */

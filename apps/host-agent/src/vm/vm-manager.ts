@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
-import { mkdir, rename, rm } from 'node:fs/promises';
+import { mkdir, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { ImageStore, VerifiedImage } from '@warren/images';
@@ -38,10 +38,11 @@ import {
   type VmLaunchSpec,
   type VmmDriver,
 } from '../vmm/driver.ts';
-import { LAYERS_DIR, layerFormat, layersDir } from '../vmm/vm-disks.ts';
+import { INITIAL_CHAINS, LAYERS_DIR, layerFormat, layersDir } from '../vmm/vm-disks.ts';
 import { IdleReclaimer } from './idle.ts';
 import { JailIdAllocator, type UidRange } from './jail-ids.ts';
 import { dropSuspend, SUSPEND_DIR } from './suspend.ts';
+import { freshRoot, rootFromTemplate, type Template, Templates } from './templates.ts';
 import { VmLinks } from './vm-links.ts';
 import { type BackupMark, type SnapshotRecord, VmId, type VmRecord, VmRecords } from './vm-records.ts';
 import {
@@ -131,6 +132,11 @@ export interface VmManagerOptions {
   wakeTimeoutMs?: number;
   /** Guest memory running VMs may hold together (WARREN_CAPACITY_MEMORY_MIB); see IdleReclaimer.makeRoom. */
   capacityMemoryMiB?: number;
+  /**
+   * Starts a VM's first boot from its image's template where the driver can (WARREN_TEMPLATE_START);
+   * off by default here, so that a manager made without a config boots as before.
+   */
+  templateStart?: boolean;
   log?: (message: string) => void;
 }
 
@@ -179,6 +185,8 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
    * tenant; the control plane must not see it stop and start).
    */
   readonly #reverting = new Set<string>();
+  /** Images' templates, when VMs start from them (templateStart and a driver with memory snapshots). */
+  readonly #templates: Templates | undefined;
   /** The snapshot each VM has not been used since it was made from or reverted to (see `touch`). */
   readonly #unchangedSince = new Map<string, string>();
   /** Suspends in progress: a request that arrives meanwhile waits for it, then wakes the VM. */
@@ -212,6 +220,27 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
       for (const r of await this.#records.all()) if (r.jail) held.add(r.jail.uid);
       return held;
     });
+    const d = options.driver;
+    if (options.templateStart && d.capabilities.memorySnapshots && d.snapshot && d.newTops) {
+      this.#templates = new Templates({
+        dataDir: options.dataDir,
+        driver: d,
+        bootTimeoutMs: options.bootTimeoutMs,
+        withJailIds: (use) => this.#jailIds.allocate(use),
+        imageExists: (imageId) =>
+          options.store.getManifest(imageId).then(
+            () => true,
+            () => false,
+          ),
+        log,
+      });
+    } else {
+      if (options.templateStart)
+        log(
+          `the ${d.name} VMM cannot snapshot a VM's memory: new VMs boot instead of starting from a template`,
+        );
+      this.#templates = undefined;
+    }
   }
 
   /** Opens the manager and re-attaches to every VM whose VMM survived an agent restart. */
@@ -262,6 +291,9 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
     }
     await m.#links.open((id) => m.#live.has(id));
     m.idle.start();
+    await m.#templates
+      ?.cleanUp()
+      .catch((e: Error) => options.log?.(`cleaning up templates failed: ${e.message}`));
     return m;
   }
 
@@ -364,6 +396,7 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
         createdAt: new Date().toISOString(),
         vmm: this.#driver.name,
         desired: 'stopped',
+        neverStarted: true,
       };
       // The uid and the link are held until the commit: from then on the record on disk holds them.
       await this.#jailIds.allocate(async (ids) => {
@@ -516,6 +549,11 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
       await this.idle.makeRoom(id, record.memoryMiB);
       await this.#links.prepare(record);
       if (suspended) return await this.#wake(record, suspended);
+      if (record.neverStarted) {
+        if (await this.#startFromTemplate(record)) return this.#finish(id, record);
+        delete record.neverStarted;
+        await this.#records.write(record);
+      }
       const spec = await this.#launchSpec(record, true);
       await this.#launchUntilReady(record, spec);
       return this.#finish(id, record);
@@ -669,6 +707,87 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
         `VM ${id} did not wake from suspend within ${ms} ms (WARREN_WAKE_TIMEOUT_MS); try again`,
       );
     await wake;
+  }
+
+  /**
+   * A first start from the image's template (templates.ts): the template's root layer is copied
+   * under the VM's root disk, a new QEMU loads the template's memory and device state on the
+   * VM's own disks and NIC, and the guest is given the VM's identity before the VM counts as
+   * started. False (logged) when templates are off or unsupported here, or the template could
+   * not be made or started from: the caller then boots the VM, with a fresh root overlay.
+   */
+  async #startFromTemplate(record: VmRecord): Promise<boolean> {
+    const templates = this.#templates;
+    if (!templates) return false;
+    const id = record.id;
+    // Only the disks create made: a volume restored before the first start (replaceVolumes)
+    // is not the template's root disk, which the template's memory expects.
+    if (record.snapshots.length > 0 || chainsOf(record).root.join('/') !== INITIAL_CHAINS.root.join('/')) {
+      this.#o.log?.(`VM ${id}: its root disk is not a new one; booting it`);
+      return false;
+    }
+    const dir = this.dirOf(id);
+    const nic = this.#links.nicOf(record);
+    const key = {
+      imageId: record.imageId,
+      cpus: record.cpus,
+      memoryMiB: record.memoryMiB,
+      accel: this.#o.accel,
+      vmm: this.#driver.name,
+      nic: nic !== undefined,
+    };
+    const started = performance.now();
+    let template: Template;
+    try {
+      template = await templates.get(key, await this.#o.store.verify(record.imageId));
+      await rootFromTemplate(dir, template);
+    } catch (e) {
+      this.#o.log?.(`VM ${id}: no template to start from (${(e as Error).message}); booting it`);
+      return false;
+    }
+    try {
+      delete record.neverStarted;
+      await this.#records.write(record);
+      const spec = await this.#launchSpec(record, true, { dir: template.dir, memory: 'stream' });
+      const dataBytes = (await stat(join(dir, chainsOf(record).data[0]!))).size;
+      const net = record.network;
+      let loadedMs = 0;
+      await this.#launchUntilReady(record, spec, undefined, () => {
+        loadedMs = performance.now() - started;
+      });
+      const answeredMs = performance.now() - started;
+      // Called once, not as the readiness check: a guest that cannot take the identity fails
+      // the template start at once (and the VM boots), instead of being asked until the boot timeout.
+      const live = this.#live.get(id);
+      if (!live?.guest) throw new WarrenError('GUEST_UNAVAILABLE', `VM ${id} ended right after its restore`);
+      await this.#driver.announceDiskSizes?.(live.vm, spec);
+      const taken = await live.guest.identity({
+        hostname: id,
+        machineId: randomBytes(16).toString('hex'),
+        dataBytes,
+        ...(nic && net
+          ? { network: { mac: net.mac, address: `${net.guestIp}/30`, gateway: net.hostIp, dns: net.hostIp } }
+          : {}),
+      });
+      // Without a reseed the guest's random generator would go on from the template's state,
+      // the same in every tenant of it, until its next scheduled reseed.
+      if (!taken.reseeded)
+        throw new WarrenError(
+          'INTERNAL',
+          `the guest of VM ${id} could not reseed its kernel random generator`,
+        );
+      this.#o.log?.(
+        `VM ${id} started from its template in ${Math.round(performance.now() - started)} ms (state loaded at ${Math.round(loadedMs)} ms, guest agent answered at ${Math.round(answeredMs)} ms)`,
+      );
+      return true;
+    } catch (e) {
+      this.#o.log?.(`VM ${id}: starting from its template failed (${(e as Error).message}); booting it`);
+      await this.#killLive(id);
+      await templates.discard(key, (e as Error).message).catch(() => {});
+      await freshRoot(dir, (await this.#imagePaths(record.imageId)).rootfsPath);
+      record.desired = 'running';
+      return false;
+    }
   }
 
   /** Graceful power-off through the guest agent; the VMM's quit and then SIGKILL after the timeout. */

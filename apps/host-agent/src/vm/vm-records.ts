@@ -99,6 +99,8 @@ export const VmRecord = z.object({
    * (relative to the VM directory), saved at `at`; its disks are the chains above, unchanged.
    */
   suspended: z.object({ dir: z.string(), memory: SnapshotMemory, at: z.string() }).optional(),
+  /** Set at create until the VM's first start, which may restore its image's template instead of booting (templates.ts). */
+  neverStarted: z.literal(true).optional(),
 });
 export type VmRecord = z.infer<typeof VmRecord>;
 

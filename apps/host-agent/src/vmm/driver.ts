@@ -40,6 +40,12 @@ export interface VmLaunchSpec {
   disks?: DiskChains;
   /** Starts the VM from a snapshot's memory and device state instead of booting it. */
   restore?: { dir: string; memory: SnapshotMemory };
+  /**
+   * Boots a template (vm/templates.ts): the guest is told so on its command line (it sets up
+   * no network and no data volume), and with `nic` it gets a NIC connected to nothing, so that
+   * the device layout matches that of the tenants with a NIC restored from it.
+   */
+  template?: { nic: boolean };
 }
 
 /**
@@ -193,7 +199,19 @@ export interface VmmDriver {
    * saves its memory and device state, moves its disks onto `tops` (made by `newTops` over
    * `spec.disks`), and resumes it. Drivers with `memorySnapshots` and `diskSnapshots`.
    */
-  snapshot?(vm: RunningVm, spec: VmLaunchSpec, dir: string, tops: DiskChains): Promise<SnapshotTaken>;
+  snapshot?(
+    vm: RunningVm,
+    spec: VmLaunchSpec,
+    dir: string,
+    tops: DiskChains,
+    options?: { memory?: 'stream' },
+  ): Promise<SnapshotTaken>;
+  /**
+   * Tells the guest that its disks may have changed size (a virtio config change), so that a
+   * guest restored from a template reads the size of its own data volume. Drivers with
+   * `memorySnapshots`.
+   */
+  announceDiskSizes?(vm: RunningVm, spec: VmLaunchSpec): Promise<void>;
   /**
    * Saves a running VM's memory and device state into `dir` (a new, empty directory) without
    * adding disk layers, and leaves the guest paused with its disks flushed: the caller records

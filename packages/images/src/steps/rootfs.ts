@@ -29,12 +29,17 @@ $B mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /tmp
 [ -e /dev/fd ] || $B ln -s /proc/self/fd /dev/fd
 $B ip link set lo up 2>/dev/null
 net=
+template=
 for arg in $($B cat /proc/cmdline); do
   case "$arg" in
     warren.hostname=*) $B hostname "\${arg#warren.hostname=}" ;;
     warren.net=*) net="\${arg#warren.net=}" ;;
+    warren.template=1) template=1 ;;
   esac
 done
+# Template mode (the host snapshots this boot for tenants to start from): no network and no
+# data volume; the guest agent sets both up when the host gives a restored copy its identity.
+if [ -n "$template" ]; then net=; echo "warren: template boot"; fi
 # The host agent passes this VM's link as warren.net=<address>/<prefix>,<gateway>,<dns>.
 if [ -n "$net" ]; then
   addr="\${net%%,*}"; rest="\${net#*,}"; gw="\${rest%%,*}"; dns="\${rest#*,}"
@@ -52,7 +57,7 @@ if [ -n "$net" ]; then
   fi
 fi
 # The data volume is the tenant's persistent disk; the root disk is a per-VM overlay.
-if [ -b /dev/vdb ]; then
+if [ -z "$template" ] && [ -b /dev/vdb ]; then
   $B mount -t ext4 -o noatime,nosuid,nodev /dev/vdb /workspace || echo "warren: cannot mount the data volume /dev/vdb"
 fi
 echo "warren: sysinit done"

@@ -34,6 +34,14 @@ export const JAIL_PATHS = {
   snapshotMemory: '/snapshot.mem',
 } as const;
 
+/** Tells the guest's sysinit it is booting a template: no network, no data volume (rootfs.ts). */
+export const TEMPLATE_KERNEL_ARG = 'warren.template=1';
+/**
+ * The MAC of a template's NIC (locally administered). A tenant restored from it has it until
+ * the guest agent sets the tenant's own (IdentityRequest), before the host lets it reach anyone.
+ */
+export const TEMPLATE_MAC = '02:57:52:00:00:01';
+
 /** The id of the memory backend object holding guest RAM. */
 export const RAM_OBJECT = 'ram';
 
@@ -111,6 +119,7 @@ export function qemuArgs(spec: VmLaunchSpec, options: QemuArgOptions): string[] 
     'init_on_free=1',
     // The platform firewall drops IPv6 from VMs; a guest without it does not try and wait.
     ...(spec.network ? ['ipv6.disable=1', spec.network.kernelArg] : []),
+    ...(spec.template ? [TEMPLATE_KERNEL_ARG, ...(spec.template.nic ? ['ipv6.disable=1'] : [])] : []),
   ].join(' ');
   // The image's rootfs stays in the page cache, shared by every VM of the image.
   const direct = spec.directIo ? ',cache.direct=on' : '';
@@ -164,6 +173,15 @@ export function qemuArgs(spec: VmLaunchSpec, options: QemuArgOptions): string[] 
     'virtio-rng-device',
     // The TAP the host agent made and firewalled, already opened: QEMU runs in an empty network
     // namespace without /dev/net/tun, so this descriptor is its only way to any network.
+    ...(spec.template?.nic
+      ? [
+          // A hub port with nothing else on the hub: the NIC exists, and no packet goes anywhere.
+          '-netdev',
+          'hubport,id=net0,hubid=0',
+          '-device',
+          `virtio-net-device,netdev=net0,mac=${TEMPLATE_MAC}`,
+        ]
+      : []),
     ...(spec.network
       ? [
           '-netdev',

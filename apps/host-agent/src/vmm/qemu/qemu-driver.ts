@@ -24,7 +24,14 @@ import { connectSocket, hostTscKHz } from '../host-io.ts';
 import { createTops, createVmDisks, INITIAL_CHAINS } from '../vm-disks.ts';
 import { fileSizeLimit, hostPathOf, launcher, prepareJail, resolveQemuBinary, TAP_FD } from './jail.ts';
 import { JAIL_PATHS, processName, QEMU_FILES, qemuArgs } from './qemu-args.ts';
-import { commitLayers, loadSnapshot, saveForSuspend, switchToTops, takeSnapshot } from './qemu-snapshot.ts';
+import {
+  announceSizes,
+  commitLayers,
+  loadSnapshot,
+  saveForSuspend,
+  switchToTops,
+  takeSnapshot,
+} from './qemu-snapshot.ts';
 import { QmpClient } from './qmp-client.ts';
 
 /** How long merging a disk's frozen layers into its base may take (they hold what changed between two backups). */
@@ -72,13 +79,33 @@ export class QemuDriver implements VmmDriver {
     return createVmDisks(dir, disks);
   }
 
-  async snapshot(vm: RunningVm, spec: VmLaunchSpec, dir: string, tops: DiskChains): Promise<SnapshotTaken> {
+  async snapshot(
+    vm: RunningVm,
+    spec: VmLaunchSpec,
+    dir: string,
+    tops: DiskChains,
+    options?: { memory?: 'stream' },
+  ): Promise<SnapshotTaken> {
     if (!(vm instanceof QemuVm)) throw new WarrenError('INTERNAL', `VM ${spec.id} is not a QEMU driver VM`);
     if (!spec.jail) throw new WarrenError('INTERNAL', `VM ${spec.id} has no uid`);
     for (const layer of [tops.root.at(-1)!, tops.data.at(-1)!])
       await chown(join(spec.dir, layer), spec.jail.uid, spec.jail.gid);
     const disks = spec.disks ?? INITIAL_CHAINS;
-    return takeSnapshot({ vmDir: spec.dir, pid: vm.pid, qmp: vm.qmp, ids: spec.jail, disks, tops, dir });
+    return takeSnapshot({
+      vmDir: spec.dir,
+      pid: vm.pid,
+      qmp: vm.qmp,
+      ids: spec.jail,
+      disks,
+      tops,
+      dir,
+      ...(options?.memory ? { memory: options.memory } : {}),
+    });
+  }
+
+  async announceDiskSizes(vm: RunningVm, spec: VmLaunchSpec): Promise<void> {
+    if (!(vm instanceof QemuVm)) throw new WarrenError('INTERNAL', `VM ${spec.id} is not a QEMU driver VM`);
+    await announceSizes(vm.qmp, spec.disks ?? INITIAL_CHAINS);
   }
 
   async suspend(vm: RunningVm, spec: VmLaunchSpec, dir: string): Promise<SnapshotTaken> {

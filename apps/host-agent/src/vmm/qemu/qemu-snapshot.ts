@@ -217,6 +217,8 @@ export interface SaveTarget {
   qmp: QmpClient;
   ids: JailIds;
   dir: string;
+  /** Keeps the memory in the state file even of a memfd VM (templates: no QEMU ever opens their files). */
+  memory?: 'stream';
 }
 
 export interface SnapshotTarget extends SaveTarget {
@@ -260,7 +262,8 @@ export async function saveForSuspend(t: SaveTarget): Promise<{ memory: SnapshotM
 
 /** Steps 1-3 of the file comment; returns how memory was kept and how long the guest was paused. */
 export async function takeSnapshot(t: SnapshotTarget): Promise<{ memory: SnapshotMemory; pausedMs: number }> {
-  const memory = await memoryOf(t.pid);
+  const possible = await memoryOf(t.pid);
+  const memory: SnapshotMemory = t.memory ?? possible;
   const paused = performance.now();
   await t.qmp.execute('stop');
   let resumed = false;
@@ -313,6 +316,24 @@ async function saveState(t: SaveTarget, memory: SnapshotMemory): Promise<void> {
   } finally {
     server.close();
     await rm(socket, { force: true });
+  }
+}
+
+/**
+ * Resizes each disk's top node to the size it has, which changes nothing but makes the
+ * virtio-blk device raise a config change: the guest reads the size again.
+ */
+export async function announceSizes(qmp: QmpClient, disks: DiskChains): Promise<void> {
+  const nodes = await qmp.execute<{ 'node-name': string; image: { 'virtual-size': number } }[]>(
+    'query-named-block-nodes',
+    { flat: true },
+  );
+  const names = new Set(nodes.map((n) => n['node-name']));
+  for (const disk of DISK_NAMES) {
+    const chain = disks[disk];
+    const node = nodeOf(names, disk, chain, chain.length - 1);
+    const size = nodes.find((n) => n['node-name'] === node)?.image['virtual-size'];
+    if (size !== undefined) await qmp.execute('block_resize', { 'node-name': node, size });
   }
 }
 
