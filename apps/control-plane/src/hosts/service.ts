@@ -621,9 +621,9 @@ export class HostService {
     return this.liveHostOf(tenant);
   }
 
-  /** Extra time for the first byte from a tenant's VM: WARREN_WAKE_TIMEOUT_MS while it is suspended. */
+  /** Extra time for the first byte from a tenant's VM: WARREN_WAKE_TIMEOUT_MS while it is suspended or starting. */
   wakeSlackMs(tenant: Pick<TenantsTable, 'state'>): number {
-    return tenant.state === 'suspended' ? this.#config.wakeTimeoutMs : 0;
+    return tenant.state === 'suspended' || tenant.state === 'starting' ? this.#config.wakeTimeoutMs : 0;
   }
 
   isHealthy(row: Pick<HostsTable, 'health' | 'last_heartbeat_at'>): boolean {

@@ -91,11 +91,15 @@ function parseProgress(json: string | null): OperationProgress | null {
   }
 }
 
+/** States in which calls that need a tenant's VM go to its host (see servesRequests). */
+const SERVING_STATES = new Set(['running', 'suspended', 'starting']);
+
 /**
  * Whether calls that need a tenant's VM (exec, files, dashboard, sessions) go to its host:
- * while it runs, and while it is suspended (its host wakes it for the call; the caller sees
- * only latency).
+ * while it runs, while it is suspended (its host wakes it for the call; the caller sees only
+ * latency), and while it starts or wakes (its host makes the call wait for that, bounded by
+ * WARREN_WAKE_TIMEOUT_MS; the state the control plane read may lag the host's by a heartbeat).
  */
 export function servesRequests(tenant: Pick<TenantsTable, 'state' | 'desired_state'>): boolean {
-  return tenant.desired_state === 'running' && (tenant.state === 'running' || tenant.state === 'suspended');
+  return tenant.desired_state === 'running' && SERVING_STATES.has(tenant.state);
 }

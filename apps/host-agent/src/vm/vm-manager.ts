@@ -686,6 +686,11 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
    */
   async awake(id: string): Promise<void> {
     await this.#suspending.get(id)?.catch(() => {});
+    const ms = this.#o.wakeTimeoutMs ?? 60_000;
+    // A start (or wake) in progress: the request waits for it, as for a wake of its own, so a
+    // call that arrives while the control plane still reads `starting` does not fail.
+    const starting = this.#transitions.get(id) === 'starting' ? this.#locks.get(id) : undefined;
+    if (starting) await settlesWithin(starting.catch(() => {}), ms);
     if (this.#live.has(id)) return;
     const record = await this.#records.read(id);
     if (!record.suspended) return;
@@ -700,7 +705,6 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
           if (this.#waking.get(id) === w) this.#waking.delete(id);
         });
     }
-    const ms = this.#o.wakeTimeoutMs ?? 60_000;
     if (!(await settlesWithin(wake, ms)))
       throw new WarrenError(
         'TIMEOUT',
