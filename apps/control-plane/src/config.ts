@@ -1,5 +1,11 @@
 import { OBJECT_STORE_ENV, objectStoreSettingIssues, objectStoreSettings } from '@warren/object-store/config';
-import { parseIdleTimeout, RESOURCE_LIMITS, type ResourceKind, WarrenError } from '@warren/protocol';
+import {
+  parseIdleTimeout,
+  RESOURCE_LIMITS,
+  type ResourceKind,
+  WAKE_TIMEOUT_MS,
+  WarrenError,
+} from '@warren/protocol';
 import { z } from 'zod';
 
 /** A setting that is an amount of a tenant resource, within the protocol's bounds for it. */
@@ -95,7 +101,12 @@ export const ControlPlaneConfig = z.strictObject({
    * byte of an answer from a suspended tenant (its host wakes the VM first). Bounded, so a VM
    * that cannot wake fails the request rather than holding it.
    */
-  wakeTimeoutMs: z.coerce.number().int().min(1000).max(600_000).default(60_000),
+  wakeTimeoutMs: z.coerce
+    .number()
+    .int()
+    .min(WAKE_TIMEOUT_MS.min)
+    .max(WAKE_TIMEOUT_MS.max)
+    .default(WAKE_TIMEOUT_MS.default),
   /** WARREN_DASHBOARD_WS_IDLE_MS: a proxied WebSocket without a byte either way for this long is closed. */
   dashboardWsIdleMs: z.coerce
     .number()

@@ -7,6 +7,7 @@ import {
   MAX_FREEZE_MS,
   ResourceName,
   Resources,
+  WAKE_TIMEOUT_MS,
   WarrenError,
 } from '@warren/protocol';
 import { z } from 'zod';
@@ -111,7 +112,12 @@ export const HostAgentConfig = z
      * WARREN_WAKE_TIMEOUT_MS: how long a request (exec, files, dashboard) to a suspended VM
      * waits for its wake before it fails with TIMEOUT.
      */
-    wakeTimeoutMs: z.coerce.number().int().positive().default(60_000),
+    wakeTimeoutMs: z.coerce
+      .number()
+      .int()
+      .min(WAKE_TIMEOUT_MS.min)
+      .max(WAKE_TIMEOUT_MS.max)
+      .default(WAKE_TIMEOUT_MS.default),
     /** WARREN_STOP_TIMEOUT_MS: graceful guest shutdown before the VM is killed. */
     stopTimeoutMs: z.coerce.number().int().positive().default(20_000),
     /** WARREN_TCG_TB_MIB: TCG translation cache per VM (QEMU's default is 1 GiB). */

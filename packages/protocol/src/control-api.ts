@@ -131,6 +131,13 @@ export const IDLE_TIMEOUT_MIN_MS = 10_000;
 export const IDLE_TIMEOUT_MAX_MS = 30 * 24 * 3600_000;
 const DURATION_UNITS = { s: 1000, m: 60_000, h: 3600_000, d: 24 * 3600_000 } as const;
 
+/**
+ * WARREN_WAKE_TIMEOUT_MS, read by both daemons (`warren up` gives them one environment): how
+ * long a request to a suspended or starting VM waits for it on the host, and how much longer
+ * than usual the control plane waits for such a request's first byte.
+ */
+export const WAKE_TIMEOUT_MS = { default: 60_000, min: 1_000, max: 600_000 } as const;
+
 /** `15m` to 900000, `never` to null; a message saying what is accepted otherwise. */
 export function parseIdleTimeout(text: string): { ms: number | null } | { error: string } {
   const form = 'give a duration like 20s, 15m, 2h or 1d, or never';

@@ -690,7 +690,11 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
     // A start (or wake) in progress: the request waits for it, as for a wake of its own, so a
     // call that arrives while the control plane still reads `starting` does not fail.
     const starting = this.#transitions.get(id) === 'starting' ? this.#locks.get(id) : undefined;
-    if (starting) await settlesWithin(starting.catch(() => {}), ms);
+    if (starting)
+      await settlesWithin(
+        starting.catch(() => {}),
+        ms,
+      );
     if (this.#live.has(id)) return;
     const record = await this.#records.read(id);
     if (!record.suspended) return;
