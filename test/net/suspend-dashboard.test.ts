@@ -119,7 +119,8 @@ describe('dashboard HTTP and WebSocket wake a suspended VM', { timeout: 400_000 
   after(async () => {
     try {
       if (cp) {
-        cp.tenants = [];
+        // Deleted (desired absent): a VM the list merely stops naming is quarantined, not destroyed.
+        cp.set({ ...t, desiredState: 'absent', generation: t.generation + 1 });
         await until(
           'the tenant VM is destroyed',
           async () => cp!.reports.at(-1)?.vms.length === 0 && (await qemuPidsFor(t.vmId)).length === 0,

@@ -263,7 +263,8 @@ describe('idle reclamation: suspend and wake on real VMs (qemu)', { timeout: 900
     // The record says stopped before the files go (a crash in between leaves only files no
     // record names, removed at the next start-up): wait for them, not for the state alone.
     await until('stop to discard the suspend files', async () => !existsSync(join(dir, 'suspend')), 10_000);
-    cp.tenants = [];
+    // Deleted (desired absent): a VM the list merely stops naming is quarantined, not destroyed.
+    cp.set({ ...t, idleTimeoutMs: IDLE_MS, desiredState: 'absent', generation: 5 });
     await until(
       'the VM is destroyed',
       async () => !(await host.vms.list()).some((v) => v.id === t.vmId),
