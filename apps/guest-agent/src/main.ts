@@ -26,7 +26,7 @@ function log(message: string) {
  * (`warren-boot: NAME UPTIME`): bench/boot-trace.ts reads them from the console log.
  */
 function milestone(name: string, atMs = performance.now()): void {
-  let uptime = Number.NaN;
+  let uptime: number;
   try {
     uptime = Number(readFileSync('/proc/uptime', 'latin1').split(' ')[0]);
   } catch {
