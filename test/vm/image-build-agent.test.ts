@@ -83,7 +83,14 @@ test('the guest may read and run its root filesystem; the agent keeps umask 077'
     const mode = modeIn(rootfs, program);
     assert.equal(mode & 0o055, 0o055, `${program} has mode ${mode.toString(8)}`);
   }
-  for (const file of ['/usr/lib/warren/guest-agent.mjs', '/etc/passwd', '/etc/group', '/etc/inittab']) {
+  for (const file of [
+    '/usr/lib/warren/guest-agent.js',
+    '/usr/lib/warren/guest-agent-loader.cjs',
+    '/usr/lib/warren/guest-agent.cache',
+    '/etc/passwd',
+    '/etc/group',
+    '/etc/inittab',
+  ]) {
     const mode = modeIn(rootfs, file);
     assert.equal(mode & 0o044, 0o044, `${file} has mode ${mode.toString(8)}`);
   }

@@ -8,7 +8,7 @@ import {
   MAX_FRAME_PAYLOAD,
   parseOrThrow,
   WarrenError,
-} from '@warren/protocol';
+} from '@warren/protocol/guest';
 import { toWarrenError } from './respond.ts';
 import { sessionEnv } from './restore.ts';
 import { resolveUser } from './users.ts';

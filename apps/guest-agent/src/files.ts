@@ -11,7 +11,7 @@ import {
   parseOrThrow,
   RemoveRequest,
   WarrenError,
-} from '@warren/protocol';
+} from '@warren/protocol/guest';
 import { readJsonBody, sendJson } from './respond.ts';
 
 export function pathParam(query: URLSearchParams): string {

@@ -11,7 +11,7 @@
  */
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import { DATA_VOLUME_MOUNT, type FreezeResult, WarrenError } from '@warren/protocol';
+import { DATA_VOLUME_MOUNT, type FreezeResult, WarrenError } from '@warren/protocol/guest';
 import { BUSYBOX, isMounted } from './restore.ts';
 
 const run = promisify(execFile);

@@ -1,6 +1,6 @@
 import { readFile, statfs } from 'node:fs/promises';
 import os from 'node:os';
-import { DATA_VOLUME_MOUNT, GUEST_API_VERSION, type Health } from '@warren/protocol';
+import { DATA_VOLUME_MOUNT, GUEST_API_VERSION, type Health } from '@warren/protocol/guest';
 
 export const AGENT_VERSION = process.env.WARREN_AGENT_VERSION ?? 'dev';
 const STARTED_AT = Date.now();

@@ -9,7 +9,7 @@ import { execFile } from 'node:child_process';
 import { closeSync, openSync, read, readdirSync, readFileSync, rmSync, write } from 'node:fs';
 import { createServer } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { AGENT_PORT_NAME } from '@warren/protocol';
+import { AGENT_PORT_NAME } from '@warren/protocol/guest';
 import { VolumeFreeze } from './freeze.ts';
 import { type PortDevice, servePort } from './port.ts';
 import { prepareForRestores } from './restore.ts';
@@ -19,6 +19,22 @@ const POWER_COMMAND = process.env.WARREN_POWER_COMMAND ?? '/usr/lib/warren/busyb
 
 function log(message: string) {
   process.stderr.write(`warren-guest-agent: ${message}\n`);
+}
+
+/**
+ * Logs a boot milestone with the guest's uptime in seconds, as the init scripts do
+ * (`warren-boot: NAME UPTIME`): bench/boot-trace.ts reads them from the console log.
+ */
+function milestone(name: string, atMs = performance.now()): void {
+  let uptime: number;
+  try {
+    uptime = Number(readFileSync('/proc/uptime', 'latin1').split(' ')[0]);
+  } catch {
+    return; // Not Linux (--listen on a development machine): nothing to compare with.
+  }
+  // performance.now() counts from the process start; `atMs` may be a point before now.
+  const at = uptime - (performance.now() - atMs) / 1000;
+  process.stderr.write(`warren-boot: ${name} ${at.toFixed(2)}\n`);
 }
 
 /** Finds /dev/vportNpM whose virtio-serial name is ours (no udev in the guest). */
@@ -74,6 +90,7 @@ async function servePorts(server: ReturnType<typeof createAgentServer>) {
     }
     try {
       const port = openPort(path);
+      milestone('agent-port-open');
       try {
         await servePort(server, port);
       } finally {
@@ -87,6 +104,7 @@ async function servePorts(server: ReturnType<typeof createAgentServer>) {
 }
 
 function main() {
+  const loadedAt = performance.now();
   prepareForRestores();
   const volume = new VolumeFreeze();
   void volume.thawLeftover();
@@ -120,6 +138,11 @@ function main() {
     return;
   }
   log(`starting, looking for port ${AGENT_PORT_NAME}`);
+  milestone('node-start', 0);
+  milestone('node-bootstrapped', performance.nodeTiming.bootstrapComplete);
+  milestone('agent-loaded', loadedAt);
+  server.once('session', () => milestone('agent-first-session'));
+  server.once('stream', () => milestone('agent-first-request'));
   void servePorts(server);
 }
 

@@ -1,5 +1,5 @@
 import type { ServerHttp2Stream } from 'node:http2';
-import { type ErrorCode, WarrenError } from '@warren/protocol';
+import { type ErrorCode, WarrenError } from '@warren/protocol/guest';
 
 export function sendJson(stream: ServerHttp2Stream, status: number, body: unknown): void {
   if (stream.destroyed || stream.closed) return;

@@ -12,7 +12,7 @@ import {
   type RestoredRequest,
   type RestoredResult,
   WarrenError,
-} from '@warren/protocol';
+} from '@warren/protocol/guest';
 
 const run = promisify(execFile);
 /** The guest's busybox: `date` and `mount` are its applets in every profile. */

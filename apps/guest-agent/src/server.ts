@@ -9,7 +9,7 @@ import {
   RestoredRequest,
   ShutdownRequest,
   WarrenError,
-} from '@warren/protocol';
+} from '@warren/protocol/guest';
 import { handleExec } from './exec.ts';
 import { handleList, handleMkdir, handleRead, handleRemove, handleStat, handleWrite } from './files.ts';
 import { VolumeFreeze } from './freeze.ts';

@@ -1,5 +1,5 @@
 import { readFile } from 'node:fs/promises';
-import { WarrenError } from '@warren/protocol';
+import { WarrenError } from '@warren/protocol/guest';
 
 export interface GuestUser {
   uid: number;

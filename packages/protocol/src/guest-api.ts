@@ -12,6 +12,8 @@ import { z } from 'zod';
 export const GUEST_API_VERSION = 1;
 /** Where every guest mounts its data volume (the image's init does; the agent reports its disk). */
 export const DATA_VOLUME_MOUNT = '/workspace';
+/** Where credential files appear in the guest (a tmpfs, readable by root and the workspace user). */
+export const CREDENTIALS_DIR = '/run/warren/credentials';
 /** Name of the virtio-serial port the guest agent listens on. */
 export const AGENT_PORT_NAME = 'org.warren.agent.0';
 

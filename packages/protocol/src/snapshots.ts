@@ -100,9 +100,6 @@ export const Credentials = z
   );
 export type Credentials = z.input<typeof Credentials>;
 
-/** Where credential files appear in the guest (a tmpfs, readable by root and the workspace user). */
-export const CREDENTIALS_DIR = '/run/warren/credentials';
-
 /** One file that differs between a snapshot and the VM's disks now. */
 export const FileChange = z.object({
   disk: z.enum(['root', 'data']),

@@ -1,6 +1,7 @@
 import { chmod, chown, copyFile, mkdir, readFile, realpath, symlink, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { run } from '../run.ts';
+import { AGENT_FILES, AGENT_LOADER } from './guest-agent.ts';
 
 /** The unprivileged account agents work as; uid 1000 in every profile. */
 export const AGENT_USER = { name: 'agent', uid: 1000, gid: 1000, home: '/home/agent' };
@@ -60,7 +61,7 @@ fi
 if [ -z "$template" ] && [ -b /dev/vdb ]; then
   $B mount -t ext4 -o noatime,nosuid,nodev /dev/vdb /workspace || echo "warren: cannot mount the data volume /dev/vdb"
 fi
-echo "warren: sysinit done"
+read -r up _ < /proc/uptime; echo "warren-boot: sysinit-done $up"
 `;
 
 const SHUTDOWN = `#!/usr/lib/warren/busybox sh
@@ -77,8 +78,14 @@ function agentLauncher(version: string): string {
 export UV_THREADPOOL_SIZE=8
 export WARREN_AGENT_VERSION=${version}
 export NODE_OPTIONS=
-exec /usr/lib/warren/node /usr/lib/warren/guest-agent.mjs
+read -r up _ < /proc/uptime; echo "warren-boot: agent-launch $up"
+exec /usr/lib/warren/node /usr/lib/warren/${AGENT_FILES.loader}
 `;
+}
+
+/** The scripts every guest runs at boot, for the image recipe: changing one makes a new image. */
+export function runtimeScripts(): string {
+  return [INITTAB, SYSINIT, SHUTDOWN, agentLauncher('VERSION'), AGENT_LOADER].join('\0');
 }
 
 /** Installs what every Warren guest has: busybox init, Node.js, the guest agent, the agent user. */
@@ -89,7 +96,8 @@ export async function installRuntime(dir: string, files: RuntimeFiles): Promise<
   await chmod(join(lib, 'busybox'), 0o755);
   await copyFile(files.node, join(lib, 'node'));
   await chmod(join(lib, 'node'), 0o755);
-  await copyFile(files.agentBundle, join(lib, 'guest-agent.mjs'));
+  await copyFile(files.agentBundle, join(lib, AGENT_FILES.bundle));
+  await writeFile(join(lib, AGENT_FILES.loader), AGENT_LOADER);
   await writeFile(join(lib, 'guest-agent'), agentLauncher(files.agentVersion), { mode: 0o755 });
   await writeFile(join(lib, 'rc.sysinit'), SYSINIT, { mode: 0o755 });
   await writeFile(join(lib, 'rc.shutdown'), SHUTDOWN, { mode: 0o755 });
