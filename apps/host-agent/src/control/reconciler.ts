@@ -468,6 +468,10 @@ export class Reconciler {
     }
     if (now < track.retryAt) return;
     if (vm?.state === 'crashed' && want === 'running' && track.retryAt === 0 && !track.error) {
+      // The backoff belongs to this generation: without recording it, the next pass (the first
+      // ones after an agent restart, whose generation is still 0 here) would see a "new"
+      // generation, clear the backoff and log again, every heartbeat, never restarting the VM.
+      track.generation = generation;
       track.retryAt = now + track.retryMs;
       this.#o.log?.(`VM ${vmId} crashed (${vm.lastExit?.reason}): restarting in ${track.retryMs} ms`);
       track.retryMs = Math.min(track.retryMs * 2, this.#retryMaxMs);
