@@ -116,7 +116,7 @@ const dataDir = await mkdtemp(join(tmpdir(), 'wb-'));
 const host = await openHost(
   loadConfig(
     { ...process.env, WARREN_VMM: 'qemu' },
-    { dataDir, imagesDir: imagesDirOf(config), network: 'off' },
+    { dataDir, imagesDir: imagesDirOf(config), network: 'off', templateStart: 'off' },
   ),
 );
 const images = [imageId, ...(values.compare ? [values.compare] : [])];
