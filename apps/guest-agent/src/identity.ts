@@ -10,7 +10,12 @@ import { execFile } from 'node:child_process';
 import { chmod, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
-import { DATA_VOLUME_MOUNT, type IdentityRequest, type IdentityResult, WarrenError } from '@warren/protocol/guest';
+import {
+  DATA_VOLUME_MOUNT,
+  type IdentityRequest,
+  type IdentityResult,
+  WarrenError,
+} from '@warren/protocol/guest';
 import { BUSYBOX, fixUpAfterRestore, isMounted } from './restore.ts';
 
 const run = promisify(execFile);
