@@ -297,7 +297,12 @@ async function saveState(t: SaveTarget, memory: SnapshotMemory): Promise<void> {
   const server = createServer({ allowHalfOpen: false }, (conn) => {
     // One connection, from this QEMU: anything after it is refused.
     server.close();
-    received ??= pipeline(conn, createWriteStream(file, { mode: 0o600 }));
+    if (received) return;
+    received = pipeline(conn, createWriteStream(file, { mode: 0o600 }));
+    // Awaited below once the migration completes. A write that fails (a full disk) fails the
+    // migration too, and is then the error reported: it must never go unhandled, which would
+    // end the agent.
+    received.catch(() => {});
   });
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
@@ -310,7 +315,16 @@ async function saveState(t: SaveTarget, memory: SnapshotMemory): Promise<void> {
       capabilities: [{ capability: 'x-ignore-shared', state: memory === 'mapped' }],
     });
     await t.qmp.execute('migrate', { uri: `unix:${JAIL_PATHS.save}` });
-    await migrationDone(t.qmp, 'saving the device state');
+    try {
+      await migrationDone(t.qmp, 'saving the device state');
+    } catch (e) {
+      // The file's own error (ENOSPC: DISK_FULL to the caller) says more than QEMU's.
+      const written = await received?.then(
+        () => undefined,
+        (err: Error) => err,
+      );
+      throw written ?? e;
+    }
     if (!received) throw new WarrenError('INTERNAL', 'QEMU finished the migration without connecting');
     await received;
   } finally {
