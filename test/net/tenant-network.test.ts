@@ -172,6 +172,8 @@ describe('tenant networks: isolation, egress policies, rebuild and removal', { t
         WARREN_HEARTBEAT_MS: '300',
         WARREN_BOOT_TIMEOUT_MS: '120000',
         WARREN_NETWORK: 'on',
+        // The addresses below are set by the identity call of a template start.
+        WARREN_TEMPLATE_START: 'on',
         WARREN_VM_NETWORK: '10.213.0.0/16',
         WARREN_VM_DNS_UPSTREAM: SIM.dns,
         WARREN_DNS_PORT: String(DNS_PORT),
