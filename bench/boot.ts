@@ -77,7 +77,7 @@ for (const name of values.drivers!.split(',') as VmmName[]) {
   }
   const services = await entry.services?.(loadConfig(env), (m) => console.log(`${name.padEnd(8)} ${m}`));
   const dataDir = await mkdtemp(join(tmpdir(), 'wb-'));
-  // Cold boots: a template start (the default for new VMs) is bench/wake.ts's figure.
+  // Cold boots, whatever WARREN_TEMPLATE_START says: template starts are bench/wake.ts's figure.
   const host = await openHost(
     loadConfig(env, { dataDir, imagesDir: imagesDirOf(config), network: 'off', templateStart: 'off' }),
   );
