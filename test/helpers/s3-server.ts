@@ -5,7 +5,9 @@
  * Run as a script, it serves and prints the port; `startS3Server` starts and stops it.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
+import { rename, rm } from 'node:fs/promises';
 import { createRequire } from 'node:module';
+import { Readable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { until } from './until.ts';
 
@@ -69,9 +71,42 @@ if (process.argv[1] === fileURLToPath(import.meta.url)) {
     directory,
     configureBuckets: [{ name: bucket, configs: [] }],
   });
+  makeOverwritesAtomic(server as unknown as { store: ContentStore });
   const { port } = await server.run();
   server.httpServer?.on('request', (req) => process.stdout.write(`request ${req.method} ${req.url}\n`));
   process.stdout.write(`listening ${port}\n`);
   process.on('SIGTERM', () => process.exit(0));
   process.stdin.resume().on('end', () => process.exit(0));
+}
+
+interface ContentStore {
+  putContent(path: string, content: unknown): Promise<[number, string]>;
+}
+
+/**
+ * S3 replaces an object atomically: a GET sees one PUT's whole body, never a mix. s3rver writes
+ * straight into the object's file, so two concurrent PUTs of one key interleave their bytes
+ * (the contract test "concurrent puts of one key leave one complete object" failed on it under
+ * load). Writing to a sibling temporary file and renaming it over the object gives S3's
+ * behaviour; s3rver lists only names ending in `._S3rver_object`, so the temporary file is
+ * never seen as an object.
+ */
+function makeOverwritesAtomic(server: { store: ContentStore }): void {
+  const store = server.store;
+  const putContent = store.putContent.bind(store);
+  let serial = 0;
+  store.putContent = async (objectPath, content) => {
+    const temporary = `${objectPath}.${process.pid}-${++serial}.partial`;
+    try {
+      // A Buffer body resolves before its file is even opened; as a stream it resolves when
+      // the file is complete, so the rename below finds it.
+      const body = Buffer.isBuffer(content) ? Readable.from([content]) : content;
+      const result = await putContent(temporary, body);
+      await rename(temporary, objectPath);
+      return result;
+    } catch (err) {
+      await rm(temporary, { force: true });
+      throw err;
+    }
+  };
 }
