@@ -6,7 +6,6 @@
  * stderr, `--no-wait`, show, delete, policy, and verify exiting non-zero naming the bad object.
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -19,9 +18,7 @@ import {
   openTestControlPlane,
   type TestControlPlane,
 } from '../helpers/api.ts';
-import { REPO_ROOT } from '../helpers/image.ts';
-
-const WARREN = join(REPO_ROOT, 'node_modules', '.bin', 'warren');
+import { type CliRun, runWarren } from '../helpers/cli.ts';
 
 let t: TestControlPlane;
 let agent: FakeAgent;
@@ -56,35 +53,9 @@ after(async () => {
   if (dir) await rm(dir, { recursive: true, force: true });
 });
 
-interface Run {
-  status: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-/** Runs `warren ARGS` asynchronously (the control plane answers from this same process). */
-function warren(args: string[], token = key): Promise<Run> {
-  const child = spawn(WARREN, args, {
-    env: {
-      ...process.env,
-      WARREN_API_URL: t.url,
-      WARREN_TOKEN: token,
-      WARREN_DATA_DIR: join(dir, 'none'),
-    },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let stdout = '';
-  let stderr = '';
-  child.stdout.on('data', (b) => (stdout += b));
-  child.stderr.on('data', (b) => (stderr += b));
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => child.kill('SIGKILL'), 60_000);
-    child.once('error', reject);
-    child.once('close', (status) => {
-      clearTimeout(timer);
-      resolve({ status, stdout, stderr });
-    });
-  });
+/** Runs `warren ARGS` with the tenant's key unless told otherwise. */
+function warren(args: string[], token = key): Promise<CliRun> {
+  return runWarren({ url: t.url, token, scratch: dir }, args);
 }
 
 async function chunkFiles(): Promise<string[]> {

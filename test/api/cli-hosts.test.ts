@@ -6,7 +6,6 @@
  * VMs, `host adopt` and `host remove`.
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -19,9 +18,7 @@ import {
   openTestControlPlane,
   type TestControlPlane,
 } from '../helpers/api.ts';
-import { REPO_ROOT } from '../helpers/image.ts';
-
-const WARREN = join(REPO_ROOT, 'node_modules', '.bin', 'warren');
+import { type CliRun, runWarren } from '../helpers/cli.ts';
 
 let t: TestControlPlane;
 let agent: FakeAgent;
@@ -42,36 +39,9 @@ after(async () => {
   if (dir) await rm(dir, { recursive: true, force: true });
 });
 
-interface Run {
-  status: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-/** Runs `warren ARGS` with the admin token (the control plane answers from this same process). */
-function warren(args: string[]): Promise<Run> {
-  const child = spawn(WARREN, args, {
-    env: {
-      ...process.env,
-      WARREN_API_URL: t.url,
-      WARREN_TOKEN: t.adminToken,
-      // No local control plane to find: only the environment's.
-      WARREN_DATA_DIR: join(dir, 'none'),
-    },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let stdout = '';
-  let stderr = '';
-  child.stdout.on('data', (b) => (stdout += b));
-  child.stderr.on('data', (b) => (stderr += b));
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => child.kill('SIGKILL'), 60_000);
-    child.once('error', reject);
-    child.once('close', (status) => {
-      clearTimeout(timer);
-      resolve({ status, stdout, stderr });
-    });
-  });
+/** Runs `warren ARGS` with the admin token. */
+function warren(args: string[]): Promise<CliRun> {
+  return runWarren({ url: t.url, token: t.adminToken, scratch: dir }, args);
 }
 
 async function tenantId(name: string): Promise<string> {

@@ -6,7 +6,6 @@
  * middle of a command still reverting.
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -20,10 +19,8 @@ import {
   openTestControlPlane,
   type TestControlPlane,
 } from '../helpers/api.ts';
-import { REPO_ROOT } from '../helpers/image.ts';
+import { type CliRun, runWarren } from '../helpers/cli.ts';
 import { until } from '../helpers/until.ts';
-
-const WARREN = join(REPO_ROOT, 'node_modules', '.bin', 'warren');
 
 let t: TestControlPlane;
 let agent: FakeAgent;
@@ -50,37 +47,9 @@ after(async () => {
   if (dir) await rm(dir, { recursive: true, force: true });
 });
 
-interface Run {
-  status: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-/** Runs `warren ARGS` asynchronously (the control plane answers from this same process). */
-function warren(args: string[], onSpawn?: (pid: number) => void): Promise<Run> {
-  const child = spawn(WARREN, args, {
-    env: {
-      ...process.env,
-      WARREN_API_URL: t.url,
-      WARREN_TOKEN: key,
-      // No local control plane to find: only the environment's.
-      WARREN_DATA_DIR: join(dir, 'none'),
-    },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let stdout = '';
-  let stderr = '';
-  child.stdout.on('data', (b) => (stdout += b));
-  child.stderr.on('data', (b) => (stderr += b));
-  if (child.pid) onSpawn?.(child.pid);
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => child.kill('SIGKILL'), 60_000);
-    child.once('error', reject);
-    child.once('close', (status) => {
-      clearTimeout(timer);
-      resolve({ status, stdout, stderr });
-    });
-  });
+/** Runs `warren ARGS` with the tenant's key. */
+function warren(args: string[], onSpawn?: (pid: number) => void): Promise<CliRun> {
+  return runWarren({ url: t.url, token: key, scratch: dir }, args, { onSpawn });
 }
 
 async function sessions(): Promise<{ id: string; state: string; outcome: string | null }[]> {
