@@ -17,15 +17,14 @@
  * Baseline printed in the same run: a bare QEMU start to its QMP socket (as bench/boot.ts).
  */
 
-import { spawn } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
 import { DRIVERS, GuestClient, imagesDirOf, loadConfig, openHost } from '@warren/host-agent';
 import { buildImage, ImageStore, type Profile } from '@warren/images';
+import { bareQemuStarts, median } from './common.ts';
 
 const { values } = parseArgs({
   options: {
@@ -36,7 +35,6 @@ const { values } = parseArgs({
 });
 const runs = Number(values.runs);
 const profile = values.profile as Profile;
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 
 /**
  * Milestones the guest agent logs after the fact, at its start (the moment Node started and
@@ -64,28 +62,7 @@ const store = new ImageStore(imagesDirOf(config));
 const { imageId } = await buildImage(store, { profile, cacheDir: join(config.dataDir, 'cache') });
 await store.verify(imageId);
 
-const scratch = await mkdtemp(join(tmpdir(), 'wb-'));
-const bare: number[] = [];
-try {
-  for (let i = 0; i < runs; i++) {
-    const sock = join(scratch, `bare-${i}.sock`);
-    const t0 = performance.now();
-    const q = spawn(config.qemuBinary, [
-      '-M',
-      'microvm',
-      '-nodefaults',
-      '-nographic',
-      '-S',
-      '-qmp',
-      `unix:${sock},server=on,wait=off`,
-    ]);
-    while (!existsSync(sock)) await sleep(2);
-    bare.push(performance.now() - t0);
-    q.kill('SIGKILL');
-  }
-} finally {
-  await rm(scratch, { recursive: true, force: true });
-}
+const bare = await bareQemuStarts(config.qemuBinary, runs);
 
 // Host-side probes, reset per boot.
 const probe = { launchStart: 0, launchEnd: 0, connects: 0, connected: 0 };

@@ -12,15 +12,13 @@
  * so the figure can be read as "QEMU start + kernel + init + Node + agent".
  */
 
-import { spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
 import { DRIVERS, imagesDirOf, loadConfig, openHost, VMM_NAMES, type VmmName } from '@warren/host-agent';
 import { buildImage, ImageStore, type Profile } from '@warren/images';
+import { bareQemuStarts, median } from './common.ts';
 
 const { values } = parseArgs({
   options: {
@@ -30,7 +28,6 @@ const { values } = parseArgs({
   },
 });
 const runs = Number(values.runs);
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 const config = loadConfig();
 const store = new ImageStore(imagesDirOf(config));
 const profiles = values.profiles!.split(',') as Profile[];
@@ -42,28 +39,7 @@ for (const profile of profiles) {
 }
 
 // Baseline: QEMU process start until its QMP socket exists (no guest, no jail).
-const scratch = await mkdtemp(join(tmpdir(), 'wb-'));
-const bare: number[] = [];
-try {
-  for (let i = 0; i < runs; i++) {
-    const sock = join(scratch, `bare-${i}.sock`);
-    const t0 = performance.now();
-    const q = spawn(config.qemuBinary, [
-      '-M',
-      'microvm',
-      '-nodefaults',
-      '-nographic',
-      '-S',
-      '-qmp',
-      `unix:${sock},server=on,wait=off`,
-    ]);
-    while (!existsSync(sock)) await sleep(2);
-    bare.push(performance.now() - t0);
-    q.kill('SIGKILL');
-  }
-} finally {
-  await rm(scratch, { recursive: true, force: true });
-}
+const bare = await bareQemuStarts(config.qemuBinary, runs);
 console.log(`baseline  bare QEMU start to QMP socket: median ${median(bare).toFixed(0)} ms over ${runs}`);
 
 for (const name of values.drivers!.split(',') as VmmName[]) {

@@ -18,8 +18,6 @@
  * 5x; a bare QEMU start to its QMP socket is printed for scale.
  */
 
-import { spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
 import { mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -27,6 +25,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
 import { type Host, imagesDirOf, loadConfig, openHost } from '@warren/host-agent';
 import { buildImage, ImageStore, type Profile } from '@warren/images';
+import { bareQemuStarts, median } from './common.ts';
 
 const { values } = parseArgs({
   options: {
@@ -38,7 +37,6 @@ const { values } = parseArgs({
 const runs = Number(values.runs);
 const memoryMiB = Number(values.memory);
 const profile = values.profile as Profile;
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 const ms = (x: number) => `${x.toFixed(0)} ms`;
 const mib = (bytes: number) => `${(bytes / 1024 / 1024).toFixed(1)} MiB`;
 
@@ -61,29 +59,6 @@ async function diskBytes(path: string): Promise<number> {
   let total = 0;
   for (const name of await readdir(path)) total += await diskBytes(join(path, name));
   return total;
-}
-
-async function bareQemuStart(): Promise<number> {
-  const scratch = await mkdtemp(join(tmpdir(), 'wb-'));
-  try {
-    const sock = join(scratch, 'bare.sock');
-    const t0 = performance.now();
-    const q = spawn(config.qemuBinary, [
-      '-M',
-      'microvm',
-      '-nodefaults',
-      '-nographic',
-      '-S',
-      '-qmp',
-      `unix:${sock},server=on,wait=off`,
-    ]);
-    while (!existsSync(sock)) await sleep(2);
-    const t = performance.now() - t0;
-    q.kill('SIGKILL');
-    return t;
-  } finally {
-    await rm(scratch, { recursive: true, force: true });
-  }
 }
 
 interface Opened {
@@ -146,7 +121,7 @@ async function cleanUp(): Promise<void> {
 }
 
 try {
-  for (let i = 0; i < runs; i++) bare.push(await bareQemuStart());
+  bare.push(...(await bareQemuStarts(config.qemuBinary, runs)));
   const templatesKnown = 'templateStart' in config;
   const coldHost = await open(templatesKnown ? { WARREN_TEMPLATE_START: 'off' } : {});
   const vms = coldHost.host.vms as unknown as { suspend?: (id: string) => Promise<unknown> };

@@ -26,7 +26,7 @@ const failed = (pid: number, failure = 'guest agent did not answer within 500 ms
   pid,
   failure,
 });
-const ok = (pid: number, agentStartedAt = 1): Probe => ({ state: 'ok', pid, agentStartedAt });
+const ok = (pid: number, restarted = false): Probe => ({ state: 'ok', pid, restarted });
 
 test('a VM is unhealthy after the configured number of failed checks in a row, with the reason and console log', async () => {
   const { h, logs, check } = health();
@@ -47,12 +47,12 @@ test('a VM is unhealthy after the configured number of failed checks in a row, w
   assert.equal(h.unhealthy('ten-a', 11), undefined);
 });
 
-test('an answer ends the streak; a new agent start time is logged as a restart inside the guest', async () => {
+test('an answer ends the streak; an agent restarted inside the guest is logged as such', async () => {
   const { h, logs, check } = health();
-  await check('ten-b', ok(20, 100));
+  await check('ten-b', ok(20));
   for (let i = 0; i < 3; i++) await check('ten-b', failed(20));
   assert.ok(h.unhealthy('ten-b', 20));
-  assert.equal(await check('ten-b', ok(20, 200)), true, 'healthy again is a change to report');
+  assert.equal(await check('ten-b', ok(20, true)), true, 'healthy again is a change to report');
   assert.equal(h.unhealthy('ten-b', 20), undefined);
   assert.ok(
     logs.some((l) =>
@@ -64,7 +64,7 @@ test('an answer ends the streak; a new agent start time is logged as a restart i
   );
   // A failure that is not followed by enough others never makes it unhealthy.
   await check('ten-b', failed(20));
-  await check('ten-b', ok(20, 200));
+  await check('ten-b', ok(20));
   await check('ten-b', failed(20));
   await check('ten-b', failed(20));
   assert.equal(h.unhealthy('ten-b', 20), undefined);

@@ -246,10 +246,8 @@ export const HostAgentConfig = z
      * WARREN_TEMPLATE_START: `on` starts a new VM's first boot from its image's template (one VM
      * per image and shape booted once on this host and snapshotted), given its own identity
      * after; `off` boots every VM. Drivers without memory snapshots (libvirt) always boot.
-     * Off by default until an intermittent hang of template-started guests under concurrent
-     * execs seen once in a full test run is understood (docs/operations.md, "Templates").
      */
-    templateStart: z.enum(['on', 'off']).default('off'),
+    templateStart: z.enum(['on', 'off']).default('on'),
     /** WARREN_VM_NETWORK: the private range cut into one /30 per VM; must not collide with the host's networks. */
     vmNetwork: z
       .string()

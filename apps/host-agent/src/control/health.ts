@@ -20,8 +20,6 @@ interface Checked {
   reason: string;
   /** When the failures reached the limit; the grace runs from here. */
   unhealthyAt?: number;
-  /** The guest agent's start time at its last answer: a new one means it restarted in the guest. */
-  agentStartedAt?: number;
 }
 
 export interface Unhealthy {
@@ -66,10 +64,9 @@ export class GuestHealth {
       this.#checked.set(id, c);
     }
     if (probe.state === 'ok') {
-      const restarted =
-        c.agentStartedAt !== undefined &&
-        probe.agentStartedAt !== undefined &&
-        probe.agentStartedAt !== c.agentStartedAt;
+      // The probe knows the agent that answered when the VM got ready, so a restart inside the
+      // guest before the first check is named too.
+      const restarted = probe.restarted;
       if (c.failures > 0 || restarted) {
         this.#log(
           `VM ${id}: guest agent answers again${c.failures ? ` after ${c.failures} failed health checks` : ''}${
@@ -79,7 +76,6 @@ export class GuestHealth {
       }
       const was = c.unhealthyAt !== undefined;
       Object.assign(c, { failures: 0, firstFailureAt: 0, reason: '', unhealthyAt: undefined });
-      c.agentStartedAt = probe.agentStartedAt;
       return was;
     }
     if (c.failures === 0) {

@@ -46,7 +46,7 @@ const BUILD_RETRY_MS = 10 * 60_000;
 /** A build's directory, beside the templates; `tpl-<rest>` is its VM's id. */
 const BUILD_PREFIX = '.b-';
 /** Part of every key: a change in how templates are made or started from makes new ones. */
-const TEMPLATE_FORMAT = 1;
+const TEMPLATE_FORMAT = 2;
 /** The template's own data disk: never mounted (template mode), there so the device layout matches a tenant's. */
 const TEMPLATE_DATA_MIB = 16;
 
@@ -281,13 +281,20 @@ export class Templates {
             await guest
               .exec({ argv: ['sh', '-c', 'sync; echo 3 > /proc/sys/vm/drop_caches'], timeoutMs: 30_000 })
               .catch(() => {});
+            // The snapshot is taken with this session open and idle: the guest's writes on the
+            // port are serialized, so once this answer is here it has nothing left to send.
+            // Closed first, the guest would answer the close with writes that block until the
+            // next host connects: every tenant's first connection would then get bytes of this
+            // dead session, fail its handshake, and leave its own session's bytes to the next,
+            // over and over (docs/architecture.md, "Host ⇄ guest channel").
+            await guest.health(10_000);
+            const tops = await this.#o.driver.newTops!(build, INITIAL_CHAINS, image);
+            const snap = join(build, 'snapshot');
+            await mkdir(snap, { mode: 0o700 });
+            await this.#o.driver.snapshot!(vm, spec, snap, tops, { memory: 'stream' });
           } finally {
             guest.close();
           }
-          const tops = await this.#o.driver.newTops!(build, INITIAL_CHAINS, image);
-          const snap = join(build, 'snapshot');
-          await mkdir(snap, { mode: 0o700 });
-          await this.#o.driver.snapshot!(vm, spec, snap, tops, { memory: 'stream' });
           return bootMs;
         } finally {
           vm.kill();

@@ -93,7 +93,8 @@ export type VmState = 'stopped' | 'starting' | 'running' | 'stopping' | 'crashed
 /** What one health check found: the guest agent's answer, why there was none, or `busy` (not checked). */
 export type Probe =
   | { state: 'busy' }
-  | { state: 'ok'; pid: number; agentStartedAt: number | undefined }
+  /** `restarted`: the guest agent is not the one that answered last (init respawned it in the guest). */
+  | { state: 'ok'; pid: number; restarted: boolean }
   | { state: 'failed'; pid: number; failure: string };
 
 /** ENOSPC from a syscall, or a child process (qemu-img, QEMU, mkfs) saying so, anywhere in the cause chain. */
@@ -158,6 +159,12 @@ const VMM_OVERHEAD_BYTES = 384 * 1024 * 1024;
 interface Live {
   vm: RunningVm;
   guest?: GuestClient;
+  /**
+   * The start time of the guest agent last heard from, known from the moment the VM is ready:
+   * a health check that meets another one knows the agent was restarted inside the guest, even
+   * when that happened before the first check.
+   */
+  agentStartedAt?: number;
   /** Set while the host itself is ending the VM, so the exit is not reported as a crash. */
   expectingExit: boolean;
 }
@@ -509,8 +516,13 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
         }
         live.guest = guest;
       }
-      const health = await guest.health(timeoutMs);
-      return { state: 'ok', pid: live.vm.pid, agentStartedAt: health.agentStartedAt };
+      const { agentStartedAt } = await guest.health(timeoutMs);
+      const restarted =
+        live.agentStartedAt !== undefined &&
+        agentStartedAt !== undefined &&
+        agentStartedAt !== live.agentStartedAt;
+      live.agentStartedAt = agentStartedAt;
+      return { state: 'ok', pid: live.vm.pid, restarted };
     } catch (e) {
       if (guest && live.guest === guest) {
         guest.close();
@@ -1312,6 +1324,8 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
       const health = await next?.health(10_000).catch(() => undefined);
       if (next && health && health.agentStartedAt !== before) {
         live.guest = next;
+        // The host asked for this restart: health checks are not to report it as the guest's.
+        live.agentStartedAt = health.agentStartedAt;
         await next.scrub(SCRUB_BYTES);
         return;
       }
@@ -1386,7 +1400,9 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
     const live = this.#track(record.id, vm);
     try {
       await launched?.();
-      live.guest = await this.#waitForAgent(record.id, vm, spec.dir, ready);
+      const agent = await this.#waitForAgent(record.id, vm, spec.dir, ready);
+      live.guest = agent.client;
+      live.agentStartedAt = agent.startedAt;
     } catch (e) {
       live.expectingExit = true;
       vm.kill();
@@ -1397,13 +1413,17 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
     }
   }
 
-  /** Connects to the guest agent and waits until `ready` (its health by default) answers. */
+  /**
+   * Connects to the guest agent and waits until `ready` (its health by default) answers; also
+   * returns the agent's start time (asked for when `ready` is not the health call), the
+   * baseline of the health checks.
+   */
   async #waitForAgent(
     id: string,
     vm: RunningVm,
     dir: string,
-    ready: (client: GuestClient) => Promise<unknown> = (c) => c.health(10_000),
-  ): Promise<GuestClient> {
+    ready?: (client: GuestClient) => Promise<unknown>,
+  ): Promise<{ client: GuestClient; startedAt: number | undefined }> {
     const deadline = Date.now() + this.#o.bootTimeoutMs;
     let lastError: unknown;
     let exited = false;
@@ -1416,8 +1436,9 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
           vm.transport,
           Math.min(10_000, Math.max(1, deadline - Date.now())),
         );
-        await ready(client);
-        return client;
+        if (ready) await ready(client);
+        const { agentStartedAt } = await client.health(10_000);
+        return { client, startedAt: agentStartedAt };
       } catch (e) {
         lastError = e;
         await sleep(100);
