@@ -98,6 +98,11 @@ export async function call(
     ...(body === undefined ? {} : { body }),
     signal: AbortSignal.timeout(15_000),
   });
+  // An event stream never ends by itself: its status and headers are the answer.
+  if (res.ok && res.headers.get('content-type')?.startsWith('text/event-stream')) {
+    await res.body?.cancel();
+    return { status: res.status, body: undefined, text: '' };
+  }
   const text = await res.text();
   let json: unknown;
   try {
