@@ -5,7 +5,9 @@
  * is dropped once its queue is full, so it cannot make the control plane hold more.
  */
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { connect } from 'node:net';
+import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import type { EventOf, PlatformEvent } from '@warren/protocol';
 import {
@@ -16,6 +18,7 @@ import {
   openTestControlPlane,
   type TestControlPlane,
 } from '../helpers/api.ts';
+import { REPO_ROOT } from '../helpers/image.ts';
 import { type EventStream, openEvents } from '../helpers/sse.ts';
 import { until } from '../helpers/until.ts';
 
@@ -230,5 +233,64 @@ describe('the event stream', () => {
     );
     const metrics = await fetch(`${t.url}/metrics`, { headers: { authorization: `Bearer ${t.adminToken}` } });
     assert.match(await metrics.text(), /^warren_event_subscribers_dropped_total [1-9]/m);
+  });
+
+  test('warren events lists what the control plane holds; --follow --tenant prints changes as they happen', async () => {
+    const env = {
+      ...process.env,
+      WARREN_API_URL: t.url,
+      WARREN_TOKEN: t.adminToken,
+      WARREN_DATA_DIR: '/nonexistent',
+    };
+    const warren = join(REPO_ROOT, 'node_modules', '.bin', 'warren');
+    await createTenantWithKey(t, { name: 'listed-1' });
+    await t.cp.events.settled();
+    const listed = await new Promise<{ code: number | null; out: string; err: string }>((resolve) => {
+      const c = spawn(warren, ['events', '--json', '--types', 'tenant'], { env });
+      let out = '';
+      let err = '';
+      c.stdout.on('data', (b) => (out += b));
+      c.stderr.on('data', (b) => (err += b));
+      c.once('close', (code) => resolve({ code, out, err }));
+    });
+    assert.equal(listed.code, 0, listed.err);
+    const lines = listed.out
+      .split('\n')
+      .filter(Boolean)
+      .map((l) => JSON.parse(l) as PlatformEvent);
+    assert.ok(lines.every((e) => e.type.startsWith('tenant.')));
+    assert.ok(
+      lines.some((e) => e.type === 'tenant.updated' && e.data.tenant.name === 'listed-1'),
+      listed.out,
+    );
+
+    await createTenantWithKey(t, { name: 'follow-me' });
+    const follow = spawn(warren, ['events', '--follow', '--tenant', 'follow-me'], { env });
+    let out = '';
+    follow.stdout.on('data', (b) => (out += b));
+    follow.stderr.on('data', (b) => (out += b));
+    const closed = new Promise((r) => follow.once('close', r));
+    try {
+      await until(
+        'the follower is subscribed',
+        () => t.cp.hub.subscriberCount > 0 && out.includes('follow-me'),
+        20_000,
+      );
+      await converge(
+        [agent],
+        async () =>
+          (await call(t.url, 'GET', '/v1/tenants/follow-me', { token: t.adminToken })).body.state ===
+          'running',
+      );
+      await until(
+        'the change is printed',
+        () => / tenant\.updated +follow-me \S+ -> running/.test(out),
+        10_000,
+      );
+    } finally {
+      follow.kill('SIGINT');
+      await closed;
+    }
+    assert.doesNotMatch(out, /replay-2|scope-a/, 'only the tenant asked for');
   });
 });

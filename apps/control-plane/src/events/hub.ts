@@ -9,8 +9,13 @@ export type NewEvent = PlatformEvent extends infer E
   : never;
 
 export interface Subscriber {
-  /** Events the subscriber was given and has not taken yet, at most `queueLimit`. */
+  /**
+   * Events the subscriber was given and has not taken yet: its replay (at most the buffer), and
+   * at most `queueLimit` more.
+   */
   readonly queue: PlatformEvent[];
+  /** How many of the first events queued are the replay (`Last-Event-ID`). */
+  readonly replayed: number;
   /** Set when the queue overflowed; the subscriber is gone from the hub by then. */
   dropped: boolean;
   close(): void;
@@ -74,9 +79,10 @@ export class EventHub {
   }
 
   subscribe(o: SubscribeOptions): Subscriber {
-    const sub: Subscriber & { o: SubscribeOptions; allowance: number } = {
+    const sub: Subscriber & { o: SubscribeOptions; allowance: number; replayed: number } = {
       o,
       allowance: 0,
+      replayed: 0,
       queue: [],
       dropped: false,
       close: () => {
@@ -87,11 +93,13 @@ export class EventHub {
       const replay = this.#since(o.lastEventId);
       if (replay === 'unknown-id' || replay === 'too-old') {
         sub.queue.push(this.#reset(replay));
+        sub.replayed = 1;
       } else {
         // A replay is at most the buffer, which the hub holds anyway: it does not count
         // against the subscriber's queue limit, only what comes live after it does.
         for (const e of replay) if (o.filter(e)) sub.queue.push(e);
         sub.allowance = sub.queue.length;
+        sub.replayed = sub.queue.length;
       }
     }
     this.#subscribers.add(sub);
@@ -100,6 +108,7 @@ export class EventHub {
 
   /** Buffered events after `id`, or why they cannot be given. */
   #since(id: string): PlatformEvent[] | 'unknown-id' | 'too-old' {
+    if (id === '0') return this.#after(Math.max(0, this.#seq - this.#ring.length));
     const m = /^([0-9a-f]+)-(\d+)$/.exec(id);
     if (!m || m[1] !== this.stream) return 'unknown-id';
     const after = Number(m[2]);
@@ -107,6 +116,10 @@ export class EventHub {
     const oldest = Math.max(1, this.#seq - this.#ring.length + 1);
     // `after` itself may have left the buffer: only what follows it must still be there.
     if (after + 1 < oldest) return 'too-old';
+    return this.#after(after);
+  }
+
+  #after(after: number): PlatformEvent[] {
     const out: PlatformEvent[] = [];
     for (let s = after + 1; s <= this.#seq; s++) out.push(this.#ring[s % this.#ring.length]!);
     return out;

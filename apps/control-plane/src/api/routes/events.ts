@@ -50,10 +50,15 @@ export function eventRoutes(api: Api, hub: EventHub): void {
       // The headers and one line at once, so a client knows it is subscribed.
       raw.write(': subscribed\n\n');
       let blocked = false;
+      // Events written so far; after the replay's last one, `: live` says what follows is new.
+      let written = 0;
       const pump = () => {
         while (!blocked && sub.queue.length && !raw.destroyed) {
           const e = sub.queue.shift()!;
-          blocked = !raw.write(`id: ${e.id}\nevent: ${e.type}\ndata: ${JSON.stringify(e)}\n\n`);
+          written++;
+          blocked = !raw.write(
+            `id: ${e.id}\nevent: ${e.type}\ndata: ${JSON.stringify(e)}\n\n${written === sub.replayed ? ': live\n\n' : ''}`,
+          );
         }
       };
       const sub = hub.subscribe({
@@ -76,6 +81,7 @@ export function eventRoutes(api: Api, hub: EventHub): void {
         clearInterval(keepalive);
         sub.close();
       });
+      if (sub.replayed === 0) raw.write(': live\n\n');
       pump();
     },
   );
