@@ -57,7 +57,7 @@ export function parsePrometheusText(text: string): Map<string, Family> {
         f.type = rest as MetricType;
       } else {
         if (f.help !== undefined) throw new Error(`${where}: second HELP for ${name}`);
-        f.help = unescape(rest, false, where);
+        f.help = unescapeText(rest, false, where);
       }
       return;
     }
@@ -102,7 +102,7 @@ function parseSample(line: string, where: string): Sample {
       const [whole, lname, lvalue] = lm as unknown as [string, string, string];
       if (!LABEL_NAME.test(lname)) throw new Error(`${where}: bad label name ${lname}`);
       if (lname in labels) throw new Error(`${where}: label ${lname} twice`);
-      labels[lname] = unescape(lvalue, true, where);
+      labels[lname] = unescapeText(lvalue, true, where);
       rest = rest.slice(whole.length);
     }
   }
@@ -118,7 +118,7 @@ function parseValue(text: string, where: string): number {
   return Number(text);
 }
 
-function unescape(s: string, quoted: boolean, where: string): string {
+function unescapeText(s: string, quoted: boolean, where: string): string {
   return s.replace(/\\(.)/g, (_all, c: string) => {
     if (c === 'n') return '\n';
     if (c === '\\') return '\\';
