@@ -4,7 +4,7 @@
  * then serves until SIGTERM/SIGINT.
  */
 import { WarrenError } from '@warren/protocol';
-import { createLogger, type Logger, logFunction } from '@warren/telemetry';
+import { createLogger, type Logger, logFunction, setDaemonLogger } from '@warren/telemetry';
 import { loadConfig } from './config.ts';
 import { openControlPlane } from './control-plane.ts';
 
@@ -14,6 +14,7 @@ let logger: Logger = createLogger({ name: 'control-plane' });
 export async function runControlPlane(): Promise<void> {
   const config = loadConfig();
   logger = createLogger({ name: 'control-plane', level: config.logLevel, format: config.logFormat });
+  setDaemonLogger(logger);
   const log = logFunction(logger);
   const cp = await openControlPlane(config, { log, logger });
   const url = await cp.listen();

@@ -8,7 +8,7 @@
 import { chmod, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { WarrenError } from '@warren/protocol';
-import { createLogger, type Logger } from '@warren/telemetry';
+import { createLogger, type Logger, setDaemonLogger } from '@warren/telemetry';
 import { createApi } from './api/server.ts';
 import { loadConfig, socketPathOf } from './config.ts';
 import { connectControlPlane } from './control/connect.ts';
@@ -39,6 +39,7 @@ async function takeLock(dataDir: string): Promise<string> {
 export async function runHostAgent(): Promise<void> {
   const config = loadConfig();
   logger = createLogger({ name: 'host-agent', level: config.logLevel, format: config.logFormat });
+  setDaemonLogger(logger);
   setAgentUmask();
   // Before the lock file is written; openHost does it again, harmlessly.
   await lockDownHostDataDir(config, DRIVERS[config.vmm].create(config, log));

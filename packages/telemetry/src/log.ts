@@ -158,3 +158,16 @@ const REQUEST_ID = /^[A-Za-z0-9_.:-]{1,80}$/;
 export function acceptRequestId(value: unknown): string | undefined {
   return typeof value === 'string' && REQUEST_ID.test(value) ? value : undefined;
 }
+
+/**
+ * The daemon's logger for code far from any `log` parameter (a worker's stderr relayed); the
+ * daemon sets it at start. Until then (tests in process) lines go to stderr as they are.
+ */
+let daemonLogger: Logger | undefined;
+export function setDaemonLogger(logger: Logger): void {
+  daemonLogger = logger;
+}
+export function daemonLog(level: 'info' | 'warn' | 'error', message: string): void {
+  if (daemonLogger) daemonLogger[level](message);
+  else process.stderr.write(`${message}\n`);
+}
