@@ -30,6 +30,7 @@ import {
   type Resources,
   type Snapshot,
 } from '@warren/protocol';
+import type { Logger } from '@warren/telemetry';
 import { acceptWebSocketEcho } from './ws-echo.ts';
 
 export interface TestControlPlane {
@@ -50,7 +51,7 @@ export interface TestControlPlane {
 export async function openTestControlPlane(
   overrides: Partial<ControlPlaneConfig> = {},
   dataDir?: string,
-  options: { log?: (m: string) => void; backupFormat?: BackupFormat } = {},
+  options: { log?: (m: string) => void; logger?: Logger; backupFormat?: BackupFormat } = {},
 ): Promise<TestControlPlane> {
   const dir = dataDir ?? (await mkdtemp(join(tmpdir(), 'wcp-')));
   const cp = await openControlPlane(
