@@ -35,28 +35,37 @@ export function createHostMetrics(vms: VmManager): HostMetrics {
     boots.inc({ kind: b.kind, result: b.ok ? 'ok' : 'failed' });
     if (b.ok) bootSeconds.observe({ kind: b.kind }, b.seconds);
   });
+  // One pass over the running VMs' cgroups per scrape fills both per-VM metrics: each one's
+  // collect waits for the same pass (a scrape collects every metric at once).
+  let reading: Promise<void> | undefined;
+  const readUsage = () =>
+    (reading ??= (async () => {
+      const usage: [string, Awaited<ReturnType<VmManager['usage']>>][] = [];
+      for (const vm of await vms.list()) {
+        if (vm.state === 'running') usage.push([vm.id, await vms.usage(vm.id).catch(() => ({}))]);
+      }
+      cpu.reset();
+      memory.reset();
+      for (const [vm, u] of usage) {
+        if (u.cpuSeconds !== undefined) cpu.inc({ vm }, u.cpuSeconds);
+        if (u.memoryBytes !== undefined) memory.set({ vm }, u.memoryBytes);
+      }
+    })().finally(() => {
+      reading = undefined;
+    }));
   const cpu = new Counter({
     name: 'warren_vm_cpu_seconds_total',
     help: "CPU time a running VM's cgroup (its VMM) has used since it started, by VM",
     labelNames: ['vm'],
     registers,
+    collect: readUsage,
   });
-  // The memory gauge reads every running VM's cgroup, and fills the CPU counter from the same pass.
-  new Gauge({
+  const memory = new Gauge({
     name: 'warren_vm_memory_bytes',
     help: "Memory a running VM's cgroup holds now (guest memory the VMM touched, plus its own), by VM",
     labelNames: ['vm'],
     registers,
-    async collect() {
-      this.reset();
-      cpu.reset();
-      for (const vm of await vms.list()) {
-        if (vm.state !== 'running') continue;
-        const u = await vms.usage(vm.id).catch(() => ({}) as Awaited<ReturnType<VmManager['usage']>>);
-        if (u.memoryBytes !== undefined) this.set({ vm: vm.id }, u.memoryBytes);
-        if (u.cpuSeconds !== undefined) cpu.inc({ vm: vm.id }, u.cpuSeconds);
-      }
-    },
+    collect: readUsage,
   });
   new Gauge({
     name: 'warren_vms',
