@@ -107,7 +107,11 @@ describe('logs', () => {
     const l = createLogger({
       name: 'x',
       format: 'json',
-      destination: { write: (s: string) => void (out += s) },
+      destination: {
+        write: (s: string) => {
+          out += s;
+        },
+      },
     });
     const value = 'super-secret-value-123456';
     l.info(
