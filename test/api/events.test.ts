@@ -38,10 +38,12 @@ const tenantUpdate = (name: string, state?: string) => (e: PlatformEvent) =>
 
 before(async () => {
   t = await openTestControlPlane({ eventsClientQueue: QUEUE, eventsBuffer: 50, eventsKeepaliveMs: 200 });
-  agent = await new FakeAgent('host-ev', { vcpus: 64, memoryMiB: 65536, diskMiB: 1_000_000 }).start(
-    t.url,
-    t.joinToken,
-  );
+  agent = (
+    await new FakeAgent('host-ev', { vcpus: 64, memoryMiB: 65536, diskMiB: 1_000_000 }).start(
+      t.url,
+      t.joinToken,
+    )
+  ).useObjectStore(join(t.dataDir, 'objects'));
 });
 
 after(async () => {
@@ -292,5 +294,42 @@ describe('the event stream', () => {
       await closed;
     }
     assert.doesNotMatch(out, /replay-2|scope-a/, 'only the tenant asked for');
+  });
+
+  test("a restore's operation reports its progress and its end as events", async () => {
+    await createTenantWithKey(t, { name: 'restored' });
+    await converge(
+      [agent],
+      async () =>
+        (await call(t.url, 'GET', '/v1/tenants/restored', { token: t.adminToken })).body.state === 'running',
+    );
+    const backup = await call(t.url, 'POST', '/v1/tenants/restored/backups', {
+      token: t.adminToken,
+      body: {},
+    });
+    assert.equal(backup.status, 202, backup.text);
+    await until('the backup completes', async () => {
+      const b = await call(t.url, 'GET', `/v1/tenants/restored/backups/${backup.body.id}`, {
+        token: t.adminToken,
+      });
+      return b.body.state === 'complete';
+    });
+    const s = await open(t.adminToken, { query: 'tenant=restored&types=operation' });
+    const restore = await call(t.url, 'POST', `/v1/tenants/restored/backups/${backup.body.id}/restore`, {
+      token: t.adminToken,
+      body: {},
+    });
+    assert.equal(restore.status, 202, restore.text);
+    const done = (await s.next(
+      'the restore ends',
+      (e) =>
+        e.type === 'operation.updated' &&
+        e.data.operation.kind === 'restore' &&
+        e.data.operation.status !== 'running',
+      30_000,
+    )) as EventOf<'operation.updated'>;
+    assert.equal(done.data.operation.status, 'succeeded', JSON.stringify(done.data.operation.error));
+    assert.equal(done.data.operation.id, restore.body.operation.id);
+    assert.ok(done.data.operation.progress, 'the final event carries the progress');
   });
 });

@@ -119,6 +119,7 @@ export async function openControlPlane(
     format: options.backupFormat ?? libraryFormat(),
     masterKey,
     log,
+    onOperationChange: (tenantId) => events.touch({ tenants: [tenantId] }),
   });
   await backups.reconcile();
   const server = createApiServer(
