@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import type { AuditEvent, Host, Operation, Tenant } from '@warren/protocol';
 import type { Db } from '../store/index.ts';
 import { operationView } from '../tenants/view.ts';
@@ -31,7 +32,7 @@ const OPERATIONS_REMEMBERED = 10_000;
  */
 export class EventPublisher {
   readonly #d: PublisherDeps;
-  /** The last published view of each tenant (JSON) and its state. */
+  /** A digest of the last published view of each tenant, and its state (memory: ~100 bytes a tenant). */
   readonly #tenants = new Map<string, { json: string; state: Tenant['state']; name: string }>();
   /** Each host's last published view (JSON, without the heartbeat time) and health. */
   readonly #hosts = new Map<string, { json: string; health: Host['health']; name: string }>();
@@ -68,7 +69,7 @@ export class EventPublisher {
       .selectAll()
       .where('status', '=', 'running')
       .execute();
-    for (const r of running) this.#operations.set(r.id, JSON.stringify(operationView(r)));
+    for (const r of running) this.#operations.set(r.id, digest(operationView(r)));
   }
 
   touch(t: Touch): void {
@@ -147,7 +148,7 @@ export class EventPublisher {
       const tenant = views.get(id);
       const before = this.#tenants.get(id);
       if (tenant) {
-        const json = JSON.stringify(tenant);
+        const json = digest(tenant);
         if (before?.json !== json) {
           this.#rememberTenant(tenant);
           this.#d.hub.publish({
@@ -180,7 +181,7 @@ export class EventPublisher {
       .execute();
     for (const row of rows.reverse()) {
       const operation: Operation = operationView(row);
-      const json = JSON.stringify(operation);
+      const json = digest(operation);
       const before = this.#operations.get(row.id);
       if (before === json) continue;
       // An operation first seen already finished, and older than this process's memory of
@@ -228,7 +229,7 @@ export class EventPublisher {
   }
 
   #rememberTenant(t: Tenant): void {
-    this.#tenants.set(t.id, { json: JSON.stringify(t), state: t.state, name: t.name });
+    this.#tenants.set(t.id, { json: digest(t), state: t.state, name: t.name });
   }
 
   #rememberHost(h: Host): void {
@@ -239,5 +240,10 @@ export class EventPublisher {
 /** A host's view without its heartbeat time, which changes every few seconds and is no news. */
 function hostSignature(h: Host): string {
   const { lastHeartbeatAt: _, ...rest } = h;
-  return JSON.stringify(rest);
+  return digest(rest);
+}
+
+/** What the publisher remembers of a resource it published: enough to tell whether it changed. */
+function digest(view: unknown): string {
+  return createHash('sha1').update(JSON.stringify(view)).digest('base64');
 }
