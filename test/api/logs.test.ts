@@ -21,6 +21,7 @@ import {
 } from '../helpers/api.ts';
 import { logLines } from '../helpers/logs.ts';
 import { openEvents } from '../helpers/sse.ts';
+import { until } from '../helpers/until.ts';
 
 let text = '';
 const sink = new Writable({
@@ -88,6 +89,8 @@ describe('logs', () => {
     });
     for (let i = 0; i < 3; i++) await agent.heartbeat();
 
+    // The event stream's request line is written when it closes.
+    await until('the event stream request line', () => text.includes('"route":"/v1/events"'), 5_000);
     const lines = logLines(text);
     const requests = lines.filter((l) => l.msg === 'request');
     assert.ok(requests.length >= 10, `${requests.length} request lines`);

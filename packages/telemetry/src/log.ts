@@ -5,7 +5,7 @@
  * they appear, so a careless `log.info({ req })` or `{ env }` cannot leak one.
  */
 
-import type { FastifyReply, FastifyRequest } from 'fastify';
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { LogController } from 'fastify';
 import pino, { type DestinationStream, type Logger } from 'pino';
 
@@ -150,6 +150,36 @@ export class RequestLogController extends LogController {
     else if (this.#quiet.has(route)) reply.log.debug(fields, 'request');
     else reply.log.info(fields, 'request');
   }
+}
+
+/** Requests whose `request` line Fastify's own completion logged (streams it hands over are not). */
+const completed = new WeakSet<object>();
+
+/**
+ * Routes that take over the response (`reply.hijack()`: exec streams, the dashboard proxy, event
+ * streams) end without Fastify's completion: their `request` line is written when the
+ * connection's response closes. Call once per app that has a logger.
+ */
+export function logHandedOverRequests(app: FastifyInstance): void {
+  app.addHook('onRequest', async (req, reply) => {
+    reply.raw.once('close', () =>
+      // After the completion hooks of an ordinary response have run.
+      setImmediate(() => {
+        if (completed.has(req)) return;
+        completed.add(req);
+        req.log.info(
+          {
+            method: req.method,
+            route: req.routeOptions?.url ?? 'unmatched',
+            status: reply.raw.statusCode,
+            ms: Math.round(reply.elapsedTime * 10) / 10,
+            ...(reply.raw.writableFinished ? {} : { aborted: true }),
+          },
+          'request',
+        );
+      }),
+    );
+  });
 }
 
 /** Request ids another service sent (`x-request-id`) are kept only when they look like ours. */

@@ -2,7 +2,7 @@
  * Prometheus metrics (prom-client). Each daemon has its own Registry (never prom-client's global
  * one), so tests may run several daemons in one process, each with its own numbers.
  */
-import type { FastifyInstance } from 'fastify';
+import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { Counter, collectDefaultMetrics, Histogram, Registry } from 'prom-client';
 
 export { Counter, Gauge, Histogram, Registry } from 'prom-client';
@@ -37,14 +37,25 @@ export function instrumentHttp(app: FastifyInstance, registry: Registry): void {
     buckets: HTTP_BUCKETS,
     registers: [registry],
   });
-  app.addHook('onResponse', async (req, reply) => {
+  const counted = new WeakSet<object>();
+  const count = (req: FastifyRequest, status: number, seconds: number) => {
+    if (counted.has(req)) return;
+    counted.add(req);
     const labels = {
       method: req.method,
       route: req.routeOptions?.url ?? 'unmatched',
-      status: String(reply.statusCode),
+      status: String(status),
     };
     requests.inc(labels);
-    duration.observe(labels, reply.elapsedTime / 1000);
+    duration.observe(labels, seconds);
+  };
+  app.addHook('onResponse', async (req, reply) => count(req, reply.statusCode, reply.elapsedTime / 1000));
+  // A route that takes over its response (reply.hijack(): streams, proxies) has no onResponse:
+  // it is counted when its response closes.
+  app.addHook('onRequest', async (req, reply) => {
+    reply.raw.once('close', () =>
+      setImmediate(() => count(req, reply.raw.statusCode, reply.elapsedTime / 1000)),
+    );
   });
 }
 

@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { HealthResponse, WarrenError } from '@warren/protocol';
-import { instrumentHttp, type Logger, RequestLogController } from '@warren/telemetry';
+import { instrumentHttp, type Logger, logHandedOverRequests, RequestLogController } from '@warren/telemetry';
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyReply } from 'fastify';
 import { DashboardProxy } from '../agents/dashboard-proxy.ts';
 import { registerMetricsRoute } from '../metrics.ts';
@@ -72,6 +72,7 @@ export function createApiServer(
   app.addHook('onSend', async (req, reply) => {
     reply.header('x-request-id', req.id);
   });
+  if (logger) logHandedOverRequests(app);
   // The request id travels with everything the request does, to the host agents it calls too.
   app.addHook('onRequest', (req, _reply, done) => requestContext.run({ requestId: req.id }, done));
   instrumentHttp(app, services.metrics.registry);

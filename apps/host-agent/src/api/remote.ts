@@ -1,6 +1,6 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { tenantIdOfVm, WarrenError } from '@warren/protocol';
-import { instrumentHttp } from '@warren/telemetry';
+import { instrumentHttp, logHandedOverRequests } from '@warren/telemetry';
 import Fastify, { type FastifyInstance } from 'fastify';
 import { MAX_STREAMS_PER_VM_DEFAULT, PROXY_IDLE_DEFAULTS } from '../config.ts';
 import type { Host } from '../host.ts';
@@ -68,6 +68,7 @@ function holdWhileOpen(app: FastifyInstance, host: Host): void {
 export function createRemoteApi(host: Host, options: RemoteApiOptions): FastifyInstance {
   const app = Fastify({ ...fastifyLogging(host.logger), bodyLimit: 16 * 1024 * 1024 });
   useWarrenErrors(app);
+  if (host.logger) logHandedOverRequests(app);
   const expected = digest(options.agentToken);
   const metrics = host.metrics;
   if (metrics) {
@@ -76,9 +77,12 @@ export function createRemoteApi(host: Host, options: RemoteApiOptions): FastifyI
       token: options.metricsToken,
       otherCredentials: [options.agentToken],
     });
-    app.addHook('onResponse', async (req, reply) => {
+    // Exec streams take over their response: counted when it closes, by its status.
+    app.addHook('onRequest', async (req, reply) => {
       if (req.routeOptions.url !== '/v1/vms/:id/exec') return;
-      metrics.execs.inc({ result: reply.statusCode === 200 ? 'ok' : String(reply.statusCode) });
+      reply.raw.once('close', () =>
+        metrics.execs.inc({ result: reply.raw.statusCode === 200 ? 'ok' : String(reply.raw.statusCode) }),
+      );
     });
   }
 

@@ -1,4 +1,5 @@
 import { EXEC_CONTENT_TYPE, ImageBuildRequest, parseOrThrow, WarrenError } from '@warren/protocol';
+import { logHandedOverRequests } from '@warren/telemetry';
 import Fastify, { type FastifyInstance } from 'fastify';
 import type { Host } from '../host.ts';
 import { buildHostImage } from '../images.ts';
@@ -15,6 +16,7 @@ import { registerSnapshotRoutes } from './snapshots.ts';
 export function createApi(host: Host): FastifyInstance {
   const app = Fastify({ ...fastifyLogging(host.logger), bodyLimit: 16 * 1024 * 1024 });
   useWarrenErrors(app);
+  if (host.logger) logHandedOverRequests(app);
   const guestOf = (id: string) => host.vms.guest(id);
   // The socket is root's alone: whoever reaches it may read metrics.
   if (host.metrics) registerHostMetricsRoute(app, host.metrics);
