@@ -200,6 +200,8 @@ export async function openControlPlane(
       clearInterval(scheduler);
       await backups.close();
       await server.app.close();
+      // A publishing pass in flight reads the store: let it finish first.
+      await events.settled();
       await objects.close();
       await store.close();
     },
