@@ -24,19 +24,28 @@ export function createRegistry(): Registry {
  */
 export function instrumentHttp(app: FastifyInstance, registry: Registry): void {
   const labelNames = ['method', 'route', 'status'] as const;
-  const requests = new Counter({
-    name: 'warren_http_requests_total',
-    help: 'HTTP requests answered, by method, route pattern and status',
-    labelNames,
-    registers: [registry],
-  });
-  const duration = new Histogram({
-    name: 'warren_http_request_duration_seconds',
-    help: 'HTTP request latency until the response ended, by method, route pattern and status',
-    labelNames,
-    buckets: HTTP_BUCKETS,
-    registers: [registry],
-  });
+  // An app made again on the same registry (an agent reconnecting) counts into the same series.
+  const requests =
+    (registry.getSingleMetric('warren_http_requests_total') as
+      | Counter<(typeof labelNames)[number]>
+      | undefined) ??
+    new Counter({
+      name: 'warren_http_requests_total',
+      help: 'HTTP requests answered, by method, route pattern and status',
+      labelNames,
+      registers: [registry],
+    });
+  const duration =
+    (registry.getSingleMetric('warren_http_request_duration_seconds') as
+      | Histogram<(typeof labelNames)[number]>
+      | undefined) ??
+    new Histogram({
+      name: 'warren_http_request_duration_seconds',
+      help: 'HTTP request latency until the response ended, by method, route pattern and status',
+      labelNames,
+      buckets: HTTP_BUCKETS,
+      registers: [registry],
+    });
   const counted = new WeakSet<object>();
   const count = (req: FastifyRequest, status: number, seconds: number) => {
     if (counted.has(req)) return;
