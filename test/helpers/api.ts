@@ -30,6 +30,7 @@ import {
   type Resources,
   type Snapshot,
 } from '@warren/protocol';
+import type { Logger } from '@warren/telemetry';
 import { acceptWebSocketEcho } from './ws-echo.ts';
 
 export interface TestControlPlane {
@@ -50,7 +51,7 @@ export interface TestControlPlane {
 export async function openTestControlPlane(
   overrides: Partial<ControlPlaneConfig> = {},
   dataDir?: string,
-  options: { log?: (m: string) => void; backupFormat?: BackupFormat } = {},
+  options: { log?: (m: string) => void; logger?: Logger; backupFormat?: BackupFormat } = {},
 ): Promise<TestControlPlane> {
   const dir = dataDir ?? (await mkdtemp(join(tmpdir(), 'wcp-')));
   const cp = await openControlPlane(
@@ -98,6 +99,11 @@ export async function call(
     ...(body === undefined ? {} : { body }),
     signal: AbortSignal.timeout(15_000),
   });
+  // An event stream never ends by itself: its status and headers are the answer.
+  if (res.ok && res.headers.get('content-type')?.startsWith('text/event-stream')) {
+    await res.body?.cancel();
+    return { status: res.status, body: undefined, text: '' };
+  }
   const text = await res.text();
   let json: unknown;
   try {

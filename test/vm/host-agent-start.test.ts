@@ -14,6 +14,7 @@ import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { call, openTestControlPlane } from '../helpers/api.ts';
 import { REPO_ROOT } from '../helpers/image.ts';
+import { logMessages } from '../helpers/logs.ts';
 import { until } from '../helpers/until.ts';
 
 const MAIN = join(REPO_ROOT, 'apps/host-agent/src/main.ts');
@@ -76,8 +77,8 @@ describe('without cgroups (finding 11)', () => {
     const { agent, stderr } = startAgent(dataDir, { WARREN_CGROUP_ROOT: emptyRoot });
     const code = await exited(agent);
     assert.equal(code, 1, stderr());
-    assert.match(stderr(), /CGROUPS_UNAVAILABLE: no cgroup v1 or v2 hierarchy at/);
-    assert.match(stderr(), /WARREN_CGROUPS=off/);
+    assert.match(logMessages(stderr()), /CGROUPS_UNAVAILABLE: no cgroup v1 or v2 hierarchy at/);
+    assert.match(logMessages(stderr()), /WARREN_CGROUPS=off/);
     assert.equal(existsSync(join(dataDir, 'host-agent.sock')), false, 'it must not serve');
   });
 
@@ -105,7 +106,7 @@ describe('without cgroups (finding 11)', () => {
       assert.equal(host.name, 'no-limits');
       assert.equal(host.cgroups, 'off');
       assert.equal(host.vmm, 'qemu', 'the heartbeat carries the VMM driver (WARREN_VMM defaults to qemu)');
-      assert.match(stderr(), /resource limits: OFF/);
+      assert.match(logMessages(stderr()), /resource limits: OFF/);
     } finally {
       await stopAgent(agent);
       await cp.close();

@@ -6,6 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
 import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
@@ -15,6 +16,8 @@ import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { WarrenClient } from '@warren/sdk';
 import { minimalImage, REPO_ROOT, TEST_IMAGES_DIR } from '../helpers/image.ts';
+import { logLines } from '../helpers/logs.ts';
+import { parsePrometheusText, sampleValue } from '../helpers/prom-text.ts';
 import { until } from '../helpers/until.ts';
 
 const NODE = join(REPO_ROOT, 'scripts', 'node.sh');
@@ -24,6 +27,15 @@ let url = '';
 let cp: ChildProcess | undefined;
 let agent: ChildProcess | undefined;
 let adminToken = '';
+/** Prometheus' token for both daemons' /metrics (WARREN_METRICS_TOKEN). */
+const metricsToken = `mt-${randomBytes(24).toString('hex')}`;
+/**
+ * Every line both daemons wrote, over the whole run (restarts included): the last test checks
+ * that no credential or secret value ever reached them. Tests add what they must not find to
+ * `secrets` (tokens, keys, credential values), so a new kind of secret is one push away.
+ */
+const logs: { name: string; text: string }[] = [];
+const secrets = new Map<string, string>([['metrics token', metricsToken]]);
 
 async function freePort(): Promise<number> {
   const s = createServer();
@@ -41,13 +53,20 @@ function daemon(entry: string, env: Record<string, string>, name: string): Child
       WARREN_DATA_DIR: dataDir,
       WARREN_IMAGES_DIR: TEST_IMAGES_DIR,
       WARREN_NETWORK: 'off',
+      WARREN_METRICS_TOKEN: metricsToken,
+      WARREN_LOG_FORMAT: 'json',
+      // Everything, debug lines too: the secrets check reads all of it.
+      WARREN_LOG_LEVEL: 'debug',
       ...env,
     },
     stdio: ['ignore', 'ignore', 'pipe'],
   });
   let log = '';
+  const all = { name, text: '' };
+  logs.push(all);
   child.stderr!.on('data', (b) => {
     log = (log + b).slice(-8000);
+    all.text += b;
   });
   child.on('exit', (code, signal) => {
     if (code) process.stderr.write(`# ${name} exited ${code} ${signal}:\n${log}\n`);
@@ -132,6 +151,13 @@ function qemuPids(): Promise<number[]> {
   });
 }
 
+/** A daemon's /metrics, parsed strictly (throws on anything Prometheus would refuse). */
+async function metricsOf(base: string) {
+  const res = await fetch(`${base}/metrics`, { headers: { authorization: `Bearer ${metricsToken}` } });
+  assert.equal(res.status, 200, `${base}/metrics: ${res.status}`);
+  return parsePrometheusText(await res.text());
+}
+
 before(async () => {
   await minimalImage();
   dataDir = await mkdtemp(join(tmpdir(), 'wp-'));
@@ -139,6 +165,8 @@ before(async () => {
   url = `http://127.0.0.1:${port}`;
   await startControlPlane();
   adminToken = (await readFile(join(dataDir, 'control-plane', 'admin-token'), 'utf8')).trim();
+  secrets.set('admin token', adminToken);
+  secrets.set('join token', (await readFile(join(dataDir, 'control-plane', 'join-token'), 'utf8')).trim());
   await startAgent();
   await until('the host to join', async () =>
     (await client().hosts.list()).some((h) => h.health === 'healthy'),
@@ -162,9 +190,49 @@ after(async () => {
 });
 
 describe('the platform end to end', { timeout: 600_000 }, () => {
-  test('CLI: create, exec, stop, start, list, keys, audit, delete; nothing of the tenant left', async () => {
+  test('CLI: create, exec, stop, start, list, keys, audit, delete; nothing of the tenant left; /metrics moves with it', async () => {
+    const hostAddress = (await client().hosts.list())[0]!.address;
+    const agentBefore = await metricsOf(hostAddress);
+    const cpBefore = await metricsOf(url);
     const created = await warren(['tenant', 'create', 'demo', '--memory', '512', '--disk', '256']);
     assert.equal(created.code, 0, created.stderr);
+    // The boot shows on the host agent's /metrics; the requests on the control plane's.
+    const agentAfter = await metricsOf(hostAddress);
+    const cold = { kind: 'cold', result: 'ok' };
+    assert.equal(
+      sampleValue(agentAfter, 'warren_vm_boots_total', cold) -
+        sampleValue(agentBefore, 'warren_vm_boots_total', cold),
+      1,
+    );
+    assert.equal(
+      sampleValue(agentAfter, 'warren_vm_boot_duration_seconds_count', { kind: 'cold' }) -
+        sampleValue(agentBefore, 'warren_vm_boot_duration_seconds_count', { kind: 'cold' }),
+      1,
+    );
+    const bootSeconds = sampleValue(agentAfter, 'warren_vm_boot_duration_seconds_sum', { kind: 'cold' });
+    process.stdout.write(`# cold boot as the host agent measured it: ${bootSeconds.toFixed(2)} s\n`);
+    const creates = { method: 'POST', route: '/v1/tenants', status: '202' };
+    assert.equal(
+      sampleValue(await metricsOf(url), 'warren_http_requests_total', creates) -
+        sampleValue(cpBefore, 'warren_http_requests_total', creates),
+      1,
+    );
+    // The VM's cgroup is read for its memory and CPU time.
+    const vm = `ten-${(await client().tenants.get('demo')).id.slice(4)}`;
+    assert.ok(
+      sampleValue(agentAfter, 'warren_vm_memory_bytes', { vm }) > 1024 * 1024,
+      'VM memory from its cgroup',
+    );
+    assert.ok(
+      sampleValue(agentAfter, 'warren_vm_cpu_seconds_total', { vm }) > 0,
+      'VM CPU time from its cgroup',
+    );
+    // /metrics of the host agent takes only the metrics token.
+    assert.equal((await fetch(`${hostAddress}/metrics`)).status, 401);
+    assert.equal(
+      (await fetch(`${hostAddress}/metrics`, { headers: { authorization: `Bearer ${adminToken}` } })).status,
+      401,
+    );
     const uname = await warren(['tenant', 'exec', 'demo', '--', 'uname', '-r']);
     assert.equal(uname.code, 0, uname.stderr);
     assert.match(uname.stdout, /^\d+\.\d+\.\d+-\d+-cloud-amd64\n$/);
@@ -200,6 +268,24 @@ describe('the platform end to end', { timeout: 600_000 }, () => {
     // A tenant key works for its tenant, and the CLI takes it from WARREN_TOKEN.
     const key = await warren(['key', 'create', '--tenant', 'demo', '--json']);
     const token = JSON.parse(key.stdout).token as string;
+    secrets.set('tenant key', token);
+    // One request followed through both daemons' logs by its id.
+    const traced = await fetch(`${url}/v1/tenants/demo/exec`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ argv: ['true'] }),
+    });
+    await traced.text();
+    const requestId = traced.headers.get('x-request-id')!;
+    assert.match(requestId, /^req_[0-9a-f]{16}$/);
+    await until(
+      'the request id in both logs',
+      () =>
+        ['control plane', 'host agent'].every((n) =>
+          logs.some((l) => l.name === n && logLines(l.text).some((x) => x.reqId === requestId)),
+        ),
+      10_000,
+    );
     const mine = await warren(['tenant', 'show', 'demo', '--json'], {
       WARREN_API_URL: url,
       WARREN_TOKEN: token,
@@ -248,6 +334,7 @@ describe('the platform end to end', { timeout: 600_000 }, () => {
     assert.equal((await warren(['tenant', 'create', 'yolo', '--memory', '256', '--disk', '64'])).code, 0);
     const secretFile = join(dataDir, 'yolo-token');
     const secret = `tok-${process.pid}-${Date.now().toString(36)}`;
+    secrets.set('session credential', secret);
     await writeFile(secretFile, secret, { mode: 0o600 });
     assert.equal(
       (await warren(['tenant', 'exec', 'yolo', '--', 'sh', '-c', 'echo kept > /workspace/kept'])).code,
@@ -599,5 +686,27 @@ describe('the platform end to end', { timeout: 600_000 }, () => {
     const afterRestart = await client().audit.list({ limit: 1000 });
     assert.ok(afterRestart.length >= before.length);
     assert.deepEqual(afterRestart.slice(-before.length), before);
+  });
+
+  test('logs: every line of both daemons is JSON, and no credential or secret value is in any', async () => {
+    // The host's own credentials, as its agent saved them.
+    const saved = JSON.parse(await readFile(join(dataDir, 'control-plane.json'), 'utf8'));
+    for (const field of ['hostToken', 'agentToken', 'token']) {
+      if (typeof saved[field] === 'string') secrets.set(`host agent ${field}`, saved[field]);
+    }
+    assert.ok(secrets.size >= 5, [...secrets.keys()].join(', '));
+    let lines = 0;
+    for (const { name, text } of logs) {
+      // Whole lines only: a daemon killed with -9 (the crash tests) may have left half of its last.
+      lines += logLines(text.slice(0, text.lastIndexOf('\n') + 1)).length;
+      for (const [what, value] of secrets) {
+        assert.ok(value.length >= 16, `${what} is too short to search for`);
+        assert.ok(!text.includes(value), `the ${what} is in the ${name}'s log`);
+      }
+    }
+    process.stdout.write(
+      `# ${lines} log lines of ${logs.length} daemon runs searched for ${[...secrets.keys()].join(', ')}\n`,
+    );
+    assert.ok(lines > 50, `only ${lines} lines: is anything logged?`);
   });
 });

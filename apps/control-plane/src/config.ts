@@ -6,6 +6,7 @@ import {
   WAKE_TIMEOUT_MS,
   WarrenError,
 } from '@warren/protocol';
+import { LOG_FORMATS, LOG_LEVELS } from '@warren/telemetry';
 import { z } from 'zod';
 
 /** A setting that is an amount of a tenant resource, within the protocol's bounds for it. */
@@ -249,6 +250,27 @@ export const ControlPlaneConfig = z.strictObject({
     .int()
     .min(0)
     .default(7 * 24 * 3600_000),
+  /**
+   * WARREN_EVENTS_BUFFER: events the control plane keeps in memory for `Last-Event-ID` replay on
+   * `GET /v1/events` (a ring buffer; nothing is stored, a restart starts a new stream).
+   */
+  eventsBuffer: z.coerce.number().int().min(1).max(1_000_000).default(1000),
+  /**
+   * WARREN_EVENTS_CLIENT_QUEUE: events one `GET /v1/events` client may have waiting for its
+   * socket; a client that falls that far behind is disconnected (it resumes with Last-Event-ID).
+   */
+  eventsClientQueue: z.coerce.number().int().min(1).max(100_000).default(1000),
+  /** WARREN_EVENTS_KEEPALIVE_MS: how often an idle event stream gets a `: keepalive` comment. */
+  eventsKeepaliveMs: z.coerce.number().int().min(100).max(300_000).default(15_000),
+  /**
+   * WARREN_METRICS_TOKEN: a token that may read `/metrics` and nothing else (for Prometheus),
+   * at least 32 characters; the admin token may read it too. Unset: only the admin token.
+   */
+  metricsToken: z.string().min(32).max(512).optional(),
+  /** WARREN_LOG_LEVEL: the least severe log level written (trace, debug, info, warn, error, fatal, silent). */
+  logLevel: z.enum(LOG_LEVELS).default('info'),
+  /** WARREN_LOG_FORMAT: `json` lines, `pretty` text, or `auto` (pretty when stderr is a terminal). */
+  logFormat: z.enum(LOG_FORMATS).default('auto'),
 });
 export type ControlPlaneConfig = z.infer<typeof ControlPlaneConfig>;
 
@@ -308,6 +330,12 @@ export const CONFIG_ENV: Record<keyof ControlPlaneConfig, string> = {
   backupScheduleMs: 'WARREN_BACKUP_SCHEDULE_MS',
   backupGcIntervalMs: 'WARREN_BACKUP_GC_INTERVAL_MS',
   backupDrillIntervalMs: 'WARREN_BACKUP_DRILL_INTERVAL_MS',
+  eventsBuffer: 'WARREN_EVENTS_BUFFER',
+  eventsClientQueue: 'WARREN_EVENTS_CLIENT_QUEUE',
+  eventsKeepaliveMs: 'WARREN_EVENTS_KEEPALIVE_MS',
+  metricsToken: 'WARREN_METRICS_TOKEN',
+  logLevel: 'WARREN_LOG_LEVEL',
+  logFormat: 'WARREN_LOG_FORMAT',
 };
 
 export function loadConfig(

@@ -1,6 +1,8 @@
 import { rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createObjectStore } from '@warren/object-store';
+import type { Host, Tenant } from '@warren/protocol';
+import type { Logger } from '@warren/telemetry';
 import { AgentClient } from './agents/agent-client.ts';
 import { RateLimiter } from './api/rate-limit.ts';
 import { type ApiServer, createApiServer } from './api/server.ts';
@@ -11,8 +13,11 @@ import { libraryFormat } from './backups/library-format.ts';
 import { loadMasterKey } from './backups/master-key.ts';
 import { BackupService } from './backups/service.ts';
 import { type ControlPlaneConfig, masterKeyFileOf, objectStoreConfigOf, stateDirOf } from './config.ts';
+import { EventHub } from './events/hub.ts';
+import { EventPublisher } from './events/publisher.ts';
 import { HostService, LIFECYCLE_KINDS } from './hosts/service.ts';
 import { now } from './ids.ts';
+import { type ControlPlaneMetrics, createMetrics } from './metrics.ts';
 import { pruneHistory } from './retention.ts';
 import { dialectFromConfig, openStore, type Store, type StoreDialect } from './store/index.ts';
 import { TenantLocks, TenantStreams } from './tenants/concurrency.ts';
@@ -30,6 +35,10 @@ export interface ControlPlane extends ApiServer {
   /** Backups, restores, schedules and GC; tests drive the scheduler through `backups.schedule.tick(at)`. */
   backups: BackupService;
   credentials: BootstrapResult;
+  /** The event stream (`GET /v1/events`); tests wait on `events.settled()`. */
+  hub: EventHub;
+  events: EventPublisher;
+  metrics: ControlPlaneMetrics;
   /** Listens on the configured host and port; returns the API's base URL and writes api.json. */
   listen(): Promise<string>;
   close(): Promise<void>;
@@ -42,7 +51,13 @@ export interface ControlPlane extends ApiServer {
  */
 export async function openControlPlane(
   config: ControlPlaneConfig,
-  options: { dialect?: StoreDialect; log?: (m: string) => void; backupFormat?: BackupFormat } = {},
+  options: {
+    dialect?: StoreDialect;
+    log?: (m: string) => void;
+    /** The daemon's structured logger, also Fastify's (request lines); none in tests in process. */
+    logger?: Logger;
+    backupFormat?: BackupFormat;
+  } = {},
 ): Promise<ControlPlane> {
   const log = options.log ?? (() => {});
   // Before the store opens: a master key that is refused stops the start with nothing changed.
@@ -64,6 +79,26 @@ export async function openControlPlane(
         .catch(() => {});
     },
   });
+  const hub = new EventHub({ bufferSize: config.eventsBuffer, queueLimit: config.eventsClientQueue });
+  const events = new EventPublisher({
+    db: store.db,
+    hub,
+    tenantViews: (ids) => tenantViews(store, tenants, ids),
+    hostViews: async (ids) => {
+      if (ids?.length === 1)
+        return hosts.get(ids[0]!).then(
+          (h) => [h],
+          () => [] as Host[],
+        );
+      const all = await hosts.list();
+      return ids ? all.filter((h) => ids.includes(h.id)) : all;
+    },
+    log,
+  });
+  await events.prime();
+  const metrics = createMetrics({ db: store.db, config, hub });
+  hosts.onHeartbeat = (hostId, changed) => events.touch({ tenants: changed, hosts: [hostId] });
+  hosts.onReportedError = (code) => metrics.reportedErrors.inc({ code });
   const rateLimiter = new RateLimiter(config.rateLimitPerSecond, config.rateLimitBurst);
   const streams = new TenantStreams({
     exec: config.tenantMaxExecs,
@@ -84,6 +119,7 @@ export async function openControlPlane(
     format: options.backupFormat ?? libraryFormat(),
     masterKey,
     log,
+    onOperationChange: (tenantId) => events.touch({ tenants: [tenantId] }),
   });
   await backups.reconcile();
   const server = createApiServer(
@@ -99,11 +135,19 @@ export async function openControlPlane(
       snapshots,
       tenantSessions,
       backups,
+      hub,
+      events,
+      metrics,
     },
     log,
+    options.logger,
   );
   const sweeper = setInterval(() => {
-    void failOverdueOperations(store, config).catch((e) => log(`operation sweeper: ${e}`));
+    void failOverdueOperations(store, config)
+      .then((tenantIds) => events.touch({ tenants: tenantIds }))
+      .catch((e) => log(`operation sweeper: ${e}`));
+    // Hosts go unhealthy by not heartbeating, which no write announces; and sweepers write audit entries.
+    events.touch({ hosts: true, audit: true });
     // Expired sessions are refused anyway; this only keeps the table small.
     void deleteExpiredSessions(store.db).catch((e) => log(`session sweeper: ${e}`));
     void pruneHistory(store.db, config).catch((e) => log(`retention sweeper: ${e}`));
@@ -135,6 +179,9 @@ export async function openControlPlane(
     tenantSessions,
     backups,
     credentials,
+    hub,
+    events,
+    metrics,
     async listen() {
       await server.app.listen({ host: config.host, port: config.port });
       const addr = server.app.server.address();
@@ -153,15 +200,42 @@ export async function openControlPlane(
       clearInterval(scheduler);
       await backups.close();
       await server.app.close();
+      // A publishing pass in flight reads the store: let it finish first.
+      await events.settled();
       await objects.close();
       await store.close();
     },
   };
 }
 
-/** Operations that never converged (host gone, VM never came up) end as TIMEOUT, not forever running. */
-async function failOverdueOperations(store: Store, config: ControlPlaneConfig): Promise<void> {
+/** Views of the tenants with these ids, in chunks (SQL has a limit on bound values). */
+async function tenantViews(store: Store, tenants: TenantService, ids: string[]): Promise<Tenant[]> {
+  const out: Tenant[] = [];
+  for (let i = 0; i < ids.length; i += 500) {
+    const rows = await store.db
+      .selectFrom('tenants')
+      .selectAll()
+      .where('id', 'in', ids.slice(i, i + 500))
+      .execute();
+    for (const r of rows) out.push(await tenants.view(r));
+  }
+  return out;
+}
+
+/**
+ * Operations that never converged (host gone, VM never came up) end as TIMEOUT, not forever
+ * running. Returns the tenants whose operations it ended.
+ */
+async function failOverdueOperations(store: Store, config: ControlPlaneConfig): Promise<string[]> {
   const cutoff = new Date(Date.now() - config.operationTimeoutMs).toISOString();
+  const overdue = await store.db
+    .selectFrom('operations')
+    .select('tenant_id')
+    .where('status', '=', 'running')
+    .where('kind', 'in', LIFECYCLE_KINDS)
+    .where('created_at', '<', cutoff)
+    .execute();
+  if (overdue.length === 0) return [];
   await store.db
     .updateTable('operations')
     .set({
@@ -175,4 +249,5 @@ async function failOverdueOperations(store: Store, config: ControlPlaneConfig): 
     .where('kind', 'in', LIFECYCLE_KINDS)
     .where('created_at', '<', cutoff)
     .execute();
+  return overdue.map((o) => o.tenant_id);
 }

@@ -10,6 +10,7 @@ import {
   WAKE_TIMEOUT_MS,
   WarrenError,
 } from '@warren/protocol';
+import { LOG_FORMATS, LOG_LEVELS } from '@warren/telemetry';
 import { z } from 'zod';
 import { addressPlan, formatCidr, parseCidr } from './net/address.ts';
 import { parseUpstream } from './net/dns-forwarder.ts';
@@ -248,6 +249,16 @@ export const HostAgentConfig = z
      * after; `off` boots every VM. Drivers without memory snapshots (libvirt) always boot.
      */
     templateStart: z.enum(['on', 'off']).default('on'),
+        /**
+     * WARREN_METRICS_TOKEN: the token Prometheus presents to read `/metrics` on the remote API
+     * (WARREN_AGENT_LISTEN), at least 32 characters. Unset: `/metrics` is served only on the
+     * local socket (root only).
+     */
+    metricsToken: z.string().min(32).max(512).optional(),
+    /** WARREN_LOG_LEVEL: the least severe log level written (trace, debug, info, warn, error, fatal, silent). */
+    logLevel: z.enum(LOG_LEVELS).default('info'),
+    /** WARREN_LOG_FORMAT: `json` lines, `pretty` text, or `auto` (pretty when stderr is a terminal). */
+    logFormat: z.enum(LOG_FORMATS).default('auto'),
     /** WARREN_VM_NETWORK: the private range cut into one /30 per VM; must not collide with the host's networks. */
     vmNetwork: z
       .string()
@@ -386,6 +397,9 @@ export const ENV_NAMES: Record<keyof HostAgentConfig, string> = {
   capacityDiskMiB: 'WARREN_CAPACITY_DISK_MIB',
   network: 'WARREN_NETWORK',
   templateStart: 'WARREN_TEMPLATE_START',
+  metricsToken: 'WARREN_METRICS_TOKEN',
+  logLevel: 'WARREN_LOG_LEVEL',
+  logFormat: 'WARREN_LOG_FORMAT',
   vmm: 'WARREN_VMM',
   vmNetwork: 'WARREN_VM_NETWORK',
   vmDnsUpstream: 'WARREN_VM_DNS_UPSTREAM',

@@ -3,6 +3,7 @@ import { basename, dirname, join } from 'node:path';
 import { ImageStore } from '@warren/images';
 import { createObjectStore } from '@warren/object-store';
 import type { CgroupState } from '@warren/protocol';
+import type { Logger } from '@warren/telemetry';
 import { chooseAccelerator } from './accel.ts';
 import { BackupJobs } from './backup/backup-jobs.ts';
 import {
@@ -14,6 +15,7 @@ import {
 } from './cgroups/cgroups.ts';
 import { type HostAgentConfig, imagesDirOf, objectStoreConfigOf } from './config.ts';
 import { lockDownDataDir } from './fs-modes.ts';
+import { createHostMetrics, type HostMetrics } from './metrics.ts';
 import { addressPlan } from './net/address.ts';
 import { parseUpstream, systemResolver } from './net/dns-forwarder.ts';
 import { HostNetwork } from './net/host-network.ts';
@@ -32,6 +34,10 @@ export interface Host {
   cgroups: { state: CgroupState; reason: string };
   /** Tenant networking; absent with WARREN_NETWORK=off. */
   network?: HostNetwork;
+  /** Prometheus metrics (`/metrics`). */
+  metrics: HostMetrics;
+  /** The daemon's structured logger, also its APIs' Fastify logger; absent in tests in process. */
+  logger?: Logger;
 }
 
 /**
@@ -53,7 +59,11 @@ export async function lockDownHostDataDir(config: HostAgentConfig, driver: VmmDr
 }
 
 /** Wires the host side from validated configuration: the VMM driver (WARREN_VMM), image store, cgroups, VMs. */
-export async function openHost(config: HostAgentConfig, log: (m: string) => void = () => {}): Promise<Host> {
+export async function openHost(
+  config: HostAgentConfig,
+  log: (m: string) => void = () => {},
+  logger?: Logger,
+): Promise<Host> {
   const driver = DRIVERS[config.vmm].create(config, log);
   // Before anything is written: tenant disks and credentials are root's alone.
   await lockDownHostDataDir(config, driver);
@@ -100,6 +110,8 @@ export async function openHost(config: HostAgentConfig, log: (m: string) => void
     accel,
     ...(network ? { network } : {}),
     cgroups: { state: cg.state, reason: cg.reason },
+    metrics: createHostMetrics(vms),
+    ...(logger ? { logger } : {}),
   };
 }
 

@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import type { BuildOptions, BuildProgress, BuildResult, ImageStore } from '@warren/images';
 import { type Profile, WarrenError } from '@warren/protocol';
+import { daemonLog } from '@warren/telemetry';
 import type { HostAgentConfig } from './config.ts';
 
 export interface HostImageBuild {
@@ -73,7 +74,7 @@ function buildInWorker(job: ImageBuildJob, onProgress?: (p: BuildProgress) => vo
     createInterface({ input: child.stderr! }).on('line', (line) => {
       tail.push(line);
       if (tail.length > STDERR_TAIL_LINES) tail.shift();
-      process.stderr.write(`image build: ${line}\n`);
+      daemonLog('info', `image build: ${line}`);
     });
     child.once('error', (e) =>
       reject(new WarrenError('IMAGE_BUILD_FAILED', `cannot start the image build process: ${e.message}`)),

@@ -8,6 +8,7 @@
 import { chmod, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { WarrenError } from '@warren/protocol';
+import { createLogger, type Logger, setDaemonLogger } from '@warren/telemetry';
 import { createApi } from './api/server.ts';
 import { loadConfig, socketPathOf } from './config.ts';
 import { connectControlPlane } from './control/connect.ts';
@@ -15,8 +16,10 @@ import { PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, setAgentUmask } from './fs-modes.t
 import { lockDownHostDataDir, openHost } from './host.ts';
 import { DRIVERS } from './vmm/drivers.ts';
 
+/** JSON lines on stderr (docs/operations.md, "Logs"); defaults until the configuration is read. */
+let logger: Logger = createLogger({ name: 'host-agent' });
 function log(message: string) {
-  process.stderr.write(`${new Date().toISOString()} host-agent: ${message}\n`);
+  logger.info(message);
 }
 
 /** Refuses to run a second agent on the same data directory. */
@@ -35,11 +38,13 @@ async function takeLock(dataDir: string): Promise<string> {
 
 export async function runHostAgent(): Promise<void> {
   const config = loadConfig();
+  logger = createLogger({ name: 'host-agent', level: config.logLevel, format: config.logFormat });
+  setDaemonLogger(logger);
   setAgentUmask();
   // Before the lock file is written; openHost does it again, harmlessly.
   await lockDownHostDataDir(config, DRIVERS[config.vmm].create(config, log));
   const lock = await takeLock(config.dataDir);
-  const host = await openHost(config, log);
+  const host = await openHost(config, log, logger);
   const app = createApi(host);
   const socketPath = socketPathOf(config);
   await mkdir(dirname(socketPath), { recursive: true, mode: PRIVATE_DIR_MODE });
@@ -65,7 +70,8 @@ export async function runHostAgent(): Promise<void> {
 
 if (import.meta.main) {
   runHostAgent().catch((e) => {
-    log(e instanceof WarrenError ? `${e.code}: ${e.message}` : String(e?.stack ?? e));
+    if (e instanceof WarrenError) logger.fatal({ code: e.code }, `${e.code}: ${e.message}`);
+    else logger.fatal({ err: e }, 'start failed');
     process.exit(1);
   });
 }

@@ -1,6 +1,7 @@
 export * from './backups.ts';
 export * from './control-api.ts';
 export * from './errors.ts';
+export * from './events.ts';
 export * from './frames.ts';
 export * from './guest-api.ts';
 export * from './http-headers.ts';

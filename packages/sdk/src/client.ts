@@ -2,6 +2,7 @@ import { HealthResponse, WarrenError } from '@warren/protocol';
 import type { z } from 'zod';
 import { Audit } from './audit.ts';
 import { Backups } from './backups.ts';
+import { Events } from './events.ts';
 import { Hosts } from './hosts.ts';
 import { Http } from './http.ts';
 import { JoinTokens } from './join-tokens.ts';
@@ -44,6 +45,8 @@ export class WarrenClient {
   readonly sessions: Sessions;
   /** Backups and restores (`/v1/tenants/{t}/backups`). */
   readonly backups: Backups;
+  /** The event stream (`GET /v1/events`). */
+  readonly events: Events;
   readonly #http: Http;
 
   constructor(options: WarrenClientOptions = {}) {
@@ -67,6 +70,7 @@ export class WarrenClient {
     this.snapshots = new Snapshots(http);
     this.sessions = new Sessions(http, this.tenants);
     this.backups = new Backups(http);
+    this.events = new Events(http);
   }
 
   async health(): Promise<z.output<typeof HealthResponse>> {

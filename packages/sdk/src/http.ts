@@ -21,6 +21,10 @@ export interface RequestOptions {
   body?: RequestInit['body'] | AsyncIterable<Uint8Array>;
   contentType?: string;
   signal?: AbortSignal | undefined;
+  /** More request headers (e.g. `last-event-id`). */
+  headers?: Record<string, string>;
+  /** The `accept` header; JSON by default. */
+  accept?: string;
 }
 
 /**
@@ -126,7 +130,10 @@ export class Http {
 
   /** Sends a request and returns the response when it is 2xx; anything else throws. */
   async request(method: string, path: string, options: RequestOptions = {}): Promise<Response> {
-    const headers: Record<string, string> = { accept: 'application/json' };
+    const headers: Record<string, string> = {
+      ...options.headers,
+      accept: options.accept ?? 'application/json',
+    };
     if (this.#token) headers.authorization = `Bearer ${this.#token}`;
     let body: RequestInit['body'];
     let streamed = false;

@@ -14,12 +14,14 @@ export type {
   CreateTenantSessionRequest,
   EndTenantSessionRequest,
   ErrorCode,
+  EventType,
   ExecExit,
   FileChange,
   Host,
   JoinToken,
   ListTenantsQuery,
   Operation,
+  PlatformEvent,
   RevertResult,
   Snapshot,
   Tenant,
@@ -33,6 +35,7 @@ export { WarrenError } from '@warren/protocol';
 export * from './audit.ts';
 export * from './backups.ts';
 export * from './client.ts';
+export * from './events.ts';
 export * from './host-agent.ts';
 export * from './hosts.ts';
 export { Http, type HttpOptions, path } from './http.ts';

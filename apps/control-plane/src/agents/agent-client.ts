@@ -1,5 +1,6 @@
 import { Readable } from 'node:stream';
 import { WarrenError } from '@warren/protocol';
+import { requestContext } from '../request-context.ts';
 import type { HostsTable } from '../store/database.ts';
 
 type HostRef = Pick<HostsTable, 'id' | 'name' | 'address' | 'agent_token'>;
@@ -24,11 +25,14 @@ export class AgentClient {
     const signals = [AbortSignal.timeout(init.timeoutMs ?? 30_000)];
     if (init.signal) signals.push(init.signal);
     let res: Response;
+    const requestId = requestContext.getStore()?.requestId;
     try {
       res = await fetch(new URL(path, host.address), {
         method,
         headers: {
           authorization: `Bearer ${host.agent_token}`,
+          // The host agent logs it with its own lines for this call.
+          ...(requestId ? { 'x-request-id': requestId } : {}),
           ...(init.contentType ? { 'content-type': init.contentType } : {}),
         },
         ...(init.body === undefined

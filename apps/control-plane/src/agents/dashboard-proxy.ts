@@ -9,6 +9,7 @@ import type { Socket } from 'node:net';
 import type { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { PROXY_UPSTREAM_HEADER, WarrenError } from '@warren/protocol';
+import { requestContext } from '../request-context.ts';
 import type { HostsTable } from '../store/database.ts';
 
 type HostRef = Pick<HostsTable, 'name' | 'address' | 'agent_token'>;
@@ -57,7 +58,16 @@ export class DashboardProxy {
   /** Open WebSocket tunnels and streaming responses, ended when the control plane closes. */
   readonly #live = new Set<{ destroy(): unknown }>();
 
-  constructor(options: { timeoutMs: number; wsIdleMs: number; responseIdleMs: number }) {
+  /** Bytes through the proxy (metrics): `in` from clients to VMs, `out` from VMs to clients. */
+  readonly #onBytes: (direction: 'in' | 'out', n: number) => void;
+
+  constructor(options: {
+    timeoutMs: number;
+    wsIdleMs: number;
+    responseIdleMs: number;
+    onBytes?: (direction: 'in' | 'out', n: number) => void;
+  }) {
+    this.#onBytes = options.onBytes ?? (() => {});
     this.#timeoutMs = options.timeoutMs;
     this.#wsIdleMs = options.wsIdleMs;
     this.#responseIdleMs = options.responseIdleMs;
@@ -82,7 +92,11 @@ export class DashboardProxy {
         port: base.port || (tls ? 443 : 80),
         method: init.method,
         path: init.path,
-        headers: { ...init.headers, authorization: `Bearer ${host.agent_token}` },
+        headers: {
+          ...init.headers,
+          authorization: `Bearer ${host.agent_token}`,
+          ...(requestContext.getStore() ? { 'x-request-id': requestContext.getStore()!.requestId } : {}),
+        },
         agent: tls ? this.#https : this.#http,
       });
       // Inactivity, not total time: connecting, a stalled upload and waiting for the answer
@@ -123,6 +137,7 @@ export class DashboardProxy {
       let seen = 0;
       const onData = (chunk: Buffer) => {
         seen += chunk.length;
+        this.#onBytes('in', chunk.length);
         if (seen > init.bodyLimit) {
           body.off('data', onData);
           // Read and drop the rest, so the 413 can be answered on this connection.
@@ -177,6 +192,8 @@ export class DashboardProxy {
     // WebSocket has no half-close (closing is a frame): a client that ended its side is gone,
     // and a VM that never closes back must not keep the tunnel (and the tenant's stream) open.
     client.on('end', entry.destroy);
+    client.on('data', (b: Buffer) => this.#onBytes('in', b.length));
+    upstream.on('data', (b: Buffer) => this.#onBytes('out', b.length));
     upstream.pipe(client);
     client.pipe(upstream);
   }
@@ -197,7 +214,10 @@ export class DashboardProxy {
     this.#live.add(entry);
     const timer = setTimeout(entry.destroy, this.#responseIdleMs);
     const touch = () => timer.refresh();
-    res.on('data', touch);
+    res.on('data', (b: Buffer) => {
+      touch();
+      this.#onBytes('out', b.length);
+    });
     client.on('drain', touch);
     try {
       await pipeline(res, client);

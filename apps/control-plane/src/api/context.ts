@@ -3,7 +3,10 @@ import type { z } from 'zod';
 import type { AgentClient } from '../agents/agent-client.ts';
 import type { BackupService } from '../backups/service.ts';
 import type { ControlPlaneConfig } from '../config.ts';
+import type { EventHub } from '../events/hub.ts';
+import type { EventPublisher } from '../events/publisher.ts';
 import type { HostService } from '../hosts/service.ts';
+import type { ControlPlaneMetrics } from '../metrics.ts';
 import type { Db } from '../store/index.ts';
 import type { TenantLocks, TenantStreams } from '../tenants/concurrency.ts';
 import type { TenantService } from '../tenants/service.ts';
@@ -28,6 +31,10 @@ export interface Api {
   snapshots: SnapshotService;
   tenantSessions: TenantSessionService;
   backups: BackupService;
+  /** The event stream (`GET /v1/events`) and what feeds it: routes `touch` what they changed. */
+  hub: EventHub;
+  events: EventPublisher;
+  metrics: ControlPlaneMetrics;
   route<B extends z.ZodType | undefined = undefined, Q extends z.ZodType | undefined = undefined>(
     spec: RouteSpec<B, Q>,
     handler: (

@@ -3,6 +3,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { z } from 'zod';
 import { actorOf, authenticate, type Principal } from '../auth/principal.ts';
 import { authenticateSession } from '../auth/sessions.ts';
+import type { EventPublisher } from '../events/publisher.ts';
 import { now } from '../ids.ts';
 import type { TenantsTable } from '../store/database.ts';
 import type { Db } from '../store/index.ts';
@@ -79,13 +80,20 @@ export interface RegisteredRoute {
  */
 export function defineRoute<B extends z.ZodType | undefined, Q extends z.ZodType | undefined>(
   app: FastifyInstance,
-  services: { db: Db; rateLimiter?: RateLimiter },
+  services: { db: Db; rateLimiter?: RateLimiter; events?: EventPublisher },
   registry: RegisteredRoute[],
   spec: RouteSpec<B, Q>,
   handler: (ctx: RouteContext<Infer<B>, Infer<Q>>) => Promise<unknown>,
 ): void {
-  const { db, rateLimiter } = services;
+  const { db, rateLimiter, events } = services;
   registry.push({ ...spec, streamBody: spec.streamBody ?? false });
+  // What a request changed goes to the event stream once committed: reads change nothing.
+  const changes = spec.method !== 'GET' || spec.audit !== undefined;
+  const hosts = spec.url.startsWith('/v1/hosts') || spec.url === '/v1/agent/join' ? true : undefined;
+  const touch = (audit: RouteContext<unknown, unknown>['audit'], tenant: TenantsTable | undefined) => {
+    if (changes)
+      events?.touch({ tenants: [audit.tenantId, tenant?.id], hosts, audit: spec.audit !== undefined });
+  };
   app.route({
     method: spec.method,
     url: spec.url,
@@ -94,6 +102,7 @@ export function defineRoute<B extends z.ZodType | undefined, Q extends z.ZodType
       const params = (req.params ?? {}) as Record<string, string>;
       const audit: RouteContext<unknown, unknown>['audit'] = {};
       let principal: Principal | undefined;
+      let tenant: TenantsTable | undefined;
       try {
         if (spec.auth !== 'public') {
           principal =
@@ -105,7 +114,6 @@ export function defineRoute<B extends z.ZodType | undefined, Q extends z.ZodType
             throw new WarrenError('FORBIDDEN', `${spec.method} ${spec.url} needs ${describe(spec.auth)}`);
           }
         }
-        let tenant: TenantsTable | undefined;
         // A public route has no principal to scope by; one that names a tenant checks its own way.
         if (params.tenant !== undefined && spec.auth !== 'public') {
           audit.target = params.tenant;
@@ -126,6 +134,7 @@ export function defineRoute<B extends z.ZodType | undefined, Q extends z.ZodType
           audit,
         });
         if (spec.audit) await record(db, req, principal, spec.audit, audit, reply.statusCode, 'ok');
+        touch(audit, tenant);
         if (reply.sent) return reply;
         if (result === undefined) return reply.status(spec.response.status).send();
         return reply.status(spec.response.status).send(result);
@@ -140,6 +149,7 @@ export function defineRoute<B extends z.ZodType | undefined, Q extends z.ZodType
           }
           await record(db, req, principal, spec.audit, audit, e.status, e.code).catch(() => {});
         }
+        if (e.code !== 'UNAUTHENTICATED') touch(audit, tenant);
         throw e;
       }
     },

@@ -1,7 +1,10 @@
 import { randomBytes } from 'node:crypto';
 import { HealthResponse, WarrenError } from '@warren/protocol';
-import Fastify, { type FastifyInstance, type FastifyReply } from 'fastify';
+import { instrumentHttp, type Logger, logHandedOverRequests, RequestLogController } from '@warren/telemetry';
+import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyReply } from 'fastify';
 import { DashboardProxy } from '../agents/dashboard-proxy.ts';
+import { registerMetricsRoute } from '../metrics.ts';
+import { requestContext } from '../request-context.ts';
 import type { Api } from './context.ts';
 import { apiContext } from './context.ts';
 import { rewriteDashboardHost } from './dashboard-host.ts';
@@ -12,6 +15,7 @@ import { adminRoutes } from './routes/admin.ts';
 import { agentRoutes } from './routes/agent.ts';
 import { backupRoutes } from './routes/backups.ts';
 import { checkDashboardRequest, dashboardRoutes } from './routes/dashboard.ts';
+import { eventRoutes } from './routes/events.ts';
 import { guestRoutes } from './routes/guest.ts';
 import { sessionRoutes } from './routes/sessions.ts';
 import { snapshotRoutes } from './routes/snapshots.ts';
@@ -34,9 +38,20 @@ export interface ApiServer {
 }
 
 /** The `/v1` API: one error format, every route declared through `route()` (auth, scope, audit). */
-export function createApiServer(services: Omit<Api, 'route'>, log: (m: string) => void): ApiServer {
+export function createApiServer(
+  services: Omit<Api, 'route'>,
+  log: (m: string) => void,
+  logger?: Logger,
+): ApiServer {
   const app = Fastify({
-    logger: false,
+    // Fastify's own logger is the daemon's (JSON lines, secrets redacted); tests in process run without.
+    ...(logger
+      ? {
+          // pino's Logger is Fastify's logger; only the declared types differ.
+          loggerInstance: logger as unknown as FastifyBaseLogger,
+          logController: new RequestLogController(['/v1/agent/heartbeat', '/metrics', '/v1/health']),
+        }
+      : { logger: false }),
     bodyLimit: services.config.bodyLimitBytes,
     genReqId: () => `req_${randomBytes(8).toString('hex')}`,
     // Long names or ids in a path are refused by validation anyway; this keeps the router cheap.
@@ -57,6 +72,11 @@ export function createApiServer(services: Omit<Api, 'route'>, log: (m: string) =
   app.addHook('onSend', async (req, reply) => {
     reply.header('x-request-id', req.id);
   });
+  if (logger) logHandedOverRequests(app);
+  // The request id travels with everything the request does, to the host agents it calls too.
+  app.addHook('onRequest', (req, _reply, done) => requestContext.run({ requestId: req.id }, done));
+  instrumentHttp(app, services.metrics.registry);
+  registerMetricsRoute(app, services);
 
   app.setErrorHandler((error, req, reply) => {
     const e = toWarrenError(error);
@@ -93,12 +113,15 @@ export function createApiServer(services: Omit<Api, 'route'>, log: (m: string) =
   adminRoutes(api);
   agentRoutes(api);
   sessionRoutes(api);
+  eventRoutes(api, services.hub);
+  app.addHook('preClose', async () => services.hub.closeAll());
 
   const dashboard: RegisteredRoute[] = [];
   const proxy = new DashboardProxy({
     timeoutMs: services.config.dashboardTimeoutMs,
     wsIdleMs: services.config.dashboardWsIdleMs,
     responseIdleMs: services.config.dashboardResponseIdleMs,
+    onBytes: (direction, n) => services.metrics.dashboardBytes.inc({ direction }, n),
   });
   // WebSocket handshakes take the same route handlers (and so the same auth) as any request.
   routeUpgrades(app);

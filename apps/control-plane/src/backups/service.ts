@@ -50,6 +50,8 @@ export interface BackupServiceDeps {
   format: BackupFormat;
   masterKey: Buffer;
   log: (m: string) => void;
+  /** Told after a restore operation's progress or end was written (the event stream). */
+  onOperationChange?: (tenantId: string) => void;
 }
 
 /**
@@ -672,6 +674,7 @@ export class BackupService {
       .where('id', '=', op.id)
       .where('status', '=', 'running')
       .execute();
+    this.#d.onOperationChange?.(op.tenant_id);
   }
 
   // ---- start, schedule, retention, GC ----
@@ -859,12 +862,21 @@ export class BackupService {
         .where('id', '=', id)
         .where('state', '=', 'running')
         .execute();
-    else
-      await this.#d.db
+    else {
+      const { numUpdatedRows } = await this.#d.db
         .updateTable('operations')
         .set({ progress: json, updated_at: now() })
         .where('id', '=', id)
         .where('status', '=', 'running')
-        .execute();
+        .executeTakeFirst();
+      if (numUpdatedRows > 0n && this.#d.onOperationChange) {
+        const op = await this.#d.db
+          .selectFrom('operations')
+          .select('tenant_id')
+          .where('id', '=', id)
+          .executeTakeFirst();
+        if (op) this.#d.onOperationChange(op.tenant_id);
+      }
+    }
   }
 }

@@ -44,6 +44,11 @@ export class HostService {
   /** Each host's VMM driver from its last heartbeat; in memory like `#cgroups`, for the same reason. */
   readonly #vmms = new Map<string, string>();
 
+  /** Told, after each heartbeat committed, which tenants it changed (the event stream). */
+  onHeartbeat: ((hostId: string, tenantIds: string[]) => void) | undefined;
+  /** Told of each tenant VM a heartbeat reports newly failed, crashed or unhealthy (metrics). */
+  onReportedError: ((code: string) => void) | undefined;
+
   constructor(db: Db, config: ControlPlaneConfig) {
     this.#db = db;
     this.#config = config;
@@ -163,6 +168,8 @@ export class HostService {
     if (hb.cgroups) this.#cgroups.set(hostId, hb.cgroups);
     if (hb.vmm) this.#vmms.set(hostId, hb.vmm);
     const idleDefault = defaultIdleTimeoutMs(this.#config);
+    const touched: string[] = [];
+    const reportedErrors: string[] = [];
     const tenants = await this.#db.transaction().execute(async (trx) => {
       const rows = await trx.selectFrom('tenants').selectAll().where('host_id', '=', hostId).execute();
       const reported = new Map(hb.vms.map((v) => [v.tenantId, v]));
@@ -173,6 +180,7 @@ export class HostService {
         const vm = reported.get(row.id);
         if (row.desired_state === 'absent' && !vm) {
           // The agent lists every tenant VM it has, in flight or not: absent means gone.
+          touched.push(row.id);
           await trx.deleteFrom('tenants').where('id', '=', row.id).execute();
           await trx
             .deleteFrom('operations')
@@ -233,6 +241,7 @@ export class HostService {
           attemptsCount !== (row.attempts_count ?? null) ||
           nextAttemptAt !== (row.next_attempt_at ?? null)
         ) {
+          touched.push(row.id);
           await trx
             .updateTable('tenants')
             .set({
@@ -247,6 +256,7 @@ export class HostService {
             .where('id', '=', row.id)
             .execute();
         }
+        if (state !== row.state && errorCode) reportedErrors.push(errorCode);
         if (state !== row.state) {
           await auditTransition(trx, hostId, row, state, errorCode, errorMessage, t);
         }
@@ -305,6 +315,8 @@ export class HostService {
       await this.#storeQuarantine(trx, hostId, hb.quarantined ?? []);
       return keep;
     });
+    this.onHeartbeat?.(hostId, touched);
+    for (const code of reportedErrors) this.onReportedError?.(code);
     return { tenants, heartbeatIntervalMs: this.#config.heartbeatIntervalMs };
   }
 

@@ -103,7 +103,15 @@ export interface ProxyIdle {
   wsIdleMs: number;
 }
 
-export function registerProxyRoutes(app: FastifyInstance, resolve: ResolveVmTarget, idle: ProxyIdle): void {
+/** Bytes through the proxy (metrics): `in` toward VMs, `out` from them; WebSocket tunnels included. */
+export type OnProxyBytes = (direction: 'in' | 'out', n: number) => void;
+
+export function registerProxyRoutes(
+  app: FastifyInstance,
+  resolve: ResolveVmTarget,
+  idle: ProxyIdle,
+  onBytes: OnProxyBytes = () => {},
+): void {
   // Keep-alive to each VM port: a dashboard page is dozens of requests.
   const pool = new Agent({ keepAlive: true });
   const live = new Set<{ destroy(): unknown }>();
@@ -120,7 +128,7 @@ export function registerProxyRoutes(app: FastifyInstance, resolve: ResolveVmTarg
     scope.route<{ Params: { id: string; port: string } }>({
       method: ['GET', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'],
       url: '/v1/vms/:id/proxy/:port/*',
-      handler: (req, reply) => proxy(req, reply, resolve, pool, live, idle),
+      handler: (req, reply) => proxy(req, reply, resolve, pool, live, idle, onBytes),
     });
   });
 }
@@ -132,6 +140,7 @@ async function proxy(
   pool: Agent,
   live: Set<{ destroy(): unknown }>,
   idle: ProxyIdle,
+  onBytes: OnProxyBytes,
 ): Promise<unknown> {
   const upgrade = takeUpgrade(req.raw);
   const { id, port: portText } = req.params;
@@ -195,7 +204,10 @@ async function proxy(
       if (!answered) up.destroy();
     });
     if (upgrade) up.end();
-    else req.raw.pipe(up);
+    else {
+      req.raw.on('data', (b: Buffer) => onBytes('in', b.length));
+      req.raw.pipe(up);
+    }
   });
   // Marked as the VM's, whatever its status: the control plane passes it through as it is.
   const out = endToEndHeaders(vmRes.res.rawHeaders).filter(([name]) => name !== PROXY_UPSTREAM_HEADER);
@@ -229,6 +241,8 @@ async function proxy(
       s.on('close', entry.destroy);
     }
     // Raw bytes both ways: frames are the VM's and the browser's business.
+    client.on('data', (b: Buffer) => onBytes('in', b.length));
+    vmRes.socket.on('data', (b: Buffer) => onBytes('out', b.length));
     vmRes.socket.pipe(client);
     client.pipe(vmRes.socket);
     return;
@@ -241,7 +255,10 @@ async function proxy(
     live.delete(reply.raw);
     if (!res.complete) res.destroy();
   });
-  res.on('data', () => stalled.refresh());
+  res.on('data', (b: Buffer) => {
+    stalled.refresh();
+    onBytes('out', b.length);
+  });
   reply.raw.on('drain', () => stalled.refresh());
   res.on('end', () => clearTimeout(stalled));
   res.on('error', () => reply.raw.destroy());

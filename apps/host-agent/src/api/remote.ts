@@ -1,10 +1,13 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { tenantIdOfVm, WarrenError } from '@warren/protocol';
+import { instrumentHttp, logHandedOverRequests } from '@warren/telemetry';
 import Fastify, { type FastifyInstance } from 'fastify';
 import { MAX_STREAMS_PER_VM_DEFAULT, PROXY_IDLE_DEFAULTS } from '../config.ts';
 import type { Host } from '../host.ts';
+import { registerHostMetricsRoute } from '../metrics.ts';
 import { registerBackupRoutes } from './backups.ts';
 import { registerGuestRoutes, useWarrenErrors } from './common.ts';
+import { fastifyLogging } from './logging.ts';
 import { guestIpTarget, type ResolveVmTarget, registerProxyRoutes } from './proxy.ts';
 import { registerSnapshotRoutes } from './snapshots.ts';
 
@@ -22,6 +25,8 @@ export interface RemoteApiOptions {
   proxyIdle?: { idleMs: number; wsIdleMs: number };
   /** WARREN_MAX_STREAMS_PER_VM: exec and file streams one VM may have open at once. */
   maxStreamsPerVm?: number;
+  /** WARREN_METRICS_TOKEN: what Prometheus presents for `/metrics` here; unset, `/metrics` is refused. */
+  metricsToken?: string;
 }
 
 const digest = (s: string) => createHash('sha256').update(s).digest();
@@ -61,11 +66,29 @@ function holdWhileOpen(app: FastifyInstance, host: Host): void {
  * (or whoever holds its token) cannot reach VMs an operator made through the local API.
  */
 export function createRemoteApi(host: Host, options: RemoteApiOptions): FastifyInstance {
-  const app = Fastify({ logger: false, bodyLimit: 16 * 1024 * 1024 });
+  const app = Fastify({ ...fastifyLogging(host.logger), bodyLimit: 16 * 1024 * 1024 });
   useWarrenErrors(app);
+  if (host.logger) logHandedOverRequests(app);
   const expected = digest(options.agentToken);
+  const metrics = host.metrics;
+  if (metrics) {
+    instrumentHttp(app, metrics.registry);
+    registerHostMetricsRoute(app, metrics, {
+      token: options.metricsToken,
+      otherCredentials: [options.agentToken],
+    });
+    // Exec streams take over their response: counted when it closes, by its status.
+    app.addHook('onRequest', async (req, reply) => {
+      if (req.routeOptions.url !== '/v1/vms/:id/exec') return;
+      reply.raw.once('close', () =>
+        metrics.execs.inc({ result: reply.raw.statusCode === 200 ? 'ok' : String(reply.raw.statusCode) }),
+      );
+    });
+  }
 
   app.addHook('onRequest', async (req) => {
+    // Metrics have their own token (registerHostMetricsRoute), never the agent token.
+    if (req.routeOptions.url === '/metrics') return;
     const m = /^Bearer (\S+)$/.exec(req.headers.authorization ?? '');
     // Comparing digests keeps the comparison constant-time whatever the presented length.
     if (!m || !timingSafeEqual(digest(m[1]!), expected)) {
@@ -91,6 +114,7 @@ export function createRemoteApi(host: Host, options: RemoteApiOptions): FastifyI
     app,
     options.resolveVmTarget ?? guestIpTarget(host.vms),
     options.proxyIdle ?? PROXY_IDLE_DEFAULTS,
+    (direction, n) => metrics?.proxyBytes.inc({ direction }, n),
   );
   app.post('/v1/wake', async (_req, reply) => {
     options.onWake();

@@ -1,9 +1,12 @@
 import { EXEC_CONTENT_TYPE, ImageBuildRequest, parseOrThrow, WarrenError } from '@warren/protocol';
+import { logHandedOverRequests } from '@warren/telemetry';
 import Fastify, { type FastifyInstance } from 'fastify';
 import type { Host } from '../host.ts';
 import { buildHostImage } from '../images.ts';
+import { registerHostMetricsRoute } from '../metrics.ts';
 import { registerBackupRoutes } from './backups.ts';
 import { registerGuestRoutes, useWarrenErrors } from './common.ts';
+import { fastifyLogging } from './logging.ts';
 import { registerSnapshotRoutes } from './snapshots.ts';
 
 /**
@@ -11,9 +14,12 @@ import { registerSnapshotRoutes } from './snapshots.ts';
  * It may touch every VM; the control plane uses the remote API (remote.ts) instead.
  */
 export function createApi(host: Host): FastifyInstance {
-  const app = Fastify({ logger: false, bodyLimit: 16 * 1024 * 1024 });
+  const app = Fastify({ ...fastifyLogging(host.logger), bodyLimit: 16 * 1024 * 1024 });
   useWarrenErrors(app);
+  if (host.logger) logHandedOverRequests(app);
   const guestOf = (id: string) => host.vms.guest(id);
+  // The socket is root's alone: whoever reaches it may read metrics.
+  if (host.metrics) registerHostMetricsRoute(app, host.metrics);
 
   app.get('/v1/host', async () => ({
     accelerator: host.accel,

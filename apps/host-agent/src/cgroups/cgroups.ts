@@ -26,6 +26,22 @@ export interface CgroupHandle {
   readonly procsFiles: string[];
   readonly paths: string[];
   remove(): Promise<void>;
+  /** CPU time used and memory held by the group now (metrics); undefined where not readable. */
+  usage(): Promise<CgroupUsage>;
+}
+
+export interface CgroupUsage {
+  cpuSeconds?: number;
+  memoryBytes?: number;
+}
+
+/** A number from a cgroup file (whole file, or the value of `key` in a `key value` file). */
+async function readNumber(path: string, key?: string): Promise<number | undefined> {
+  const text = await readFile(path, 'utf8').catch(() => undefined);
+  if (text === undefined) return undefined;
+  const value = key ? new RegExp(`^${key} (\\d+)$`, 'm').exec(text)?.[1] : text.trim();
+  const n = Number(value);
+  return value !== undefined && Number.isFinite(n) ? n : undefined;
 }
 
 export interface CgroupDriver {
@@ -81,6 +97,14 @@ export class CgroupV2 implements CgroupDriver {
       procsFiles: [join(dir, 'cgroup.procs')],
       paths: [dir],
       remove: () => removeGroups([dir]),
+      usage: async () => {
+        const usec = await readNumber(join(dir, 'cpu.stat'), 'usage_usec');
+        const memory = await readNumber(join(dir, 'memory.current'));
+        return {
+          ...(usec !== undefined ? { cpuSeconds: usec / 1e6 } : {}),
+          ...(memory !== undefined ? { memoryBytes: memory } : {}),
+        };
+      },
     };
   }
 }
@@ -96,8 +120,10 @@ export class CgroupV1 implements CgroupDriver {
 
   async create(name: string, limits: ResourceLimits): Promise<CgroupHandle> {
     const handle = this.open(name);
-    const [cpu, memory, pids, blkio] = handle.paths as [string, string, string, string | undefined];
-    for (const dir of handle.paths) await mkdir(dir, { recursive: true });
+    const dir = (controller: string) => join(this.root, controller, PARENT, name);
+    const [cpu, memory, pids] = [dir('cpu'), dir('memory'), dir('pids')];
+    const blkio = existsSync(join(this.root, 'blkio')) ? dir('blkio') : undefined;
+    for (const d of handle.paths) await mkdir(d, { recursive: true });
     await writeFile(join(cpu, 'cpu.cfs_period_us'), String(CPU_PERIOD_US));
     await writeFile(join(cpu, 'cpu.cfs_quota_us'), String(Math.round(limits.cpus * CPU_PERIOD_US)));
     await writeFile(join(memory, 'memory.limit_in_bytes'), String(limits.memoryBytes));
@@ -107,23 +133,35 @@ export class CgroupV1 implements CgroupDriver {
       // blkio v1 sees only I/O its tasks issue themselves: reads, and writes with O_DIRECT (QEMU
       // opens the VM's disks so when an I/O limit is set); buffered writeback is not charged.
       const { device, bytesPerSecond: b, opsPerSecond: o } = limits.io;
-      for (const dir of ['read', 'write']) {
-        await writeFile(join(blkio, `blkio.throttle.${dir}_bps_device`), `${device} ${b}`);
-        await writeFile(join(blkio, `blkio.throttle.${dir}_iops_device`), `${device} ${o}`);
+      for (const d of ['read', 'write']) {
+        await writeFile(join(blkio, `blkio.throttle.${d}_bps_device`), `${device} ${b}`);
+        await writeFile(join(blkio, `blkio.throttle.${d}_iops_device`), `${device} ${o}`);
       }
     }
     return handle;
   }
 
   open(name: string): CgroupHandle {
-    // blkio last, and only where mounted: hosts without it still get CPU, memory and pids limits.
-    const controllers = ['cpu', 'memory', 'pids', ...(existsSync(join(this.root, 'blkio')) ? ['blkio'] : [])];
+    // blkio and cpuacct only where mounted: hosts without them still get CPU, memory and pids
+    // limits. cpuacct (CPU time, for metrics) is its own hierarchy on some hosts (these ones),
+    // co-mounted with cpu on others; joining the same group twice is harmless.
+    const optional = ['blkio', 'cpuacct'].filter((c) => existsSync(join(this.root, c)));
+    const controllers = ['cpu', 'memory', 'pids', ...optional];
     const paths = controllers.map((c) => join(this.root, c, PARENT, name));
+    const dir = (controller: string) => join(this.root, controller, PARENT, name);
     return {
       version: 'v1',
       procsFiles: paths.map((p) => join(p, 'cgroup.procs')),
       paths,
       remove: () => removeGroups(paths),
+      usage: async () => {
+        const ns = await readNumber(join(dir('cpuacct'), 'cpuacct.usage'));
+        const memory = await readNumber(join(dir('memory'), 'memory.usage_in_bytes'));
+        return {
+          ...(ns !== undefined ? { cpuSeconds: ns / 1e9 } : {}),
+          ...(memory !== undefined ? { memoryBytes: memory } : {}),
+        };
+      },
     };
   }
 }

@@ -51,6 +51,7 @@ export async function connectControlPlane(
     onWake: () => reconciler?.wake(),
     proxyIdle: { idleMs: config.proxyIdleMs, wsIdleMs: config.proxyWsIdleMs },
     maxStreamsPerVm: config.maxStreamsPerVm,
+    ...(config.metricsToken ? { metricsToken: config.metricsToken } : {}),
   });
   const listen = agentListenOf(config);
   await api.listen({ host: listen.host, port: listen.port });
@@ -86,6 +87,7 @@ export async function connectControlPlane(
       quarantineMs: config.quarantineMs,
       ...options,
       log,
+      onTaskError: (code) => host.metrics?.reconcileErrors.inc({ code }),
     });
     reconciler.start();
     log(`remote API on ${listen.host}:${port} (advertised as ${address}); control plane ${url}`);

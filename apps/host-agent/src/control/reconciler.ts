@@ -52,6 +52,8 @@ export interface ReconcilerOptions {
   /** WARREN_QUARANTINE_MS: how long an orphan tenant VM is kept stopped before it is destroyed. */
   quarantineMs?: number;
   log?: (message: string) => void;
+  /** Told the error code of every failed reconcile step (create, start, stop, destroy, …): metrics. */
+  onTaskError?: (code: string) => void;
 }
 
 type Step = 'create' | 'start' | 'stop' | 'destroy' | 'network' | 'restart' | 'unquarantine';
@@ -530,6 +532,7 @@ export class Reconciler {
     } catch (e) {
       const err =
         e instanceof WarrenError ? e : new WarrenError('INTERNAL', String((e as Error)?.message ?? e));
+      this.#o.onTaskError?.(err.code);
       let message = err.message;
       let retry = `retry in ${track.retryMs} ms`;
       track.retryAt = Date.now() + track.retryMs;

@@ -8,6 +8,7 @@ import { spawn } from 'node:child_process';
 import { closeSync, openSync } from 'node:fs';
 import { basename, join, resolve as resolvePath } from 'node:path';
 import { FileChange, WarrenError } from '@warren/protocol';
+import { daemonLog } from '@warren/telemetry';
 import { z } from 'zod';
 import type { ChangedFiles, ChangedFilesOptions } from './changes.ts';
 import type { FileDigest, FileDigestsOptions } from './file-digests.ts';
@@ -236,7 +237,7 @@ function runWorker(
       } catch {
         // Its stderr (an out-of-memory report, a stack with the agent's paths) goes to the
         // agent's log, not to the caller.
-        if (err) process.stderr.write(`disk changes worker: ${err.trim()}\n`);
+        if (err) daemonLog('warn', `disk changes worker: ${err.trim()}`);
         const why = signal ?? `exit ${code}`;
         return reject(fail(`${work.worker} ended (${why}) without an answer (out of memory?)`));
       }

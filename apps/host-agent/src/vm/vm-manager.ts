@@ -24,7 +24,7 @@ import {
 import { z } from 'zod';
 import type { Accelerator } from '../accel.ts';
 import { mergeIntoRawBase } from '../backup/merge.ts';
-import type { CgroupDriver, CgroupHandle, IoLimit } from '../cgroups/cgroups.ts';
+import type { CgroupDriver, CgroupHandle, CgroupUsage, IoLimit } from '../cgroups/cgroups.ts';
 import { changedFilesIsolated } from '../disk-changes/index.ts';
 import { GuestClient } from '../guest/guest-client.ts';
 import type { HostNetwork } from '../net/host-network.ts';
@@ -175,7 +175,17 @@ interface Live {
  * the host network VmLinks', and everything that depends on the VMM (disks, sockets, console,
  * the guest channel) the driver's: this class only knows each VM's directory.
  */
-export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }> {
+/**
+ * How a VM came up, for metrics: `cold` a full boot, `template` from its image's template,
+ * `wake` restored from suspend.
+ */
+export type BootKind = 'cold' | 'template' | 'wake';
+
+export class VmManager extends EventEmitter<{
+  exit: [id: string, exit: VmExit];
+  /** A start ended: `ok` with how long it took until the guest agent answered. */
+  boot: [id: string, boot: { kind: BootKind; ok: boolean; seconds: number }];
+}> {
   readonly #o: VmManagerOptions;
   readonly #driver: VmmDriver;
   readonly #records: VmRecords;
@@ -444,6 +454,12 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
     return this.#status(await this.#records.read(id));
   }
 
+  /** What a running VM's cgroup has used (metrics); empty without cgroups or when it is not running. */
+  async usage(id: string): Promise<CgroupUsage> {
+    if (!this.#live.has(id)) return {};
+    return (await this.#cgroupOf(id)?.usage()) ?? {};
+  }
+
   async list(): Promise<VmStatus[]> {
     return (await this.#records.all()).map((r) => this.#status(r));
   }
@@ -552,6 +568,28 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
     const suspended = record.suspended;
     // A woken guest gets its credentials again; a booted one starts without any.
     if (!suspended) this.#credentials.delete(id);
+    const started = performance.now();
+    let kind: BootKind = suspended ? 'wake' : 'cold';
+    const booted = (ok: boolean) =>
+      this.emit('boot', id, { kind, ok, seconds: (performance.now() - started) / 1000 });
+    try {
+      const status = await this.#startSteps(id, record, suspended, (k) => {
+        kind = k;
+      });
+      booted(true);
+      return status;
+    } catch (e) {
+      booted(false);
+      throw e;
+    }
+  }
+
+  async #startSteps(
+    id: string,
+    record: VmRecord,
+    suspended: VmRecord['suspended'],
+    setKind: (k: BootKind) => void,
+  ): Promise<VmStatus> {
     try {
       record.desired = 'running';
       delete record.lastExit;
@@ -562,7 +600,10 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
       await this.#links.prepare(record);
       if (suspended) return await this.#wake(record, suspended);
       if (record.neverStarted) {
-        if (await this.#startFromTemplate(record)) return this.#finish(id, record);
+        if (await this.#startFromTemplate(record)) {
+          setKind('template');
+          return this.#finish(id, record);
+        }
         delete record.neverStarted;
         await this.#records.write(record);
       }

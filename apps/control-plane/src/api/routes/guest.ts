@@ -30,19 +30,27 @@ export function guestRoutes(api: Api): void {
       audit: 'tenant.exec',
     },
     async ({ tenant, body, req, reply }) => {
-      const host = await runningOn(tenant!);
-      // Counted until the reply is done or its client gone, whichever way the exec ends.
-      api.streams.hold(tenant!, 'exec', reply.raw);
-      const abort = new AbortController();
-      req.raw.on('close', () => abort.abort());
-      const res = await api.agents.request(host, 'POST', `/v1/vms/${vmIdOfTenant(tenant!.id)}/exec`, {
-        body: JSON.stringify(body),
-        contentType: 'application/json',
-        signal: abort.signal,
-        // The command's own timeout ends it in the guest; this only bounds a lost agent (and,
-        // while the tenant is suspended, the wake before the command starts).
-        timeoutMs: (body.timeoutMs ?? 24 * 3600_000) + 60_000 + api.hosts.wakeSlackMs(tenant!),
-      });
+      let res: Response;
+      try {
+        const host = await runningOn(tenant!);
+        // Counted until the reply is done or its client gone, whichever way the exec ends.
+        api.streams.hold(tenant!, 'exec', reply.raw);
+        const abort = new AbortController();
+        req.raw.on('close', () => abort.abort());
+        res = await api.agents.request(host, 'POST', `/v1/vms/${vmIdOfTenant(tenant!.id)}/exec`, {
+          body: JSON.stringify(body),
+          contentType: 'application/json',
+          signal: abort.signal,
+          // The command's own timeout ends it in the guest; this only bounds a lost agent (and,
+          // while the tenant is suspended, the wake before the command starts).
+          timeoutMs: (body.timeoutMs ?? 24 * 3600_000) + 60_000 + api.hosts.wakeSlackMs(tenant!),
+        });
+      } catch (e) {
+        api.metrics.execs.inc({ result: e instanceof WarrenError ? e.code : 'INTERNAL' });
+        throw e;
+      }
+      // Relayed: the host agent took it (how the command ends is in its stream).
+      api.metrics.execs.inc({ result: 'ok' });
       reply.header('content-type', EXEC_CONTENT_TYPE);
       return reply.status(200).send(Readable.fromWeb(res.body as never));
     },
