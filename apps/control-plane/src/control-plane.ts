@@ -14,6 +14,8 @@ import { type ControlPlaneConfig, masterKeyFileOf, objectStoreConfigOf, stateDir
 import { HostService, LIFECYCLE_KINDS } from './hosts/service.ts';
 import { now } from './ids.ts';
 import { pruneHistory } from './retention.ts';
+import { imageSeed } from './secrets/rotate.ts';
+import { SecretService } from './secrets/service.ts';
 import { dialectFromConfig, openStore, type Store, type StoreDialect } from './store/index.ts';
 import { TenantLocks, TenantStreams } from './tenants/concurrency.ts';
 import { TenantService } from './tenants/service.ts';
@@ -29,6 +31,7 @@ export interface ControlPlane extends ApiServer {
   tenantSessions: TenantSessionService;
   /** Backups, restores, schedules and GC; tests drive the scheduler through `backups.schedule.tick(at)`. */
   backups: BackupService;
+  secrets: SecretService;
   credentials: BootstrapResult;
   /** Listens on the configured host and port; returns the API's base URL and writes api.json. */
   listen(): Promise<string>;
@@ -51,19 +54,17 @@ export async function openControlPlane(
   const credentials = await bootstrapCredentials(store.db, stateDirOf(config));
   const agents = new AgentClient();
   const hosts = new HostService(store.db, config);
-  const tenants = new TenantService({
-    db: store.db,
-    config,
-    onDesiredChange: (hostId) => {
-      void store.db
-        .selectFrom('hosts')
-        .selectAll()
-        .where('id', '=', hostId)
-        .executeTakeFirst()
-        .then((h) => h && agents.wake(h))
-        .catch(() => {});
-    },
-  });
+  const wakeHost = (hostId: string) => {
+    void store.db
+      .selectFrom('hosts')
+      .selectAll()
+      .where('id', '=', hostId)
+      .executeTakeFirst()
+      .then((h) => h && agents.wake(h))
+      .catch(() => {});
+  };
+  const tenants = new TenantService({ db: store.db, config, onDesiredChange: wakeHost });
+  const secrets = new SecretService({ db: store.db, masterKey, onChange: wakeHost });
   const rateLimiter = new RateLimiter(config.rateLimitPerSecond, config.rateLimitBurst);
   const streams = new TenantStreams({
     exec: config.tenantMaxExecs,
@@ -83,6 +84,7 @@ export async function openControlPlane(
     store: objects,
     format: options.backupFormat ?? libraryFormat(),
     masterKey,
+    imageSeed: await imageSeed(store.db, masterKey),
     log,
   });
   await backups.reconcile();
@@ -99,6 +101,7 @@ export async function openControlPlane(
       snapshots,
       tenantSessions,
       backups,
+      secrets,
     },
     log,
   );
@@ -134,6 +137,7 @@ export async function openControlPlane(
     hosts,
     tenantSessions,
     backups,
+    secrets,
     credentials,
     async listen() {
       await server.app.listen({ host: config.host, port: config.port });

@@ -13,6 +13,7 @@ import { agentRoutes } from './routes/agent.ts';
 import { backupRoutes } from './routes/backups.ts';
 import { checkDashboardRequest, dashboardRoutes } from './routes/dashboard.ts';
 import { guestRoutes } from './routes/guest.ts';
+import { secretRoutes } from './routes/secrets.ts';
 import { sessionRoutes } from './routes/sessions.ts';
 import { snapshotRoutes } from './routes/snapshots.ts';
 import { tenantSessionRoutes } from './routes/tenant-sessions.ts';
@@ -89,6 +90,7 @@ export function createApiServer(services: Omit<Api, 'route'>, log: (m: string) =
   guestRoutes(api);
   snapshotRoutes(api);
   backupRoutes(api);
+  secretRoutes(api);
   tenantSessionRoutes(api);
   adminRoutes(api);
   agentRoutes(api);
