@@ -7,6 +7,7 @@ import { Http } from './http.ts';
 import { JoinTokens } from './join-tokens.ts';
 import { Keys } from './keys.ts';
 import { Operations } from './operations.ts';
+import { Secrets } from './secrets.ts';
 import { Sessions, Snapshots } from './snapshots.ts';
 import { Tenants } from './tenants.ts';
 
@@ -44,6 +45,8 @@ export class WarrenClient {
   readonly sessions: Sessions;
   /** Backups and restores (`/v1/tenants/{t}/backups`). */
   readonly backups: Backups;
+  /** Tenant secrets (`/v1/tenants/{t}/secrets`): set, list (names and versions), remove. */
+  readonly secrets: Secrets;
   readonly #http: Http;
 
   constructor(options: WarrenClientOptions = {}) {
@@ -67,6 +70,7 @@ export class WarrenClient {
     this.snapshots = new Snapshots(http);
     this.sessions = new Sessions(http, this.tenants);
     this.backups = new Backups(http);
+    this.secrets = new Secrets(http);
   }
 
   async health(): Promise<z.output<typeof HealthResponse>> {

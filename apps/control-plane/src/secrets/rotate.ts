@@ -27,7 +27,17 @@ export async function imageSeed(db: Db, master: Buffer): Promise<Buffer> {
     .select('wrapped')
     .where('name', '=', IMAGE_SEED)
     .executeTakeFirst();
-  return row ? unwrapTenantKey(master, SEED_TENANT, row.wrapped) : master;
+  if (!row) return master;
+  try {
+    return unwrapTenantKey(master, SEED_TENANT, row.wrapped);
+  } catch {
+    // Refused at start: image keys derived from a wrong key would seal new backups' chunks
+    // under keys that later restores cannot find.
+    throw new WarrenError(
+      'BACKUP_KEY_REJECTED',
+      `the master key loaded (fingerprint ${keyFingerprint(master)}) is not the one this database's keys are wrapped with (${row.wrapped.split('.')[1]}): a master-key rotation moved them to another key; point WARREN_MASTER_KEY_FILE at that key file (docs/operations.md, "Rotating the master key")`,
+    );
+  }
 }
 
 export interface RotationResult {
