@@ -89,7 +89,8 @@ async function sh(script: string, user?: string | number) {
   let stderr = '';
   const exit = await client().tenants.exec(
     TENANT,
-    { argv: ['sh', '-c', script], ...(user === undefined ? {} : { user }) },
+    // cwd `/`: nobody's home does not exist.
+    { argv: ['sh', '-c', script], cwd: '/', ...(user === undefined ? {} : { user }) },
     { onStdout: (b) => (stdout += b), onStderr: (b) => (stderr += b) },
   );
   return { stdout, stderr, code: exit.exitCode };
