@@ -1313,7 +1313,7 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
     this.#secrets.set(id, secrets);
     await this.#locked(id, async () => {
       if (this.#secrets.get(id) !== secrets) return; // a newer set delivers
-      if (this.#live.has(id) && !this.#transitions.has(id)) await this.#deliverSecrets(id);
+      if (this.#live.has(id) && !this.#transitions.has(id)) await this.#deliverSecrets(id, false);
     });
   }
 
@@ -1323,15 +1323,23 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
   }
 
   /**
-   * Puts the VM's secrets into its guest, when this agent knows of any (an empty set too, so
-   * removed ones go). A failure is logged, not thrown: a start must not fail for it (an image
-   * whose guest agent predates secrets answers NOT_FOUND), and the next change delivers again.
+   * Puts the VM's secrets into its guest, when this agent knows of them. An empty set is sent
+   * only to a guest that may hold some (`fresh`: false, a change while it runs; its directory
+   * is asked), so removed ones go; a guest just booted, woken, reverted or wiped holds none, and
+   * one whose tenant has no secrets is not asked at all. A failure is logged, not thrown: a start
+   * must not fail for it (an image whose guest agent predates secrets answers NOT_FOUND), and
+   * the next change delivers again.
    */
-  async #deliverSecrets(id: string): Promise<void> {
+  async #deliverSecrets(id: string, fresh = true): Promise<void> {
     const secrets = this.#secrets.get(id);
     if (!secrets) return;
     try {
-      await (await this.#guest(id)).putSecrets(secrets);
+      const guest = await this.#guest(id);
+      if (Object.keys(secrets.files).length === 0) {
+        if (fresh) return;
+        if ((await guest.list(SECRETS_DIR).catch(() => [])).length === 0) return;
+      }
+      await guest.putSecrets(secrets);
     } catch (e) {
       this.#o.log?.(`VM ${id}: delivering its secrets failed: ${(e as Error).message}`);
     }
