@@ -16,7 +16,7 @@ import { createReadStream } from 'node:fs';
 import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { after, before, describe, test } from 'node:test';
+import { after, afterEach, before, describe, test } from 'node:test';
 import { WarrenClient } from '@warren/sdk';
 import { freePort } from '../helpers/free-port.ts';
 import { minimalImage, REPO_ROOT, TEST_IMAGES_DIR } from '../helpers/image.ts';
@@ -157,9 +157,18 @@ after(async () => {
 });
 
 describe('tenant secrets on a real VM, through the whole platform', { timeout: 900_000 }, () => {
+  afterEach((t) => {
+    // What the daemons said, to see why a step did not happen (a value in it fails the test anyway).
+    if ((t as { passed?: boolean }).passed === false)
+      process.stderr.write(`# daemon output (tail):\n${Buffer.concat(output).toString().slice(-8000)}\n`);
+  });
+
   test('set through the API: in the guest tmpfs only, in place on change, again after restart, revert and agent restart; in no file, image or log', async () => {
     const started = Date.now();
-    await wait(await client().tenants.create({ name: TENANT, memoryMiB: 256, diskMiB: 64 }));
+    // This checkout's image: the newest minimal image in the shared store may be another
+    // checkout's, with a guest agent that does not know secrets.
+    const image = await minimalImage();
+    await wait(await client().tenants.create({ name: TENANT, image, memoryMiB: 256, diskMiB: 64 }));
 
     // Set while running: delivered within a heartbeat or two, readable by the workspace user.
     const set1 = await client().secrets.set(TENANT, 'API_TOKEN', V1);
