@@ -13,7 +13,7 @@ import assert from 'node:assert/strict';
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, afterEach, before, describe, test } from 'node:test';
@@ -230,6 +230,11 @@ describe('tenant secrets on a real VM, through the whole platform', { timeout: 9
     // and WAL, host agent records, the VM's disks, console log and snapshot memory), any image,
     // or anything either daemon printed.
     const needles = values.flatMap((v) => [Buffer.from(v), Buffer.from(Buffer.from(v).toString('base64'))]);
+    // The check finds what it looks for: a planted copy is found, then removed.
+    const planted = join(dataDir, 'planted');
+    await writeFile(planted, `x${Buffer.from(V2).toString('base64')}x`);
+    assert.equal(await holdsAny(planted, needles), true, 'the grep misses a planted value');
+    await rm(planted);
     for (const root of [dataDir, TEST_IMAGES_DIR]) {
       for (const entry of await readdir(root, { withFileTypes: true, recursive: true })) {
         if (!entry.isFile()) continue;
