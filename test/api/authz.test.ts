@@ -36,7 +36,8 @@ function concrete(route: RegisteredRoute, who: 'a' | 'b', byId = false): string 
     .replace(':key', x.keyId)
     .replace(':snapshot', SNAPSHOT)
     .replace(':session', x.session)
-    .replace(':backup', x.backup);
+    .replace(':backup', x.backup)
+    .replace(':name', 'AUTHZ_SECRET');
   return route.url.includes('/files') ? `${path}?path=/tmp/x` : path;
 }
 
@@ -45,6 +46,7 @@ function sampleBody(route: RegisteredRoute): { body?: unknown; raw?: string; con
   if (route.url.endsWith('/exec')) return { body: { argv: ['true'] } };
   if (route.url === '/v1/keys') return { body: { tenant: tenants.b.name } };
   if (route.url.endsWith('/drain')) return { body: { draining: false } };
+  if (route.url.includes('/secrets/')) return { body: { value: 'authz-value' } };
   if (route.method === 'POST' || route.method === 'PUT') return { body: {} };
   return {};
 }

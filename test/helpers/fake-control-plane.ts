@@ -113,5 +113,6 @@ export function desiredTenant(
     dashboardPort: 8080,
     generation,
     idleTimeoutMs: null,
+    secretsGeneration: 0,
   };
 }

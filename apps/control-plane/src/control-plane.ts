@@ -19,6 +19,8 @@ import { HostService, LIFECYCLE_KINDS } from './hosts/service.ts';
 import { now } from './ids.ts';
 import { type ControlPlaneMetrics, createMetrics } from './metrics.ts';
 import { pruneHistory } from './retention.ts';
+import { imageSeed } from './secrets/rotate.ts';
+import { SecretService } from './secrets/service.ts';
 import { dialectFromConfig, openStore, type Store, type StoreDialect } from './store/index.ts';
 import { TenantLocks, TenantStreams } from './tenants/concurrency.ts';
 import { TenantService } from './tenants/service.ts';
@@ -34,6 +36,7 @@ export interface ControlPlane extends ApiServer {
   tenantSessions: TenantSessionService;
   /** Backups, restores, schedules and GC; tests drive the scheduler through `backups.schedule.tick(at)`. */
   backups: BackupService;
+  secrets: SecretService;
   credentials: BootstrapResult;
   /** The event stream (`GET /v1/events`); tests wait on `events.settled()`. */
   hub: EventHub;
@@ -66,19 +69,17 @@ export async function openControlPlane(
   const credentials = await bootstrapCredentials(store.db, stateDirOf(config));
   const agents = new AgentClient();
   const hosts = new HostService(store.db, config);
-  const tenants = new TenantService({
-    db: store.db,
-    config,
-    onDesiredChange: (hostId) => {
-      void store.db
-        .selectFrom('hosts')
-        .selectAll()
-        .where('id', '=', hostId)
-        .executeTakeFirst()
-        .then((h) => h && agents.wake(h))
-        .catch(() => {});
-    },
-  });
+  const wakeHost = (hostId: string) => {
+    void store.db
+      .selectFrom('hosts')
+      .selectAll()
+      .where('id', '=', hostId)
+      .executeTakeFirst()
+      .then((h) => h && agents.wake(h))
+      .catch(() => {});
+  };
+  const tenants = new TenantService({ db: store.db, config, onDesiredChange: wakeHost });
+  const secrets = new SecretService({ db: store.db, masterKey, onChange: wakeHost });
   const hub = new EventHub({ bufferSize: config.eventsBuffer, queueLimit: config.eventsClientQueue });
   const events = new EventPublisher({
     db: store.db,
@@ -118,6 +119,7 @@ export async function openControlPlane(
     store: objects,
     format: options.backupFormat ?? libraryFormat(),
     masterKey,
+    imageSeed: await imageSeed(store.db, masterKey),
     log,
     onOperationChange: (tenantId) => events.touch({ tenants: [tenantId] }),
   });
@@ -138,6 +140,7 @@ export async function openControlPlane(
       hub,
       events,
       metrics,
+      secrets,
     },
     log,
     options.logger,
@@ -178,6 +181,7 @@ export async function openControlPlane(
     hosts,
     tenantSessions,
     backups,
+    secrets,
     credentials,
     hub,
     events,

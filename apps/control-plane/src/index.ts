@@ -14,6 +14,9 @@ export {
 export { type ControlPlane, openControlPlane } from './control-plane.ts';
 export { placeTenant } from './scheduler/place.ts';
 export { fits, type HostCandidate, rank, score } from './scheduler/policy.ts';
+export { imageSeed, type RotationResult, rotateMasterKey } from './secrets/rotate.ts';
+export { rotateMasterKeyFiles } from './secrets/rotate-command.ts';
+export { openSecret } from './secrets/seal.ts';
 export { openStore, SqliteStoreDialect, type Store, type StoreDialect } from './store/index.ts';
 export { migrationProvider } from './store/migrations/index.ts';
 export { TenantStreams } from './tenants/concurrency.ts';

@@ -3,14 +3,17 @@
  * session credentials, which live in a tmpfs and in this process's memory only.
  */
 import { type ChildProcessWithoutNullStreams, execFile, spawn } from 'node:child_process';
-import { chmod, chown, mkdir, open, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { chmod, chown, mkdir, open, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { promisify } from 'node:util';
 import {
   CREDENTIALS_DIR,
   type GuestCredentials,
+  type GuestSecrets,
+  type PlacedSecrets,
   type RestoredRequest,
   type RestoredResult,
+  SECRETS_DIR,
   WarrenError,
 } from '@warren/protocol/guest';
 
@@ -21,6 +24,8 @@ export const BUSYBOX = process.env.WARREN_BUSYBOX ?? '/usr/lib/warren/busybox';
 const WORKSPACE_GID = 1000;
 /** The tmpfs is small: credentials are capped at 1 MiB (MAX_CREDENTIAL_BYTES) with room for metadata. */
 const CREDENTIALS_TMPFS = 'size=2m,nr_inodes=1024,mode=0750,nosuid,nodev,noexec';
+/** Tenant secrets: at most 100 of 64 KiB (MAX_SECRETS_PER_TENANT, MAX_SECRET_VALUE_BYTES), and a replacement of each in flight. */
+const SECRETS_TMPFS = 'size=16m,nr_inodes=1024,mode=0750,nosuid,nodev,noexec';
 
 /**
  * Sets the clock to the host's and mixes the host's random bytes into the kernel's pool. The
@@ -148,28 +153,89 @@ export async function placeCredentials(creds: GuestCredentials): Promise<void> {
 }
 
 /**
- * Removes the credentials: each file is overwritten with zeros before it is unlinked (the
- * tmpfs's pages would otherwise keep the bytes until reused), then the tmpfs is unmounted.
- * Returns how many files there were.
+ * Removes the credentials and the tenant's secrets (a snapshot or a suspend must hold neither):
+ * each file is overwritten with zeros before it is unlinked (the tmpfs's pages would otherwise
+ * keep the bytes until reused), then each tmpfs is unmounted. Returns how many files there were.
  */
 export async function wipeCredentials(): Promise<number> {
   credentialEnv = {};
+  return (await wipeDir(CREDENTIALS_DIR)) + (await wipeDir(SECRETS_DIR));
+}
+
+async function wipeDir(dir: string): Promise<number> {
   let files = 0;
-  if (!(await isMounted(CREDENTIALS_DIR).catch(() => false))) return 0;
-  for (const name of await readdir(CREDENTIALS_DIR).catch(() => [] as string[])) {
-    const path = `${CREDENTIALS_DIR}/${name}`;
-    const f = await open(path, 'r+').catch(() => undefined);
-    if (f) {
-      const { size } = await f.stat();
-      await f.write(Buffer.alloc(size), 0, size, 0);
-      await f.sync();
-      await f.close();
-    }
-    await rm(path, { force: true, recursive: true });
+  if (!(await isMounted(dir).catch(() => false))) return 0;
+  for (const name of await readdir(dir).catch(() => [] as string[])) {
+    await zeroAndRemove(`${dir}/${name}`);
     files++;
   }
-  await run(BUSYBOX, ['umount', CREDENTIALS_DIR]).catch((e) => {
-    throw new WarrenError('INTERNAL', `cannot unmount ${CREDENTIALS_DIR}: ${(e as Error).message}`);
+  await run(BUSYBOX, ['umount', dir]).catch((e) => {
+    throw new WarrenError('INTERNAL', `cannot unmount ${dir}: ${(e as Error).message}`);
   });
   return files;
+}
+
+async function zeroAndRemove(path: string): Promise<void> {
+  await zero(path);
+  await rm(path, { force: true, recursive: true });
+}
+
+async function zero(path: string): Promise<void> {
+  const f = await open(path, 'r+').catch(() => undefined);
+  if (!f) return;
+  try {
+    const { size } = await f.stat();
+    await f.write(Buffer.alloc(size), 0, size, 0);
+    await f.sync();
+  } finally {
+    await f.close();
+  }
+}
+
+/**
+ * Makes SECRETS_DIR hold exactly these secrets, in place: the tmpfs stays mounted (a process
+ * that reads a secret never finds the directory gone), each file is replaced atomically (a new
+ * file renamed over the old one, whose bytes are then zeroed through a handle opened before),
+ * and a file no longer named is zeroed and removed.
+ */
+export async function placeSecrets(req: GuestSecrets): Promise<PlacedSecrets> {
+  await mkdir(dirname(SECRETS_DIR), { recursive: true, mode: 0o755 });
+  await mkdir(SECRETS_DIR, { recursive: true, mode: 0o750 });
+  if (!(await isMounted(SECRETS_DIR))) {
+    await run(BUSYBOX, ['mount', '-t', 'tmpfs', '-o', SECRETS_TMPFS, 'tmpfs', SECRETS_DIR]);
+    await chown(SECRETS_DIR, 0, WORKSPACE_GID);
+    await chmod(SECRETS_DIR, 0o750);
+  }
+  let removed = 0;
+  for (const name of await readdir(SECRETS_DIR)) {
+    if (Object.hasOwn(req.files, name)) continue;
+    await zeroAndRemove(`${SECRETS_DIR}/${name}`);
+    removed++;
+  }
+  for (const [name, content] of Object.entries(req.files)) {
+    const path = `${SECRETS_DIR}/${name}`;
+    const bytes = Buffer.from(content, 'base64');
+    try {
+      const current = await readFile(path).catch(() => undefined);
+      if (current?.equals(bytes)) continue;
+      current?.fill(0);
+      const tmp = `${SECRETS_DIR}/.${name}.new`;
+      await rm(tmp, { force: true });
+      await writeFile(tmp, bytes, { mode: 0o440, flag: 'wx' });
+      await chown(tmp, 0, WORKSPACE_GID);
+      const old = await open(path, 'r+').catch(() => undefined);
+      try {
+        await rename(tmp, path);
+        if (old) {
+          const { size } = await old.stat();
+          await old.write(Buffer.alloc(size), 0, size, 0);
+        }
+      } finally {
+        await old?.close();
+      }
+    } finally {
+      bytes.fill(0);
+    }
+  }
+  return { files: Object.keys(req.files).length, removed };
 }

@@ -4,6 +4,7 @@ import {
   FreezeRequest,
   GUEST_ROUTES,
   GuestCredentials,
+  GuestSecrets,
   IdentityRequest,
   parseOrThrow,
   RestoredRequest,
@@ -16,7 +17,7 @@ import { VolumeFreeze } from './freeze.ts';
 import { health } from './health.ts';
 import { takeIdentity } from './identity.ts';
 import { readJsonBody, sendError, sendJson } from './respond.ts';
-import { fixUpAfterRestore, placeCredentials, wipeCredentials } from './restore.ts';
+import { fixUpAfterRestore, placeCredentials, placeSecrets, wipeCredentials } from './restore.ts';
 
 export interface AgentOptions {
   /** Called after a shutdown request was answered. */
@@ -78,6 +79,12 @@ export function createAgentServer(options: AgentOptions, volume = new VolumeFree
       const req = parseOrThrow(GuestCredentials, await readJsonBody(s, 4 * 1024 * 1024));
       await placeCredentials(req);
       sendJson(s, 200, { files: Object.keys(req.files).length, restarting: false });
+    },
+    // The tenant's secrets, the complete set: kept as they are until a snapshot or suspend
+    // wipes them with the credentials (DELETE below), then the host puts them back.
+    [`PUT ${GUEST_ROUTES.secrets}`]: async (s) => {
+      const req = parseOrThrow(GuestSecrets, await readJsonBody(s, 16 * 1024 * 1024));
+      sendJson(s, 200, await placeSecrets(req));
     },
     [`DELETE ${GUEST_ROUTES.credentials}`]: async (s, query) => {
       const restarting = query.get('restart') === '1';

@@ -249,7 +249,7 @@ export const HostAgentConfig = z
      * after; `off` boots every VM. Drivers without memory snapshots (libvirt) always boot.
      */
     templateStart: z.enum(['on', 'off']).default('on'),
-        /**
+    /**
      * WARREN_METRICS_TOKEN: the token Prometheus presents to read `/metrics` on the remote API
      * (WARREN_AGENT_LISTEN), at least 32 characters. Unset: `/metrics` is served only on the
      * local socket (root only).

@@ -4,10 +4,12 @@
  * through the CLI, which runs this program by name). `up` supervises both daemons; the other
  * two run one daemon in the foreground, for machines that run only one of them.
  */
+import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { fromParseError, onlyUsageOptions } from '@warren/cli/args';
 import { reportError } from '@warren/cli/output';
 import { isPlatformCommand, PLATFORM_COMMANDS, type PlatformCommand } from '@warren/cli/platform-commands';
+import { WarrenError } from '@warren/protocol';
 import * as up from './up.ts';
 
 type Run = (args: never, operands: string[]) => Promise<number>;
@@ -24,6 +26,17 @@ const RUN: Record<PlatformCommand, Run> = {
     const { runHostAgent } = await import('@warren/host-agent/daemon');
     await runHostAgent();
     return new Promise<number>(() => {});
+  },
+  'rotate-master-key': async (args: { 'new-key-file'?: string; json?: boolean }, operands) => {
+    const usage = PLATFORM_COMMANDS['rotate-master-key'];
+    if (!args['new-key-file'] || operands.length > 0)
+      throw new WarrenError('INVALID_ARGUMENT', `usage: ${usage}`);
+    const { loadConfig, rotateMasterKeyFiles } = await import('@warren/control-plane');
+    const result = await rotateMasterKeyFiles(loadConfig(), resolve(args['new-key-file']), (m) =>
+      process.stderr.write(`${m}\n`),
+    );
+    if (args.json) process.stdout.write(`${JSON.stringify(result)}\n`);
+    return 0;
   },
 };
 
@@ -42,6 +55,7 @@ async function main(argv: string[]): Promise<number> {
         help: { type: 'boolean', short: 'h' },
         verbose: { type: 'boolean', short: 'v' },
         profile: { type: 'string' },
+        'new-key-file': { type: 'string' },
       },
     });
     const word = positionals[0];

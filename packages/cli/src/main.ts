@@ -5,7 +5,7 @@
  * 1 error, 2 usage error (INVALID_ARGUMENT); `tenant exec` and `vm run` exit with the
  * command's code.
  *
- * `up`, `control-plane` and `host-agent` run the daemons, which live in apps/platform: this
+ * `up`, `control-plane`, `host-agent` and `rotate-master-key` run the daemons (or act on their files), which live in apps/platform: this
  * program runs that one's `warren-platform` by name (bin/warren does it directly when the
  * command comes first), so no daemon code is ever loaded here.
  */
@@ -43,6 +43,9 @@ const COMMANDS: Record<string, () => Promise<Command>> = {
   'tenant snapshot list': () => import('./commands/tenant/snapshot/list.ts'),
   'tenant snapshot revert': () => import('./commands/tenant/snapshot/revert.ts'),
   'tenant snapshot delete': () => import('./commands/tenant/snapshot/delete.ts'),
+  'tenant secret set': () => import('./commands/tenant/secret/set.ts'),
+  'tenant secret list': () => import('./commands/tenant/secret/list.ts'),
+  'tenant secret rm': () => import('./commands/tenant/secret/rm.ts'),
   'tenant session start': () => import('./commands/tenant/session/start.ts'),
   'tenant session list': () => import('./commands/tenant/session/list.ts'),
   'tenant session show': () => import('./commands/tenant/session/show.ts'),
@@ -190,6 +193,9 @@ async function main(argv: string[]): Promise<number> {
         'keep-hourly': { type: 'string' },
         'keep-daily': { type: 'string' },
         'keep-weekly': { type: 'string' },
+        'from-file': { type: 'string' },
+        // warren-platform's, parsed here too so `warren rotate-master-key` reaches it.
+        'new-key-file': { type: 'string' },
       },
     });
     if (values.version && positionals.length === 0) {

@@ -603,6 +603,12 @@ export const DesiredTenant = z.object({
    * default); null: never. Absent from older control planes: never.
    */
   idleTimeoutMs: z.number().int().positive().nullable().default(null),
+  /**
+   * Grows with every change of the tenant's secrets (set, remove); 0: it never had any. The
+   * values are not in this list: the agent fetches them (`POST /v1/agent/secrets`) when this
+   * differs from what it holds. Absent from older control planes: 0.
+   */
+  secretsGeneration: z.number().int().min(0).default(0),
 });
 export type DesiredTenant = z.infer<typeof DesiredTenant>;
 

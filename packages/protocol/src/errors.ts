@@ -157,6 +157,11 @@ export const ERROR_CODES = {
     fault: 'platform',
     fix: "The key given does not open this backup: the platform master key (WARREN_MASTER_KEY_FILE) is not the one the tenant's key was wrapped with, or the backup belongs to another platform. Put the right master key file back; backups cannot be read without it.",
   },
+  SECRET_KEY_REJECTED: {
+    status: 500,
+    fault: 'platform',
+    fix: 'A tenant secret does not open with the platform master key (WARREN_MASTER_KEY_FILE): the key file is not the one the secret was sealed under (a rotation not finished, or the wrong file), or the database row was altered. Put the right master key file back, or finish the rotation (`warren rotate-master-key`, docs/operations.md); set the secret again if its row is damaged.',
+  },
   BACKUP_DRILL_FAILED: {
     status: 500,
     fault: 'platform',

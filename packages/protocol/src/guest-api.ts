@@ -14,6 +14,10 @@ export const GUEST_API_VERSION = 1;
 export const DATA_VOLUME_MOUNT = '/workspace';
 /** Where credential files appear in the guest (a tmpfs, readable by root and the workspace user). */
 export const CREDENTIALS_DIR = '/run/warren/credentials';
+/** Where tenant secrets appear in the guest, one file per secret (a tmpfs, like CREDENTIALS_DIR). */
+export const SECRETS_DIR = '/run/warren/secrets';
+/** A secret's name: env-var-like, so it is also a valid environment variable and a safe file name. */
+export const SECRET_NAME_PATTERN = /^[A-Z_][A-Z0-9_]{0,63}$/;
 /** Name of the virtio-serial port the guest agent listens on. */
 export const AGENT_PORT_NAME = 'org.warren.agent.0';
 
@@ -136,6 +140,7 @@ export const GUEST_ROUTES = {
   identity: '/v1/identity',
   scrub: '/v1/scrub',
   credentials: '/v1/credentials',
+  secrets: '/v1/secrets',
   freeze: '/v1/freeze',
   thaw: '/v1/thaw',
 } as const;
@@ -229,3 +234,19 @@ export type GuestCredentials = z.infer<typeof GuestCredentials>;
  */
 export const WipedCredentials = z.strictObject({ files: z.number().int().min(0), restarting: z.boolean() });
 export type WipedCredentials = z.infer<typeof WipedCredentials>;
+
+/**
+ * `PUT /v1/secrets`: the tenant's secrets, the complete set (base64 values). The guest writes
+ * each to SECRETS_DIR/<name> (replaced in place, atomically) and removes files not named, after
+ * overwriting them with zeros. `DELETE /v1/credentials` wipes these too, since a snapshot or
+ * a suspend must hold neither.
+ */
+export const GuestSecrets = z.strictObject({
+  files: z.record(z.string().regex(SECRET_NAME_PATTERN), z.string().max(1024 * 1024)),
+});
+export type GuestSecrets = z.infer<typeof GuestSecrets>;
+export const PlacedSecrets = z.strictObject({
+  files: z.number().int().min(0),
+  removed: z.number().int().min(0),
+});
+export type PlacedSecrets = z.infer<typeof PlacedSecrets>;

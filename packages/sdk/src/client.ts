@@ -8,6 +8,7 @@ import { Http } from './http.ts';
 import { JoinTokens } from './join-tokens.ts';
 import { Keys } from './keys.ts';
 import { Operations } from './operations.ts';
+import { Secrets } from './secrets.ts';
 import { Sessions, Snapshots } from './snapshots.ts';
 import { Tenants } from './tenants.ts';
 
@@ -47,6 +48,8 @@ export class WarrenClient {
   readonly backups: Backups;
   /** The event stream (`GET /v1/events`). */
   readonly events: Events;
+  /** Tenant secrets (`/v1/tenants/{t}/secrets`): set, list (names and versions), remove. */
+  readonly secrets: Secrets;
   readonly #http: Http;
 
   constructor(options: WarrenClientOptions = {}) {
@@ -71,6 +74,7 @@ export class WarrenClient {
     this.sessions = new Sessions(http, this.tenants);
     this.backups = new Backups(http);
     this.events = new Events(http);
+    this.secrets = new Secrets(http);
   }
 
   async health(): Promise<z.output<typeof HealthResponse>> {

@@ -43,5 +43,6 @@ export * from './join-tokens.ts';
 export * from './keys.ts';
 export * from './node-fetch.ts';
 export * from './operations.ts';
+export * from './secrets.ts';
 export * from './snapshots.ts';
 export * from './tenants.ts';

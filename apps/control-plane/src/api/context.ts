@@ -7,6 +7,7 @@ import type { EventHub } from '../events/hub.ts';
 import type { EventPublisher } from '../events/publisher.ts';
 import type { HostService } from '../hosts/service.ts';
 import type { ControlPlaneMetrics } from '../metrics.ts';
+import type { SecretService } from '../secrets/service.ts';
 import type { Db } from '../store/index.ts';
 import type { TenantLocks, TenantStreams } from '../tenants/concurrency.ts';
 import type { TenantService } from '../tenants/service.ts';
@@ -35,6 +36,7 @@ export interface Api {
   hub: EventHub;
   events: EventPublisher;
   metrics: ControlPlaneMetrics;
+  secrets: SecretService;
   route<B extends z.ZodType | undefined = undefined, Q extends z.ZodType | undefined = undefined>(
     spec: RouteSpec<B, Q>,
     handler: (

@@ -17,6 +17,7 @@ import { backupRoutes } from './routes/backups.ts';
 import { checkDashboardRequest, dashboardRoutes } from './routes/dashboard.ts';
 import { eventRoutes } from './routes/events.ts';
 import { guestRoutes } from './routes/guest.ts';
+import { secretRoutes } from './routes/secrets.ts';
 import { sessionRoutes } from './routes/sessions.ts';
 import { snapshotRoutes } from './routes/snapshots.ts';
 import { tenantSessionRoutes } from './routes/tenant-sessions.ts';
@@ -109,6 +110,7 @@ export function createApiServer(
   guestRoutes(api);
   snapshotRoutes(api);
   backupRoutes(api);
+  secretRoutes(api);
   tenantSessionRoutes(api);
   adminRoutes(api);
   agentRoutes(api);

@@ -49,6 +49,8 @@ export interface BackupServiceDeps {
   store: ObjectStore;
   format: BackupFormat;
   masterKey: Buffer;
+  /** What image keys are derived from (secrets/rotate.ts imageSeed); the master key when absent. */
+  imageSeed?: Buffer;
   log: (m: string) => void;
   /** Told after a restore operation's progress or end was written (the event stream). */
   onOperationChange?: (tenantId: string) => void;
@@ -167,7 +169,7 @@ export class BackupService {
    * disk's digest: a digest of the image, so it serves as `imageKey`'s digest.
    */
   #imageKey(imageId: string): Buffer {
-    return imageKey(this.#d.masterKey, imageId);
+    return imageKey(this.#d.imageSeed ?? this.#d.masterKey, imageId);
   }
 
   #keys(tenantKey: Buffer, imageId: string): HostBackupRequest['keys'] {

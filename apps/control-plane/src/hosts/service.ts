@@ -214,6 +214,7 @@ export class HostService {
           dashboardPort: row.dashboard_port,
           generation: row.generation,
           idleTimeoutMs: effectiveIdleTimeoutMs(row, idleDefault),
+          secretsGeneration: row.secrets_generation ?? 0,
         });
         if (!vm) {
           states.push(row);

@@ -18,6 +18,8 @@ export interface Database {
   tenant_keys: TenantKeysTable;
   backup_policies: BackupPoliciesTable;
   quarantined_vms: QuarantinedVmsTable;
+  tenant_secrets: TenantSecretsTable;
+  platform_keys: PlatformKeysTable;
 }
 
 export interface TenantsTable {
@@ -51,6 +53,8 @@ export interface TenantsTable {
   attempts_count?: number | null;
   /** When the host tries again; null with a count: it gave up. */
   next_attempt_at?: string | null;
+  /** Grows at every change of the tenant's secrets (migration 0011); 0: never had any. */
+  secrets_generation?: number;
 }
 
 export interface HostsTable {
@@ -233,4 +237,22 @@ export interface QuarantinedVmsTable {
   disk_mib: number;
   quarantined_at: string;
   remove_after: string;
+}
+
+/** A tenant secret (migration 0011): its value sealed under its own key, that key wrapped by the master key. */
+export interface TenantSecretsTable {
+  tenant_id: string;
+  name: string;
+  version: number;
+  wrapped_key: string;
+  sealed: string;
+  created_at: string;
+  updated_at: string;
+}
+
+/** Keys of the platform's own (migration 0011), wrapped by the master key: `image-seed`. */
+export interface PlatformKeysTable {
+  name: string;
+  wrapped: string;
+  created_at: string;
 }

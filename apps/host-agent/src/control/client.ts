@@ -1,4 +1,5 @@
 import {
+  AgentSecrets,
   type ErrorBody,
   type HeartbeatRequest,
   HeartbeatResponse,
@@ -32,6 +33,11 @@ export class ControlPlaneClient {
 
   heartbeat(token: string, request: HeartbeatRequest): Promise<HeartbeatResponse> {
     return this.#post('/v1/agent/heartbeat', token, request, HeartbeatResponse);
+  }
+
+  /** The secrets of one tenant placed on this host (values in base64): only ever held in memory. */
+  secrets(token: string, tenantId: string): Promise<AgentSecrets> {
+    return this.#post('/v1/agent/secrets', token, { tenantId }, AgentSecrets);
   }
 
   async #post<S extends z.ZodType>(

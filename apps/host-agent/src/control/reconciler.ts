@@ -120,6 +120,10 @@ export class Reconciler {
   #healthSleep: (() => void) | undefined;
   readonly #startMaxAttempts: number;
   readonly #quarantineMs: number;
+  /** Each tenant VM's secrets generation the agent holds (handed to VmManager.setSecrets). */
+  readonly #secretsHeld = new Map<string, number>();
+  /** Secrets fetches in flight, one per VM; a start waits for its VM's. */
+  readonly #secretsSync = new Map<string, Promise<void>>();
 
   constructor(options: ReconcilerOptions) {
     this.#o = options;
@@ -356,15 +360,54 @@ export class Reconciler {
         continue;
       }
       wanted.add(vmId);
+      if (t.desiredState !== 'absent') this.#syncSecrets(vmId, t);
       this.#consider(vmId, t.desiredState, t.generation, onDisk.get(vmId), t);
     }
     // Only after a successful heartbeat: an error must never read as "nothing is wanted".
     // Even then an unlisted VM is not destroyed: the list may come from a restored old
     // database or a fresh control plane, so it is only stopped and kept (quarantined).
     for (const [vmId, vm] of onDisk) if (!wanted.has(vmId)) this.#orphan(vmId, vm);
+    for (const vmId of this.#secretsHeld.keys())
+      if (!wanted.has(vmId)) {
+        this.#secretsHeld.delete(vmId);
+        this.#o.vms.forgetSecrets(vmId);
+      }
     for (const [vmId, track] of this.#tracks) {
       if (!track.task && !onDisk.has(vmId) && (!wanted.has(vmId) || !track.error)) this.#tracks.delete(vmId);
     }
+  }
+
+  /**
+   * Gets the tenant's secrets when the desired list's generation differs from the one held.
+   * They are fetched apart from the heartbeat (`POST /v1/agent/secrets`, the same host token)
+   * rather than carried in the desired list: every heartbeat would otherwise carry (and the
+   * control plane decrypt) every tenant's values, while this sends them only when they changed,
+   * and only for a tenant placed on this host. Values go to VmManager's memory, never to a file
+   * or a log line; a failure is logged by code and retried at the next heartbeat.
+   */
+  #syncSecrets(vmId: string, t: DesiredTenant): void {
+    if (this.#secretsSync.has(vmId) || this.#secretsHeld.get(vmId) === t.secretsGeneration) return;
+    const run = (async () => {
+      let files: Record<string, string> = {};
+      let generation = 0;
+      if (t.secretsGeneration > 0) {
+        const token = this.#credentials?.token;
+        if (!token) return;
+        const got = await this.#o.client.secrets(token, t.tenantId);
+        generation = got.generation;
+        files = Object.fromEntries(got.secrets.map((x) => [x.name, x.value]));
+      }
+      // Held before the delivery ends: a newer generation meanwhile starts its own fetch.
+      this.#secretsHeld.set(vmId, generation);
+      await this.#o.vms.setSecrets(vmId, files);
+    })()
+      .catch((e) => {
+        this.#secretsHeld.delete(vmId);
+        // The message names codes and fields, never a value (zod's messages do not repeat input).
+        this.#o.log?.(`VM ${vmId}: fetching its secrets failed: ${(e as Error).message}; trying again`);
+      })
+      .finally(() => this.#secretsSync.delete(vmId));
+    this.#secretsSync.set(vmId, run);
   }
 
   /**
@@ -490,6 +533,8 @@ export class Reconciler {
 
   async #act(track: Track, steps: Step[], spec?: DesiredTenant): Promise<void> {
     const { vms } = this.#o;
+    // A VM about to start gets its secrets at start: wait for a fetch in flight.
+    await this.#secretsSync.get(track.vmId);
     try {
       for (const step of steps) {
         if (step === 'create') {

@@ -15,12 +15,14 @@ import {
   FreezeResult,
   GUEST_ROUTES,
   type GuestCredentials,
+  type GuestSecrets,
   Health,
   type IdentityRequest,
   IdentityResult,
   MAX_FRAME_PAYLOAD,
   MAX_GUEST_JSON_BYTES,
   type MkdirRequest,
+  PlacedSecrets,
   parseOrThrow,
   type RemoveRequest,
   type RestoredRequest,
@@ -232,6 +234,11 @@ export class GuestClient {
   /** Places credentials in the guest's tmpfs (and environment for new commands). */
   async putCredentials(creds: GuestCredentials): Promise<void> {
     await this.#json('PUT', GUEST_ROUTES.credentials, WipedCredentials, creds);
+  }
+
+  /** Makes the guest's secrets tmpfs hold exactly these (replaced in place, others removed). */
+  async putSecrets(secrets: GuestSecrets): Promise<PlacedSecrets> {
+    return this.#json('PUT', GUEST_ROUTES.secrets, PlacedSecrets, secrets);
   }
 
   /**

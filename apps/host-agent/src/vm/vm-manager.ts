@@ -11,12 +11,14 @@ import {
   Credentials,
   DATA_VOLUME_MOUNT,
   type GuestCredentials,
+  GuestSecrets,
   MAX_LISTED_CHANGES,
   NetworkPolicy,
   parseOrThrow,
   RESOURCE_LIMITS,
   type RevertResult,
   resourceAmount,
+  SECRETS_DIR,
   type Snapshot,
   type SnapshotMemory,
   WarrenError,
@@ -197,6 +199,12 @@ export class VmManager extends EventEmitter<{
   readonly #jailIds: JailIdAllocator;
   /** Session credentials in each VM's guest; held in memory only, to deliver them again after a snapshot. */
   readonly #credentials = new Map<string, GuestCredentials>();
+  /**
+   * Each VM's tenant secrets as the control plane last gave them (setSecrets), held in memory
+   * only (never in vm.json, a file or a log line), to deliver them at every start, wake and
+   * revert and again after a snapshot or suspend attempt wiped them. No entry: not known yet.
+   */
+  readonly #secrets = new Map<string, GuestSecrets>();
   /**
    * VMs in a revert: reported `running` throughout (a revert is not a lifecycle change of the
    * tenant; the control plane must not see it stop and start).
@@ -602,6 +610,7 @@ export class VmManager extends EventEmitter<{
       if (record.neverStarted) {
         if (await this.#startFromTemplate(record)) {
           setKind('template');
+          await this.#deliverSecrets(id);
           return this.#finish(id, record);
         }
         delete record.neverStarted;
@@ -609,6 +618,7 @@ export class VmManager extends EventEmitter<{
       }
       const spec = await this.#launchSpec(record, true);
       await this.#launchUntilReady(record, spec);
+      await this.#deliverSecrets(id);
       return this.#finish(id, record);
     } catch (e) {
       // A start that failed leaves nothing made for it behind: the VM is as a stopped one.
@@ -644,6 +654,7 @@ export class VmManager extends EventEmitter<{
     );
     const creds = this.#credentials.get(record.id);
     if (creds) await (await this.#guest(record.id)).putCredentials(creds);
+    await this.#deliverSecrets(record.id);
     this.#o.log?.(`VM ${record.id} woke in ${Math.round(performance.now() - started)} ms`);
     return this.#finish(record.id, record);
   }
@@ -685,7 +696,7 @@ export class VmManager extends EventEmitter<{
       try {
         let taken: Awaited<ReturnType<typeof d.suspend>>;
         try {
-          if (creds) await this.#wipeAndScrub(id, live);
+          if (creds || (await this.#mayHoldSecrets(id))) await this.#wipeAndScrub(id, live);
           await this.#syncGuest(id);
           await rm(join(dir, SUSPEND_DIR), { recursive: true, force: true });
           await mkdir(join(dir, SUSPEND_DIR), { mode: 0o700 });
@@ -701,6 +712,7 @@ export class VmManager extends EventEmitter<{
                   `VM ${id}: delivering credentials after a failed suspend failed: ${err.message}`,
                 ),
               );
+          await this.#deliverSecrets(id);
           throw e;
         }
         // Recorded before QEMU ends: from here on the saved state is the VM.
@@ -906,6 +918,7 @@ export class VmManager extends EventEmitter<{
       await this.#driver.forget?.(id, this.dirOf(id));
       await this.#records.remove(id);
       await this.#links.forget(record);
+      this.#secrets.delete(id);
     });
   }
 
@@ -989,7 +1002,8 @@ export class VmManager extends EventEmitter<{
       }
       const name = req.name ?? defaultSnapshotName(new Set(record.snapshots.map((s) => s.name)));
       const creds = this.#credentials.get(id);
-      if (creds) await this.#wipeAndScrub(id, live);
+      const secrets = await this.#mayHoldSecrets(id);
+      if (creds || secrets) await this.#wipeAndScrub(id, live);
       try {
         // What the guest holds in its page cache goes to the disks first, so the frozen layers
         // show what the guest saw (the changed-files list compares layers); best effort.
@@ -1028,6 +1042,7 @@ export class VmManager extends EventEmitter<{
         return { snapshot: await publicSnapshot(dir, snapshot), reused: false };
       } finally {
         if (creds) await (await this.#guest(id)).putCredentials(creds);
+        if (secrets) await this.#deliverSecrets(id);
       }
     });
   }
@@ -1072,6 +1087,8 @@ export class VmManager extends EventEmitter<{
             resumedMs = performance.now() - started;
           },
         );
+        // The snapshot holds no secrets (they were wiped before it was taken): put them back.
+        await this.#deliverSecrets(id);
         this.#unchangedSince.set(id, name);
         const revertMs = performance.now() - started;
         return { snapshot: await publicSnapshot(dir, snapshot), revertMs, resumedMs };
@@ -1335,6 +1352,60 @@ export class VmManager extends EventEmitter<{
       await guest.putCredentials(forGuest);
       this.#credentials.set(id, forGuest);
     });
+  }
+
+  /**
+   * The tenant's secrets for this VM (values base64), the complete set, from the control plane;
+   * kept in memory only. A running VM gets them at once, in place (a changed value replaced, a
+   * removed one deleted); a stopped or suspended one at its next start or wake.
+   */
+  async setSecrets(id: string, files: Record<string, string>): Promise<void> {
+    const secrets = parseOrThrow(GuestSecrets, { files });
+    this.#secrets.set(id, secrets);
+    await this.#locked(id, async () => {
+      if (this.#secrets.get(id) !== secrets) return; // a newer set delivers
+      if (this.#live.has(id) && !this.#transitions.has(id)) await this.#deliverSecrets(id, false);
+    });
+  }
+
+  /** Forgets a VM's secrets (its tenant left this host); the guest keeps what it has until it stops. */
+  forgetSecrets(id: string): void {
+    this.#secrets.delete(id);
+  }
+
+  /**
+   * Puts the VM's secrets into its guest, when this agent knows of them. An empty set is sent
+   * only to a guest that may hold some (`fresh`: false, a change while it runs; its directory
+   * is asked), so removed ones go; a guest just booted, woken, reverted or wiped holds none, and
+   * one whose tenant has no secrets is not asked at all. A failure is logged, not thrown: a start
+   * must not fail for it (an image whose guest agent predates secrets answers NOT_FOUND), and
+   * the next change delivers again.
+   */
+  async #deliverSecrets(id: string, fresh = true): Promise<void> {
+    const secrets = this.#secrets.get(id);
+    if (!secrets) return;
+    try {
+      const guest = await this.#guest(id);
+      if (Object.keys(secrets.files).length === 0) {
+        if (fresh) return;
+        if ((await guest.list(SECRETS_DIR).catch(() => [])).length === 0) return;
+      }
+      await guest.putSecrets(secrets);
+    } catch (e) {
+      this.#o.log?.(`VM ${id}: delivering its secrets failed: ${(e as Error).message}`);
+    }
+  }
+
+  /**
+   * Whether the guest may hold secrets, so a snapshot or suspend must wipe them first. Known
+   * from memory once the control plane gave them; until then (an agent that just restarted)
+   * the guest is asked whether its secrets directory has anything in it.
+   */
+  async #mayHoldSecrets(id: string): Promise<boolean> {
+    const known = this.#secrets.get(id);
+    if (known) return Object.keys(known.files).length > 0;
+    const listed = await (await this.#guest(id)).list(SECRETS_DIR).catch(() => []);
+    return listed.length > 0;
   }
 
   /**

@@ -1,0 +1,144 @@
+/**
+ * The secret commands as a user runs them (node_modules/.bin/warren, the bundled CLI, a
+ * separate process) against a real control plane in this process and a fake host agent:
+ * `warren tenant secret set T NAME=VALUE`, `NAME=-` from stdin and `--from-file` (exact bytes),
+ * `list` (names and versions, never a value), `rm`, errors for bad names; and
+ * `warren rotate-master-key` refusing while the control plane runs.
+ */
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import {
+  call,
+  convergeAllRunning,
+  createTenantWithKey,
+  FakeAgent,
+  openTestControlPlane,
+  type TestControlPlane,
+} from '../helpers/api.ts';
+import { REPO_ROOT } from '../helpers/image.ts';
+
+const WARREN = join(REPO_ROOT, 'node_modules', '.bin', 'warren');
+
+let t: TestControlPlane;
+let agent: FakeAgent;
+let key = '';
+let tenantId = '';
+let dir = '';
+
+before(async () => {
+  t = await openTestControlPlane();
+  agent = await new FakeAgent('cli-sec-host', { vcpus: 64, memoryMiB: 65536, diskMiB: 1_000_000 }).start(
+    t.url,
+    t.joinToken,
+  );
+  const { created, key: k } = await createTenantWithKey(t, { name: 'bot' });
+  key = k.token;
+  tenantId = created.tenant.id;
+  await convergeAllRunning(t, [agent]);
+  dir = await mkdtemp(join(tmpdir(), 'wt-cli-sec-'));
+});
+
+after(async () => {
+  await agent?.stop();
+  await t?.close();
+  if (dir) await rm(dir, { recursive: true, force: true });
+});
+
+function warren(
+  args: string[],
+  stdin?: Buffer,
+  env: Record<string, string> = {},
+): Promise<{ status: number | null; stdout: string; stderr: string }> {
+  const child = spawn(WARREN, args, {
+    env: {
+      ...process.env,
+      WARREN_API_URL: t.url,
+      WARREN_TOKEN: key,
+      WARREN_DATA_DIR: join(dir, 'none'),
+      ...env,
+    },
+    stdio: [stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'],
+  });
+  if (stdin) child.stdin!.end(stdin);
+  let stdout = '';
+  let stderr = '';
+  child.stdout!.on('data', (b) => (stdout += b));
+  child.stderr!.on('data', (b) => (stderr += b));
+  return new Promise((resolve) => child.on('close', (status) => resolve({ status, stdout, stderr })));
+}
+
+async function delivered(): Promise<Record<string, Buffer>> {
+  const r = await call(t.url, 'POST', '/v1/agent/secrets', { token: agent.token, body: { tenantId } });
+  assert.equal(r.status, 200, r.text);
+  return Object.fromEntries(
+    r.body.secrets.map((s: { name: string; value: string }) => [s.name, Buffer.from(s.value, 'base64')]),
+  );
+}
+
+describe('warren tenant secret', () => {
+  test('set from the command line, stdin and a file; list; rm', async () => {
+    const a = await warren(['tenant', 'secret', 'set', 'bot', 'API_TOKEN=tok=with=equals']);
+    assert.equal(a.status, 0, a.stderr);
+    assert.match(a.stderr, /set secret API_TOKEN of bot: version 1/);
+    assert.equal(a.stdout, '');
+
+    const fromStdin = randomBytes(200);
+    const b = await warren(['tenant', 'secret', 'set', 'bot', 'BINARY=-'], fromStdin);
+    assert.equal(b.status, 0, b.stderr);
+    const file = join(dir, 'cert.pem');
+    await writeFile(file, 'line one\nline two\n', { mode: 0o600 });
+    const c = await warren(['tenant', 'secret', 'set', 'bot', 'CERT', '--from-file', file, '--json']);
+    assert.equal(c.status, 0, c.stderr);
+    assert.equal(JSON.parse(c.stdout).version, 1);
+    const again = await warren(['tenant', 'secret', 'set', 'bot', 'API_TOKEN=second']);
+    assert.match(again.stderr, /version 2/);
+
+    const got = await delivered();
+    assert.equal(got.API_TOKEN!.toString(), 'second');
+    assert.ok(got.BINARY!.equals(fromStdin), 'stdin bytes arrive exactly');
+    assert.equal(got.CERT!.toString(), 'line one\nline two\n');
+
+    const list = await warren(['tenant', 'secret', 'list', 'bot']);
+    assert.equal(list.status, 0, list.stderr);
+    assert.match(list.stdout, /^NAME\s+VERSION\s+UPDATED/);
+    assert.match(list.stdout, /API_TOKEN\s+2\s/);
+    assert.ok(!list.stdout.includes('second') && !list.stdout.includes('line one'), 'list shows a value');
+    const json = JSON.parse((await warren(['tenant', 'secret', 'list', 'bot', '--json'])).stdout);
+    assert.deepEqual(
+      json.secrets.map((s: { name: string }) => s.name),
+      ['API_TOKEN', 'BINARY', 'CERT'],
+    );
+
+    const removed = await warren(['tenant', 'secret', 'rm', 'bot', 'CERT']);
+    assert.equal(removed.status, 0, removed.stderr);
+    assert.deepEqual(Object.keys(await delivered()).sort(), ['API_TOKEN', 'BINARY']);
+    const gone = await warren(['tenant', 'secret', 'rm', 'bot', 'CERT']);
+    assert.equal(gone.status, 1);
+    assert.match(gone.stderr, /NOT_FOUND/);
+  });
+
+  test('usage errors say what is allowed and never echo the value', async () => {
+    const lower = await warren(['tenant', 'secret', 'set', 'bot', 'api_token=hunter2-value']);
+    assert.equal(lower.status, 2, lower.stderr);
+    assert.match(lower.stderr, /upper-case letters/);
+    assert.ok(!lower.stderr.includes('hunter2-value'));
+    const noValue = await warren(['tenant', 'secret', 'set', 'bot', 'API_TOKEN']);
+    assert.equal(noValue.status, 2);
+    assert.match(noValue.stderr, /SECRET=-/);
+    const both = await warren(['tenant', 'secret', 'set', 'bot', 'A=1', '--from-file', '/etc/hostname']);
+    assert.equal(both.status, 2);
+  });
+
+  test('warren rotate-master-key refuses while the control plane runs', async () => {
+    const r = await warren(['rotate-master-key', '--new-key-file', join(dir, 'new.key')], undefined, {
+      WARREN_DATA_DIR: t.dataDir,
+    });
+    assert.equal(r.status, 1, r.stderr);
+    assert.match(r.stderr, /CONFLICT.*stop it first/s);
+  });
+});
