@@ -14,6 +14,7 @@ import { type ControlPlaneConfig, masterKeyFileOf, objectStoreConfigOf, stateDir
 import { HostService, LIFECYCLE_KINDS } from './hosts/service.ts';
 import { now } from './ids.ts';
 import { pruneHistory } from './retention.ts';
+import { SkillService } from './skills/service.ts';
 import { dialectFromConfig, openStore, type Store, type StoreDialect } from './store/index.ts';
 import { TenantLocks, TenantStreams } from './tenants/concurrency.ts';
 import { TenantService } from './tenants/service.ts';
@@ -73,6 +74,8 @@ export async function openControlPlane(
   const snapshots = new SnapshotService({ db: store.db, hosts, agents });
   const tenantSessions = new TenantSessionService({ db: store.db, config, snapshots, locks, log });
   const objects = createObjectStore(objectStoreConfigOf(config));
+  const skills = new SkillService({ db: store.db, objects });
+  hosts.skills = skills;
   const backups = new BackupService({
     db: store.db,
     config,
@@ -99,6 +102,7 @@ export async function openControlPlane(
       snapshots,
       tenantSessions,
       backups,
+      skills,
     },
     log,
   );

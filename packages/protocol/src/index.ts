@@ -5,5 +5,6 @@ export * from './frames.ts';
 export * from './guest-api.ts';
 export * from './http-headers.ts';
 export * from './local-api.ts';
+export * from './skills.ts';
 export * from './snapshots.ts';
 export * from './validate.ts';

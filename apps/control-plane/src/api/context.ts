@@ -4,6 +4,7 @@ import type { AgentClient } from '../agents/agent-client.ts';
 import type { BackupService } from '../backups/service.ts';
 import type { ControlPlaneConfig } from '../config.ts';
 import type { HostService } from '../hosts/service.ts';
+import type { SkillService } from '../skills/service.ts';
 import type { Db } from '../store/index.ts';
 import type { TenantLocks, TenantStreams } from '../tenants/concurrency.ts';
 import type { TenantService } from '../tenants/service.ts';
@@ -28,6 +29,8 @@ export interface Api {
   snapshots: SnapshotService;
   tenantSessions: TenantSessionService;
   backups: BackupService;
+  /** Skill packages, channels, configuration templates (issue 14). */
+  skills: SkillService;
   route<B extends z.ZodType | undefined = undefined, Q extends z.ZodType | undefined = undefined>(
     spec: RouteSpec<B, Q>,
     handler: (

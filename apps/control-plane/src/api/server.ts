@@ -14,6 +14,7 @@ import { backupRoutes } from './routes/backups.ts';
 import { checkDashboardRequest, dashboardRoutes } from './routes/dashboard.ts';
 import { guestRoutes } from './routes/guest.ts';
 import { sessionRoutes } from './routes/sessions.ts';
+import { skillRoutes } from './routes/skills.ts';
 import { snapshotRoutes } from './routes/snapshots.ts';
 import { tenantSessionRoutes } from './routes/tenant-sessions.ts';
 import { tenantRoutes } from './routes/tenants.ts';
@@ -92,6 +93,7 @@ export function createApiServer(services: Omit<Api, 'route'>, log: (m: string) =
   tenantSessionRoutes(api);
   adminRoutes(api);
   agentRoutes(api);
+  skillRoutes(api);
   sessionRoutes(api);
 
   const dashboard: RegisteredRoute[] = [];

@@ -21,6 +21,7 @@ import { hashToken } from '../auth/tokens.ts';
 import { type ControlPlaneConfig, defaultIdleTimeoutMs } from '../config.ts';
 import { newId, now } from '../ids.ts';
 import { releaseTenant, suspendedHold } from '../scheduler/place.ts';
+import type { SkillService } from '../skills/service.ts';
 import type { HostsTable, QuarantinedVmsTable, TenantsTable } from '../store/database.ts';
 import type { Db } from '../store/index.ts';
 import { safeImages } from '../tenants/service.ts';
@@ -43,6 +44,9 @@ export class HostService {
   readonly #cgroups = new Map<string, CgroupState>();
   /** Each host's VMM driver from its last heartbeat; in memory like `#cgroups`, for the same reason. */
   readonly #vmms = new Map<string, string>();
+
+  /** Resolves each tenant's skills and configuration for the desired list (set at start). */
+  skills: SkillService | undefined;
 
   constructor(db: Db, config: ControlPlaneConfig) {
     this.#db = db;
@@ -206,6 +210,8 @@ export class HostService {
           dashboardPort: row.dashboard_port,
           generation: row.generation,
           idleTimeoutMs: effectiveIdleTimeoutMs(row, idleDefault),
+          skills: [],
+          config: null,
         });
         if (!vm) {
           states.push(row);
@@ -303,6 +309,11 @@ export class HostService {
         .where('id', '=', hostId)
         .execute();
       await this.#storeQuarantine(trx, hostId, hb.quarantined ?? []);
+      const workspace = await this.skills?.desiredFor(
+        trx,
+        rows.filter((r) => r.desired_state !== 'absent'),
+      );
+      for (const d of keep) Object.assign(d, workspace?.get(d.tenantId) ?? {});
       return keep;
     });
     return { tenants, heartbeatIntervalMs: this.#config.heartbeatIntervalMs };

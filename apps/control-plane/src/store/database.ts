@@ -18,6 +18,9 @@ export interface Database {
   tenant_keys: TenantKeysTable;
   backup_policies: BackupPoliciesTable;
   quarantined_vms: QuarantinedVmsTable;
+  skill_packages: SkillPackagesTable;
+  skill_channels: SkillChannelsTable;
+  config_templates: ConfigTemplatesTable;
 }
 
 export interface TenantsTable {
@@ -51,6 +54,12 @@ export interface TenantsTable {
   attempts_count?: number | null;
   /** When the host tries again; null with a count: it gave up. */
   next_attempt_at?: string | null;
+  /** JSON array of skill references, `name@version` or `name@channel` (migration 0012). */
+  skills?: string;
+  /** JSON object: configuration file name -> the tenant's own values (0012). */
+  config_values?: string;
+  /** Grows with every change of `config_values` (0012). */
+  config_version?: number;
 }
 
 export interface HostsTable {
@@ -233,4 +242,39 @@ export interface QuarantinedVmsTable {
   disk_mib: number;
   quarantined_at: string;
   remove_after: string;
+}
+
+/** One pushed skill package version (migration 0012); immutable. */
+export interface SkillPackagesTable {
+  name: string;
+  version: string;
+  /** sha256:<hex> of the bundle; its object key is skills/sha256/<hex>. */
+  digest: string;
+  size_bytes: number;
+  /** JSON array of the skill folder names. */
+  skills: string;
+  created_at: string;
+}
+
+/** A channel of a package and its staged rollout (0012). */
+export interface SkillChannelsTable {
+  name: string;
+  channel: string;
+  version: string;
+  previous_version: string | null;
+  rollout_percent: number;
+  /** Grows when `version` changes; hashed with the tenant id to pick the rollout's tenants. */
+  generation: number;
+  /** next-start | now */
+  apply: string;
+  updated_at: string;
+}
+
+/** One version of a platform-wide configuration template (0012). */
+export interface ConfigTemplatesTable {
+  file: string;
+  version: number;
+  /** JSON object. */
+  body: string;
+  created_at: string;
 }
