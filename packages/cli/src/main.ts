@@ -72,6 +72,11 @@ const COMMANDS: Record<string, () => Promise<Command>> = {
   'image build': () => import('./commands/image/build.ts'),
   'image list': () => import('./commands/image/list.ts'),
   'vm run': () => import('./commands/vm/run.ts'),
+  'skill push': () => import('./commands/skill/push.ts'),
+  'skill list': () => import('./commands/skill/list.ts'),
+  'skill channel set': () => import('./commands/skill/channel/set.ts'),
+  'config template set': () => import('./commands/config/template/set.ts'),
+  'config template list': () => import('./commands/config/template/list.ts'),
 };
 
 /** Options every command takes, whether or not its usage line shows them. */
@@ -146,6 +151,8 @@ async function main(argv: string[]): Promise<number> {
   const own = dash >= 0 ? argv.slice(0, dash) : argv;
   const rest = dash >= 0 ? argv.slice(dash + 1) : [];
   const json = own.includes('--json');
+  // `warren skill push --version V` takes a value; everywhere else --version is the CLI's own.
+  const versionTakesValue = own[0] === 'skill';
   try {
     const { values, positionals } = parseArgs({
       args: own,
@@ -155,7 +162,7 @@ async function main(argv: string[]): Promise<number> {
         json: { type: 'boolean' },
         help: { type: 'boolean', short: 'h' },
         verbose: { type: 'boolean', short: 'v' },
-        version: { type: 'boolean' },
+        version: { type: versionTakesValue ? 'string' : 'boolean' },
         'api-url': { type: 'string' },
         token: { type: 'string' },
         force: { type: 'boolean' },
@@ -187,9 +194,14 @@ async function main(argv: string[]): Promise<number> {
         'keep-hourly': { type: 'string' },
         'keep-daily': { type: 'string' },
         'keep-weekly': { type: 'string' },
+        skill: { type: 'string', multiple: true },
+        config: { type: 'string', multiple: true },
+        rollout: { type: 'string' },
+        apply: { type: 'string' },
+        versions: { type: 'boolean' },
       },
     });
-    if (values.version && positionals.length === 0) {
+    if (values.version === true && positionals.length === 0) {
       if (json) process.stdout.write(`${JSON.stringify({ version: cliPackage.version }, null, 2)}\n`);
       else process.stdout.write(`warren ${cliPackage.version}\n`);
       return 0;

@@ -7,6 +7,7 @@ import { Http } from './http.ts';
 import { JoinTokens } from './join-tokens.ts';
 import { Keys } from './keys.ts';
 import { Operations } from './operations.ts';
+import { Skills } from './skills.ts';
 import { Sessions, Snapshots } from './snapshots.ts';
 import { Tenants } from './tenants.ts';
 
@@ -44,6 +45,8 @@ export class WarrenClient {
   readonly sessions: Sessions;
   /** Backups and restores (`/v1/tenants/{t}/backups`). */
   readonly backups: Backups;
+  /** Shared skill packages, channels, configuration templates and tenant versions. */
+  readonly skills: Skills;
   readonly #http: Http;
 
   constructor(options: WarrenClientOptions = {}) {
@@ -67,6 +70,7 @@ export class WarrenClient {
     this.snapshots = new Snapshots(http);
     this.sessions = new Sessions(http, this.tenants);
     this.backups = new Backups(http);
+    this.skills = new Skills(http);
   }
 
   async health(): Promise<z.output<typeof HealthResponse>> {

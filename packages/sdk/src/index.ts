@@ -21,12 +21,16 @@ export type {
   ListTenantsQuery,
   Operation,
   RevertResult,
+  SkillChannel,
+  SkillList,
+  SkillPackage,
   Snapshot,
   Tenant,
   TenantExecRequest,
   TenantOperationResponse,
   TenantSession,
   TenantState,
+  TenantVersions,
   VerifyResult,
 } from '@warren/protocol';
 export { WarrenError } from '@warren/protocol';
@@ -40,5 +44,6 @@ export * from './join-tokens.ts';
 export * from './keys.ts';
 export * from './node-fetch.ts';
 export * from './operations.ts';
+export * from './skills.ts';
 export * from './snapshots.ts';
 export * from './tenants.ts';
