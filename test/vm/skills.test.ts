@@ -1,24 +1,25 @@
 /**
- * Shared skill packages and configuration in a real microVM (issue 14, acceptance 2): a package
- * pushed to a real control plane (SQLite, the filesystem object store) and assigned to a tenant
- * through a channel reaches the host as the heartbeat's desired list names it; the real host
- * agent fetches the bundle with its host token, verifies it, builds its disk and boots a real
- * VM with it. In the guest the package is at /opt/warren/skills/<name>/, read-only (EROFS),
- * and /run/warren/config/openclaw.json lists it in skills.load.extraDirs. A bundle changed in
- * the host's cache or in the object store is refused before any VM gets it. One boot.
- * (The fake agent here only stands in for heartbeats; the VM side is the real host agent.)
+ * Shared skill packages and configuration in a real microVM (issue 14, acceptance 2), all real:
+ * a control plane in this process (SQLite, the filesystem object store) and a host agent joined
+ * to it, converging a real VM. A package pushed and assigned to a tenant through a channel is
+ * fetched by the host with its host token, verified, made into a disk and attached; in the
+ * guest it is at /opt/warren/skills/<name>/, read-only (EROFS), and
+ * /run/warren/config/openclaw.json lists it in skills.load.extraDirs; a new template reaches
+ * the running guest in place. A bundle changed in the host's cache or in the object store is
+ * refused before attach, and the tenant says SKILL_INTEGRITY. One boot.
  */
 import assert from 'node:assert/strict';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { ControlPlaneClient } from '@warren/host-agent';
+import { type ControlLink, connectControlPlane, type Host, loadConfig, openHost } from '@warren/host-agent';
 import { packSkillDir } from '@warren/images/skill-bundle';
-import type { DesiredTenant } from '@warren/protocol';
-import { call, FAKE_IMAGE, FakeAgent, openTestControlPlane, type TestControlPlane } from '../helpers/api.ts';
-import { collect, openTestHost, type TestHost } from '../helpers/host.ts';
-import { minimalImage } from '../helpers/image.ts';
+import { vmIdOfTenant } from '@warren/protocol';
+import { call, openTestControlPlane, type TestControlPlane } from '../helpers/api.ts';
+import { collect } from '../helpers/host.ts';
+import { minimalImage, TEST_IMAGES_DIR } from '../helpers/image.ts';
+import { until } from '../helpers/until.ts';
 
 const SKILL_MD = '---\nname: hello\ndescription: Says hello from a shared package.\n---\n\nSay hello.\n';
 
@@ -48,36 +49,63 @@ function flipByte(buf: Buffer, at: number): Buffer {
 
 describe('skill packages in a microVM', { timeout: 600_000 }, () => {
   let t: TestControlPlane;
-  let agent: FakeAgent;
-  let host: TestHost;
-  let image: string;
+  let host: Host;
+  let link: ControlLink;
+  let dataDir: string;
   let work: string;
-  let desired: DesiredTenant;
-  let vmId: string;
+  let tenantId = '';
+  let digest = '';
+  const logs: string[] = [];
+
+  const tenant = async (name: string) =>
+    (await call(t.url, 'GET', `/v1/tenants/${name}`, { token: t.adminToken })).body;
+  const guestSh = async (script: string, user?: string) => {
+    const guest = await host.vms.guest(vmIdOfTenant(tenantId));
+    const r = await collect((o) =>
+      guest.exec({ argv: ['/usr/lib/warren/busybox', 'sh', '-c', script], ...(user ? { user } : {}) }, o),
+    );
+    return { ...r, exit: r.exit as { exitCode: number | null } };
+  };
 
   before(async () => {
-    image = await minimalImage();
+    const image = await minimalImage();
     work = await mkdtemp(join(tmpdir(), 'wsk-'));
-    t = await openTestControlPlane();
-    agent = await new FakeAgent('skills-host', { vcpus: 16, memoryMiB: 32_768, diskMiB: 100_000 }).start(
-      t.url,
-      t.joinToken,
+    dataDir = await mkdtemp(join(tmpdir(), 'wt-'));
+    t = await openTestControlPlane({ heartbeatIntervalMs: 300, defaultProfile: 'minimal' });
+    host = await openHost(
+      loadConfig(
+        {},
+        {
+          dataDir,
+          imagesDir: TEST_IMAGES_DIR,
+          bootTimeoutMs: 90_000,
+          controlPlaneUrl: t.url,
+          joinToken: t.joinToken,
+          hostName: 'skills-host',
+          agentListen: '127.0.0.1:0',
+          network: 'off',
+          heartbeatMs: 300,
+          capacityDiskMiB: 10_240,
+        },
+      ),
     );
-    host = await openTestHost();
-    const client = new ControlPlaneClient(t.url);
-    host.vms.skills.setFetcher((digest, max) => client.skillBundle(agent.token, digest, max));
+    link = await connectControlPlane(host, (m) => logs.push(m), { retryInitialMs: 1000, retryMaxMs: 4000 });
+    assert.ok(image);
   });
 
   after(async () => {
-    await host?.dispose();
-    await agent?.stop();
+    await link?.close();
+    if (host) {
+      for (const vm of await host.vms.list()) await host.vms.destroy(vm.id).catch(() => {});
+      host.vms.close();
+    }
     await t?.close();
-    if (work) await rm(work, { recursive: true, force: true });
+    for (const d of [work, dataDir]) if (d) await rm(d, { recursive: true, force: true });
   });
 
   test('a pushed package assigned through a channel is mounted read-only in the guest, with its config', async () => {
     await writePackage(join(work, 'team-tools'), 'v1');
-    const digest = await push(t, join(work, 'team-tools'), 'team-tools', '1.0.0');
+    digest = await push(t, join(work, 'team-tools'), 'team-tools', '1.0.0');
     const ch = await call(t.url, 'PUT', '/v1/skills/team-tools/channels/stable', {
       token: t.adminToken,
       body: { version: '1.0.0' },
@@ -88,93 +116,102 @@ describe('skill packages in a microVM', { timeout: 600_000 }, () => {
       body: { template: { gateway: { port: 18789, bind: 'lan' } } },
     });
     assert.equal(tpl.status, 200, tpl.text);
+    const started = performance.now();
     const created = await call(t.url, 'POST', '/v1/tenants', {
       token: t.adminToken,
       body: {
         name: 'skilled',
-        image: FAKE_IMAGE,
+        memoryMiB: 512,
+        diskMiB: 64,
+        idleTimeout: 'never',
         skills: ['team-tools@stable'],
         config: { 'openclaw.json': { agents: { defaults: { workspace: '/workspace' } } } },
       },
     });
     assert.equal(created.status, 202, created.text);
-    await agent.heartbeat();
-    desired = agent.desired.find((d) => d.name === 'skilled')!;
-    assert.deepEqual(
-      desired.skills.map((s) => [s.name, s.version, s.digest]),
-      [['team-tools', '1.0.0', digest]],
-    );
+    tenantId = created.body.tenant.id;
+    await until('the tenant runs', async () => (await tenant('skilled')).state === 'running', 180_000);
+    console.log(`create to running with one skill package: ${Math.round(performance.now() - started)} ms`);
 
-    const vm = await host.vms.create({ image, memoryMiB: 512, diskMiB: 64 });
-    vmId = vm.id;
-    await host.vms.setSkills(vmId, desired.skills);
-    host.vms.setConfig(vmId, desired.config);
-    const started = performance.now();
-    await host.vms.start(vmId);
-    console.log(`boot with one skill package: ${Math.round(performance.now() - started)} ms`);
-    const guest = await host.vms.guest(vmId);
-    const sh = async (script: string, user?: string) => {
-      const r = await collect((o) =>
-        guest.exec({ argv: ['/usr/lib/warren/busybox', 'sh', '-c', script], ...(user ? { user } : {}) }, o),
-      );
-      return { ...r, exit: r.exit as { exitCode: number | null } };
-    };
-
-    const read = await sh('cat /opt/warren/skills/team-tools/hello/SKILL.md', 'agent');
+    const read = await guestSh('cat /opt/warren/skills/team-tools/hello/SKILL.md', 'agent');
     assert.equal(read.exit.exitCode, 0, read.stderr);
     assert.equal(read.stdout, SKILL_MD);
-    const run = await sh('/opt/warren/skills/team-tools/hello/scripts/run.sh', 'agent');
+    const run = await guestSh('/opt/warren/skills/team-tools/hello/scripts/run.sh', 'agent');
     assert.equal(run.stdout.trim(), 'v1', run.stderr);
     // Root in the guest cannot write it either: the disk itself is read-only.
-    const write = await sh('echo x > /opt/warren/skills/team-tools/hello/SKILL.md');
+    const write = await guestSh('echo x > /opt/warren/skills/team-tools/hello/SKILL.md');
     assert.notEqual(write.exit.exitCode, 0);
     assert.match(write.stderr, /Read-only file system/);
-    const mkdirIn = await sh('mkdir /opt/warren/skills/team-tools/new');
+    const mkdirIn = await guestSh('mkdir /opt/warren/skills/team-tools/new');
     assert.match(mkdirIn.stderr, /Read-only file system/);
-    const mounts = await sh('grep " /opt/warren/skills/team-tools " /proc/mounts');
+    const mounts = await guestSh('grep " /opt/warren/skills/team-tools " /proc/mounts');
     assert.match(mounts.stdout, /\bro\b/);
 
-    const cfg = await sh('cat /run/warren/config/openclaw.json', 'agent');
+    const cfg = await guestSh('cat /run/warren/config/openclaw.json', 'agent');
     assert.equal(cfg.exit.exitCode, 0, cfg.stderr);
     const doc = JSON.parse(cfg.stdout);
     assert.deepEqual(doc.skills.load.extraDirs, ['/opt/warren/skills/team-tools']);
     assert.equal(doc.gateway.port, 18789);
     assert.equal(doc.agents.defaults.workspace, '/workspace');
+
+    // The versions it runs, as `tenant show` reports them.
+    const v = await call(t.url, 'GET', '/v1/tenants/skilled/versions', { token: t.adminToken });
+    assert.deepEqual(v.body.skills, [
+      { ref: 'team-tools@stable', name: 'team-tools', version: '1.0.0', digest },
+    ]);
+
+    // A new template version reaches the running guest in place, without a restart.
+    await call(t.url, 'PUT', '/v1/config-templates/openclaw.json', {
+      token: t.adminToken,
+      body: { template: { gateway: { port: 18800, bind: 'lan' } } },
+    });
+    await until(
+      'the new template is in the guest',
+      async () =>
+        JSON.parse((await guestSh('cat /run/warren/config/openclaw.json')).stdout).gateway.port === 18800,
+      30_000,
+    );
   });
 
   test('a bundle changed in the host cache is refused before attach', async () => {
-    const s = desired.skills[0]!;
-    await host.vms.stop(vmId);
-    const path = host.vms.skills.bundlePath(s.digest);
+    const stop = await call(t.url, 'POST', '/v1/tenants/skilled/stop', { token: t.adminToken });
+    assert.equal(stop.status, 202, stop.text);
+    await until('the tenant stopped', async () => (await tenant('skilled')).state === 'stopped', 120_000);
+    const path = host.vms.skills.bundlePath(digest);
     const good = await readFile(path);
     await writeFile(path, flipByte(good, 700));
-    await assert.rejects(host.vms.start(vmId), (e: Error & { code?: string }) => {
-      assert.equal(e.code, 'SKILL_INTEGRITY');
-      assert.match(e.message, /cached bundle/);
-      return true;
-    });
-    assert.equal((await host.vms.get(vmId)).state, 'stopped');
+    await call(t.url, 'POST', '/v1/tenants/skilled/start', { token: t.adminToken });
+    await until(
+      'the tenant reports SKILL_INTEGRITY',
+      async () => (await tenant('skilled')).lastError?.code === 'SKILL_INTEGRITY',
+      60_000,
+    );
+    const tn = await tenant('skilled');
+    assert.match(tn.lastError.message, /cached bundle/);
+    assert.notEqual(tn.state, 'running');
+    assert.notEqual((await host.vms.get(vmIdOfTenant(tenantId))).state, 'running');
+    await call(t.url, 'POST', '/v1/tenants/skilled/stop', { token: t.adminToken });
     await writeFile(path, good);
   });
 
   test('a bundle changed in the object store is refused before attach', async () => {
     await writePackage(join(work, 'other'), 'other');
-    const digest = await push(t, join(work, 'other'), 'other', '2.0.0');
-    const object = join(t.dataDir, 'objects', 'skills', 'sha256', digest.slice('sha256:'.length));
+    const other = await push(t, join(work, 'other'), 'other', '2.0.0');
+    const object = join(t.dataDir, 'objects', 'skills', 'sha256', other.slice('sha256:'.length));
     await writeFile(object, flipByte(await readFile(object), 600));
-    const upd = await call(t.url, 'PATCH', '/v1/tenants/skilled', {
+    const created = await call(t.url, 'POST', '/v1/tenants', {
       token: t.adminToken,
-      body: { skills: ['team-tools@1.0.0', 'other@2.0.0'] },
+      body: { name: 'tampered', memoryMiB: 512, diskMiB: 64, skills: ['other@2.0.0'] },
     });
-    assert.equal(upd.status, 200, upd.text);
-    await agent.heartbeat();
-    const d = agent.desired.find((x) => x.name === 'skilled')!;
-    await host.vms.setSkills(vmId, d.skills);
-    await assert.rejects(host.vms.start(vmId), (e: Error & { code?: string }) => {
-      assert.equal(e.code, 'SKILL_INTEGRITY');
-      assert.match(e.message, /control plane served/);
-      return true;
-    });
-    assert.equal((await host.vms.get(vmId)).state, 'stopped');
+    assert.equal(created.status, 202, created.text);
+    await until(
+      'the tenant reports SKILL_INTEGRITY',
+      async () => (await tenant('tampered')).lastError?.code === 'SKILL_INTEGRITY',
+      60_000,
+    );
+    assert.match((await tenant('tampered')).lastError.message, /control plane served/);
+    const vm = await host.vms.get(vmIdOfTenant(created.body.tenant.id));
+    assert.notEqual(vm.state, 'running');
+    await call(t.url, 'DELETE', '/v1/tenants/tampered', { token: t.adminToken });
   });
 });
