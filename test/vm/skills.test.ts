@@ -90,7 +90,13 @@ describe('skill packages in a microVM', { timeout: 600_000 }, () => {
       ),
     );
     link = await connectControlPlane(host, (m) => logs.push(m), { retryInitialMs: 1000, retryMaxMs: 4000 });
-    assert.ok(image);
+    // Placement needs the host's first heartbeat, which names its images.
+    await until('the host reported the test image', async () => {
+      const hosts = (await call(t.url, 'GET', '/v1/hosts', { token: t.adminToken })).body.hosts;
+      return hosts?.some((h: { images: string[] }) =>
+        h.images.some((i) => image.startsWith(i) || i === image),
+      );
+    });
   });
 
   after(async () => {
@@ -171,6 +177,28 @@ describe('skill packages in a microVM', { timeout: 600_000 }, () => {
         JSON.parse((await guestSh('cat /run/warren/config/openclaw.json')).stdout).gateway.port === 18800,
       30_000,
     );
+  });
+
+  test('a channel set to apply at once restarts the VM onto the new version', async () => {
+    await writePackage(join(work, 'team-tools-2'), 'v2');
+    digest = await push(t, join(work, 'team-tools-2'), 'team-tools', '2.0.0');
+    const ch = await call(t.url, 'PUT', '/v1/skills/team-tools/channels/stable', {
+      token: t.adminToken,
+      body: { version: '2.0.0', apply: 'now' },
+    });
+    assert.equal(ch.status, 200, ch.text);
+    const started = performance.now();
+    await until(
+      'the guest runs version 2',
+      async () =>
+        (await guestSh('/opt/warren/skills/team-tools/hello/scripts/run.sh')).stdout.trim() === 'v2',
+      180_000,
+      500,
+    );
+    console.log(
+      `channel apply-now to the new version in the guest: ${Math.round(performance.now() - started)} ms`,
+    );
+    assert.equal((await tenant('skilled')).state, 'running');
   });
 
   test('a bundle changed in the host cache is refused before attach', async () => {

@@ -885,6 +885,7 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
       await this.#driver.forget?.(id, this.dirOf(id));
       await this.#records.remove(id);
       await this.#links.forget(record);
+      this.#config.delete(id);
     });
   }
 
@@ -999,6 +1000,7 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
           pausedMs: taken.pausedMs,
           dir: snapDir,
           disks: before,
+          ...(record.attachedSkills?.length ? { skills: record.attachedSkills } : {}),
         };
         record.snapshots.push(snapshot);
         record.basedOn = name;
@@ -1033,6 +1035,8 @@ export class VmManager extends EventEmitter<{ exit: [id: string, exit: VmExit] }
         record.disks = tops;
         record.basedOn = name;
         record.desired = 'running';
+        // The snapshot's device state has the skill disks it was taken with.
+        record.attachedSkills = snapshot.skills ?? [];
         delete record.lastExit;
         await this.#records.write(record);
         await collectGarbage(dir, record);

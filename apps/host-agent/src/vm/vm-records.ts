@@ -32,6 +32,11 @@ export const SnapshotRecord = z.object({
   dir: z.string(),
   /** The disk layers it froze: a revert puts new tops over them. */
   disks: Chains,
+  /**
+   * The skill packages attached when it was taken: its device state has exactly those disks, so
+   * a revert attaches them again (absent in snapshots from before skills: none).
+   */
+  skills: z.array(DesiredSkill).optional(),
 });
 export type SnapshotRecord = z.infer<typeof SnapshotRecord>;
 
