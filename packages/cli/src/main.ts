@@ -152,7 +152,7 @@ async function main(argv: string[]): Promise<number> {
   const rest = dash >= 0 ? argv.slice(dash + 1) : [];
   const json = own.includes('--json');
   // `warren skill push --version V` takes a value; everywhere else --version is the CLI's own.
-  const versionTakesValue = own[0] === 'skill';
+  const versionTakesValue = own.includes('skill');
   try {
     const { values, positionals } = parseArgs({
       args: own,
