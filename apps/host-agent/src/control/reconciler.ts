@@ -129,8 +129,9 @@ export class Reconciler {
     this.#health = options.health
       ? new GuestHealth(options.health, (id) => options.vms.consoleLog(id), options.log ?? (() => {}))
       : undefined;
-    // Skill bundles come from the control plane this agent joined, with its host token.
-    options.vms.skills.setFetcher((digest, maxBytes) => {
+    // Skill bundles come from the control plane this agent joined, with its host token. (`?.`:
+    // tests drive the reconciler with a stand-in VM manager that has none.)
+    options.vms.skills?.setFetcher((digest, maxBytes) => {
       const token = this.#credentials?.token;
       if (!token)
         return Promise.reject(new WarrenError('API_UNREACHABLE', 'not joined to a control plane yet'));
