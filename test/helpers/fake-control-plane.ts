@@ -17,6 +17,8 @@ export class FakeControlPlane {
   /** Requests that failed the protocol's schemas: a test expects none. */
   readonly invalid: string[] = [];
   tenants: DesiredTenant[] = [];
+  /** Skill bundles it serves to the agent (GET /v1/agent/skills/:digest), by digest. */
+  readonly bundles = new Map<string, Buffer>();
   /** The heartbeat token handed out by the last join; undefined refuses every heartbeat (401). */
   token: string | undefined;
   url = '';
@@ -89,6 +91,15 @@ export class FakeControlPlane {
       this.reports.push(parsed.data);
       return send(200, { tenants: this.tenants, heartbeatIntervalMs: 300 });
     }
+    const bundle = /^\/v1\/agent\/skills\/(sha256:[0-9a-f]{64})$/.exec(req.url ?? '');
+    if (req.method === 'GET' && bundle) {
+      if (!this.token || bearer !== this.token) return unauthenticated();
+      const bytes = this.bundles.get(bundle[1]!);
+      if (!bytes) return send(404, new WarrenError('NOT_FOUND', `no skill bundle ${bundle[1]}`).toBody());
+      res.writeHead(200, { 'content-type': 'application/octet-stream' });
+      res.end(bytes);
+      return;
+    }
     send(404, new WarrenError('NOT_FOUND', `no route ${req.method} ${req.url}`).toBody());
   }
 }
@@ -114,5 +125,7 @@ export function desiredTenant(
     generation,
     idleTimeoutMs: null,
     secretsGeneration: 0,
+    skills: [],
+    config: null,
   };
 }

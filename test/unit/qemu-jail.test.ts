@@ -127,3 +127,28 @@ test('the console log never holds more than twice its cap, and keeps the latest 
   await writeCappedLog(Readable.from([Buffer.alloc(cap, 'y')]), path, cap);
   assert.ok((await stat(path)).size <= cap && (await stat(`${path}.1`)).size <= cap);
 });
+
+test('skill disks: read-only, after the root and data disks, each with its serial, bound read-only into the jail', () => {
+  const skills = [
+    { name: 'tools', digest: `sha256:${'a'.repeat(64)}`, path: '/data/skills/disks/a.ext4' },
+    { name: 'more', digest: `sha256:${'b'.repeat(64)}`, path: '/data/skills/disks/b.ext4' },
+  ];
+  const { args, 'jail.sh': jailSh } = build(spec({ skills }));
+  const devices = args.filter((_, i) => args[i - 1] === '-device' && args[i]!.startsWith('virtio-blk'));
+  assert.deepEqual(devices, [
+    'virtio-blk-device,drive=root',
+    'virtio-blk-device,drive=data',
+    'virtio-blk-device,drive=skill0,serial=wsk-0',
+    'virtio-blk-device,drive=skill1,serial=wsk-1',
+  ]);
+  const skillNodes = args.filter((a) => a.includes('node-name=skill'));
+  assert.equal(skillNodes.length, 2);
+  for (const n of skillNodes)
+    assert.match(n, /read-only=on,file\.driver=file,file\.filename=\/skill-\d\.img$/);
+  // The VM's own copy (not the shared cache) is bound, read-only.
+  const binds = jailSh.split('\n').filter((l) => l.startsWith('mount') && l.includes("/skill-0.img'"));
+  assert.equal(binds.length, 1);
+  assert.ok(binds[0]!.startsWith('mount -n --bind -o ro,nosuid,nodev,noexec '), binds[0]);
+  assert.ok(binds[0]!.includes("/skills/0.img' "), binds[0]);
+  assert.ok(!jailSh.includes('/data/skills/disks/'));
+});

@@ -21,6 +21,7 @@ import { type ControlPlaneMetrics, createMetrics } from './metrics.ts';
 import { pruneHistory } from './retention.ts';
 import { imageSeed } from './secrets/rotate.ts';
 import { SecretService } from './secrets/service.ts';
+import { SkillService } from './skills/service.ts';
 import { dialectFromConfig, openStore, type Store, type StoreDialect } from './store/index.ts';
 import { TenantLocks, TenantStreams } from './tenants/concurrency.ts';
 import { TenantService } from './tenants/service.ts';
@@ -109,6 +110,8 @@ export async function openControlPlane(
   const snapshots = new SnapshotService({ db: store.db, hosts, agents });
   const tenantSessions = new TenantSessionService({ db: store.db, config, snapshots, locks, log });
   const objects = createObjectStore(objectStoreConfigOf(config));
+  const skills = new SkillService({ db: store.db, objects });
+  hosts.skills = skills;
   const backups = new BackupService({
     db: store.db,
     config,
@@ -141,6 +144,7 @@ export async function openControlPlane(
       events,
       metrics,
       secrets,
+      skills,
     },
     log,
     options.logger,

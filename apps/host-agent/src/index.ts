@@ -21,6 +21,7 @@ export * from './net/dns-forwarder.ts';
 export * from './net/dns-message.ts';
 export * from './net/host-network.ts';
 export * from './net/ruleset.ts';
+export * from './skills/skill-disks.ts';
 export * from './vm/vm-manager.ts';
 export * from './vm/vm-records.ts';
 export * from './vmm/console-log.ts';

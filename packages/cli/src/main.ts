@@ -76,6 +76,11 @@ const COMMANDS: Record<string, () => Promise<Command>> = {
   'image build': () => import('./commands/image/build.ts'),
   'image list': () => import('./commands/image/list.ts'),
   'vm run': () => import('./commands/vm/run.ts'),
+  'skill push': () => import('./commands/skill/push.ts'),
+  'skill list': () => import('./commands/skill/list.ts'),
+  'skill channel set': () => import('./commands/skill/channel/set.ts'),
+  'config template set': () => import('./commands/config/template/set.ts'),
+  'config template list': () => import('./commands/config/template/list.ts'),
 };
 
 /** Options every command takes, whether or not its usage line shows them. */
@@ -150,6 +155,8 @@ async function main(argv: string[]): Promise<number> {
   const own = dash >= 0 ? argv.slice(0, dash) : argv;
   const rest = dash >= 0 ? argv.slice(dash + 1) : [];
   const json = own.includes('--json');
+  // `warren skill push --version V` takes a value; everywhere else --version is the CLI's own.
+  const versionTakesValue = own.includes('skill');
   try {
     const { values, positionals } = parseArgs({
       args: own,
@@ -159,7 +166,7 @@ async function main(argv: string[]): Promise<number> {
         json: { type: 'boolean' },
         help: { type: 'boolean', short: 'h' },
         verbose: { type: 'boolean', short: 'v' },
-        version: { type: 'boolean' },
+        version: { type: versionTakesValue ? 'string' : 'boolean' },
         'api-url': { type: 'string' },
         token: { type: 'string' },
         force: { type: 'boolean' },
@@ -196,9 +203,14 @@ async function main(argv: string[]): Promise<number> {
         'from-file': { type: 'string' },
         // warren-platform's, parsed here too so `warren rotate-master-key` reaches it.
         'new-key-file': { type: 'string' },
+        skill: { type: 'string', multiple: true },
+        config: { type: 'string', multiple: true },
+        rollout: { type: 'string' },
+        apply: { type: 'string' },
+        versions: { type: 'boolean' },
       },
     });
-    if (values.version && positionals.length === 0) {
+    if (values.version === true && positionals.length === 0) {
       if (json) process.stdout.write(`${JSON.stringify({ version: cliPackage.version }, null, 2)}\n`);
       else process.stdout.write(`warren ${cliPackage.version}\n`);
       return 0;

@@ -5,6 +5,7 @@
  */
 import { z } from 'zod';
 import { ExecRequest } from './guest-api.ts';
+import { DesiredConfig, DesiredSkill, MAX_TENANT_SKILLS, SkillRef, TenantConfigValues } from './skills.ts';
 
 /**
  * DNS-label names (RFC 1123): lowercase ASCII letters, digits and inner dashes, at most 63
@@ -224,6 +225,10 @@ export const CreateTenantRequest = z.strictObject({
   dashboardPort: DashboardPort.optional(),
   /** Suspend the VM after this long unused (`20s`, `15m`, `2h`, `never`); the platform default when absent. */
   idleTimeout: IdleTimeout.optional(),
+  /** Shared skill packages (`name@version` or `name@channel`), attached read-only to the VM. */
+  skills: z.array(SkillRef).max(MAX_TENANT_SKILLS).optional(),
+  /** The tenant's own configuration values per file, deep-merged over the platform templates. */
+  config: TenantConfigValues.optional(),
 });
 
 /**
@@ -235,6 +240,10 @@ export const UpdateTenantRequest = z.strictObject({
   network: NetworkPolicy.optional(),
   dashboardPort: DashboardPort.optional(),
   idleTimeout: IdleTimeout.nullable().optional(),
+  /** Replaces the tenant's skill references (admin only); the VM gets them at its next start. */
+  skills: z.array(SkillRef).max(MAX_TENANT_SKILLS).optional(),
+  /** Sets (or with null removes) the tenant's values of the named files (admin only); applied at once. */
+  config: TenantConfigValues.optional(),
 });
 export type UpdateTenantRequest = z.input<typeof UpdateTenantRequest>;
 export type CreateTenantRequest = z.input<typeof CreateTenantRequest>;
@@ -609,6 +618,10 @@ export const DesiredTenant = z.object({
    * differs from what it holds. Absent from older control planes: 0.
    */
   secretsGeneration: z.number().int().min(0).default(0),
+  /** Skill packages to attach read-only, resolved to versions and digests. Absent from older control planes: none. */
+  skills: z.array(DesiredSkill).max(MAX_TENANT_SKILLS).default([]),
+  /** Rendered configuration files for /run/warren/config; null: none. */
+  config: DesiredConfig.nullable().default(null),
 });
 export type DesiredTenant = z.infer<typeof DesiredTenant>;
 

@@ -56,6 +56,11 @@ export const ERROR_CODES = {
     fault: 'platform',
     fix: 'Read the failed step in the build output; most often a package could not be downloaded or a tool is missing (run `npm test` or `npm start` once to install host packages).',
   },
+  SKILL_INTEGRITY: {
+    status: 500,
+    fault: 'platform',
+    fix: "A skill bundle does not match its digest (changed in the object store or in the host agent's cache, or cut in transfer): push the package again from its source (`warren skill push`), remove the named cached file on the host, and investigate who changed it.",
+  },
   VM_NOT_FOUND: {
     status: 404,
     fault: 'user',

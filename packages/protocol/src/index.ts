@@ -7,5 +7,6 @@ export * from './guest-api.ts';
 export * from './http-headers.ts';
 export * from './local-api.ts';
 export * from './secrets.ts';
+export * from './skills.ts';
 export * from './snapshots.ts';
 export * from './validate.ts';

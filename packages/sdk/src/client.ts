@@ -9,6 +9,7 @@ import { JoinTokens } from './join-tokens.ts';
 import { Keys } from './keys.ts';
 import { Operations } from './operations.ts';
 import { Secrets } from './secrets.ts';
+import { Skills } from './skills.ts';
 import { Sessions, Snapshots } from './snapshots.ts';
 import { Tenants } from './tenants.ts';
 
@@ -50,6 +51,8 @@ export class WarrenClient {
   readonly events: Events;
   /** Tenant secrets (`/v1/tenants/{t}/secrets`): set, list (names and versions), remove. */
   readonly secrets: Secrets;
+  /** Shared skill packages, channels, configuration templates and tenant versions. */
+  readonly skills: Skills;
   readonly #http: Http;
 
   constructor(options: WarrenClientOptions = {}) {
@@ -75,6 +78,7 @@ export class WarrenClient {
     this.backups = new Backups(http);
     this.events = new Events(http);
     this.secrets = new Secrets(http);
+    this.skills = new Skills(http);
   }
 
   async health(): Promise<z.output<typeof HealthResponse>> {

@@ -23,12 +23,16 @@ export type {
   Operation,
   PlatformEvent,
   RevertResult,
+  SkillChannel,
+  SkillList,
+  SkillPackage,
   Snapshot,
   Tenant,
   TenantExecRequest,
   TenantOperationResponse,
   TenantSession,
   TenantState,
+  TenantVersions,
   VerifyResult,
 } from '@warren/protocol';
 export { WarrenError } from '@warren/protocol';
@@ -44,5 +48,6 @@ export * from './keys.ts';
 export * from './node-fetch.ts';
 export * from './operations.ts';
 export * from './secrets.ts';
+export * from './skills.ts';
 export * from './snapshots.ts';
 export * from './tenants.ts';

@@ -8,6 +8,7 @@ import type { EventPublisher } from '../events/publisher.ts';
 import type { HostService } from '../hosts/service.ts';
 import type { ControlPlaneMetrics } from '../metrics.ts';
 import type { SecretService } from '../secrets/service.ts';
+import type { SkillService } from '../skills/service.ts';
 import type { Db } from '../store/index.ts';
 import type { TenantLocks, TenantStreams } from '../tenants/concurrency.ts';
 import type { TenantService } from '../tenants/service.ts';
@@ -37,6 +38,8 @@ export interface Api {
   events: EventPublisher;
   metrics: ControlPlaneMetrics;
   secrets: SecretService;
+  /** Skill packages, channels, configuration templates (issue 14). */
+  skills: SkillService;
   route<B extends z.ZodType | undefined = undefined, Q extends z.ZodType | undefined = undefined>(
     spec: RouteSpec<B, Q>,
     handler: (

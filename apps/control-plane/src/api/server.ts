@@ -19,6 +19,7 @@ import { eventRoutes } from './routes/events.ts';
 import { guestRoutes } from './routes/guest.ts';
 import { secretRoutes } from './routes/secrets.ts';
 import { sessionRoutes } from './routes/sessions.ts';
+import { skillRoutes } from './routes/skills.ts';
 import { snapshotRoutes } from './routes/snapshots.ts';
 import { tenantSessionRoutes } from './routes/tenant-sessions.ts';
 import { tenantRoutes } from './routes/tenants.ts';
@@ -114,6 +115,7 @@ export function createApiServer(
   tenantSessionRoutes(api);
   adminRoutes(api);
   agentRoutes(api);
+  skillRoutes(api);
   sessionRoutes(api);
   eventRoutes(api, services.hub);
   app.addHook('preClose', async () => services.hub.closeAll());

@@ -21,6 +21,7 @@ import { hashToken } from '../auth/tokens.ts';
 import { type ControlPlaneConfig, defaultIdleTimeoutMs } from '../config.ts';
 import { newId, now } from '../ids.ts';
 import { releaseTenant, suspendedHold } from '../scheduler/place.ts';
+import type { SkillService } from '../skills/service.ts';
 import type { HostsTable, QuarantinedVmsTable, TenantsTable } from '../store/database.ts';
 import type { Db } from '../store/index.ts';
 import { safeImages } from '../tenants/service.ts';
@@ -48,6 +49,8 @@ export class HostService {
   onHeartbeat: ((hostId: string, tenantIds: string[]) => void) | undefined;
   /** Told of each tenant VM a heartbeat reports newly failed, crashed or unhealthy (metrics). */
   onReportedError: ((code: string) => void) | undefined;
+  /** Resolves each tenant's skills and configuration for the desired list (set at start). */
+  skills: SkillService | undefined;
 
   constructor(db: Db, config: ControlPlaneConfig) {
     this.#db = db;
@@ -215,6 +218,8 @@ export class HostService {
           generation: row.generation,
           idleTimeoutMs: effectiveIdleTimeoutMs(row, idleDefault),
           secretsGeneration: row.secrets_generation ?? 0,
+          skills: [],
+          config: null,
         });
         if (!vm) {
           states.push(row);
@@ -314,6 +319,11 @@ export class HostService {
         .where('id', '=', hostId)
         .execute();
       await this.#storeQuarantine(trx, hostId, hb.quarantined ?? []);
+      const workspace = await this.skills?.desiredFor(
+        trx,
+        rows.filter((r) => r.desired_state !== 'absent'),
+      );
+      for (const d of keep) Object.assign(d, workspace?.get(d.tenantId) ?? {});
       return keep;
     });
     this.onHeartbeat?.(hostId, touched);

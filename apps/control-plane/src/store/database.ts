@@ -20,6 +20,9 @@ export interface Database {
   quarantined_vms: QuarantinedVmsTable;
   tenant_secrets: TenantSecretsTable;
   platform_keys: PlatformKeysTable;
+  skill_packages: SkillPackagesTable;
+  skill_channels: SkillChannelsTable;
+  config_templates: ConfigTemplatesTable;
 }
 
 export interface TenantsTable {
@@ -55,6 +58,12 @@ export interface TenantsTable {
   next_attempt_at?: string | null;
   /** Grows at every change of the tenant's secrets (migration 0011); 0: never had any. */
   secrets_generation?: number;
+  /** JSON array of skill references, `name@version` or `name@channel` (migration 0012). */
+  skills?: string;
+  /** JSON object: configuration file name -> the tenant's own values (0012). */
+  config_values?: string;
+  /** Grows with every change of `config_values` (0012). */
+  config_version?: number;
 }
 
 export interface HostsTable {
@@ -254,5 +263,40 @@ export interface TenantSecretsTable {
 export interface PlatformKeysTable {
   name: string;
   wrapped: string;
+  created_at: string;
+}
+
+/** One pushed skill package version (migration 0012); immutable. */
+export interface SkillPackagesTable {
+  name: string;
+  version: string;
+  /** sha256:<hex> of the bundle; its object key is skills/sha256/<hex>. */
+  digest: string;
+  size_bytes: number;
+  /** JSON array of the skill folder names. */
+  skills: string;
+  created_at: string;
+}
+
+/** A channel of a package and its staged rollout (0012). */
+export interface SkillChannelsTable {
+  name: string;
+  channel: string;
+  version: string;
+  previous_version: string | null;
+  rollout_percent: number;
+  /** Grows when `version` changes; hashed with the tenant id to pick the rollout's tenants. */
+  generation: number;
+  /** next-start | now */
+  apply: string;
+  updated_at: string;
+}
+
+/** One version of a platform-wide configuration template (0012). */
+export interface ConfigTemplatesTable {
+  file: string;
+  version: number;
+  /** JSON object. */
+  body: string;
   created_at: string;
 }

@@ -104,6 +104,9 @@ export class TenantService {
       idle_timeout_ms: req.idleTimeout === undefined ? null : idleSetting(req.idleTimeout),
       attempts_count: null,
       next_attempt_at: null,
+      skills: JSON.stringify(req.skills ?? []),
+      config_values: JSON.stringify(req.config ?? {}),
+      config_version: req.config ? 1 : 0,
     };
     const op = operationRow(tenant, 'create', 1, t);
     try {
@@ -168,6 +171,8 @@ export class TenantService {
         ...(r.idleTimeout !== undefined
           ? { idle_timeout_ms: r.idleTimeout === null ? null : idleSetting(r.idleTimeout) }
           : {}),
+        ...(r.skills !== undefined ? { skills: JSON.stringify(r.skills) } : {}),
+        ...(r.config !== undefined ? configChange(cur, r.config) : {}),
         generation: cur.generation + 1,
         updated_at: t,
       };
@@ -179,6 +184,9 @@ export class TenantService {
           bandwidth_mbit: next.bandwidth_mbit,
           dashboard_port: next.dashboard_port,
           idle_timeout_ms: next.idle_timeout_ms ?? null,
+          skills: next.skills ?? '[]',
+          config_values: next.config_values ?? '{}',
+          config_version: next.config_version ?? 0,
           generation: next.generation,
           updated_at: t,
         })
@@ -430,4 +438,25 @@ export function safeImages(json: string): { id: string; profile: string; created
   } catch {
     return [];
   }
+}
+
+/**
+ * A tenant's configuration values after an update: each named file's object replaces the
+ * tenant's values for that file (null removes them); the values' version grows by one.
+ */
+function configChange(
+  cur: TenantsTable,
+  change: Record<string, Record<string, unknown> | null>,
+): Pick<TenantsTable, 'config_values' | 'config_version'> {
+  let values: Record<string, unknown> = {};
+  try {
+    values = JSON.parse(cur.config_values ?? '{}');
+  } catch {
+    // Written only by this code; unreadable means none.
+  }
+  for (const [file, v] of Object.entries(change)) {
+    if (v === null) delete values[file];
+    else values[file] = v;
+  }
+  return { config_values: JSON.stringify(values), config_version: (cur.config_version ?? 0) + 1 };
 }

@@ -40,6 +40,40 @@ export class ControlPlaneClient {
     return this.#post('/v1/agent/secrets', token, { tenantId }, AgentSecrets);
   }
 
+  /** A skill bundle's bytes (at most `maxBytes`); the caller verifies its digest. */
+  async skillBundle(token: string, digest: string, maxBytes: number): Promise<Buffer> {
+    const url = `${this.#base}/v1/agent/skills/${digest}`;
+    let res: Response;
+    try {
+      res = await fetch(url, {
+        headers: { authorization: `Bearer ${token}` },
+        signal: AbortSignal.timeout(Math.max(this.#timeoutMs, 120_000)),
+      });
+    } catch (e) {
+      throw new WarrenError('API_UNREACHABLE', `control plane ${url}: ${(e as Error).message}`, { cause: e });
+    }
+    if (!res.ok) {
+      const json = await res.json().catch(() => undefined);
+      if (isErrorCode((json as Partial<ErrorBody> | undefined)?.error?.code))
+        throw WarrenError.fromBody(json);
+      throw new WarrenError('INTERNAL', `control plane ${url} answered ${res.status}`);
+    }
+    const chunks: Buffer[] = [];
+    let seen = 0;
+    try {
+      for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
+        seen += chunk.length;
+        chunks.push(Buffer.from(chunk));
+        // One byte more than the package's size is enough to know it is not the package: the
+        // digest check refuses it (SKILL_INTEGRITY), and no more is read.
+        if (seen > maxBytes) break;
+      }
+    } catch (e) {
+      throw new WarrenError('API_UNREACHABLE', `control plane ${url}: ${(e as Error).message}`, { cause: e });
+    }
+    return Buffer.concat(chunks);
+  }
+
   async #post<S extends z.ZodType>(
     path: string,
     token: string,

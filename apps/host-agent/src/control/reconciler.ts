@@ -56,7 +56,7 @@ export interface ReconcilerOptions {
   onTaskError?: (code: string) => void;
 }
 
-type Step = 'create' | 'start' | 'stop' | 'destroy' | 'network' | 'restart' | 'unquarantine';
+type Step = 'create' | 'start' | 'stop' | 'destroy' | 'network' | 'restart' | 'unquarantine' | 'skills';
 type Phase = 'provisioning' | 'starting' | 'stopping';
 
 /** What the reconciler knows about one tenant VM beyond what VmManager has on disk. */
@@ -135,6 +135,14 @@ export class Reconciler {
     this.#health = options.health
       ? new GuestHealth(options.health, (id) => options.vms.consoleLog(id), options.log ?? (() => {}))
       : undefined;
+    // Skill bundles come from the control plane this agent joined, with its host token. (`?.`:
+    // tests drive the reconciler with a stand-in VM manager that has none.)
+    options.vms.skills?.setFetcher((digest, maxBytes) => {
+      const token = this.#credentials?.token;
+      if (!token)
+        return Promise.reject(new WarrenError('API_UNREACHABLE', 'not joined to a control plane yet'));
+      return this.#o.client.skillBundle(token, digest, maxBytes);
+    });
   }
 
   /** The host id once joined. */
@@ -491,6 +499,21 @@ export class Reconciler {
         steps = ['restart'];
       }
     }
+    if (spec && want !== 'absent') this.#o.vms.setConfig(vmId, spec.config);
+    // A channel set to apply at once: a running VM whose attached packages differ restarts.
+    if (
+      steps.length === 0 &&
+      spec &&
+      want === 'running' &&
+      vm?.state === 'running' &&
+      spec.skills.some((s) => s.applyNow) &&
+      !sameSkills(vm.attachedSkills ?? [], spec.skills)
+    ) {
+      this.#o.log?.(
+        `VM ${vmId}: its skill packages changed on a channel that applies at once: restarting it`,
+      );
+      steps = ['skills', 'stop', 'start'];
+    }
     // Not tied to a generation: a policy change needs no lifecycle step and applies to a running VM.
     if (
       vm &&
@@ -550,9 +573,13 @@ export class Reconciler {
           });
         } else if (step === 'start') {
           track.phase = 'starting';
+          if (spec) await vms.setSkills(track.vmId, spec.skills);
           await vms.start(track.vmId);
+        } else if (step === 'skills') {
+          if (spec) await vms.setSkills(track.vmId, spec.skills);
         } else if (step === 'restart') {
           track.phase = 'starting';
+          if (spec) await vms.setSkills(track.vmId, spec.skills);
           this.#health?.forget(track.vmId);
           await vms.restart(track.vmId);
         } else if (step === 'unquarantine') {
@@ -623,6 +650,19 @@ export class Reconciler {
     for (const vm of await this.#o.vms.list()) if (tenantIdOfVm(vm.id)) out.set(vm.id, vm);
     return out;
   }
+}
+
+/** The same packages attached (by name and digest), in any order. */
+function sameSkills(
+  a: readonly { name: string; digest: string }[],
+  b: readonly { name: string; digest: string }[],
+): boolean {
+  const key = (l: readonly { name: string; digest: string }[]) =>
+    l
+      .map((s) => `${s.name}@${s.digest}`)
+      .sort()
+      .join(',');
+  return key(a) === key(b);
 }
 
 function samePolicy(a: NetworkPolicy | undefined, b: NetworkPolicy): boolean {

@@ -6,10 +6,13 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { ImageStore, VerifiedImage } from '@warren/images';
 import {
   type ChangeList,
+  CONFIG_DIR,
   type CreatedSnapshot,
   CreateSnapshotRequest,
   Credentials,
   DATA_VOLUME_MOUNT,
+  type DesiredConfig,
+  type DesiredSkill,
   type GuestCredentials,
   GuestSecrets,
   MAX_LISTED_CHANGES,
@@ -19,6 +22,7 @@ import {
   type RevertResult,
   resourceAmount,
   SECRETS_DIR,
+  SKILLS_MOUNT_DIR,
   type Snapshot,
   type SnapshotMemory,
   WarrenError,
@@ -30,12 +34,14 @@ import type { CgroupDriver, CgroupHandle, CgroupUsage, IoLimit } from '../cgroup
 import { changedFilesIsolated } from '../disk-changes/index.ts';
 import { GuestClient } from '../guest/guest-client.ts';
 import type { HostNetwork } from '../net/host-network.ts';
+import { SkillDisks } from '../skills/skill-disks.ts';
 import {
   DISK_NAMES,
   type DiskChains,
   type DiskName,
   DisksNotSwitched,
   type RunningVm,
+  skillDiskSerial,
   type VmExit,
   type VmLaunchSpec,
   type VmmDriver,
@@ -116,6 +122,8 @@ export interface VmStatus extends VmRecord {
 
 export interface VmManagerOptions {
   dataDir: string;
+  /** Skill package disks (a default on `dataDir` when absent). */
+  skills?: SkillDisks;
   store: ImageStore;
   driver: VmmDriver;
   accel: Accelerator;
@@ -220,6 +228,13 @@ export class VmManager extends EventEmitter<{
   readonly #waking = new Map<string, Promise<void>>();
   /** Idle tracking, the idle check loop, and making room in memory before a start (idle.ts). */
   readonly idle: IdleReclaimer;
+  /** Skill packages' disks, fetched and verified per digest (skills/skill-disks.ts). */
+  readonly skills: SkillDisks;
+  /** Each VM's rendered configuration (desired), and the version last written into its guest. */
+  readonly #config = new Map<
+    string,
+    { want: DesiredConfig | null; written?: string; writing?: Promise<void> }
+  >();
 
   private constructor(options: VmManagerOptions) {
     super();
@@ -227,6 +242,7 @@ export class VmManager extends EventEmitter<{
     this.#driver = options.driver;
     const log = options.log ?? (() => {});
     this.#records = new VmRecords(options.dataDir, log);
+    this.skills = options.skills ?? new SkillDisks({ dataDir: options.dataDir, log });
     this.#links = new VmLinks(this.#records, options.network, log);
     this.idle = new IdleReclaimer(
       {
@@ -413,6 +429,7 @@ export class VmManager extends EventEmitter<{
       await this.#driver.createDisks(partial, { baseImage: image.rootfsPath, dataMiB: req.diskMiB });
       const record: VmRecord = {
         snapshots: [],
+        skills: [],
         id,
         imageId: image.id,
         cpus: req.cpus,
@@ -608,7 +625,8 @@ export class VmManager extends EventEmitter<{
       await this.#links.prepare(record);
       if (suspended) return await this.#wake(record, suspended);
       if (record.neverStarted) {
-        if (await this.#startFromTemplate(record)) {
+        // A template's device layout has no skill disks: a VM with packages boots.
+        if (record.skills.length === 0 && (await this.#startFromTemplate(record))) {
           setKind('template');
           await this.#deliverSecrets(id);
           return this.#finish(id, record);
@@ -616,8 +634,19 @@ export class VmManager extends EventEmitter<{
         delete record.neverStarted;
         await this.#records.write(record);
       }
+      // A boot attaches the packages wanted now; a wake or a revert keeps those of its boot
+      // (the saved device state has exactly those disks).
+      record.attachedSkills = record.skills;
+      await this.#records.write(record);
       const spec = await this.#launchSpec(record, true);
       await this.#launchUntilReady(record, spec);
+      try {
+        await this.#afterBoot(record);
+      } catch (e) {
+        // Running without its packages or configuration is not the VM that was asked for.
+        await this.#killLive(id);
+        throw e;
+      }
       await this.#deliverSecrets(id);
       return this.#finish(id, record);
     } catch (e) {
@@ -655,6 +684,8 @@ export class VmManager extends EventEmitter<{
     const creds = this.#credentials.get(record.id);
     if (creds) await (await this.#guest(record.id)).putCredentials(creds);
     await this.#deliverSecrets(record.id);
+    // Its configuration may have changed while it slept.
+    this.#writeConfigSoon(record.id);
     this.#o.log?.(`VM ${record.id} woke in ${Math.round(performance.now() - started)} ms`);
     return this.#finish(record.id, record);
   }
@@ -919,6 +950,7 @@ export class VmManager extends EventEmitter<{
       await this.#records.remove(id);
       await this.#links.forget(record);
       this.#secrets.delete(id);
+      this.#config.delete(id);
     });
   }
 
@@ -1034,6 +1066,7 @@ export class VmManager extends EventEmitter<{
           pausedMs: taken.pausedMs,
           dir: snapDir,
           disks: before,
+          ...(record.attachedSkills?.length ? { skills: record.attachedSkills } : {}),
         };
         record.snapshots.push(snapshot);
         record.basedOn = name;
@@ -1069,6 +1102,8 @@ export class VmManager extends EventEmitter<{
         record.disks = tops;
         record.basedOn = name;
         record.desired = 'running';
+        // The snapshot's device state has the skill disks it was taken with.
+        record.attachedSkills = snapshot.skills ?? [];
         delete record.lastExit;
         await this.#records.write(record);
         await collectGarbage(dir, record);
@@ -1502,6 +1537,109 @@ export class VmManager extends EventEmitter<{
    * Launches the VM and waits for its guest agent (`ready`: health by default); a VM that never
    * gets ready is killed and recorded stopped. `launched` runs when the VMM is up.
    */
+  /**
+   * The packages to attach at the VM's next boot (a running VM keeps its own until then).
+   * Written to vm.json, so a restarted agent boots the VM with them too.
+   */
+  setSkills(id: string, skills: readonly DesiredSkill[]): Promise<void> {
+    return this.#locked(id, async () => {
+      const record = await this.#records.read(id);
+      if (JSON.stringify(record.skills) === JSON.stringify(skills)) return;
+      record.skills = [...skills];
+      await this.#records.write(record);
+    });
+  }
+
+  /**
+   * The VM's rendered configuration files: written into its guest now if it runs and they
+   * changed, and again after every boot or wake (the guest keeps them in a tmpfs).
+   */
+  setConfig(id: string, config: DesiredConfig | null): void {
+    const entry = this.#config.get(id) ?? { want: null };
+    entry.want = config;
+    this.#config.set(id, entry);
+    if (config && entry.written !== config.version && this.#live.has(id) && !this.#transitions.has(id))
+      this.#writeConfigSoon(id);
+  }
+
+  /** Writes the configuration in the background (a failure is logged; the next change or boot tries again). */
+  #writeConfigSoon(id: string): void {
+    const entry = this.#config.get(id);
+    if (!entry?.want || entry.writing) return;
+    entry.writing = this.#writeConfig(id)
+      .catch((e) => this.#o.log?.(`VM ${id}: writing its configuration failed: ${(e as Error).message}`))
+      .finally(() => {
+        entry.writing = undefined;
+        if (entry.want && entry.written !== entry.want.version && this.#live.has(id))
+          this.#writeConfigSoon(id);
+      });
+  }
+
+  async #writeConfig(id: string): Promise<void> {
+    const entry = this.#config.get(id);
+    const want = entry?.want;
+    if (!entry || !want) return;
+    const guest = await this.#guest(id);
+    for (const f of want.files) {
+      // Through a shell with busybox, so every profile (minimal has no coreutils) does the same:
+      // a directory the workspace user can read, the file replaced whole (rename).
+      const path = `${CONFIG_DIR}/${f.name}`;
+      const r = await guest.exec(
+        {
+          argv: [
+            GUEST_BUSYBOX,
+            'sh',
+            '-c',
+            'B=/usr/lib/warren/busybox; set -e; $B mkdir -p "$1"; $B chmod 755 /run/warren "$1"; $B cat > "$2.tmp"; $B chmod 644 "$2.tmp"; $B mv -f "$2.tmp" "$2"',
+            'sh',
+            CONFIG_DIR,
+            path,
+          ],
+          timeoutMs: 30_000,
+        },
+        { stdin: f.content },
+      );
+      if (r.exitCode !== 0)
+        throw new WarrenError('EXEC_FAILED', `writing ${path} in the guest exited with ${r.exitCode}`);
+    }
+    entry.written = want.version;
+  }
+
+  /**
+   * After a boot: mounts each attached package read-only at /opt/warren/skills/<name>/ (the
+   * disk found by its serial number, which the driver set to `wsk-<index>`), and writes the
+   * configuration files.
+   */
+  async #afterBoot(record: VmRecord): Promise<void> {
+    const attached = record.attachedSkills ?? [];
+    if (attached.length > 0) {
+      const guest = await this.#guest(record.id);
+      const args = attached.flatMap((s, i) => [skillDiskSerial(i), s.name]);
+      let stderr = '';
+      const r = await guest.exec(
+        {
+          argv: [GUEST_BUSYBOX, 'sh', '-c', MOUNT_SKILLS, 'sh', SKILLS_MOUNT_DIR, ...args],
+          timeoutMs: 60_000,
+        },
+        {
+          onStderr: (c) => {
+            stderr += c.toString();
+          },
+        },
+      );
+      if (r.exitCode !== 0)
+        throw new WarrenError(
+          'VM_BOOT_FAILED',
+          `mounting the skill packages in VM ${record.id} failed (exit ${r.exitCode}): ${stderr.slice(0, 500)}`,
+        );
+    }
+    const entry = this.#config.get(record.id);
+    if (entry?.want) {
+      entry.written = undefined;
+      await this.#writeConfig(record.id);
+    }
+  }
+
   async #launchUntilReady(
     record: VmRecord,
     spec: VmLaunchSpec,
@@ -1589,10 +1727,16 @@ export class VmManager extends EventEmitter<{
         })
       : agentCgroups?.open(record.id);
     const nic = this.#links.nicOf(record);
+    const attached = record.attachedSkills ?? [];
+    // A boot verifies every package's bundle and disk (SKILL_INTEGRITY); other uses only name them.
+    const skills = verify
+      ? await this.skills.prepare(attached)
+      : attached.map((s) => ({ name: s.name, digest: s.digest, path: this.skills.diskPath(s.digest) }));
     return {
       id: record.id,
       dir: this.dirOf(record.id),
       image,
+      ...(skills.length > 0 ? { skills } : {}),
       cpus: record.cpus,
       memoryMiB: record.memoryMiB,
       accel: this.#o.accel,
@@ -1656,6 +1800,32 @@ export class VmManager extends EventEmitter<{
     }
   }
 }
+
+/** Every Warren guest has busybox here, whatever its profile. */
+const GUEST_BUSYBOX = '/usr/lib/warren/busybox';
+
+/**
+ * Mounts the skill disks: $1 is the mount root, then pairs of (serial, package name). A disk is
+ * found by the serial number its driver gave it (/sys/block/vdX/serial), not by its order.
+ * Read-only, without device files or set-uid; mounting again what is mounted is a no-op.
+ */
+const MOUNT_SKILLS = `B=/usr/lib/warren/busybox
+root=$1; shift
+while [ $# -ge 2 ]; do
+  serial=$1; name=$2; shift 2
+  dev=
+  for b in /sys/block/vd*; do
+    [ "$($B cat "$b/serial" 2>/dev/null)" = "$serial" ] && dev=/dev/\${b##*/}
+  done
+  [ -n "$dev" ] || { echo "no disk with serial $serial for skill package $name" >&2; exit 3; }
+  dir="$root/$name"
+  $B mkdir -p "$dir"
+  $B chmod 755 /opt/warren "$root" 2>/dev/null
+  if ! $B grep -qs " $dir " /proc/mounts; then
+    $B mount -t ext4 -o ro,nodev,nosuid,noload "$dev" "$dir" || { echo "cannot mount $dev at $dir" >&2; exit 4; }
+  fi
+done
+`;
 
 async function settlesWithin(p: Promise<unknown>, ms: number): Promise<boolean> {
   let timer: NodeJS.Timeout | undefined;

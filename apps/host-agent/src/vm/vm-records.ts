@@ -2,6 +2,7 @@ import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/p
 import { join } from 'node:path';
 import {
   BackupId,
+  DesiredSkill,
   NetworkPolicy,
   parseOrThrow,
   SnapshotMemory,
@@ -31,6 +32,11 @@ export const SnapshotRecord = z.object({
   dir: z.string(),
   /** The disk layers it froze: a revert puts new tops over them. */
   disks: Chains,
+  /**
+   * The skill packages attached when it was taken: its device state has exactly those disks, so
+   * a revert attaches them again (absent in snapshots from before skills: none).
+   */
+  skills: z.array(DesiredSkill).optional(),
 });
 export type SnapshotRecord = z.infer<typeof SnapshotRecord>;
 
@@ -101,6 +107,13 @@ export const VmRecord = z.object({
   suspended: z.object({ dir: z.string(), memory: SnapshotMemory, at: z.string() }).optional(),
   /** Set at create until the VM's first start, which may restore its image's template instead of booting (templates.ts). */
   neverStarted: z.literal(true).optional(),
+  /** Skill packages to attach at the VM's next boot, as the control plane resolved them. */
+  skills: z.array(DesiredSkill).default([]),
+  /**
+   * The packages attached to its current (or last) boot: a wake or a revert restores device
+   * state that has exactly these disks, so it attaches these, not `skills`.
+   */
+  attachedSkills: z.array(DesiredSkill).optional(),
 });
 export type VmRecord = z.infer<typeof VmRecord>;
 

@@ -46,6 +46,16 @@ export interface VmLaunchSpec {
    * the device layout matches that of the tenants with a NIC restored from it.
    */
   template?: { nic: boolean };
+  /**
+   * Skill package disks to attach read-only, in this order; the guest finds each by its
+   * serial number, `skillDiskSerial(index)`.
+   */
+  skills?: { name: string; digest: string; path: string }[];
+}
+
+/** The serial number of the index-th skill disk (virtio-blk serials hold at most 20 bytes). */
+export function skillDiskSerial(index: number): string {
+  return `wsk-${index}`;
 }
 
 /**

@@ -1,6 +1,7 @@
 import {
   CreateTenantRequest,
   ListTenantsQuery,
+  parseSkillRef,
   Tenant,
   TenantOperationResponse,
   UpdateTenantRequest,
@@ -9,6 +10,10 @@ import {
 import { z } from 'zod';
 import { tenantFilter } from '../../tenants/scope.ts';
 import type { Api } from '../context.ts';
+
+function skillNames(refs: string[]): string[] {
+  return refs.map((r) => parseSkillRef(r)?.name).filter((n): n is string => n !== undefined);
+}
 
 export function tenantRoutes(api: Api): void {
   api.route(
@@ -23,6 +28,8 @@ export function tenantRoutes(api: Api): void {
     },
     async ({ body, audit }) => {
       audit.target = body.name;
+      if (body.skills) await api.skills.checkRefs(body.skills);
+      if (body.config) await api.skills.checkValues(body.config, skillNames(body.skills ?? []));
       const result = await api.tenants.create(body);
       audit.tenantId = result.tenant.id;
       return result;
@@ -71,6 +78,14 @@ export function tenantRoutes(api: Api): void {
           "a tenant key may change only its tenant's idleTimeout; the network policy and dashboard port need the admin token",
         );
       }
+      if (principal?.kind !== 'admin' && (body.skills !== undefined || body.config !== undefined)) {
+        throw new WarrenError(
+          'FORBIDDEN',
+          "a tenant's skills and configuration values are the platform's to set: they need the admin token",
+        );
+      }
+      if (body.skills) await api.skills.checkRefs(body.skills);
+      if (body.config) await api.skills.checkValues(body.config, skillNames(body.skills ?? []));
       return api.tenants.update(tenant!, body);
     },
   );

@@ -11,6 +11,7 @@ import * as m0008 from './0008-backups.ts';
 import * as m0009 from './0009-backup-drills.ts';
 import * as m0010 from './0010-idle-health.ts';
 import * as m0011 from './0011-secrets.ts';
+import * as m0012 from './0012-skills-config.ts';
 
 /**
  * Every migration, in order. Names sort lexically; never edit one that has shipped, add the
@@ -28,6 +29,7 @@ const MIGRATIONS = {
   '0009-backup-drills': m0009,
   '0010-idle-health': m0010,
   '0011-secrets': m0011,
+  '0012-skills-config': m0012,
 };
 
 export function migrationProvider(dialect: StoreDialect): MigrationProvider {

@@ -124,6 +124,11 @@ export class LibvirtDriver implements VmmDriver {
   }
 
   async launch(spec: VmLaunchSpec): Promise<RunningVm> {
+    if (spec.skills?.length)
+      throw new WarrenError(
+        'HOST_UNSUPPORTED',
+        `VM ${spec.id} has skill packages (${spec.skills.map((s) => s.name).join(', ')}), which the libvirt driver does not attach yet: run the tenant on a host with WARREN_VMM=qemu, or remove its skills`,
+      );
     const ids = spec.jail;
     if (!ids) throw new WarrenError('INTERNAL', `VM ${spec.id} has no uid to run its QEMU as`);
     this.#hostTscKHz ??= await hostTscKHz();

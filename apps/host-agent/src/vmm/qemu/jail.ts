@@ -3,6 +3,7 @@ import {
   access,
   chmod,
   chown,
+  copyFile,
   lstat,
   mkdir,
   readlink,
@@ -16,7 +17,7 @@ import { delimiter, join } from 'node:path';
 import { WarrenError } from '@warren/protocol';
 import type { JailIds, VmLaunchSpec } from '../driver.ts';
 import { INITIAL_CHAINS, layersDir, vmDisks } from '../vm-disks.ts';
-import { JAIL_PATHS, QEMU_FILES } from './qemu-args.ts';
+import { JAIL_PATHS, jailPathOfSkill, QEMU_FILES } from './qemu-args.ts';
 
 /** A snapshot's memory file, in the snapshot's directory. */
 export const SNAPSHOT_MEMORY_FILE = 'memory';
@@ -113,6 +114,20 @@ export async function prepareJail(spec: VmLaunchSpec, ids: JailIds): Promise<{ l
     await chown(join(spec.dir, layer), ids.uid, ids.gid);
     await chmod(join(spec.dir, layer), 0o600);
   }
+  // Skill disks: a copy per VM owned by its uid (the cached image is root's alone and shared by
+  // every VM), read-only to QEMU; the copies are replaced at every launch.
+  const skillsDir = join(spec.dir, SKILL_COPIES_DIR);
+  await rm(skillsDir, { recursive: true, force: true });
+  if (spec.skills?.length) {
+    await mkdir(skillsDir, { mode: 0o700 });
+    for (const [i, s] of spec.skills.entries()) {
+      const copy = skillCopyOf(spec.dir, i);
+      await copyFile(s.path, copy);
+      await chown(copy, ids.uid, ids.gid);
+      await chmod(copy, 0o400);
+      await writeFile(join(jail, jailPathOfSkill(i)), '', { flag: 'a', mode: 0o400 });
+    }
+  }
   if (spec.restore?.memory === 'mapped') {
     // QEMU 7.2 opens a memory file read-write even to map it privately; it never writes it.
     const memory = join(spec.restore.dir, SNAPSHOT_MEMORY_FILE);
@@ -120,6 +135,13 @@ export async function prepareJail(spec: VmLaunchSpec, ids: JailIds): Promise<{ l
     await chmod(memory, 0o600);
   }
   return { libDirs };
+}
+
+/** Where a VM's copies of its skill disks live, in its directory (outside the jail). */
+const SKILL_COPIES_DIR = 'skills';
+
+function skillCopyOf(dir: string, index: number): string {
+  return join(dir, SKILL_COPIES_DIR, `${index}.img`);
 }
 
 /**
@@ -208,6 +230,7 @@ export function launcher(spec: VmLaunchSpec, qemuArgs: string[], o: LauncherOpti
     bindRo(spec.image.rootfsPath, JAIL_PATHS.rootfs),
     bindRo(vmDisks(spec.dir).root, JAIL_PATHS.rootDisk, 'nosuid,nodev,noexec'),
     bindRo(vmDisks(spec.dir).data, JAIL_PATHS.dataDisk, 'nosuid,nodev,noexec'),
+    ...(spec.skills ?? []).map((_, i) => bindRo(skillCopyOf(spec.dir, i), jailPathOfSkill(i))),
     ...(spec.restore?.memory === 'mapped'
       ? [
           bindRo(

@@ -1,6 +1,6 @@
 import { basename } from 'node:path';
 import { AGENT_PORT_NAME } from '@warren/protocol';
-import type { DiskChains, VmLaunchSpec } from '../driver.ts';
+import { type DiskChains, skillDiskSerial, type VmLaunchSpec } from '../driver.ts';
 import { INITIAL_CHAINS, layerFormat } from '../vm-disks.ts';
 
 /** Files of a VM that stay outside its jail, in the VM directory: only the host agent touches them. */
@@ -16,6 +16,11 @@ export const QEMU_FILES = {
  * Paths as QEMU sees them, inside its jail: it is pivot_rooted into `<vmdir>/jail`, so `/` is
  * that directory. The sockets live in `/sock`, the one directory QEMU may create files in.
  */
+/** A skill disk's path inside the jail (its index in the launch spec). */
+export function jailPathOfSkill(index: number): string {
+  return `/skill-${index}.img`;
+}
+
 export const JAIL_PATHS = {
   kernel: '/kernel',
   initrd: '/initrd',
@@ -169,6 +174,14 @@ export function qemuArgs(spec: VmLaunchSpec, options: QemuArgOptions): string[] 
     ...data.args,
     '-device',
     `virtio-blk-device,drive=${data.top}`,
+    // Skill packages: read-only disks after the two of every VM (so those stay vda and vdb),
+    // each with a serial number by which the guest finds it.
+    ...(spec.skills ?? []).flatMap((_, i) => [
+      '-blockdev',
+      `driver=raw,node-name=skill${i},read-only=on,file.driver=file,file.filename=${jailPathOfSkill(i)}`,
+      '-device',
+      `virtio-blk-device,drive=skill${i},serial=${skillDiskSerial(i)}`,
+    ]),
     '-device',
     'virtio-rng-device',
     // The TAP the host agent made and firewalled, already opened: QEMU runs in an empty network

@@ -1,9 +1,10 @@
 import { idleTimeoutFlag, intFlag, oneOperand } from '../../args.ts';
 import { type ConnectionFlags, connect } from '../../connection.ts';
 import { follow } from '../../lifecycle.ts';
+import { configFlags } from '../../skill-flags.ts';
 
 export const usage =
-  'warren tenant create NAME [--image ID] [--cpus N] [--memory MiB] [--disk MiB] [--idle-timeout 20s|15m|2h|never] [--no-wait] [--json]';
+  'warren tenant create NAME [--image ID] [--cpus N] [--memory MiB] [--disk MiB] [--idle-timeout 20s|15m|2h|never] [--skill NAME@VERSION|NAME@CHANNEL]... [--config FILE=JSON_PATH]... [--no-wait] [--json]';
 
 /** Waits until the tenant runs (progress on stderr); stdout gets the new tenant's id. */
 export async function run(
@@ -13,6 +14,8 @@ export async function run(
     memory?: string;
     disk?: string;
     'idle-timeout'?: string;
+    skill?: string[];
+    config?: string[];
     'no-wait'?: boolean;
     json?: boolean;
   },
@@ -24,6 +27,7 @@ export async function run(
   const memory = intFlag(args.memory, '--memory');
   const disk = intFlag(args.disk, '--disk');
   const idleTimeout = idleTimeoutFlag(args['idle-timeout'], false);
+  const config = await configFlags(args.config);
   const warren = await connect(args);
   const started = await warren.tenants.create({
     name,
@@ -32,6 +36,8 @@ export async function run(
     ...(memory === undefined ? {} : { memoryMiB: memory }),
     ...(disk === undefined ? {} : { diskMiB: disk }),
     ...(idleTimeout ? { idleTimeout } : {}),
+    ...(args.skill?.length ? { skills: args.skill } : {}),
+    ...(config ? { config } : {}),
   });
   const done = await follow(warren, started, 'creating', args);
   if (!args.json) process.stdout.write(`${done.tenant.id}\n`);

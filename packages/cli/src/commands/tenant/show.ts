@@ -11,8 +11,10 @@ export async function run(
   operands: string[],
 ): Promise<number> {
   const ref = oneOperand(operands, 'tenant NAME or id', usage);
-  const t = await (await connect(args)).tenants.get(ref);
-  emit(args.json ?? false, t, () => {
+  const warren = await connect(args);
+  const t = await warren.tenants.get(ref);
+  const versions = await warren.skills.versions(t.id);
+  emit(args.json ?? false, { ...t, versions }, () => {
     const rows: [string, string][] = [
       ['name', t.name],
       ['id', t.id],
@@ -22,6 +24,20 @@ export async function run(
       ],
       ['host', t.hostId ?? '-'],
       ['image', t.imageId],
+      [
+        'skills',
+        versions.skills.length === 0
+          ? '-'
+          : versions.skills
+              .map((s) => `${s.ref} -> ${s.version ? `${s.name}@${s.version} (${s.digest})` : 'unresolved'}`)
+              .join(', '),
+      ],
+      [
+        'config',
+        versions.config.digest === null
+          ? '-'
+          : `${versions.config.digest} (templates: ${versions.config.templates.map((x) => `${x.file} v${x.version}`).join(', ') || '-'}; tenant values v${versions.config.valuesVersion})`,
+      ],
       ['resources', `${t.vcpus} vCPU, ${t.memoryMiB} MiB memory, ${t.diskMiB} MiB disk`],
       ['quota', `${t.quota.vcpus} vCPU, ${t.quota.memoryMiB} MiB memory, ${t.quota.diskMiB} MiB disk`],
       ['last error', lastError(t)],
