@@ -446,6 +446,13 @@ export const AuditEvent = z.object({
 });
 export type AuditEvent = z.infer<typeof AuditEvent>;
 
+/** `GET /v1/operations`: newest first; `status=running` lists what is in progress. */
+export const OperationsQuery = z.strictObject({
+  tenant: TenantRef.optional(),
+  status: OperationStatus.optional(),
+  limit: z.coerce.number().int().min(1).max(500).default(50),
+});
+
 export const AuditQuery = z.strictObject({
   tenant: TenantRef.optional(),
   action: z
@@ -477,6 +484,25 @@ export function dashboardPrefix(tenant: string): string {
  */
 export const SESSION_COOKIE = '__Host-warren_session';
 
+/** `POST /console/api/session`: exchange an admin token or a tenant key for a console session. */
+export const ConsoleSignInRequest = z.strictObject({ token: z.string().min(1).max(200) });
+
+/** The console's view of its session; `csrfToken` goes in `X-Warren-CSRF` on every console API call. */
+export const ConsoleSession = z.object({
+  kind: z.enum(['admin', 'tenant']),
+  tenantId: TenantId.nullable(),
+  tenantName: ResourceName.nullable(),
+  csrfToken: z.string(),
+  expiresAt: z.string(),
+});
+export type ConsoleSession = z.infer<typeof ConsoleSession>;
+
+/**
+ * The web console's session cookie (on the API's own host, path `/console/`). Read by the
+ * console's routes only (`/console/api/…`), never by `/v1`; never forwarded to a VM.
+ */
+export const CONSOLE_COOKIE = 'warren_console';
+
 /**
  * Whether a cookie name looks like the platform's session cookie: `warren_session` under any
  * case, spacing or `__Host-`/`__Secure-` prefix. Such cookies are never forwarded to a VM, and
@@ -487,7 +513,8 @@ export function isPlatformCookieName(name: string): boolean {
     name
       .trim()
       .toLowerCase()
-      .replace(/^__(host|secure)-/, '') === 'warren_session'
+      .replace(/^__(host|secure)-/, '')
+      .match(/^warren_(session|console)$/) !== null
   );
 }
 

@@ -1,6 +1,7 @@
 import { parseOrThrow, TenantRef, WarrenError } from '@warren/protocol';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { z } from 'zod';
+import { checkConsoleRequest, lookupConsoleSession } from '../auth/console.ts';
 import { actorOf, authenticate, type Principal } from '../auth/principal.ts';
 import { authenticateSession } from '../auth/sessions.ts';
 import { now } from '../ids.ts';
@@ -74,6 +75,14 @@ export interface RegisteredRoute {
 }
 
 /**
+ * Where the web console reaches the API: every `/v1` route that takes the admin token or a
+ * tenant key is also declared at `CONSOLE_API_PREFIX + url`, the same handler with the same
+ * scope, authenticated by the console's session cookie (auth/console.ts) instead of a bearer
+ * token. `/v1` itself never reads a cookie.
+ */
+export const CONSOLE_API_PREFIX = '/console/api';
+
+/**
  * Declares one route: authentication, the tenant scope check, input validation and audit
  * happen here and only here, so a handler cannot forget them.
  */
@@ -86,64 +95,78 @@ export function defineRoute<B extends z.ZodType | undefined, Q extends z.ZodType
 ): void {
   const { db, rateLimiter } = services;
   registry.push({ ...spec, streamBody: spec.streamBody ?? false });
-  app.route({
-    method: spec.method,
-    url: spec.url,
-    ...(spec.bodyLimit ? { bodyLimit: spec.bodyLimit } : {}),
-    handler: async (req, reply) => {
-      const params = (req.params ?? {}) as Record<string, string>;
-      const audit: RouteContext<unknown, unknown>['audit'] = {};
-      let principal: Principal | undefined;
-      try {
-        if (spec.auth !== 'public') {
-          principal =
-            spec.auth === 'session'
-              ? await authenticateSession(db, req.headers, req.method)
-              : await authenticate(db, req.headers.authorization);
-          rateLimiter?.take(principal.keyId);
-          if (!ALLOWED[spec.auth].includes(principal.kind)) {
-            throw new WarrenError('FORBIDDEN', `${spec.method} ${spec.url} needs ${describe(spec.auth)}`);
+  const mirrored = spec.url.startsWith('/v1/') && (spec.auth === 'admin' || spec.auth === 'tenant');
+  for (const viaConsole of mirrored ? [false, true] : [false]) {
+    app.route({
+      method: spec.method,
+      url: viaConsole ? `${CONSOLE_API_PREFIX}${spec.url}` : spec.url,
+      ...(spec.bodyLimit ? { bodyLimit: spec.bodyLimit } : {}),
+      handler: async (req, reply) => {
+        const params = (req.params ?? {}) as Record<string, string>;
+        const audit: RouteContext<unknown, unknown>['audit'] = {};
+        let principal: Principal | undefined;
+        try {
+          if (spec.auth !== 'public') {
+            if (viaConsole) {
+              const session = await lookupConsoleSession(db, req.headers);
+              principal = session;
+              if (params.tenant !== undefined) audit.target = params.tenant.slice(0, 200);
+              checkConsoleRequest(req.headers, session.sessionId, { websocket: isWebSocket(req) });
+            } else {
+              principal =
+                spec.auth === 'session'
+                  ? await authenticateSession(db, req.headers, req.method)
+                  : await authenticate(db, req.headers.authorization);
+            }
+            rateLimiter?.take(principal.keyId);
+            if (!ALLOWED[spec.auth].includes(principal.kind)) {
+              throw new WarrenError('FORBIDDEN', `${spec.method} ${spec.url} needs ${describe(spec.auth)}`);
+            }
           }
-        }
-        let tenant: TenantsTable | undefined;
-        // A public route has no principal to scope by; one that names a tenant checks its own way.
-        if (params.tenant !== undefined && spec.auth !== 'public') {
-          audit.target = params.tenant;
-          const ref = parseOrThrow(TenantRef, params.tenant);
-          tenant = await findTenantForPrincipal(db, principal, ref);
-          audit.tenantId = tenant.id;
-        }
-        const body = spec.body && !spec.streamBody ? parseOrThrow(spec.body, req.body ?? {}) : undefined;
-        const query = spec.query ? parseOrThrow(spec.query, req.query ?? {}) : undefined;
-        const result = await handler({
-          req,
-          reply,
-          principal,
-          body: body as Infer<B>,
-          query: query as Infer<Q>,
-          params,
-          tenant,
-          audit,
-        });
-        if (spec.audit) await record(db, req, principal, spec.audit, audit, reply.statusCode, 'ok');
-        if (reply.sent) return reply;
-        if (result === undefined) return reply.status(spec.response.status).send();
-        return reply.status(spec.response.status).send(result);
-      } catch (error) {
-        const e = toWarrenError(error);
-        // Requests without a valid token are not recorded: anyone could fill the log with them;
-        // nor are those over the rate limit, which exists to bound exactly that work.
-        if (spec.audit && e.code !== 'UNAUTHENTICATED' && e.code !== 'RATE_LIMITED') {
-          // A tenant probing another tenant's resource is recorded against the prober only.
-          if (principal?.kind === 'tenant' && audit.tenantId !== principal.tenantId) {
-            audit.tenantId = principal.tenantId;
+          let tenant: TenantsTable | undefined;
+          // A public route has no principal to scope by; one that names a tenant checks its own way.
+          if (params.tenant !== undefined && spec.auth !== 'public') {
+            audit.target = params.tenant;
+            const ref = parseOrThrow(TenantRef, params.tenant);
+            tenant = await findTenantForPrincipal(db, principal, ref);
+            audit.tenantId = tenant.id;
           }
-          await record(db, req, principal, spec.audit, audit, e.status, e.code).catch(() => {});
+          const body = spec.body && !spec.streamBody ? parseOrThrow(spec.body, req.body ?? {}) : undefined;
+          const query = spec.query ? parseOrThrow(spec.query, req.query ?? {}) : undefined;
+          const result = await handler({
+            req,
+            reply,
+            principal,
+            body: body as Infer<B>,
+            query: query as Infer<Q>,
+            params,
+            tenant,
+            audit,
+          });
+          if (spec.audit) await record(db, req, principal, spec.audit, audit, reply.statusCode, 'ok');
+          if (reply.sent) return reply;
+          if (result === undefined) return reply.status(spec.response.status).send();
+          return reply.status(spec.response.status).send(result);
+        } catch (error) {
+          const e = toWarrenError(error);
+          // Requests without a valid token are not recorded: anyone could fill the log with them;
+          // nor are those over the rate limit, which exists to bound exactly that work.
+          if (spec.audit && e.code !== 'UNAUTHENTICATED' && e.code !== 'RATE_LIMITED') {
+            // A tenant probing another tenant's resource is recorded against the prober only.
+            if (principal?.kind === 'tenant' && audit.tenantId !== principal.tenantId) {
+              audit.tenantId = principal.tenantId;
+            }
+            await record(db, req, principal, spec.audit, audit, e.status, e.code).catch(() => {});
+          }
+          throw e;
         }
-        throw e;
-      }
-    },
-  });
+      },
+    });
+  }
+}
+
+function isWebSocket(req: FastifyRequest): boolean {
+  return req.method === 'GET' && /^websocket$/i.test(req.headers.upgrade ?? '');
 }
 
 function describe(auth: RouteAuth): string {
@@ -163,7 +186,7 @@ function describe(auth: RouteAuth): string {
   }
 }
 
-async function record(
+export async function record(
   db: Db,
   req: FastifyRequest,
   principal: Principal | undefined,

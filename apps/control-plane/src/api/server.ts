@@ -11,6 +11,7 @@ import { defineRoute, type RegisteredRoute } from './route.ts';
 import { adminRoutes } from './routes/admin.ts';
 import { agentRoutes } from './routes/agent.ts';
 import { backupRoutes } from './routes/backups.ts';
+import { consoleRoutes } from './routes/console.ts';
 import { checkDashboardRequest, dashboardRoutes } from './routes/dashboard.ts';
 import { guestRoutes } from './routes/guest.ts';
 import { sessionRoutes } from './routes/sessions.ts';
@@ -93,6 +94,7 @@ export function createApiServer(services: Omit<Api, 'route'>, log: (m: string) =
   adminRoutes(api);
   agentRoutes(api);
   sessionRoutes(api);
+  consoleRoutes(app, services);
 
   const dashboard: RegisteredRoute[] = [];
   const proxy = new DashboardProxy({

@@ -10,6 +10,7 @@ import * as m0007 from './0007-tenant-sessions.ts';
 import * as m0008 from './0008-backups.ts';
 import * as m0009 from './0009-backup-drills.ts';
 import * as m0010 from './0010-idle-health.ts';
+import * as m0013 from './0013-console-sessions.ts';
 
 /**
  * Every migration, in order. Names sort lexically; never edit one that has shipped, add the
@@ -26,6 +27,7 @@ const MIGRATIONS = {
   '0008-backups': m0008,
   '0009-backup-drills': m0009,
   '0010-idle-health': m0010,
+  '0013-console-sessions': m0013,
 };
 
 export function migrationProvider(dialect: StoreDialect): MigrationProvider {
