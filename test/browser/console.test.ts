@@ -17,6 +17,7 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { vmIdOfTenant } from '@warren/protocol';
 import { type Browser, type BrowserContext, chromium, type Page } from 'playwright-core';
 import {
   call,
@@ -205,19 +206,16 @@ describe('the web console in a real browser', { skip }, () => {
       await axe(admin, 'tenant');
       await shoot(admin, 'tenant-admin');
       const content = `hello from the console ${Date.now()}\n`;
-      await admin.getByLabel('Upload to /root').setInputFiles({
+      await admin.getByLabel('Upload to /workspace').setInputFiles({
         name: 'hello.txt',
         mimeType: 'text/plain',
         buffer: Buffer.from(content),
       });
       await admin.getByRole('button', { name: 'Upload', exact: true }).click();
-      await admin.getByRole('status').getByText('uploaded /root/hello.txt').waitFor();
+      await admin.getByRole('status').getByText('uploaded /workspace/hello.txt').waitFor();
       const alpha = await tenant('alpha');
-      assert.equal(
-        agent.files.get(`vm-${alpha.id}:/root/hello.txt`) ?? [...agent.files.values()][0],
-        content,
-      );
-      await admin.getByLabel('Download path').fill('/root/hello.txt');
+      assert.equal(agent.files.get(`${vmIdOfTenant(alpha.id)}:/workspace/hello.txt`), content);
+      await admin.getByLabel('Download path').fill('/workspace/hello.txt');
       const [download] = await Promise.all([
         admin.waitForEvent('download'),
         admin.getByRole('button', { name: 'Download', exact: true }).click(),

@@ -203,7 +203,7 @@ const LIST_SCRIPT =
   'cd -- "$1" || exit 1; for f in * .[!.]*; do [ -e "$f" ] || [ -L "$f" ] || continue; if [ -d "$f" ]; then printf "d\\t0\\t%s\\n" "$f"; else printf "f\\t%s\\t%s\\n" "$(wc -c < "$f" 2>/dev/null || echo 0)" "$f"; fi; done';
 
 function Files({ tenant, running }: { tenant: string; running: boolean }) {
-  const [dir, setDir] = useState('/root');
+  const [dir, setDir] = useState('/workspace');
   const [entries, setEntries] = useState<{ kind: string; size: number; name: string }[]>();
   const [status, setStatus] = useState('');
   const [progress, setProgress] = useState<number>();
@@ -344,7 +344,7 @@ function Files({ tenant, running }: { tenant: string; running: boolean }) {
           id="get-path"
           value={getPath}
           onChange={(e) => setGetPath(e.target.value)}
-          placeholder="/root/file.txt"
+          placeholder="/workspace/file.txt"
         />
         <button type="submit" disabled={!running || !getPath}>
           Download

@@ -162,6 +162,12 @@ export const ControlPlaneConfig = z.strictObject({
    * `npm test` build) served at `/console/`; unset: the one next to this source tree.
    */
   consoleDir: z.string().startsWith('/').optional(),
+  /** WARREN_TERMINAL_MAX_MS: the longest a terminal session (console or API) stays open. */
+  terminalMaxMs: z.coerce
+    .number()
+    .int()
+    .min(60_000)
+    .default(8 * 3_600_000),
   /**
    * WARREN_REJOIN_TOKEN_TTL_MS: how long a re-join token (`warren host rejoin`) stays valid;
    * it is single-use and good for one host only.
@@ -299,6 +305,7 @@ export const CONFIG_ENV: Record<keyof ControlPlaneConfig, string> = {
   dashboardLoginTtlMs: 'WARREN_DASHBOARD_LOGIN_TTL_MS',
   consoleSessionTtlMs: 'WARREN_CONSOLE_SESSION_TTL_MS',
   consoleDir: 'WARREN_CONSOLE_DIR',
+  terminalMaxMs: 'WARREN_TERMINAL_MAX_MS',
   rejoinTokenTtlMs: 'WARREN_REJOIN_TOKEN_TTL_MS',
   rateLimitPerSecond: 'WARREN_RATE_LIMIT_PER_SECOND',
   rateLimitBurst: 'WARREN_RATE_LIMIT_BURST',

@@ -285,6 +285,22 @@ export const TenantExecRequest = ExecRequest.omit({ stdin: true }).extend({
 export type TenantExecRequest = z.input<typeof TenantExecRequest>;
 
 /**
+ * `GET /v1/tenants/{t}/terminal` (a WebSocket): the terminal's first size. Binary messages carry
+ * the terminal's bytes both ways; text messages are JSON: `{"resize": {cols, rows}}` from the
+ * client, `{"exit": {}}` or `{"error": {code, message}}` from the platform before it closes.
+ */
+export const TerminalQuery = z.strictObject({
+  cols: z.coerce.number().int().min(1).max(1000).default(80),
+  rows: z.coerce.number().int().min(1).max(1000).default(24),
+});
+export const TerminalResize = z.strictObject({
+  resize: z.strictObject({
+    cols: z.number().int().min(1).max(1000),
+    rows: z.number().int().min(1).max(1000),
+  }),
+});
+
+/**
  * Exec answers `application/x-ndjson`, one object per line: `{"stdout": base64}`,
  * `{"stderr": base64}`, and last either `{"exit": ExecExit}` or `{"error": {...}}`.
  */
