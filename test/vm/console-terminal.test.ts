@@ -103,10 +103,13 @@ describe('the console terminal into a real VM', { skip, timeout: 400_000 }, () =
     if (dataDir) await rm(dataDir, { recursive: true, force: true });
   });
 
-  /** What the terminal shows (xterm.js renders its rows into the DOM). */
+  /** What the terminal shows (xterm.js renders each row as an element: innerText keeps the line breaks). */
+  // biome-ignore lint/performance/useDomNodeTextContent: textContent would run the rows together
   const screen = (page: Page) => page.locator('.xterm-rows').innerText();
 
+  /** Types a command once the shell's prompt is the last thing on screen, then waits for `expect`. */
   async function run(page: Page, command: string, expect: RegExp): Promise<string> {
+    await until('the prompt', async () => /# $/.test((await screen(page)).trimEnd() + ' '), 60_000);
     await page.keyboard.type(command);
     await page.keyboard.press('Enter');
     return await until(
