@@ -109,7 +109,7 @@ describe('the console terminal into a real VM', { skip, timeout: 400_000 }, () =
 
   /** Types a command once the shell's prompt is the last thing on screen, then waits for `expect`. */
   async function run(page: Page, command: string, expect: RegExp): Promise<string> {
-    await until('the prompt', async () => /# $/.test((await screen(page)).trimEnd() + ' '), 60_000);
+    await until('the prompt', async () => /# $/.test(`${(await screen(page)).trimEnd()} `), 60_000);
     await page.keyboard.type(command);
     await page.keyboard.press('Enter');
     return await until(
