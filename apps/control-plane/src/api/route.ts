@@ -1,5 +1,5 @@
 import { parseOrThrow, TenantRef, WarrenError } from '@warren/protocol';
-import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import type { FastifyInstance, FastifyReply, FastifyRequest, RouteOptions } from 'fastify';
 import type { z } from 'zod';
 import { checkConsoleRequest, lookupConsoleSession } from '../auth/console.ts';
 import { actorOf, authenticate, type Principal } from '../auth/principal.ts';
@@ -95,73 +95,74 @@ export function defineRoute<B extends z.ZodType | undefined, Q extends z.ZodType
 ): void {
   const { db, rateLimiter } = services;
   registry.push({ ...spec, streamBody: spec.streamBody ?? false });
-  const mirrored = spec.url.startsWith('/v1/') && (spec.auth === 'admin' || spec.auth === 'tenant');
-  for (const viaConsole of mirrored ? [false, true] : [false]) {
-    app.route({
-      method: spec.method,
-      url: viaConsole ? `${CONSOLE_API_PREFIX}${spec.url}` : spec.url,
-      ...(spec.bodyLimit ? { bodyLimit: spec.bodyLimit } : {}),
-      handler: async (req, reply) => {
-        const params = (req.params ?? {}) as Record<string, string>;
-        const audit: RouteContext<unknown, unknown>['audit'] = {};
-        let principal: Principal | undefined;
-        try {
-          if (spec.auth !== 'public') {
-            if (viaConsole) {
-              const session = await lookupConsoleSession(db, req.headers);
-              principal = session;
-              if (params.tenant !== undefined) audit.target = params.tenant.slice(0, 200);
-              checkConsoleRequest(req.headers, session.sessionId, { websocket: isWebSocket(req) });
-            } else {
-              principal =
-                spec.auth === 'session'
-                  ? await authenticateSession(db, req.headers, req.method)
-                  : await authenticate(db, req.headers.authorization);
-            }
-            rateLimiter?.take(principal.keyId);
-            if (!ALLOWED[spec.auth].includes(principal.kind)) {
-              throw new WarrenError('FORBIDDEN', `${spec.method} ${spec.url} needs ${describe(spec.auth)}`);
-            }
-          }
-          let tenant: TenantsTable | undefined;
-          // A public route has no principal to scope by; one that names a tenant checks its own way.
-          if (params.tenant !== undefined && spec.auth !== 'public') {
-            audit.target = params.tenant;
-            const ref = parseOrThrow(TenantRef, params.tenant);
-            tenant = await findTenantForPrincipal(db, principal, ref);
-            audit.tenantId = tenant.id;
-          }
-          const body = spec.body && !spec.streamBody ? parseOrThrow(spec.body, req.body ?? {}) : undefined;
-          const query = spec.query ? parseOrThrow(spec.query, req.query ?? {}) : undefined;
-          const result = await handler({
-            req,
-            reply,
-            principal,
-            body: body as Infer<B>,
-            query: query as Infer<Q>,
-            params,
-            tenant,
-            audit,
-          });
-          if (spec.audit) await record(db, req, principal, spec.audit, audit, reply.statusCode, 'ok');
-          if (reply.sent) return reply;
-          if (result === undefined) return reply.status(spec.response.status).send();
-          return reply.status(spec.response.status).send(result);
-        } catch (error) {
-          const e = toWarrenError(error);
-          // Requests without a valid token are not recorded: anyone could fill the log with them;
-          // nor are those over the rate limit, which exists to bound exactly that work.
-          if (spec.audit && e.code !== 'UNAUTHENTICATED' && e.code !== 'RATE_LIMITED') {
-            // A tenant probing another tenant's resource is recorded against the prober only.
-            if (principal?.kind === 'tenant' && audit.tenantId !== principal.tenantId) {
-              audit.tenantId = principal.tenantId;
-            }
-            await record(db, req, principal, spec.audit, audit, e.status, e.code).catch(() => {});
-          }
-          throw e;
+  const route: RouteOptions = {
+    method: spec.method,
+    url: spec.url,
+    ...(spec.bodyLimit ? { bodyLimit: spec.bodyLimit } : {}),
+    handler: async (req, reply) => {
+      const params = (req.params ?? {}) as Record<string, string>;
+      const audit: RouteContext<unknown, unknown>['audit'] = {};
+      let principal: Principal | undefined;
+      try {
+        if (spec.auth !== 'public' && req.routeOptions.url?.startsWith(CONSOLE_API_PREFIX)) {
+          const session = await lookupConsoleSession(db, req.headers);
+          principal = session;
+          if (params.tenant !== undefined) audit.target = params.tenant.slice(0, 200);
+          checkConsoleRequest(req.headers, session.sessionId, { websocket: isWebSocket(req) });
+        } else if (spec.auth !== 'public') {
+          principal =
+            spec.auth === 'session'
+              ? await authenticateSession(db, req.headers, req.method)
+              : await authenticate(db, req.headers.authorization);
         }
-      },
-    });
+        if (principal) {
+          rateLimiter?.take(principal.keyId);
+          if (!ALLOWED[spec.auth].includes(principal.kind)) {
+            throw new WarrenError('FORBIDDEN', `${spec.method} ${spec.url} needs ${describe(spec.auth)}`);
+          }
+        }
+        let tenant: TenantsTable | undefined;
+        // A public route has no principal to scope by; one that names a tenant checks its own way.
+        if (params.tenant !== undefined && spec.auth !== 'public') {
+          audit.target = params.tenant;
+          const ref = parseOrThrow(TenantRef, params.tenant);
+          tenant = await findTenantForPrincipal(db, principal, ref);
+          audit.tenantId = tenant.id;
+        }
+        const body = spec.body && !spec.streamBody ? parseOrThrow(spec.body, req.body ?? {}) : undefined;
+        const query = spec.query ? parseOrThrow(spec.query, req.query ?? {}) : undefined;
+        const result = await handler({
+          req,
+          reply,
+          principal,
+          body: body as Infer<B>,
+          query: query as Infer<Q>,
+          params,
+          tenant,
+          audit,
+        });
+        if (spec.audit) await record(db, req, principal, spec.audit, audit, reply.statusCode, 'ok');
+        if (reply.sent) return reply;
+        if (result === undefined) return reply.status(spec.response.status).send();
+        return reply.status(spec.response.status).send(result);
+      } catch (error) {
+        const e = toWarrenError(error);
+        // Requests without a valid token are not recorded: anyone could fill the log with them;
+        // nor are those over the rate limit, which exists to bound exactly that work.
+        if (spec.audit && e.code !== 'UNAUTHENTICATED' && e.code !== 'RATE_LIMITED') {
+          // A tenant probing another tenant's resource is recorded against the prober only.
+          if (principal?.kind === 'tenant' && audit.tenantId !== principal.tenantId) {
+            audit.tenantId = principal.tenantId;
+          }
+          await record(db, req, principal, spec.audit, audit, e.status, e.code).catch(() => {});
+        }
+        throw e;
+      }
+    },
+  };
+  app.route(route);
+  if (spec.url.startsWith('/v1/') && (spec.auth === 'admin' || spec.auth === 'tenant')) {
+    app.route({ ...route, url: `${CONSOLE_API_PREFIX}${spec.url}` });
   }
 }
 
