@@ -182,6 +182,10 @@ describe('the web console in a real browser', { skip }, () => {
       await axe(admin, 'audit');
       await shoot(admin, 'audit');
 
+      // Live updates come from the event stream (`GET /v1/events`) once the control plane has
+      // it; until then the console polls, and says so (the dot's title).
+      const openapi = await call(t.url, 'GET', '/v1/openapi.json');
+      if (openapi.body.paths['/v1/events']) await admin.getByTitle('live').waitFor();
       // Create a tenant; its state changes arrive without a reload (a marker on the page's
       // window would be gone after one).
       await admin.getByRole('link', { name: 'Tenants' }).click();
