@@ -3,12 +3,13 @@
  * real VM. A real control plane in this process, the real host agent as a process with the
  * minimal test image, headless Chromium signed in with the tenant's key: it opens the
  * terminal, runs a command and reads its output (UTF-8 too), interrupts a `sleep` with Ctrl-C,
- * and sees the shell's window size follow the browser's. One VM boot.
+ * sees the shell's window size follow the browser's, and moves files with the file browser
+ * (list, upload, download) in the same guest. One VM boot.
  */
 import assert from 'node:assert/strict';
 import { type ChildProcess, spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -122,9 +123,12 @@ describe('the console terminal into a real VM', { skip, timeout: 400_000 }, () =
     );
   }
 
-  test('open the terminal, run commands, Ctrl-C, resize', async () => {
+  test('open the terminal, run commands, Ctrl-C, resize; list, upload and download files', async () => {
     const started = Date.now();
-    const context = await browser!.newContext({ viewport: { width: 1280, height: 800 } });
+    const context = await browser!.newContext({
+      viewport: { width: 1280, height: 800 },
+      acceptDownloads: true,
+    });
     try {
       const page = await context.newPage();
       await page.goto(`${t!.url}/console/`);
@@ -163,6 +167,30 @@ describe('the console terminal into a real VM', { skip, timeout: 400_000 }, () =
       );
       assert.ok(Number(size2[2]) > 10, `${size2[0]} (was ${rows1} ${cols1})`);
       await page.screenshot({ path: join(ARTIFACTS, 'terminal-phone.png'), fullPage: true });
+
+      // The file browser against the real guest: a file the shell wrote is listed; an upload
+      // lands where the shell reads it; a listed file downloads.
+      await page.setViewportSize({ width: 1280, height: 800 });
+      await run(page, 'echo from-the-shell > /workspace/shell.txt; echo written', /\nwritten\s*\n/);
+      await page.getByRole('button', { name: 'List' }).click();
+      const listing = page.getByRole('list', { name: 'directory entries' });
+      await listing.getByRole('button', { name: 'shell.txt' }).waitFor();
+      await page.getByLabel('Upload to /workspace').setInputFiles({
+        name: 'up.txt',
+        mimeType: 'text/plain',
+        buffer: Buffer.from('uploaded ✓\n'),
+      });
+      await page.getByRole('button', { name: 'Upload', exact: true }).click();
+      await page.getByRole('status').getByText('uploaded /workspace/up.txt').waitFor({ timeout: 60_000 });
+      await listing.getByRole('button', { name: 'up.txt' }).waitFor({ timeout: 60_000 });
+      const [download] = await Promise.all([
+        page.waitForEvent('download'),
+        listing.getByRole('button', { name: 'shell.txt' }).click(),
+      ]);
+      assert.equal(await readFile((await download.path())!, 'utf8'), 'from-the-shell\n');
+      await page.locator('.xterm').click();
+      await run(page, 'cat /workspace/up.txt', /\nuploaded ✓\s*\n/);
+      await page.screenshot({ path: join(ARTIFACTS, 'terminal-files.png'), fullPage: true });
 
       const audit = await call(t!.url, 'GET', '/v1/audit?action=tenant.terminal', { token: t!.adminToken });
       assert.ok(
