@@ -256,6 +256,25 @@ describe('console sessions', () => {
     }
   });
 
+  test('the console’s files: only the build, with its security headers; no path leaves it', async () => {
+    const page = await fetch(`${t.url}/console/tenants/alpha`);
+    assert.equal(page.status, 200);
+    assert.match(await page.text(), /<div id="root">/);
+    assert.match(page.headers.get('content-security-policy')!, /frame-ancestors 'none'/);
+    assert.equal(page.headers.get('x-frame-options'), 'DENY');
+    for (const path of [
+      '/console/..%2f..%2f..%2fpackage.json',
+      '/console/%2e%2e/%2e%2e/%2e%2e/package.json',
+      '/console/assets/..%2f..%2f..%2f..%2fpackage.json',
+      '/console/%252e%252e%252f%252e%252e%252f%252e%252e%252fpackage.json',
+    ]) {
+      const res = await fetch(`${t.url}${path}`);
+      const text = await res.text();
+      assert.doesNotMatch(text, /"workspaces"|"private"/, path);
+    }
+    assert.equal((await fetch(`${t.url}/console/api/nothing`)).status, 404);
+  });
+
   test('the database holds no session id, only its hash', async () => {
     const s = await signIn(t.adminToken);
     const dir = join(t.dataDir, 'control-plane');
