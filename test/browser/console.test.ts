@@ -121,6 +121,11 @@ describe('the web console in a real browser', { skip }, () => {
 
   async function shoot(page: Page, name: string): Promise<void> {
     await page.screenshot({ path: join(ARTIFACTS, `${name}.png`), fullPage: true });
+    // Nothing wider than the window: wide tables scroll inside their own box.
+    const [scroll, width] = (await page.evaluate(
+      '[document.documentElement.scrollWidth, window.innerWidth]',
+    )) as number[];
+    assert.ok(scroll! <= width!, `${name}: the page is ${scroll} px wide in a ${width} px window`);
   }
 
   const tenant = async (name: string) =>
