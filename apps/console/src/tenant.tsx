@@ -317,8 +317,9 @@ function Files({ tenant, running }: { tenant: string; running: boolean }) {
               await upload(tenant, full(file.name), file, (done, total) =>
                 setProgress(total ? done / total : 1),
               );
+              // The listing first: it clears the status line when it starts.
+              if (entries) await list();
               setStatus(`uploaded ${full(file.name)} (${file.size} bytes)`);
-              if (entries) void list();
             } catch (e) {
               setStatus((e as Error).message);
             } finally {
