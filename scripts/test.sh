@@ -7,6 +7,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 bash scripts/install-deps.sh
 node_modules/.bin/tsc -p tsconfig.json --noEmit
+node_modules/.bin/tsc -p apps/console/tsconfig.json
 node_modules/.bin/biome check . >/dev/null || node_modules/.bin/biome check .
 files=("$@")
 [ ${#files[@]} -gt 0 ] || files=(test/unit/*.test.ts test/api/*.test.ts test/browser/*.test.ts test/vm/*.test.ts test/net/*.test.ts)

@@ -144,6 +144,12 @@ export class FakeAgent {
   gate: Promise<void> | undefined;
   /** Exec and dashboard answers open right now. */
   streaming = 0;
+  /** Files written through the fake's files route (`<vm id>:<path>` → text); others read `file-bytes`. */
+  readonly files = new Map<string, string>();
+  #fileKey(url: string): string {
+    const u = new URL(url, 'http://agent');
+    return `${u.pathname.split('/')[3]}:${u.searchParams.get('path')}`;
+  }
   /** The exit code of every exec (its output is `fake` on stdout and `fake-err` on stderr). */
   execExitCode = 0;
   /** Snapshots per VM id, as the agent would keep them. */
@@ -269,11 +275,14 @@ export class FakeAgent {
           void this.#held(res, 'page\n');
         } else if (req.url!.includes('/files') && req.method === 'PUT') {
           this.#dirty.add(req.url!.split('/')[3]!);
+          this.files.set(this.#fileKey(req.url!), body);
           res
             .writeHead(201, { 'content-type': 'application/json' })
             .end(JSON.stringify({ path: '/x', bytes: body.length }));
         } else if (req.url!.includes('/files')) {
-          res.writeHead(200, { 'content-type': 'application/octet-stream' }).end('file-bytes');
+          res
+            .writeHead(200, { 'content-type': 'application/octet-stream' })
+            .end(this.files.get(this.#fileKey(req.url!)) ?? 'file-bytes');
         } else res.writeHead(204).end();
       });
     });

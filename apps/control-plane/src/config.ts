@@ -151,6 +151,24 @@ export const ControlPlaneConfig = z.strictObject({
     .optional(),
   /** WARREN_DASHBOARD_LOGIN_TTL_MS: how long a one-time dashboard login link (`POST /v1/sessions`) stays valid. */
   dashboardLoginTtlMs: z.coerce.number().int().min(5_000).max(3_600_000).default(60_000),
+  /** WARREN_CONSOLE_SESSION_TTL_MS: how long a web console sign-in lasts (not extended by use). */
+  consoleSessionTtlMs: z.coerce
+    .number()
+    .int()
+    .min(60_000)
+    .max(30 * 24 * 3_600_000)
+    .default(12 * 3_600_000),
+  /**
+   * WARREN_CONSOLE_DIR: the built web console (`apps/console/dist`, which `npm start` and
+   * `npm test` build) served at `/console/`; unset: the one next to this source tree.
+   */
+  consoleDir: z.string().startsWith('/').optional(),
+  /** WARREN_TERMINAL_MAX_MS: the longest a terminal session (console or API) stays open. */
+  terminalMaxMs: z.coerce
+    .number()
+    .int()
+    .min(60_000)
+    .default(8 * 3_600_000),
   /**
    * WARREN_REJOIN_TOKEN_TTL_MS: how long a re-join token (`warren host rejoin`) stays valid;
    * it is single-use and good for one host only.
@@ -307,6 +325,9 @@ export const CONFIG_ENV: Record<keyof ControlPlaneConfig, string> = {
   dashboardDomain: 'WARREN_DASHBOARD_DOMAIN',
   dashboardPublicUrl: 'WARREN_DASHBOARD_PUBLIC_URL',
   dashboardLoginTtlMs: 'WARREN_DASHBOARD_LOGIN_TTL_MS',
+  consoleSessionTtlMs: 'WARREN_CONSOLE_SESSION_TTL_MS',
+  consoleDir: 'WARREN_CONSOLE_DIR',
+  terminalMaxMs: 'WARREN_TERMINAL_MAX_MS',
   rejoinTokenTtlMs: 'WARREN_REJOIN_TOKEN_TTL_MS',
   rateLimitPerSecond: 'WARREN_RATE_LIMIT_PER_SECOND',
   rateLimitBurst: 'WARREN_RATE_LIMIT_BURST',

@@ -7,6 +7,7 @@ import { AgentClient } from './agents/agent-client.ts';
 import { RateLimiter } from './api/rate-limit.ts';
 import { type ApiServer, createApiServer } from './api/server.ts';
 import { type BootstrapResult, bootstrapCredentials } from './auth/bootstrap.ts';
+import { deleteExpiredConsoleSessions } from './auth/console.ts';
 import { deleteExpiredSessions } from './auth/sessions.ts';
 import type { BackupFormat } from './backups/format.ts';
 import { libraryFormat } from './backups/library-format.ts';
@@ -157,6 +158,7 @@ export async function openControlPlane(
     events.touch({ hosts: true, audit: true });
     // Expired sessions are refused anyway; this only keeps the table small.
     void deleteExpiredSessions(store.db).catch((e) => log(`session sweeper: ${e}`));
+    void deleteExpiredConsoleSessions(store.db).catch((e) => log(`console session sweeper: ${e}`));
     void pruneHistory(store.db, config).catch((e) => log(`retention sweeper: ${e}`));
     // Each expired safe-YOLO session is ended and reverted; failures are logged per session.
     void tenantSessions.sweep().catch((e) => log(`session expiry sweeper: ${e}`));

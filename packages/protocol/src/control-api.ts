@@ -294,6 +294,22 @@ export const TenantExecRequest = ExecRequest.omit({ stdin: true }).extend({
 export type TenantExecRequest = z.input<typeof TenantExecRequest>;
 
 /**
+ * `GET /v1/tenants/{t}/terminal` (a WebSocket): the terminal's first size. Binary messages carry
+ * the terminal's bytes both ways; text messages are JSON: `{"resize": {cols, rows}}` from the
+ * client, `{"exit": {}}` or `{"error": {code, message}}` from the platform before it closes.
+ */
+export const TerminalQuery = z.strictObject({
+  cols: z.coerce.number().int().min(1).max(1000).default(80),
+  rows: z.coerce.number().int().min(1).max(1000).default(24),
+});
+export const TerminalResize = z.strictObject({
+  resize: z.strictObject({
+    cols: z.number().int().min(1).max(1000),
+    rows: z.number().int().min(1).max(1000),
+  }),
+});
+
+/**
  * Exec answers `application/x-ndjson`, one object per line: `{"stdout": base64}`,
  * `{"stderr": base64}`, and last either `{"exit": ExecExit}` or `{"error": {...}}`.
  */
@@ -455,6 +471,13 @@ export const AuditEvent = z.object({
 });
 export type AuditEvent = z.infer<typeof AuditEvent>;
 
+/** `GET /v1/operations`: newest first; `status=running` lists what is in progress. */
+export const OperationsQuery = z.strictObject({
+  tenant: TenantRef.optional(),
+  status: OperationStatus.optional(),
+  limit: z.coerce.number().int().min(1).max(500).default(50),
+});
+
 export const AuditQuery = z.strictObject({
   tenant: TenantRef.optional(),
   action: z
@@ -486,6 +509,25 @@ export function dashboardPrefix(tenant: string): string {
  */
 export const SESSION_COOKIE = '__Host-warren_session';
 
+/** `POST /console/api/session`: exchange an admin token or a tenant key for a console session. */
+export const ConsoleSignInRequest = z.strictObject({ token: z.string().min(1).max(200) });
+
+/** The console's view of its session; `csrfToken` goes in `X-Warren-CSRF` on every console API call. */
+export const ConsoleSession = z.object({
+  kind: z.enum(['admin', 'tenant']),
+  tenantId: TenantId.nullable(),
+  tenantName: ResourceName.nullable(),
+  csrfToken: z.string(),
+  expiresAt: z.string(),
+});
+export type ConsoleSession = z.infer<typeof ConsoleSession>;
+
+/**
+ * The web console's session cookie (on the API's own host, path `/console/`). Read by the
+ * console's routes only (`/console/api/…`), never by `/v1`; never forwarded to a VM.
+ */
+export const CONSOLE_COOKIE = 'warren_console';
+
 /**
  * Whether a cookie name looks like the platform's session cookie: `warren_session` under any
  * case, spacing or `__Host-`/`__Secure-` prefix. Such cookies are never forwarded to a VM, and
@@ -496,7 +538,8 @@ export function isPlatformCookieName(name: string): boolean {
     name
       .trim()
       .toLowerCase()
-      .replace(/^__(host|secure)-/, '') === 'warren_session'
+      .replace(/^__(host|secure)-/, '')
+      .match(/^warren_(session|console)$/) !== null
   );
 }
 

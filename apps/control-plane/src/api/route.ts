@@ -1,6 +1,7 @@
 import { parseOrThrow, TenantRef, WarrenError } from '@warren/protocol';
-import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import type { FastifyInstance, FastifyReply, FastifyRequest, RouteOptions } from 'fastify';
 import type { z } from 'zod';
+import { checkConsoleRequest, lookupConsoleSession } from '../auth/console.ts';
 import { actorOf, authenticate, type Principal } from '../auth/principal.ts';
 import { authenticateSession } from '../auth/sessions.ts';
 import type { EventPublisher } from '../events/publisher.ts';
@@ -75,6 +76,14 @@ export interface RegisteredRoute {
 }
 
 /**
+ * Where the web console reaches the API: every `/v1` route that takes the admin token or a
+ * tenant key is also declared at `CONSOLE_API_PREFIX + url`, the same handler with the same
+ * scope, authenticated by the console's session cookie (auth/console.ts) instead of a bearer
+ * token. `/v1` itself never reads a cookie.
+ */
+export const CONSOLE_API_PREFIX = '/console/api';
+
+/**
  * Declares one route: authentication, the tenant scope check, input validation and audit
  * happen here and only here, so a handler cannot forget them.
  */
@@ -94,7 +103,7 @@ export function defineRoute<B extends z.ZodType | undefined, Q extends z.ZodType
     if (changes)
       events?.touch({ tenants: [audit.tenantId, tenant?.id], hosts, audit: spec.audit !== undefined });
   };
-  app.route({
+  const route: RouteOptions = {
     method: spec.method,
     url: spec.url,
     ...(spec.bodyLimit ? { bodyLimit: spec.bodyLimit } : {}),
@@ -104,11 +113,18 @@ export function defineRoute<B extends z.ZodType | undefined, Q extends z.ZodType
       let principal: Principal | undefined;
       let tenant: TenantsTable | undefined;
       try {
-        if (spec.auth !== 'public') {
+        if (spec.auth !== 'public' && req.routeOptions.url?.startsWith(CONSOLE_API_PREFIX)) {
+          const session = await lookupConsoleSession(db, req.headers);
+          principal = session;
+          if (params.tenant !== undefined) audit.target = params.tenant.slice(0, 200);
+          checkConsoleRequest(req.headers, session.sessionId, { websocket: isWebSocket(req) });
+        } else if (spec.auth !== 'public') {
           principal =
             spec.auth === 'session'
               ? await authenticateSession(db, req.headers, req.method)
               : await authenticate(db, req.headers.authorization);
+        }
+        if (principal) {
           rateLimiter?.take(principal.keyId);
           if (!ALLOWED[spec.auth].includes(principal.kind)) {
             throw new WarrenError('FORBIDDEN', `${spec.method} ${spec.url} needs ${describe(spec.auth)}`);
@@ -153,7 +169,15 @@ export function defineRoute<B extends z.ZodType | undefined, Q extends z.ZodType
         throw e;
       }
     },
-  });
+  };
+  app.route(route);
+  if (spec.url.startsWith('/v1/') && (spec.auth === 'admin' || spec.auth === 'tenant')) {
+    app.route({ ...route, url: `${CONSOLE_API_PREFIX}${spec.url}` });
+  }
+}
+
+function isWebSocket(req: FastifyRequest): boolean {
+  return req.method === 'GET' && /^websocket$/i.test(req.headers.upgrade ?? '');
 }
 
 function describe(auth: RouteAuth): string {
@@ -173,7 +197,7 @@ function describe(auth: RouteAuth): string {
   }
 }
 
-async function record(
+export async function record(
   db: Db,
   req: FastifyRequest,
   principal: Principal | undefined,

@@ -14,6 +14,7 @@ import { defineRoute, type RegisteredRoute } from './route.ts';
 import { adminRoutes } from './routes/admin.ts';
 import { agentRoutes } from './routes/agent.ts';
 import { backupRoutes } from './routes/backups.ts';
+import { consoleRoutes } from './routes/console.ts';
 import { checkDashboardRequest, dashboardRoutes } from './routes/dashboard.ts';
 import { eventRoutes } from './routes/events.ts';
 import { guestRoutes } from './routes/guest.ts';
@@ -119,6 +120,7 @@ export function createApiServer(
   sessionRoutes(api);
   eventRoutes(api, services.hub);
   app.addHook('preClose', async () => services.hub.closeAll());
+  consoleRoutes(app, services);
 
   const dashboard: RegisteredRoute[] = [];
   const proxy = new DashboardProxy({

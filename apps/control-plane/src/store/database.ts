@@ -13,6 +13,7 @@ export interface Database {
   audit_events: AuditEventsTable;
   sessions: SessionsTable;
   dashboard_logins: DashboardLoginsTable;
+  console_sessions: ConsoleSessionsTable;
   tenant_sessions: TenantSessionsTable;
   backups: BackupsTable;
   tenant_keys: TenantKeysTable;
@@ -162,6 +163,15 @@ export interface DashboardLoginsTable {
   code_hash: string;
   key_id: string;
   tenant_id: string;
+  created_at: string;
+  expires_at: string;
+}
+
+/** A web console session (migration 0013); the cookie holds the id, the store its SHA-256. */
+export interface ConsoleSessionsTable {
+  id_hash: string;
+  /** The admin token or tenant key that signed in; deleting it deletes the session. */
+  key_id: string;
   created_at: string;
   expires_at: string;
 }

@@ -98,7 +98,49 @@ export function registerGuestRoutes(
     slots(req.params.id, reply);
     return streamExec(guestOf, req.params.id, req.body, reply);
   });
+  app.post<{ Params: { id: string } }>('/v1/vms/:id/terminal', async (req, reply) => {
+    slots(req.params.id, reply);
+    return streamTerminal(guestOf, req.params.id, req.body, reply);
+  });
   registerFileRoutes(app, guestOf, slots);
+}
+
+/**
+ * An interactive shell on a pseudo-terminal in the guest, for the console's terminal. Node has
+ * no PTY of its own, so the guest's busybox `telnetd` in inetd mode allocates one and runs the
+ * shell on it, speaking telnet on the exec's stdin and stdout: the request body is the
+ * terminal's input and the response body its output, both in telnet's framing (0xFF doubled;
+ * the window size as a NAWS subnegotiation), which the control plane translates to and from
+ * its WebSocket. Ctrl-C is the byte 0x03, which the guest's line discipline turns into SIGINT.
+ * Closing the request kills the shell and everything it started.
+ */
+export const TERMINAL_ARGV = ['/usr/lib/warren/busybox', 'telnetd', '-i', '-f', '/dev/null', '-l', '/bin/sh'];
+
+async function streamTerminal(guestOf: GuestOf, id: string, body: unknown, reply: FastifyReply) {
+  if (!(body instanceof Readable)) {
+    throw new WarrenError(
+      'INVALID_ARGUMENT',
+      "send the terminal's input as an application/octet-stream body",
+    );
+  }
+  const guest = await guestOf(id);
+  reply.hijack();
+  reply.raw.writeHead(200, { 'content-type': 'application/octet-stream' });
+  reply.raw.flushHeaders();
+  const out = reply.raw;
+  const abort = new AbortController();
+  reply.raw.on('close', () => abort.abort());
+  const write = (b: Buffer): Promise<void> | undefined =>
+    out.write(b) || out.destroyed ? undefined : drained(out);
+  try {
+    await guest.exec(
+      { argv: TERMINAL_ARGV, env: { TERM: 'xterm-256color' } },
+      { stdin: body, onStdout: write, onStderr: write, signal: abort.signal },
+    );
+  } catch {
+    // The shell's end, however it came, ends the response; the console says the session ended.
+  }
+  out.end();
 }
 
 type TakeSlot = (vmId: string, reply: FastifyReply) => void;

@@ -35,6 +35,7 @@ const digest = (s: string) => createHash('sha256').update(s).digest();
 const GUEST_ROUTES = new Set([
   '/v1/vms/:id/health',
   '/v1/vms/:id/exec',
+  '/v1/vms/:id/terminal',
   '/v1/vms/:id/files',
   '/v1/vms/:id/proxy/:port/*',
 ]);

@@ -13,6 +13,7 @@ import {
   KeyId,
   Operation,
   OperationId,
+  OperationsQuery,
   parseOrThrow,
   RemoveHostQuery,
   Tenant,
@@ -242,6 +243,26 @@ export function adminRoutes(api: Api): void {
       audit.tenantId = row.tenant_id;
       await api.db.deleteFrom('api_keys').where('id', '=', id).execute();
       return undefined;
+    },
+  );
+
+  api.route(
+    {
+      method: 'GET',
+      url: '/v1/operations',
+      auth: 'tenant',
+      summary: 'Operations, newest first (`status=running`: those in progress, with their progress)',
+      query: OperationsQuery,
+      response: { status: 200, schema: z.object({ operations: z.array(Operation) }) },
+    },
+    async ({ query, principal }) => {
+      let q = api.db.selectFrom('operations').selectAll().orderBy('created_at', 'desc').limit(query.limit);
+      const only = tenantFilter(principal);
+      if (only !== undefined) q = q.where('tenant_id', '=', only);
+      if (query.tenant)
+        q = q.where('tenant_id', '=', (await findTenantForPrincipal(api.db, principal, query.tenant)).id);
+      if (query.status) q = q.where('status', '=', query.status);
+      return { operations: (await q.execute()).map(operationView) };
     },
   );
 

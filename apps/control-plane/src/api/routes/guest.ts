@@ -1,14 +1,19 @@
-import { Readable, Transform } from 'node:stream';
+import { PassThrough, Readable, Transform } from 'node:stream';
 import {
   EXEC_CONTENT_TYPE,
   FileQuery,
   FileWritten,
   TenantExecRequest,
+  TerminalQuery,
+  TerminalResize,
   vmIdOfTenant,
   WarrenError,
 } from '@warren/protocol';
+import { type WebSocket, WebSocketServer } from 'ws';
+import { TelnetDecoder, telnetData, telnetWindowSize } from '../../agents/telnet.ts';
 import type { TenantsTable } from '../../store/database.ts';
 import type { Api } from '../context.ts';
+import { takeUpgrade } from '../upgrade.ts';
 
 /**
  * Exec and files: forwarded to the tenant's host agent, which talks to the guest agent. A
@@ -16,6 +21,7 @@ import type { Api } from '../context.ts';
  */
 export function guestRoutes(api: Api): void {
   const runningOn = (tenant: TenantsTable) => api.hosts.runningHostOf(tenant);
+  terminalRoute(api);
 
   api.route(
     {
@@ -127,4 +133,103 @@ export function guestRoutes(api: Api): void {
       return reply.status(200).send(Readable.fromWeb(res.body as never));
     },
   );
+}
+
+/** Output waiting for a slow browser: beyond this many unsent messages the shell's output waits. */
+const TERMINAL_MAX_PENDING = 64;
+/** Input the guest has not taken yet: a client that pastes more than this is cut off. */
+const TERMINAL_MAX_INPUT_BYTES = 1024 * 1024;
+
+const terminalSockets = new WebSocketServer({ noServer: true, maxPayload: 256 * 1024 });
+
+/**
+ * `GET /v1/tenants/{t}/terminal`, a WebSocket: an interactive shell on a PTY in the tenant's VM
+ * (the host agent's `POST /v1/vms/{id}/terminal`, which speaks telnet framing; agents/telnet.ts
+ * translates). Counted as an exec stream of the tenant while it is open.
+ */
+export function terminalRoute(api: Api): void {
+  api.route(
+    {
+      method: 'GET',
+      url: '/v1/tenants/:tenant/terminal',
+      auth: 'tenant',
+      summary:
+        "An interactive shell in the tenant's VM over a WebSocket (binary: terminal bytes; text: {resize: {cols, rows}})",
+      query: TerminalQuery,
+      response: { status: 101 },
+      audit: 'tenant.terminal',
+    },
+    async ({ tenant, query, req, reply }) => {
+      const upgrade = takeUpgrade(req.raw);
+      if (!upgrade) throw new WarrenError('INVALID_ARGUMENT', 'open the terminal as a WebSocket');
+      const host = await api.hosts.runningHostOf(tenant!);
+      api.streams.hold(tenant!, 'exec', upgrade.socket);
+      const input = new PassThrough();
+      input.write(telnetWindowSize(query.cols, query.rows));
+      const abort = new AbortController();
+      upgrade.socket.once('close', () => abort.abort());
+      const res = await api.agents.request(host, 'POST', `/v1/vms/${vmIdOfTenant(tenant!.id)}/terminal`, {
+        body: input,
+        contentType: 'application/octet-stream',
+        signal: abort.signal,
+        timeoutMs: api.config.terminalMaxMs + api.hosts.wakeSlackMs(tenant!),
+      });
+      reply.hijack();
+      terminalSockets.handleUpgrade(req.raw, upgrade.socket, upgrade.head, (ws) => {
+        bridgeTerminal(ws, input, Readable.fromWeb(res.body as never), abort);
+      });
+    },
+  );
+}
+
+function bridgeTerminal(ws: WebSocket, input: PassThrough, output: Readable, abort: AbortController): void {
+  const decoder = new TelnetDecoder();
+  let pending = 0;
+  const finish = (message: unknown) => {
+    if (ws.readyState === ws.OPEN) {
+      ws.send(JSON.stringify(message));
+      ws.close(1000);
+    }
+    abort.abort();
+  };
+  ws.on('message', (data: Buffer, isBinary: boolean) => {
+    if (isBinary) input.write(telnetData(data));
+    else {
+      let parsed: unknown;
+      try {
+        parsed = JSON.parse(data.toString('utf8'));
+      } catch {}
+      const m = TerminalResize.safeParse(parsed);
+      if (m.success) input.write(telnetWindowSize(m.data.resize.cols, m.data.resize.rows));
+    }
+    if (input.writableLength > TERMINAL_MAX_INPUT_BYTES) {
+      finish(
+        new WarrenError(
+          'PAYLOAD_TOO_LARGE',
+          'the terminal input is not being read: send less at once',
+        ).toBody(),
+      );
+    }
+  });
+  ws.on('close', () => {
+    input.end();
+    abort.abort();
+  });
+  ws.on('error', () => abort.abort());
+  output.on('data', (chunk: Buffer) => {
+    const bytes = decoder.push(chunk);
+    if (bytes.length === 0 || ws.readyState !== ws.OPEN) return;
+    pending++;
+    // A slow browser holds the shell's output back (through the host agent, to the guest).
+    if (pending >= TERMINAL_MAX_PENDING) output.pause();
+    ws.send(bytes, { binary: true }, () => {
+      pending--;
+      if (pending < TERMINAL_MAX_PENDING / 4) output.resume();
+    });
+  });
+  output.on('end', () => finish({ exit: {} }));
+  output.on('error', (e) => {
+    if (!abort.signal.aborted)
+      finish(new WarrenError('HOST_UNAVAILABLE', `the terminal was cut: ${e.message}`).toBody());
+  });
 }

@@ -12,6 +12,7 @@ import * as m0009 from './0009-backup-drills.ts';
 import * as m0010 from './0010-idle-health.ts';
 import * as m0011 from './0011-secrets.ts';
 import * as m0012 from './0012-skills-config.ts';
+import * as m0013 from './0013-console-sessions.ts';
 
 /**
  * Every migration, in order. Names sort lexically; never edit one that has shipped, add the
@@ -30,6 +31,7 @@ const MIGRATIONS = {
   '0010-idle-health': m0010,
   '0011-secrets': m0011,
   '0012-skills-config': m0012,
+  '0013-console-sessions': m0013,
 };
 
 export function migrationProvider(dialect: StoreDialect): MigrationProvider {
