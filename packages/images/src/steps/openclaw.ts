@@ -105,7 +105,7 @@ token="$($B cat "$TOKEN")"
 ${GATEWAY_ENV}
 export OPENCLAW_GATEWAY_TOKEN="$token"
 cd /workspace
-setpriv --reuid=${uid} --regid=${gid} --init-groups --inh-caps=-all \\
+/usr/bin/setpriv --reuid=${uid} --regid=${gid} --init-groups --inh-caps=-all \\
   /usr/lib/warren/node ${OPENCLAW_ROOT}/node_modules/openclaw/openclaw.mjs gateway run --port "$port" &
 pid=$!
 unset OPENCLAW_GATEWAY_TOKEN
@@ -138,7 +138,7 @@ fi
 set -- /usr/lib/warren/node ${OPENCLAW_ROOT}/node_modules/openclaw/openclaw.mjs "$@"
 if [ "$(id -u)" = 0 ]; then
   export HOME=${home} USER=${user} LOGNAME=${user}
-  exec setpriv --reuid=${uid} --regid=${gid} --init-groups "$@"
+  exec /usr/bin/setpriv --reuid=${uid} --regid=${gid} --init-groups "$@"
 fi
 exec "$@"
 `;
