@@ -95,9 +95,12 @@ RUN=${OPENCLAW_GUEST.runDir}
 STATE=${OPENCLAW_GUEST.stateDir}
 while [ ! -s "$TOKEN" ]; do $B sleep 1; done
 read -r up _ < /proc/uptime; echo "warren-boot: openclaw-launch $up"
-$B mkdir -p "$RUN" "$STATE"
-$B chown ${uid}:${gid} "$RUN" "$STATE"
+$B mkdir -p "$RUN" "$STATE" /workspace/.cache/node-compile-cache
+$B chown -h ${uid}:${gid} "$RUN" "$STATE" /workspace/.cache /workspace/.cache/node-compile-cache
 $B chmod 700 "$RUN" "$STATE"
+# OpenClaw keeps V8's compile cache in $TMPDIR/node-compile-cache: on the data volume instead, a
+# start after the first (restart, new boot) skips most compiling (minutes under TCG).
+[ -e /tmp/node-compile-cache ] || $B ln -s /workspace/.cache/node-compile-cache /tmp/node-compile-cache
 port="$(/usr/lib/warren/node /usr/lib/warren/openclaw-config.cjs "$RUN/openclaw.json")" || { $B sleep 5; exit 1; }
 $B chown ${uid}:${gid} "$RUN/openclaw.json"
 echo "$port" > "$RUN/port"
@@ -143,6 +146,51 @@ fi
 exec "$@"
 `;
 
+/**
+ * Changes made to the installed OpenClaw, each for a reason the gateway cannot be configured
+ * around. The build fails if a pattern is not found (a bumped release must be checked again).
+ *
+ * - The gateway gives its state-lease heartbeat worker thread 5 s to start, hard-coded. Under
+ *   TCG a new worker (a V8 isolate compiling its module) takes longer, and the gateway then
+ *   refuses to start at all (measured: `state lease heartbeat did not become ready ...
+ *   startupPhase=entry-not-observed`, every attempt). 2 min is still well inside the lease's
+ *   own 5 min TTL, which bounds the wait anyway.
+ */
+export const OPENCLAW_PATCHES = [
+  {
+    files: 'dist',
+    find: 'const LEASE_HEARTBEAT_START_TIMEOUT_MS = 5e3;',
+    replace: 'const LEASE_HEARTBEAT_START_TIMEOUT_MS = 12e4;',
+  },
+] as const;
+
+/** Applies OPENCLAW_PATCHES under the installed package `pkgDir`; returns how many files each changed. */
+async function patchOpenClaw(pkgDir: string): Promise<void> {
+  for (const patch of OPENCLAW_PATCHES) {
+    const files = (
+      await run('grep', [
+        '-rlF',
+        '--include=*.js',
+        '--include=*.mjs',
+        patch.find,
+        join(pkgDir, patch.files),
+      ]).catch(() => '')
+    )
+      .split('\n')
+      .filter(Boolean);
+    if (files.length === 0) {
+      throw new WarrenError(
+        'IMAGE_BUILD_FAILED',
+        `OpenClaw patch not applicable: \`${patch.find}\` is not in ${patch.files}/ of this release; check OPENCLAW_PATCHES in packages/images/src/steps/openclaw.ts against it`,
+      );
+    }
+    for (const file of files) {
+      const text = await readFile(file, 'utf8');
+      await writeFile(file, text.split(patch.find).join(patch.replace));
+    }
+  }
+}
+
 /** The inittab line that keeps the gateway running. */
 export const OPENCLAW_INITTAB = '::respawn:/usr/lib/warren/openclaw-gateway\n';
 
@@ -153,7 +201,15 @@ export async function openclawRecipe(): Promise<{ version: string; lock: string;
   return {
     version: pkg.dependencies.openclaw,
     lock: sha256(lock),
-    scripts: sha256([OPENCLAW_CONFIG_SCRIPT, OPENCLAW_LAUNCHER, OPENCLAW_CLI, OPENCLAW_INITTAB].join('\0')),
+    scripts: sha256(
+      [
+        OPENCLAW_CONFIG_SCRIPT,
+        OPENCLAW_LAUNCHER,
+        OPENCLAW_CLI,
+        OPENCLAW_INITTAB,
+        JSON.stringify(OPENCLAW_PATCHES),
+      ].join('\0'),
+    ),
   };
 }
 
@@ -188,6 +244,7 @@ export async function installOpenClaw(
       `cannot install OpenClaw from packages/images/openclaw/package-lock.json: ${e.message}; the npm registry must be reachable from the build host (or its tarballs in the build cache)`,
     );
   });
+  await patchOpenClaw(join(stage, 'node_modules', 'openclaw'));
   const target = join(tree, OPENCLAW_ROOT.slice(1));
   await mkdir(dirname(target), { recursive: true });
   await run('cp', ['-a', stage, target]);
