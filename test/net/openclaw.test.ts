@@ -243,7 +243,9 @@ describe('OpenClaw workspace through the dashboard proxy', { timeout: 1_500_000 
     // Warren's auth: a one-time login link sets this origin's session cookie.
     await page.goto((await loginLink()).href);
     await page.waitForURL(`${origin()}/`);
-    // The gateway's auth: its token, in the fragment (never sent to a server).
+    // The gateway's auth: its token, in the fragment (never sent to a server). From another
+    // document, so the app starts afresh and reads it.
+    await page.goto('about:blank');
     await page.goto(`${origin()}/#token=${token}`);
     // A new browser is paired once by the tenant's operator, in the guest.
     const pending = await until(
@@ -256,7 +258,13 @@ describe('OpenClaw workspace through the dashboard proxy', { timeout: 1_500_000 
       },
       120_000,
     );
-    if (pending !== 'paired') await sh(`openclaw devices approve ${pending}`, 300_000);
+    if (pending !== 'paired') {
+      const approving = Date.now();
+      await sh(`openclaw devices approve ${pending}`, 300_000);
+      ctx.diagnostic(
+        `openclaw devices approve in the guest: ${((Date.now() - approving) / 1000).toFixed(1)} s`,
+      );
+    }
     await until(
       'the Control UI’s WebSocket to connect',
       async () =>
