@@ -14,6 +14,7 @@ import type { ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { request } from 'node:http';
+import { connect, createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -43,6 +44,7 @@ describe('OpenClaw workspace through the dashboard proxy', { timeout: 1_500_000 
   let dataDir = '';
   let profile = '';
   let context: BrowserContext | undefined;
+  let forwarder: Server | undefined;
   let key = '';
   const token = randomBytes(24).toString('hex');
   const admin = () => new WarrenClient({ url: t!.url, token: t!.adminToken });
@@ -106,6 +108,7 @@ describe('OpenClaw workspace through the dashboard proxy', { timeout: 1_500_000 
 
   after(async () => {
     await context?.close().catch(() => {});
+    forwarder?.close();
     try {
       if (t) {
         for (const x of await admin().tenants.list())
@@ -201,8 +204,9 @@ describe('OpenClaw workspace through the dashboard proxy', { timeout: 1_500_000 
     assert.equal((JSON.parse(onOwnOrigin.body) as { ok: boolean }).ok, true);
     assert.equal((await onOrigin('/healthz')).status, 401);
     // The gateway runs as the agent user (uid 1000), its state on the data volume.
+    // (The gateway renames its process `openclaw-gateway`; this shell is skipped.)
     const ps = await sh(
-      'for p in /proc/[0-9]*; do c=$(tr "\\0" " " < $p/cmdline 2>/dev/null); case "$c" in *openclaw.mjs*gateway*) stat -c %u $p;; esac; done',
+      'for p in /proc/[0-9]*; do [ "${p#/proc/}" = $$ ] && continue; c=$(tr "\\0" " " < $p/cmdline 2>/dev/null); case "$c" in openclaw-gateway*|*openclaw.mjs\\ gateway*) stat -c %u $p;; esac; done',
     );
     assert.deepEqual([...new Set(ps.trim().split(/\s+/))], ['1000'], ps);
     assert.match(
@@ -215,6 +219,19 @@ describe('OpenClaw workspace through the dashboard proxy', { timeout: 1_500_000 
   });
 
   test('Chromium loads the Control UI at the tenant’s dashboard origin, connects its WebSocket and lists the shared skill', async (ctx) => {
+    // Chromium resolves *.localhost to loopback itself; the control plane listens on the lab's
+    // veth, so loopback's same port leads there.
+    const port = Number(new URL(t!.url).port);
+    forwarder = createServer((client) => {
+      const upstream = connect(port, lab.rootIp);
+      client.pipe(upstream).pipe(client);
+      client.on('error', () => upstream.destroy());
+      upstream.on('error', () => client.destroy());
+    });
+    await new Promise<void>((resolve, reject) => {
+      forwarder!.once('error', reject);
+      forwarder!.listen(port, '127.0.0.1', resolve);
+    });
     profile = await mkdtemp(join(tmpdir(), 'warren-chromium-'));
     context = await chromium.launchPersistentContext(profile, {
       executablePath: '/usr/bin/chromium',
@@ -228,9 +245,6 @@ describe('OpenClaw workspace through the dashboard proxy', { timeout: 1_500_000 
         '--disable-background-networking',
         '--disable-component-update',
         '--disable-sync',
-        // The tenant's origin is <tenant>.dashboard.localhost on the control plane's port; the
-        // control plane listens on the lab's veth here, not on loopback.
-        `--host-resolver-rules=MAP *.dashboard.localhost ${lab.rootIp}`,
       ],
     });
     const page = await context.newPage();
