@@ -138,7 +138,10 @@ for (const name of values.drivers!.split(',') as VmmName[]) {
  * answers; milliseconds since `t0` (the VM's start).
  */
 async function untilGatewayHealthy(guest: GuestClient, t0: number): Promise<number> {
-  await guest.mkdir({ path: '/run/warren/secrets', parents: true, mode: 0o700 });
+  // /run/warren stays traversable (as the guest agent keeps it): the gateway, as the agent
+  // user, reads its configuration below it.
+  await guest.mkdir({ path: '/run/warren', parents: true, mode: 0o755 });
+  await guest.mkdir({ path: '/run/warren/secrets', mode: 0o700 });
   await guest.writeFile(OPENCLAW_GUEST.token, `bench-${Math.random().toString(36).slice(2)}`, {
     mode: 0o600,
   });
