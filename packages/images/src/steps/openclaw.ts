@@ -85,7 +85,7 @@ export OPENCLAW_STATE_DIR=${OPENCLAW_GUEST.stateDir} OPENCLAW_CONFIG_PATH=${OPEN
 /**
  * The gateway's supervisor, started by init (inittab respawns it whenever it ends): waits for
  * the token, makes the configuration, runs the gateway as the agent user and ends when the
- * gateway does (so init starts it again) or when the token changes (so a new token takes
+ * gateway does (so init starts it again) or when the token is replaced (so a new token takes
  * effect). Template boots wait too: their secrets come with their identity.
  */
 export const OPENCLAW_LAUNCHER = `#!/usr/lib/warren/busybox sh
@@ -112,9 +112,11 @@ cd /workspace
   /usr/lib/warren/node ${OPENCLAW_ROOT}/node_modules/openclaw/openclaw.mjs gateway run --port "$port" &
 pid=$!
 unset OPENCLAW_GATEWAY_TOKEN
-# Until the gateway exits (a zombie counts as exited), or the token changes.
+# Until the gateway exits (a zombie counts as exited), or the token changes. A token removed
+# (secrets wiped around a suspend, say) is no new token: the gateway keeps running.
 while [ -e /proc/$pid ] && [ "$($B sed 's/.*) //' /proc/$pid/stat 2>/dev/null | $B cut -c1)" != Z ]; do
-  if [ "$($B cat "$TOKEN" 2>/dev/null)" != "$token" ]; then
+  now="$($B cat "$TOKEN" 2>/dev/null)"
+  if [ -n "$now" ] && [ "$now" != "$token" ]; then
     echo "warren: the OpenClaw gateway token changed; restarting the gateway"
     $B kill $pid
     break
