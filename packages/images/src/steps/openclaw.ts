@@ -59,6 +59,16 @@ const gateway = obj(config, 'gateway');
 gateway.mode = 'local';
 gateway.bind = 'lan';
 if (typeof gateway.port !== 'number') gateway.port = ${OPENCLAW_GUEST.defaultPort};
+// Warren's dashboard proxy reaches the gateway from the host's end of the VM's link (the
+// gateway address in warren.net=<address>/<prefix>,<gateway>,<dns>) and rebuilds every
+// X-Forwarded-* header itself: trusted, so OpenClaw does not reject its requests as proxied by
+// someone unknown.
+const net = /(?:^|\\s)warren\\.net=[^,\\s]*,([0-9.]+),/.exec(fs.readFileSync('/proc/cmdline', 'utf8'));
+if (net) {
+  const proxies = Array.isArray(gateway.trustedProxies) ? gateway.trustedProxies : [];
+  if (!proxies.includes(net[1])) proxies.push(net[1]);
+  gateway.trustedProxies = proxies;
+}
 const auth = obj(gateway, 'auth');
 auth.mode = 'token';
 delete auth.token;
