@@ -255,6 +255,15 @@ describe('OpenClaw workspace through the dashboard proxy', { timeout: 1_500_000 
       sockets.push(ws);
       ws.on('framereceived', (f) => frames.push(String(f.payload)));
     });
+    // On failure: what the page showed and the gateway said, and a screenshot.
+    const explain = async (e: Error) => {
+      await mkdir(ARTIFACTS, { recursive: true });
+      await page.screenshot({ path: join(ARTIFACTS, 'openclaw-control-ui-failed.png') }).catch(() => {});
+      const text = ((await page.textContent('body').catch(() => '')) ?? '')
+        .replace(/\s+/g, ' ')
+        .slice(0, 1500);
+      throw new Error(`${e.message}\npage: ${text}\nframes: ${frames.slice(-6).join('\n').slice(0, 3000)}`);
+    };
     // Warren's auth: a one-time login link sets this origin's session cookie.
     await page.goto((await loginLink()).href);
     await page.waitForURL(`${origin()}/`);
@@ -272,7 +281,7 @@ describe('OpenClaw workspace through the dashboard proxy', { timeout: 1_500_000 
         return frames.some((f) => f.includes('"ok":true') && f.includes('hello')) ? 'paired' : undefined;
       },
       120_000,
-    );
+    ).catch(explain);
     if (pending !== 'paired') {
       const approving = Date.now();
       await sh(`openclaw devices approve ${pending}`, 300_000);
@@ -286,13 +295,13 @@ describe('OpenClaw workspace through the dashboard proxy', { timeout: 1_500_000 
         sockets.some((s) => !s.isClosed() && s.url().startsWith(origin().replace('http', 'ws'))) &&
         frames.some((f) => /"type":"res".*"ok":true/.test(f)),
       180_000,
-    );
+    ).catch(explain);
     await page.goto(`${origin()}/skills`);
     await until(
       `the gateway to list the shared skill ${SKILL}`,
       async () => ((await page.textContent('body').catch(() => '')) ?? '').includes(SKILL),
       180_000,
-    );
+    ).catch(explain);
     await mkdir(ARTIFACTS, { recursive: true });
     const shot = join(ARTIFACTS, 'openclaw-control-ui.png');
     await page.screenshot({ path: shot, fullPage: false });
