@@ -185,6 +185,8 @@ export class FakeAgent {
   pointInTime: (() => string) | undefined;
   /** The images this host reports having. */
   images: string[] = [FAKE_IMAGE];
+  /** The profile it reports of an image: `standard` unless named here. */
+  readonly imageProfiles = new Map<string, string>();
   /**
    * What the next heartbeats report of a tenant instead of its converged state (a VM that is
    * suspended, unhealthy, or failed with start attempts), by tenant id, until deleted.
@@ -649,7 +651,11 @@ export class FakeAgent {
         agentVersion: 'fake',
         capacity: this.capacity,
         health: 'ok',
-        images: this.images.map((id) => ({ id, profile: 'standard', createdAt: '2026-01-01T00:00:00.000Z' })),
+        images: this.images.map((id) => ({
+          id,
+          profile: this.imageProfiles.get(id) ?? 'standard',
+          createdAt: '2026-01-01T00:00:00.000Z',
+        })),
         vms,
         ...(this.quarantined ? { quarantined: this.quarantined } : {}),
       },

@@ -12,6 +12,7 @@ export const TEST_IMAGES_DIR =
 export const TEST_CACHE_DIR = join(REPO_ROOT, '.warren', 'test', 'cache');
 
 let minimal: Promise<string> | undefined;
+let openclaw: Promise<string> | undefined;
 
 /** The minimal test image, built on first use and a cache hit afterwards. */
 export function minimalImage(): Promise<string> {
@@ -22,4 +23,18 @@ export function minimalImage(): Promise<string> {
     return r.imageId;
   })();
   return minimal;
+}
+
+/**
+ * The openclaw image (the standard profile plus OpenClaw: a debootstrap and an npm install, so
+ * minutes on its first build), built on first use and a cache hit afterwards.
+ */
+export function openclawImage(): Promise<string> {
+  openclaw ??= (async () => {
+    await mkdir(TEST_CACHE_DIR, { recursive: true });
+    const store = new ImageStore(TEST_IMAGES_DIR);
+    const r = await buildImage(store, { profile: 'openclaw', cacheDir: TEST_CACHE_DIR });
+    return r.imageId;
+  })();
+  return openclaw;
 }

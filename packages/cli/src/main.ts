@@ -172,6 +172,7 @@ async function main(argv: string[]): Promise<number> {
         force: { type: 'boolean' },
         profile: { type: 'string' },
         image: { type: 'string' },
+        'image-profile': { type: 'string' },
         cpus: { type: 'string' },
         memory: { type: 'string' },
         disk: { type: 'string' },

@@ -8,6 +8,7 @@ import { run } from './run.ts';
 import { bundleGuestAgent, guestNode, makeAgentCodeCache } from './steps/guest-agent.ts';
 import { buildInitramfs, INIT, INIT_APPLETS } from './steps/initramfs.ts';
 import { fetchKernel, resolveKernelPackage } from './steps/kernel.ts';
+import { checkOpenClawNode, installOpenClaw, openclawRecipe } from './steps/openclaw.ts';
 import {
   buildMinimalTree,
   buildStandardTree,
@@ -110,6 +111,7 @@ export async function buildImage(store: ImageStore, options: BuildOptions): Prom
   const kernelPkg = await resolveKernelPackage(options.kernelPackage ?? 'linux-image-cloud-amd64');
   const agent = await bundleGuestAgent();
   const node = await guestNode();
+  if (options.profile === 'openclaw') checkOpenClawNode(node.version);
   const busyboxVersion = (await run(busybox, ['--help']).catch(() => '')).split('\n')[0] ?? '';
   const suite = options.debianSuite ?? 'bookworm';
   const recipe = {
@@ -122,7 +124,8 @@ export async function buildImage(store: ImageStore, options: BuildOptions): Prom
     // The boot scripts: two branches that changed only these must not share a cached image.
     scripts: sha256([INIT, ...INIT_APPLETS, runtimeScripts()].join('\0')),
     cmdline: KERNEL_CMDLINE,
-    ...(options.profile === 'standard' ? { debian: { suite, packages: STANDARD_PACKAGES } } : {}),
+    ...(options.profile === 'minimal' ? {} : { debian: { suite, packages: STANDARD_PACKAGES } }),
+    ...(options.profile === 'openclaw' ? { openclaw: await openclawRecipe() } : {}),
   };
   const recipeDigest = sha256(canonicalJson(recipe));
   if (!options.force) {
@@ -157,6 +160,14 @@ export async function buildImage(store: ImageStore, options: BuildOptions): Prom
         cacheDir: join(options.cacheDir, 'debootstrap'),
         log: (l) => progress(4, 'debootstrap', l),
       });
+      if (options.profile === 'openclaw') {
+        await installOpenClaw(tree, {
+          node: node.path,
+          work,
+          cacheDir: options.cacheDir,
+          log: (l) => progress(4, 'installing OpenClaw', l),
+        });
+      }
     }
 
     // The agent's V8 code cache, so a booting guest does not compile it (steps/guest-agent.ts).

@@ -5,6 +5,7 @@
  */
 import { z } from 'zod';
 import { ExecRequest } from './guest-api.ts';
+import { PROFILES } from './local-api.ts';
 import { DesiredConfig, DesiredSkill, MAX_TENANT_SKILLS, SkillRef, TenantConfigValues } from './skills.ts';
 
 /**
@@ -216,6 +217,8 @@ export const CreateTenantRequest = z.strictObject({
   name: ResourceName,
   /** An image id or unique prefix; the newest image of the default profile when absent. */
   image: z.string().min(1).max(80).optional(),
+  /** The newest image of this profile (`openclaw`, …) instead of the default profile's; not with `image`. */
+  imageProfile: z.enum(PROFILES).optional(),
   vcpus: resourceAmount('vcpus').optional(),
   memoryMiB: resourceAmount('memoryMiB').optional(),
   diskMiB: resourceAmount('diskMiB').optional(),

@@ -11,7 +11,7 @@ export function defaultHostAgentSocket(dataDir: string): string {
 }
 
 /** The image profiles a host can build. */
-export const PROFILES = ['minimal', 'standard'] as const;
+export const PROFILES = ['minimal', 'standard', 'openclaw'] as const;
 export const Profile = z.enum(PROFILES);
 export type Profile = z.infer<typeof Profile>;
 

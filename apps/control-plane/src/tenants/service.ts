@@ -76,7 +76,10 @@ export class TenantService {
     };
     checkQuota(quota, resources, c);
     const since = healthySince(this.#d.config);
-    const imageId = await this.#resolveImage(req.image, since);
+    if (req.image !== undefined && req.imageProfile !== undefined) {
+      throw new WarrenError('INVALID_ARGUMENT', 'give either image or imageProfile, not both');
+    }
+    const imageId = await this.#resolveImage(req.image, since, req.imageProfile);
     const t = now();
     const tenant: TenantsTable = {
       id: newId('ten'),
@@ -325,8 +328,8 @@ export class TenantService {
     return { tenant: await this.view(result.tenant), operation: operationView(result.op) };
   }
 
-  /** Picks the image: a full id or unique prefix known to a healthy host, else the default profile's newest. */
-  async #resolveImage(ref: string | undefined, since: string): Promise<string> {
+  /** Picks the image: a full id or unique prefix known to a healthy host, else `profile`'s (or the default profile's) newest. */
+  async #resolveImage(ref: string | undefined, since: string, wantedProfile?: string): Promise<string> {
     const rows = await whereHealthy(this.#d.db.selectFrom('hosts').select('images'), since).execute();
     const images = new Map<string, { id: string; profile: string; createdAt: string }>();
     for (const r of rows) {
@@ -334,14 +337,14 @@ export class TenantService {
     }
     const all = [...images.values()];
     if (ref === undefined) {
-      const profile = this.#d.config.defaultProfile;
+      const profile = wantedProfile ?? this.#d.config.defaultProfile;
       const newest = all
         .filter((i) => i.profile === profile)
         .sort((a, b) => b.createdAt.localeCompare(a.createdAt))[0];
       if (!newest) {
         throw new WarrenError(
           'IMAGE_NOT_FOUND',
-          `no healthy host has an image of the default profile "${profile}"; build one on a host (\`warren image build --profile ${profile}\`) or name an image`,
+          `no healthy host has an image of the ${wantedProfile ? '' : 'default '}profile "${profile}"; build one on a host (\`warren image build --profile ${profile}\`) or name an image`,
         );
       }
       return newest.id;

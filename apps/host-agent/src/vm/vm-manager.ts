@@ -60,6 +60,7 @@ import {
   publicSnapshot,
   SNAPSHOTS_DIR,
 } from './vm-snapshots.ts';
+import { checkWorkload, WORKLOAD_CHECKS } from './workload-health.ts';
 
 export { VmId } from './vm-records.ts';
 
@@ -177,6 +178,8 @@ interface Live {
   agentStartedAt?: number;
   /** Set while the host itself is ending the VM, so the exit is not reported as a crash. */
   expectingExit: boolean;
+  /** The image's workload (WORKLOAD_CHECKS) answered since this VMM started: it is no longer starting. */
+  workloadUp?: boolean;
 }
 
 /**
@@ -201,6 +204,8 @@ export class VmManager extends EventEmitter<{
   readonly #records: VmRecords;
   readonly #links: VmLinks;
   readonly #live = new Map<string, Live>();
+  /** Each image's profile, for WORKLOAD_CHECKS (images are immutable). */
+  readonly #profiles = new Map<string, string>();
   readonly #transitions = new Map<string, VmState>();
   /** One lifecycle operation per VM at a time. */
   readonly #locks = new Map<string, Promise<unknown>>();
@@ -563,6 +568,8 @@ export class VmManager extends EventEmitter<{
         agentStartedAt !== undefined &&
         agentStartedAt !== live.agentStartedAt;
       live.agentStartedAt = agentStartedAt;
+      const workload = await this.#workloadFailure(id, live, timeoutMs);
+      if (workload) return { state: 'failed', pid: live.vm.pid, failure: workload };
       return { state: 'ok', pid: live.vm.pid, restarted };
     } catch (e) {
       if (guest && live.guest === guest) {
@@ -571,6 +578,28 @@ export class VmManager extends EventEmitter<{
       }
       return { state: 'failed', pid: live.vm.pid, failure: (e as Error).message };
     }
+  }
+
+  /**
+   * The image's workload health (`WORKLOAD_CHECKS`, by the image's profile: the OpenClaw
+   * gateway's /healthz), over the VM's link. A workload that has not answered yet since the VMM
+   * started is starting, not failing (OpenClaw takes minutes under TCG, and waits for its
+   * token); once it has, a failed answer fails the check like a silent guest agent would.
+   */
+  async #workloadFailure(id: string, live: Live, timeoutMs: number): Promise<string | undefined> {
+    if (!this.#links.enabled) return undefined;
+    const record = await this.#records.read(id).catch(() => undefined);
+    if (!record?.network) return undefined;
+    let profile = this.#profiles.get(record.imageId);
+    if (profile === undefined) {
+      profile = (await this.#o.store.getManifest(record.imageId).catch(() => undefined))?.profile ?? '';
+      this.#profiles.set(record.imageId, profile);
+    }
+    const check = WORKLOAD_CHECKS[profile];
+    if (!check) return undefined;
+    const failure = await checkWorkload(record.network.guestIp, check, timeoutMs);
+    if (!failure) live.workloadUp = true;
+    return live.workloadUp ? failure : undefined;
   }
 
   /** Where the VM's serial console is logged (named in boot and health errors). */

@@ -1,15 +1,17 @@
+import { Profile, parseOrThrow } from '@warren/protocol';
 import { idleTimeoutFlag, intFlag, oneOperand } from '../../args.ts';
 import { type ConnectionFlags, connect } from '../../connection.ts';
 import { follow } from '../../lifecycle.ts';
 import { configFlags } from '../../skill-flags.ts';
 
 export const usage =
-  'warren tenant create NAME [--image ID] [--cpus N] [--memory MiB] [--disk MiB] [--idle-timeout 20s|15m|2h|never] [--skill NAME@VERSION|NAME@CHANNEL]... [--config FILE=JSON_PATH]... [--no-wait] [--json]';
+  'warren tenant create NAME [--image ID | --image-profile PROFILE] [--cpus N] [--memory MiB] [--disk MiB] [--idle-timeout 20s|15m|2h|never] [--skill NAME@VERSION|NAME@CHANNEL]... [--config FILE=JSON_PATH]... [--no-wait] [--json]';
 
 /** Waits until the tenant runs (progress on stderr); stdout gets the new tenant's id. */
 export async function run(
   args: ConnectionFlags & {
     image?: string;
+    'image-profile'?: string;
     cpus?: string;
     memory?: string;
     disk?: string;
@@ -32,6 +34,7 @@ export async function run(
   const started = await warren.tenants.create({
     name,
     ...(args.image ? { image: args.image } : {}),
+    ...(args['image-profile'] ? { imageProfile: parseOrThrow(Profile, args['image-profile']) } : {}),
     ...(cpus === undefined ? {} : { vcpus: cpus }),
     ...(memory === undefined ? {} : { memoryMiB: memory }),
     ...(disk === undefined ? {} : { diskMiB: disk }),
