@@ -207,7 +207,7 @@ describe('OpenClaw workspace through the dashboard proxy', { timeout: 1_500_000 
     // The gateway runs as the agent user (uid 1000), its state on the data volume.
     // (The gateway renames its process `openclaw-gateway`; this shell is skipped.)
     const ps = await sh(
-      'for p in /proc/[0-9]*; do [ "${p#/proc/}" = $$ ] && continue; c=$(tr "\\0" " " < $p/cmdline 2>/dev/null); case "$c" in openclaw-gateway*|*openclaw.mjs\\ gateway*) stat -c %u $p;; esac; done',
+      'for p in /proc/[0-9]*; do [ $p = /proc/$$ ] && continue; c=$(tr "\\0" " " < $p/cmdline 2>/dev/null); case "$c" in openclaw-gateway*|*openclaw.mjs\\ gateway*) stat -c %u $p;; esac; done',
     );
     assert.deepEqual([...new Set(ps.trim().split(/\s+/))], ['1000'], ps);
     assert.match(

@@ -143,8 +143,9 @@ describe('the console terminal into a real VM', { skip, timeout: 400_000 }, () =
       const size1 = await run(page, 'stty size', /\n(\d+) (\d+)\s*\n/);
       const [, rows1, cols1] = /\n(\d+) (\d+)\s*\n/.exec(size1)!;
       // Ctrl-C interrupts the foreground command (the guest's line discipline sends SIGINT).
-      await page.keyboard.type('sleep 600');
-      await page.keyboard.press('Enter');
+      // Pressed once the command runs: a ^C typed while the shell still edits the line would
+      // only cancel that line.
+      await run(page, 'echo started; sleep 600', /\nstarted\s*\n/);
       await page.keyboard.press('Control+C');
       await run(page, 'echo "after-$?"', /after-130/);
       await page.screenshot({ path: join(ARTIFACTS, 'terminal.png'), fullPage: true });
