@@ -184,6 +184,8 @@ describe('backups', () => {
     assert.equal((await settled('beta', previous)).state, 'complete');
     const open = release();
     const id = await backupNow('beta');
+    // A chunk name no backup writes (real ones are keyed hashes of their content).
+    const stray = `chunks/ee/${'e'.repeat(64)}`;
     try {
       const running = await until('progress shows', async () => {
         const r = await call(t.url, 'GET', `/v1/tenants/beta/backups/${id}`, as('beta'));
@@ -204,7 +206,6 @@ describe('backups', () => {
       const snap = await call(t.url, 'POST', '/v1/tenants/beta/snapshots', { ...as('beta'), body: {} });
       assert.equal(snap.status, 201, snap.text);
       // A stray chunk GC would delete stays while the backup runs: GC does not run.
-      const stray = `chunks/ee/${'e'.repeat(64)}`;
       await mkdir(join(t.dataDir, 'objects', 'chunks', 'ee'), { recursive: true });
       await writeFile(join(t.dataDir, 'objects', stray), 'stray');
       assert.deepEqual(await t.cp.backups.gc(), { ran: false, deletedObjects: 0 });
@@ -215,7 +216,8 @@ describe('backups', () => {
     assert.equal((await settled('beta', id)).state, 'complete');
     const gc = await t.cp.backups.gc();
     assert.equal(gc.ran, true);
-    assert.deepEqual(await objectsUnder('chunks/ee/'), []);
+    // Only the stray goes: real chunks are named by a keyed hash, so one may share its prefix.
+    assert.ok(!(await objectsUnder('chunks/ee/')).includes(stray), 'GC left the stray chunk');
     // A crashed upload's temporary file goes too, once older than a job may run.
     const tmp = join(t.dataDir, 'objects', 'chunks', 'ee', '.tmp-crashed');
     await writeFile(tmp, 'half');
