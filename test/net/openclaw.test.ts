@@ -37,7 +37,19 @@ const ARTIFACTS = join(REPO_ROOT, 'tmp', 'artifacts');
  */
 const GATEWAY_START_MS = 900_000;
 
-describe('OpenClaw workspace through the dashboard proxy', { timeout: 1_500_000 }, () => {
+/**
+ * Opt-in: building the openclaw image (2.5-7 min) and the gateway's first start under TCG
+ * (200-420 s) would take `npm test` past its 30-minute budget on a 2-core TCG machine.
+ */
+const OPENCLAW_SKIP =
+  process.env.WARREN_TEST_OPENCLAW === '1'
+    ? false
+    : 'opt-in (WARREN_TEST_OPENCLAW=1): the openclaw image build and its gateway start under TCG take ~8 min, past npm test budget';
+
+describe('OpenClaw workspace through the dashboard proxy', {
+  timeout: 1_500_000,
+  skip: OPENCLAW_SKIP,
+}, () => {
   const lab = new NetLab();
   let t: TestControlPlane | undefined;
   let agent: ChildProcess | undefined;
