@@ -6,7 +6,6 @@
  * `warren rotate-master-key` refusing while the control plane runs.
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -20,9 +19,7 @@ import {
   openTestControlPlane,
   type TestControlPlane,
 } from '../helpers/api.ts';
-import { REPO_ROOT } from '../helpers/image.ts';
-
-const WARREN = join(REPO_ROOT, 'node_modules', '.bin', 'warren');
+import { type CliRun, runWarren } from '../helpers/cli.ts';
 
 let t: TestControlPlane;
 let agent: FakeAgent;
@@ -49,27 +46,9 @@ after(async () => {
   if (dir) await rm(dir, { recursive: true, force: true });
 });
 
-function warren(
-  args: string[],
-  stdin?: Buffer,
-  env: Record<string, string> = {},
-): Promise<{ status: number | null; stdout: string; stderr: string }> {
-  const child = spawn(WARREN, args, {
-    env: {
-      ...process.env,
-      WARREN_API_URL: t.url,
-      WARREN_TOKEN: key,
-      WARREN_DATA_DIR: join(dir, 'none'),
-      ...env,
-    },
-    stdio: [stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'],
-  });
-  if (stdin) child.stdin!.end(stdin);
-  let stdout = '';
-  let stderr = '';
-  child.stdout!.on('data', (b) => (stdout += b));
-  child.stderr!.on('data', (b) => (stderr += b));
-  return new Promise((resolve) => child.on('close', (status) => resolve({ status, stdout, stderr })));
+/** Runs `warren ARGS` with the tenant's key, optionally with stdin and more environment. */
+function warren(args: string[], stdin?: Buffer, env: Record<string, string> = {}): Promise<CliRun> {
+  return runWarren({ url: t.url, token: key, scratch: dir }, args, { input: stdin, env });
 }
 
 async function delivered(): Promise<Record<string, Buffer>> {

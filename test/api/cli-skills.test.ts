@@ -5,15 +5,12 @@
  * a channel with a staged rollout, a tenant referencing a channel, and the versions it runs.
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { FAKE_IMAGE, FakeAgent, openTestControlPlane, type TestControlPlane } from '../helpers/api.ts';
-import { REPO_ROOT } from '../helpers/image.ts';
-
-const WARREN = join(REPO_ROOT, 'node_modules', '.bin', 'warren');
+import { type CliRun, runWarren } from '../helpers/cli.ts';
 
 let t: TestControlPlane;
 let agent: FakeAgent;
@@ -35,28 +32,9 @@ after(async () => {
   if (dir) await rm(dir, { recursive: true, force: true });
 });
 
-function warren(args: string[]): Promise<{ status: number | null; stdout: string; stderr: string }> {
-  const child = spawn(WARREN, args, {
-    env: {
-      ...process.env,
-      WARREN_API_URL: t.url,
-      WARREN_TOKEN: t.adminToken,
-      WARREN_DATA_DIR: join(dir, 'none'),
-    },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let stdout = '';
-  let stderr = '';
-  child.stdout.on('data', (b) => (stdout += b));
-  child.stderr.on('data', (b) => (stderr += b));
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => child.kill('SIGKILL'), 60_000);
-    child.once('error', reject);
-    child.once('close', (status) => {
-      clearTimeout(timer);
-      resolve({ status, stdout, stderr });
-    });
-  });
+/** Runs `warren ARGS` with the admin token. */
+function warren(args: string[]): Promise<CliRun> {
+  return runWarren({ url: t.url, token: t.adminToken, scratch: dir }, args);
 }
 
 describe('warren skill', () => {

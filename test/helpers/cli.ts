@@ -28,7 +28,7 @@ export interface CliTarget {
 export function runWarren(
   target: CliTarget,
   args: string[],
-  options: { onSpawn?: (pid: number) => void; input?: string } = {},
+  options: { onSpawn?: (pid: number) => void; input?: string | Buffer; env?: Record<string, string> } = {},
 ): Promise<CliRun> {
   const child = spawn(WARREN_BIN, args, {
     env: {
@@ -36,6 +36,7 @@ export function runWarren(
       WARREN_API_URL: target.url,
       WARREN_TOKEN: target.token,
       WARREN_DATA_DIR: join(target.scratch, 'none'),
+      ...options.env,
     },
     stdio: [options.input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'],
   });
