@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { packSkillDir, readSkillBundle, unpackSkillBundle } from '@warren/images/skill-bundle';
-import { parseSkillRef } from '@warren/protocol';
+import { OPENCLAW_WORKLOAD, parseSkillRef } from '@warren/protocol';
 import {
   mergeJson,
   nextChannel,
@@ -213,6 +213,7 @@ describe('configuration rendering', () => {
 
   test('openclaw.json gets the skill mount paths after any the template lists', () => {
     const out = renderConfig({
+      defaults: {},
       templates: new Map([
         [
           'openclaw.json',
@@ -237,18 +238,60 @@ describe('configuration rendering', () => {
     assert.equal(doc.gateway.port, 2);
     assert.match(out.version, /^sha256:[0-9a-f]{12}$/);
     assert.equal(
-      renderConfig({ templates: new Map(), values: {}, skillNames: [], maxFileBytes: 1024 }),
+      renderConfig({ defaults: {}, templates: new Map(), values: {}, skillNames: [], maxFileBytes: 1024 }),
       null,
     );
     assert.throws(
       () =>
         renderConfig({
+          defaults: {},
           templates: new Map(),
           values: { 'a.json': { x: 'y'.repeat(2000) } },
           skillNames: [],
           maxFileBytes: 1024,
         }),
       /larger than 1024 bytes/,
+    );
+  });
+
+  test('a workload’s platform defaults render under the template and the tenant’s values, which win', () => {
+    const origin = 'https://mybot.dash.example';
+    const defaults = { [OPENCLAW_WORKLOAD.configFile]: OPENCLAW_WORKLOAD.configDefaults(origin) };
+    const only = renderConfig({
+      defaults,
+      templates: new Map(),
+      values: {},
+      skillNames: [],
+      maxFileBytes: 4096,
+    });
+    assert.ok(only);
+    assert.deepEqual(JSON.parse(only.files[0]!.content), {
+      gateway: { controlUi: { allowedOrigins: [origin] } },
+    });
+    const over = renderConfig({
+      defaults,
+      templates: new Map([
+        ['openclaw.json', { version: 1, body: { gateway: { controlUi: { basePath: '/x' } } } }],
+      ]),
+      values: { 'openclaw.json': { gateway: { controlUi: { allowedOrigins: ['https://other.example'] } } } },
+      skillNames: [],
+      maxFileBytes: 4096,
+    });
+    assert.ok(over);
+    assert.deepEqual(JSON.parse(over.files[0]!.content).gateway.controlUi, {
+      allowedOrigins: ['https://other.example'],
+      basePath: '/x',
+    });
+    // A tenant may drop the file altogether.
+    assert.equal(
+      renderConfig({
+        defaults,
+        templates: new Map(),
+        values: { 'openclaw.json': null },
+        skillNames: [],
+        maxFileBytes: 4096,
+      }),
+      null,
     );
   });
 });

@@ -51,8 +51,16 @@ describe('template start on real VMs (qemu)', { timeout: 900_000 }, () => {
   test('the first start builds the template; tenants start from it with their own random state', async () => {
     timings.firstWithBuild = await startTimed(host, 'tpl-a');
     firstBytes.set('tpl-a', await run(host, 'tpl-a', 'head -c 32 /dev/urandom | od -An -tx1 | tr -d " \\n"'));
+    // Its rendered configuration, known before the start, is in place when the start returns
+    // (a workload that waits for its token, delivered next, starts with it).
+    const config = '{"gateway":{"port":8080}}\n';
+    host.vms.setConfig('tpl-b', {
+      version: 'sha256:0123456789ab',
+      files: [{ name: 'app.json', content: config }],
+    });
     timings.template = await startTimed(host, 'tpl-b');
     firstBytes.set('tpl-b', await run(host, 'tpl-b', 'head -c 32 /dev/urandom | od -An -tx1 | tr -d " \\n"'));
+    assert.equal(`${await run(host, 'tpl-b', 'cat /run/warren/config/app.json')}\n`, config);
     // Restored, not booted: the guest's kernel still has the template's command line.
     for (const id of ['tpl-a', 'tpl-b'])
       assert.match(

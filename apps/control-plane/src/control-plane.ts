@@ -4,6 +4,7 @@ import { createObjectStore } from '@warren/object-store';
 import type { Host, Tenant } from '@warren/protocol';
 import type { Logger } from '@warren/telemetry';
 import { AgentClient } from './agents/agent-client.ts';
+import { dashboardOriginOf } from './api/dashboard-host.ts';
 import { RateLimiter } from './api/rate-limit.ts';
 import { type ApiServer, createApiServer } from './api/server.ts';
 import { type BootstrapResult, bootstrapCredentials } from './auth/bootstrap.ts';
@@ -80,8 +81,8 @@ export async function openControlPlane(
       .then((h) => h && agents.wake(h))
       .catch(() => {});
   };
-  const tenants = new TenantService({ db: store.db, config, onDesiredChange: wakeHost });
   const secrets = new SecretService({ db: store.db, masterKey, onChange: wakeHost });
+  const tenants = new TenantService({ db: store.db, config, onDesiredChange: wakeHost, secrets });
   const hub = new EventHub({ bufferSize: config.eventsBuffer, queueLimit: config.eventsClientQueue });
   const events = new EventPublisher({
     db: store.db,
@@ -196,6 +197,7 @@ export async function openControlPlane(
       await server.app.listen({ host: config.host, port: config.port });
       const addr = server.app.server.address();
       const port = typeof addr === 'object' && addr ? addr.port : config.port;
+      skills.dashboardOrigin = (name) => dashboardOriginOf(config, name, port);
       const host = config.host === '0.0.0.0' || config.host === '::' ? '127.0.0.1' : config.host;
       const url = `http://${host.includes(':') ? `[${host}]` : host}:${port}`;
       const path = join(stateDirOf(config), 'api.json');

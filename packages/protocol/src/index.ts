@@ -10,3 +10,4 @@ export * from './secrets.ts';
 export * from './skills.ts';
 export * from './snapshots.ts';
 export * from './validate.ts';
+export * from './workloads.ts';

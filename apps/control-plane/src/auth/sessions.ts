@@ -26,6 +26,8 @@ const SECRET = /^[A-Za-z0-9_-]{43}$/;
 export interface OpenedSession {
   id: string;
   expiresAt: string;
+  /** The tenant whose dashboard origin the session is for. */
+  tenantId: string;
 }
 
 export async function createLoginCode(
@@ -97,7 +99,7 @@ export async function redeemLoginCode(
       expires_at: expiresAt,
     })
     .execute();
-  return { id, expiresAt };
+  return { id, expiresAt, tenantId };
 }
 
 /** Ends the session named by the request's cookie; unknown or expired ones are ignored. */

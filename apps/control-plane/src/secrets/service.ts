@@ -97,6 +97,44 @@ export class SecretService {
     }
   }
 
+  /**
+   * The first version of a secret of a tenant being created, sealed, for the creating
+   * transaction to insert (with the tenant's `secrets_generation` at 1): a generated workload
+   * token is there before the tenant's host first asks.
+   */
+  initialRow(tenantId: string, name: string, value: Buffer, t: string): TenantSecretsTable {
+    const sealed = sealSecret(this.#d.masterKey, { tenantId, name, version: 1 }, value);
+    return {
+      tenant_id: tenantId,
+      name,
+      version: 1,
+      wrapped_key: sealed.wrappedKey,
+      sealed: sealed.sealed,
+      created_at: t,
+      updated_at: t,
+    };
+  }
+
+  /**
+   * One secret's value, opened, or undefined when the tenant has none by that name. Only for
+   * the dashboard login page, which hands a workload's own token to the tenant's browser on
+   * the tenant's origin (docs/security.md); never for an API answer.
+   */
+  async open(tenantId: string, name: string): Promise<Buffer | undefined> {
+    const r = await this.#d.db
+      .selectFrom('tenant_secrets')
+      .selectAll()
+      .where('tenant_id', '=', tenantId)
+      .where('name', '=', name)
+      .executeTakeFirst();
+    if (!r) return undefined;
+    return openSecret(
+      this.#d.masterKey,
+      { tenantId, name: r.name, version: r.version },
+      { wrappedKey: r.wrapped_key, sealed: r.sealed },
+    );
+  }
+
   async remove(tenant: TenantsTable, name: string): Promise<SecretInfo> {
     const row = await this.#d.db.transaction().execute(async (trx) => {
       const old = await trx

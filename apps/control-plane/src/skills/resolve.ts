@@ -92,6 +92,8 @@ export function mergeJson(base: unknown, patch: unknown): unknown {
 }
 
 export interface RenderInput {
+  /** The platform's defaults per file (a workload's, by the tenant's image profile), under the templates. */
+  defaults: Record<string, Record<string, unknown>>;
   /** Newest template per file. */
   templates: Map<string, { version: number; body: Record<string, unknown> }>;
   /** The tenant's own values per file. */
@@ -102,22 +104,24 @@ export interface RenderInput {
 }
 
 /**
- * Renders a tenant's configuration files: each file that has a template or tenant values is
- * the template deep-merged with the values (mergeJson). `openclaw.json` (rendered whenever the
+ * Renders a tenant's configuration files: each file that has platform defaults, a template or
+ * tenant values is the defaults, then the template, then the values, deep-merged (mergeJson). `openclaw.json` (rendered whenever the
  * tenant has skills, even without a template) gets each package's mount directory appended to
  * `skills.load.extraDirs`, after any the template or values list.
  */
 export function renderConfig(input: RenderInput): DesiredConfig | null {
-  const names = new Set([...input.templates.keys(), ...Object.keys(input.values)]);
+  const names = new Set([
+    ...Object.keys(input.defaults),
+    ...input.templates.keys(),
+    ...Object.keys(input.values),
+  ]);
   for (const [k, v] of Object.entries(input.values)) if (v === null) names.delete(k);
   if (input.skillNames.length > 0) names.add(OPENCLAW_CONFIG_FILE);
   if (names.size === 0) return null;
   const files: DesiredConfig['files'] = [];
   for (const name of [...names].sort()) {
-    let doc = mergeJson(input.templates.get(name)?.body ?? {}, input.values[name] ?? {}) as Record<
-      string,
-      unknown
-    >;
+    const template = mergeJson(input.defaults[name] ?? {}, input.templates.get(name)?.body ?? {});
+    let doc = mergeJson(template, input.values[name] ?? {}) as Record<string, unknown>;
     if (name === OPENCLAW_CONFIG_FILE && input.skillNames.length > 0) {
       const skills = isObject(doc.skills) ? doc.skills : {};
       const load = isObject(skills.load) ? skills.load : {};

@@ -13,10 +13,12 @@ import {
   type SkillPackage,
   type TenantVersions,
   WarrenError,
+  workloadOf,
 } from '@warren/protocol';
 import { now } from '../ids.ts';
 import type { SkillChannelsTable, SkillPackagesTable, TenantsTable } from '../store/database.ts';
 import type { Db } from '../store/index.ts';
+import { imageProfiles } from '../tenants/service.ts';
 import { type ChannelState, nextChannel, renderConfig, resolveChannel } from './resolve.ts';
 
 /** Where a bundle lives in the object store: named by its digest, so equal content is stored once. */
@@ -75,6 +77,8 @@ interface Catalog {
   packages: Map<string, SkillPackagesTable>;
   channels: Map<string, SkillChannelsTable>;
   templates: Map<string, { version: number; body: Record<string, unknown> }>;
+  /** Image id -> profile, for the workload defaults of a tenant's configuration. */
+  profiles: Map<string, string>;
 }
 
 interface Resolved {
@@ -92,6 +96,11 @@ interface Resolved {
 export class SkillService {
   readonly #db: Db;
   readonly #objects: ObjectStore;
+  /**
+   * A tenant's dashboard origin (set once the API listens: by default it carries the port), for
+   * the workload defaults of its configuration (`Workload.configDefaults`); none: no defaults.
+   */
+  dashboardOrigin: ((tenantName: string) => string) | undefined;
 
   constructor(o: { db: Db; objects: ObjectStore }) {
     this.#db = o.db;
@@ -304,7 +313,7 @@ export class SkillService {
     const templates = new Map<string, { version: number; body: Record<string, unknown> }>();
     for (const r of await db.selectFrom('config_templates').selectAll().orderBy('version').execute())
       templates.set(r.file, { version: r.version, body: JSON.parse(r.body) });
-    return { packages, channels, templates };
+    return { packages, channels, templates, profiles: await imageProfiles(db) };
   }
 
   #resolve(cat: Catalog, row: Pick<TenantsTable, 'id' | 'skills'>): Resolved[] {
@@ -328,9 +337,16 @@ export class SkillService {
     return out;
   }
 
-  #render(cat: Catalog, row: Pick<TenantsTable, 'config_values'>, skills: Resolved[]): DesiredConfig | null {
+  #render(
+    cat: Catalog,
+    row: Pick<TenantsTable, 'name' | 'image_id' | 'config_values'>,
+    skills: Resolved[],
+  ): DesiredConfig | null {
+    const workload = workloadOf(cat.profiles.get(row.image_id));
+    const origin = this.dashboardOrigin?.(row.name);
     try {
       return renderConfig({
+        defaults: workload && origin ? { [workload.configFile]: workload.configDefaults(origin) } : {},
         templates: cat.templates,
         values: tenantConfigValues(row),
         skillNames: skills.filter((s) => s.pkg).map((s) => s.name),
@@ -345,7 +361,7 @@ export class SkillService {
   /** What each tenant's host attaches and writes (the heartbeat's desired list). */
   async desiredFor(
     db: Db,
-    rows: Pick<TenantsTable, 'id' | 'skills' | 'config_values'>[],
+    rows: Pick<TenantsTable, 'id' | 'name' | 'image_id' | 'skills' | 'config_values'>[],
   ): Promise<Map<string, { skills: DesiredSkill[]; config: DesiredConfig | null }>> {
     const out = new Map<string, { skills: DesiredSkill[]; config: DesiredConfig | null }>();
     if (rows.length === 0) return out;
@@ -401,6 +417,12 @@ export class SkillService {
     skillNames: string[],
   ): Promise<void> {
     const cat = await this.#catalog();
-    renderConfig({ templates: cat.templates, values, skillNames, maxFileBytes: MAX_CONFIG_FILE_BYTES });
+    renderConfig({
+      defaults: {},
+      templates: cat.templates,
+      values,
+      skillNames,
+      maxFileBytes: MAX_CONFIG_FILE_BYTES,
+    });
   }
 }

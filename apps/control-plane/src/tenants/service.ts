@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import {
   type CreateTenantRequest,
   DEFAULT_DASHBOARD_PORT,
@@ -9,6 +10,7 @@ import {
   type TenantOperationResponse,
   type UpdateTenantRequest,
   WarrenError,
+  workloadOf,
 } from '@warren/protocol';
 import type { z } from 'zod';
 import { isUniqueViolation } from '../api/errors.ts';
@@ -17,7 +19,8 @@ import { healthySince, whereHealthy } from '../hosts/health.ts';
 import { LIFECYCLE_KINDS } from '../hosts/service.ts';
 import { newId, now } from '../ids.ts';
 import { placeTenant, recountSuspended } from '../scheduler/place.ts';
-import type { OperationsTable, TenantsTable } from '../store/database.ts';
+import type { SecretService } from '../secrets/service.ts';
+import type { OperationsTable, TenantSecretsTable, TenantsTable } from '../store/database.ts';
 import type { Db } from '../store/index.ts';
 import { operationView, tenantView } from './view.ts';
 
@@ -28,6 +31,8 @@ export interface TenantServiceDeps {
   config: ControlPlaneConfig;
   /** Called after desired state on a host changed, to wake its agent. */
   onDesiredChange: (hostId: string) => void;
+  /** Seals the token a workload image's tenant is created with (`workloadOf`). */
+  secrets?: SecretService;
 }
 
 /** Tenant lifecycle: every change writes desired state and an operation in one transaction. */
@@ -79,7 +84,8 @@ export class TenantService {
     if (req.image !== undefined && req.imageProfile !== undefined) {
       throw new WarrenError('INVALID_ARGUMENT', 'give either image or imageProfile, not both');
     }
-    const imageId = await this.#resolveImage(req.image, since, req.imageProfile);
+    const image = await this.#resolveImage(req.image, since, req.imageProfile);
+    const imageId = image.id;
     const t = now();
     const tenant: TenantsTable = {
       id: newId('ten'),
@@ -112,6 +118,16 @@ export class TenantService {
       config_version: req.config ? 1 : 0,
     };
     const op = operationRow(tenant, 'create', 1, t);
+    // A workload image's tenant starts with its own random token (the OpenClaw gateway's auth),
+    // sealed like any secret and delivered with them; it never leaves the platform otherwise.
+    const workload = workloadOf(image.profile);
+    let token: TenantSecretsTable | undefined;
+    if (workload && this.#d.secrets) {
+      const value = Buffer.from(randomBytes(32).toString('base64url'));
+      token = this.#d.secrets.initialRow(tenant.id, workload.tokenSecret, value, t);
+      value.fill(0);
+      tenant.secrets_generation = 1;
+    }
     try {
       await this.#d.db.transaction().execute(async (trx) => {
         const taken = await trx
@@ -132,6 +148,7 @@ export class TenantService {
         }
         tenant.host_id = await placeTenant(trx, { resources, imageId, healthySince: since });
         await trx.insertInto('tenants').values(tenant).execute();
+        if (token) await trx.insertInto('tenant_secrets').values(token).execute();
         await trx.insertInto('operations').values(op).execute();
       });
     } catch (e) {
@@ -329,7 +346,11 @@ export class TenantService {
   }
 
   /** Picks the image: a full id or unique prefix known to a healthy host, else `profile`'s (or the default profile's) newest. */
-  async #resolveImage(ref: string | undefined, since: string, wantedProfile?: string): Promise<string> {
+  async #resolveImage(
+    ref: string | undefined,
+    since: string,
+    wantedProfile?: string,
+  ): Promise<{ id: string; profile: string }> {
     const rows = await whereHealthy(this.#d.db.selectFrom('hosts').select('images'), since).execute();
     const images = new Map<string, { id: string; profile: string; createdAt: string }>();
     for (const r of rows) {
@@ -347,14 +368,14 @@ export class TenantService {
           `no healthy host has an image of the ${wantedProfile ? '' : 'default '}profile "${profile}"; build one on a host (\`warren image build --profile ${profile}\`) or name an image`,
         );
       }
-      return newest.id;
+      return newest;
     }
     const wanted = ref.startsWith('sha256:') ? ref : `sha256:${ref}`;
     if (!/^sha256:[0-9a-f]{4,64}$/.test(wanted)) {
       throw new WarrenError('INVALID_ARGUMENT', 'image: give an image id (sha256:…) or a hex prefix of one');
     }
     const matches = all.filter((i) => i.id.startsWith(wanted));
-    if (matches.length === 1) return matches[0]!.id;
+    if (matches.length === 1) return matches[0]!;
     if (matches.length > 1)
       throw new WarrenError('INVALID_ARGUMENT', `image prefix ${ref} is ambiguous; give more digits`);
     throw new WarrenError('IMAGE_NOT_FOUND', `no healthy host has image ${ref}`);
@@ -432,6 +453,14 @@ export function checkQuota(quota: Resources, r: Resources, c: ControlPlaneConfig
       });
     }
   }
+}
+
+/** The profile of every image any host reports (an image id names the same build everywhere). */
+export async function imageProfiles(db: Db): Promise<Map<string, string>> {
+  const out = new Map<string, string>();
+  for (const r of await db.selectFrom('hosts').select('images').execute())
+    for (const i of safeImages(r.images)) if (typeof i?.profile === 'string') out.set(i.id, i.profile);
+  return out;
 }
 
 export function safeImages(json: string): { id: string; profile: string; createdAt: string }[] {

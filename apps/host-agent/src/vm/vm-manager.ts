@@ -657,6 +657,14 @@ export class VmManager extends EventEmitter<{
         // A template's device layout has no skill disks: a VM with packages boots.
         if (record.skills.length === 0 && (await this.#startFromTemplate(record))) {
           setKind('template');
+          try {
+            // Before the secrets, as after a boot: a workload waiting for its token (the
+            // OpenClaw gateway) starts with its configuration in place.
+            await this.#writeWantedConfig(id);
+          } catch (e) {
+            await this.#killLive(id);
+            throw e;
+          }
           await this.#deliverSecrets(id);
           return this.#finish(id, record);
         }
@@ -1151,7 +1159,11 @@ export class VmManager extends EventEmitter<{
             resumedMs = performance.now() - started;
           },
         );
-        // The snapshot holds no secrets (they were wiped before it was taken): put them back.
+        // The snapshot holds no secrets (they were wiped before it was taken): put them back;
+        // and the configuration the tenant has now, not the one it had then.
+        const config = this.#config.get(id);
+        if (config) config.written = undefined;
+        this.#writeConfigSoon(id);
         await this.#deliverSecrets(id);
         this.#unchangedSince.set(id, name);
         const revertMs = performance.now() - started;
@@ -1662,10 +1674,15 @@ export class VmManager extends EventEmitter<{
           `mounting the skill packages in VM ${record.id} failed (exit ${r.exitCode}): ${stderr.slice(0, 500)}`,
         );
     }
-    const entry = this.#config.get(record.id);
+    await this.#writeWantedConfig(record.id);
+  }
+
+  /** Writes the configuration files now, whatever the guest had (a new boot, a template, a snapshot). */
+  async #writeWantedConfig(id: string): Promise<void> {
+    const entry = this.#config.get(id);
     if (entry?.want) {
       entry.written = undefined;
-      await this.#writeConfig(record.id);
+      await this.#writeConfig(id);
     }
   }
 

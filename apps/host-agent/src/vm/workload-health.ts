@@ -1,5 +1,6 @@
 import { request } from 'node:http';
 import { OPENCLAW_GUEST } from '@warren/images';
+import { OPENCLAW_WORKLOAD } from '@warren/protocol';
 
 /** An HTTP health endpoint of the workload an image profile runs, checked beside the guest agent. */
 export interface WorkloadCheck {
@@ -13,7 +14,7 @@ export interface WorkloadCheck {
  * runs the OpenClaw gateway on the dashboard port; its `/healthz` answers while it is live.
  */
 export const WORKLOAD_CHECKS: Partial<Record<string, WorkloadCheck>> = {
-  openclaw: { name: 'the OpenClaw gateway', port: OPENCLAW_GUEST.defaultPort, path: '/healthz' },
+  openclaw: { name: OPENCLAW_WORKLOAD.name, port: OPENCLAW_GUEST.defaultPort, path: '/healthz' },
 };
 
 /**

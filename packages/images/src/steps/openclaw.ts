@@ -1,7 +1,14 @@
 import { chmod, copyFile, mkdir, readFile, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { WarrenError } from '@warren/protocol';
+import {
+  CONFIG_DIR,
+  OPENCLAW_CONFIG_FILE,
+  OPENCLAW_WORKLOAD,
+  SKILLS_MOUNT_DIR,
+  WarrenError,
+  workloadTokenPath,
+} from '@warren/protocol';
 import { sha256 } from '../digest.ts';
 import { run } from '../run.ts';
 import { AGENT_USER } from './rootfs.ts';
@@ -22,9 +29,9 @@ export const OPENCLAW_ROOT = '/opt/openclaw';
  * the host agent); skill packages are mounted read-only under SKILLS_DIR, one directory each.
  */
 export const OPENCLAW_GUEST = {
-  token: '/run/warren/secrets/OPENCLAW_GATEWAY_TOKEN',
-  renderedConfig: '/run/warren/config/openclaw.json',
-  skillsDir: '/opt/warren/skills',
+  token: workloadTokenPath(OPENCLAW_WORKLOAD),
+  renderedConfig: `${CONFIG_DIR}/${OPENCLAW_CONFIG_FILE}`,
+  skillsDir: SKILLS_MOUNT_DIR,
   /** The configuration the gateway runs with: rendered + the platform's keys, made at each start. */
   runDir: '/run/warren/openclaw',
   /** The gateway's state: on the tenant's data volume, so it persists and is backed up. */

@@ -10,6 +10,7 @@ import {
   vmIdOfTenant,
   vmProxyPath,
   WarrenError,
+  workloadOf,
 } from '@warren/protocol';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { z } from 'zod';
@@ -23,6 +24,7 @@ import {
   sessionCookie,
 } from '../../auth/sessions.ts';
 import type { HostsTable, TenantsTable } from '../../store/database.ts';
+import { imageProfiles } from '../../tenants/service.ts';
 import { servesRequests } from '../../tenants/view.ts';
 import type { Api } from '../context.ts';
 import { cameByDashboardHost, HOST_ROUTE_PREFIX } from '../dashboard-host.ts';
@@ -132,7 +134,8 @@ export function dashboardRoutes(api: Api, proxy: DashboardProxy): void {
         .header('referrer-policy', 'no-referrer')
         .header('content-security-policy', "default-src 'none'; frame-ancestors 'none'")
         .header('content-type', 'text/html; charset=utf-8');
-      return '<!doctype html><meta http-equiv="refresh" content="0;url=/"><title>Logged in</title><a href="/">Open the dashboard</a>\n';
+      const to = escapeHtml(await landingPath(api, session.tenantId));
+      return `<!doctype html><meta http-equiv="refresh" content="0;url=${to}"><title>Logged in</title><a href="${to}">Open the dashboard</a>\n`;
     },
   );
   api.route(
@@ -150,6 +153,33 @@ export function dashboardRoutes(api: Api, proxy: DashboardProxy): void {
       reply.header('set-cookie', clearedSessionCookie());
     },
   );
+}
+
+/**
+ * Where the login page goes on to: `/`, or, for a tenant whose image runs a workload with its
+ * own token (the OpenClaw gateway), `/#token=<token>`: the browser has just proved it may use
+ * this tenant's dashboard, and the app reads its token from the fragment, which is never sent
+ * to a server (docs/security.md, "Workload tokens").
+ */
+async function landingPath(api: Api, tenantId: string): Promise<string> {
+  const row = await api.db
+    .selectFrom('tenants')
+    .select('image_id')
+    .where('id', '=', tenantId)
+    .executeTakeFirst();
+  const workload = row && workloadOf((await imageProfiles(api.db)).get(row.image_id));
+  if (!workload) return '/';
+  const token = await api.secrets.open(tenantId, workload.tokenSecret);
+  if (!token) return '/';
+  try {
+    return `/#${workload.loginFragment}=${encodeURIComponent(token.toString('utf8'))}`;
+  } finally {
+    token.fill(0);
+  }
+}
+
+function escapeHtml(s: string): string {
+  return s.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
 }
 
 /**
