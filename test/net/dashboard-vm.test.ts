@@ -12,8 +12,9 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { WarrenClient } from '@warren/sdk';
 import { openTestControlPlane, type TestControlPlane } from '../helpers/api.ts';
-import { minimalImage, REPO_ROOT, TEST_IMAGES_DIR } from '../helpers/image.ts';
-import { NetLab, SIM } from '../helpers/netns.ts';
+import { minimalImage } from '../helpers/image.ts';
+import { spawnLabAgent } from '../helpers/lab-agent.ts';
+import { NetLab } from '../helpers/netns.ts';
 import { until as waitUntil } from '../helpers/until.ts';
 import { DASHBOARD } from '../helpers/vm-dashboard.ts';
 
@@ -41,28 +42,16 @@ describe('dashboard proxy through a real VM', { timeout: 400_000 }, () => {
     dataDir = await mkdtemp(join(tmpdir(), 'wd-'));
     // The control plane listens on the root end of the veth, where the host namespace reaches it.
     t = await openTestControlPlane({ host: lab.rootIp, defaultProfile: 'minimal' });
-    agent = lab.spawn(
-      lab.hostNs,
-      [join(REPO_ROOT, 'scripts', 'node.sh'), join(REPO_ROOT, 'apps/host-agent/src/main.ts')],
-      {
-        ...process.env,
-        WARREN_DATA_DIR: dataDir,
-        WARREN_IMAGES_DIR: TEST_IMAGES_DIR,
-        WARREN_CONTROL_PLANE_URL: t.url,
-        WARREN_JOIN_TOKEN: t.joinToken,
-        WARREN_AGENT_LISTEN: `0.0.0.0:${AGENT_PORT}`,
-        WARREN_AGENT_ADDRESS: `http://${lab.hostIp}:${AGENT_PORT}`,
-        WARREN_HOST_NAME: 'lab-host',
-        WARREN_HEARTBEAT_MS: '300',
-        WARREN_BOOT_TIMEOUT_MS: '120000',
-        WARREN_NETWORK: 'on',
-        WARREN_VM_DNS_UPSTREAM: SIM.dns,
+    agent = spawnLabAgent(lab, {
+      controlPlaneUrl: t.url,
+      joinToken: t.joinToken,
+      dataDir,
+      port: AGENT_PORT,
+      env: { WARREN_HOST_NAME: 'lab-host' },
+      onOutput: (c) => {
+        agentLog = (agentLog + c).slice(-20_000);
       },
-    );
-    agent.stderr!.on('data', (c) => {
-      agentLog = (agentLog + c).slice(-20_000);
     });
-    agent.stdout!.resume();
     await until('the host to join', async () =>
       (await admin().hosts.list()).some((h) => h.health === 'healthy'),
     );

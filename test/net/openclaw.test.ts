@@ -23,8 +23,9 @@ import { WarrenClient } from '@warren/sdk';
 import { type BrowserContext, chromium, type WebSocket as PageSocket } from 'playwright-core';
 import { openTestControlPlane, type TestControlPlane } from '../helpers/api.ts';
 import { runWarren } from '../helpers/cli.ts';
-import { openclawImage, REPO_ROOT, TEST_IMAGES_DIR } from '../helpers/image.ts';
-import { NetLab, SIM } from '../helpers/netns.ts';
+import { openclawImage, REPO_ROOT } from '../helpers/image.ts';
+import { spawnLabAgent } from '../helpers/lab-agent.ts';
+import { NetLab } from '../helpers/netns.ts';
 import { until as waitUntil } from '../helpers/until.ts';
 
 const AGENT_PORT = 17072;
@@ -96,28 +97,16 @@ describe('OpenClaw workspace through the dashboard proxy', {
     await openclawImage();
     dataDir = await mkdtemp(join(tmpdir(), 'wd-'));
     t = await openTestControlPlane({ host: lab.rootIp, defaultProfile: 'openclaw' });
-    agent = lab.spawn(
-      lab.hostNs,
-      [join(REPO_ROOT, 'scripts', 'node.sh'), join(REPO_ROOT, 'apps/host-agent/src/main.ts')],
-      {
-        ...process.env,
-        WARREN_DATA_DIR: dataDir,
-        WARREN_IMAGES_DIR: TEST_IMAGES_DIR,
-        WARREN_CONTROL_PLANE_URL: t.url,
-        WARREN_JOIN_TOKEN: t.joinToken,
-        WARREN_AGENT_LISTEN: `0.0.0.0:${AGENT_PORT}`,
-        WARREN_AGENT_ADDRESS: `http://${lab.hostIp}:${AGENT_PORT}`,
-        WARREN_HOST_NAME: 'lab-host',
-        WARREN_HEARTBEAT_MS: '300',
-        WARREN_BOOT_TIMEOUT_MS: '180000',
-        WARREN_NETWORK: 'on',
-        WARREN_VM_DNS_UPSTREAM: SIM.dns,
+    agent = spawnLabAgent(lab, {
+      controlPlaneUrl: t.url,
+      joinToken: t.joinToken,
+      dataDir,
+      port: AGENT_PORT,
+      env: { WARREN_HOST_NAME: 'lab-host', WARREN_BOOT_TIMEOUT_MS: '180000' },
+      onOutput: (c) => {
+        agentLog = (agentLog + c).slice(-20_000);
       },
-    );
-    agent.stderr!.on('data', (c) => {
-      agentLog = (agentLog + c).slice(-20_000);
     });
-    agent.stdout!.resume();
     await until('the host to join', async () =>
       (await admin().hosts.list()).some((h) => h.health === 'healthy'),
     );

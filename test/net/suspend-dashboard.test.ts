@@ -13,8 +13,9 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import type { DesiredTenant } from '@warren/protocol';
 import { desiredTenant, FakeControlPlane } from '../helpers/fake-control-plane.ts';
-import { minimalImage, REPO_ROOT, TEST_IMAGES_DIR } from '../helpers/image.ts';
-import { NetLab, SIM } from '../helpers/netns.ts';
+import { minimalImage } from '../helpers/image.ts';
+import { spawnLabAgent } from '../helpers/lab-agent.ts';
+import { NetLab } from '../helpers/netns.ts';
 import { until as waitUntil } from '../helpers/until.ts';
 import { DASHBOARD } from '../helpers/vm-dashboard.ts';
 
@@ -66,30 +67,15 @@ describe('dashboard HTTP and WebSocket wake a suspended VM', { timeout: 400_000 
     cp = await FakeControlPlane.start(lab.rootIp);
     t = { ...desiredTenant(image, 'running', 1), memoryMiB: 512 };
     cp.set(t);
-    agent = lab.spawn(
-      lab.hostNs,
-      [join(REPO_ROOT, 'scripts', 'node.sh'), join(REPO_ROOT, 'apps/host-agent/src/main.ts')],
-      {
-        ...process.env,
-        WARREN_DATA_DIR: dataDir,
-        WARREN_IMAGES_DIR: TEST_IMAGES_DIR,
-        WARREN_CONTROL_PLANE_URL: cp.url,
-        WARREN_JOIN_TOKEN: cp.joinToken,
-        WARREN_AGENT_LISTEN: `0.0.0.0:${AGENT_PORT}`,
-        WARREN_AGENT_ADDRESS: `http://${lab.hostIp}:${AGENT_PORT}`,
-        WARREN_HOST_NAME: 'idle-lab-host',
-        WARREN_HEARTBEAT_MS: '300',
-        WARREN_BOOT_TIMEOUT_MS: '120000',
-        WARREN_IDLE_CHECK_MS: '250',
-        WARREN_NETWORK: 'on',
-        WARREN_VM_DNS_UPSTREAM: SIM.dns,
+    agent = spawnLabAgent(lab, {
+      controlPlaneUrl: cp.url,
+      joinToken: cp.joinToken,
+      dataDir,
+      port: AGENT_PORT,
+      env: { WARREN_HOST_NAME: 'idle-lab-host', WARREN_IDLE_CHECK_MS: '250' },
+      onOutput: (c) => {
+        agentLog = (agentLog + c).slice(-20_000);
       },
-    );
-    agent.stderr!.on('data', (c) => {
-      agentLog = (agentLog + c).slice(-20_000);
-    });
-    agent.stdout!.on('data', (c) => {
-      agentLog = (agentLog + c).slice(-20_000);
     });
     await until('the tenant runs', async () => stateNow() === 'running');
     const put = await fetch(`${agentUrl()}/v1/vms/${t.vmId}/files?path=/tmp/dashboard.mjs`, {

@@ -19,7 +19,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { loadConfig, openHost } from '@warren/host-agent';
 import type { DesiredTenant, NetworkPolicy } from '@warren/protocol';
 import { desiredTenant, FakeControlPlane } from '../helpers/fake-control-plane.ts';
-import { minimalImage, REPO_ROOT, TEST_IMAGES_DIR } from '../helpers/image.ts';
+import { minimalImage, TEST_IMAGES_DIR } from '../helpers/image.ts';
+import { spawnLabAgent } from '../helpers/lab-agent.ts';
 import { type Internet, NetLab, SIM, UPLINK_IP } from '../helpers/netns.ts';
 import { until } from '../helpers/until.ts';
 
@@ -158,32 +159,23 @@ describe('tenant networks: isolation, egress policies, rebuild and removal', { t
 
   function startAgent(): ChildProcess {
     agentLog = '';
-    const child = lab.spawn(
-      lab.hostNs,
-      [join(REPO_ROOT, 'scripts', 'node.sh'), join(REPO_ROOT, 'apps/host-agent/src/main.ts')],
-      {
-        ...process.env,
-        WARREN_DATA_DIR: dataDir!,
-        WARREN_IMAGES_DIR: TEST_IMAGES_DIR,
-        WARREN_CONTROL_PLANE_URL: `http://${lab.rootIp}:${cpRelay!.port}`,
-        WARREN_JOIN_TOKEN: cp!.joinToken,
-        WARREN_AGENT_LISTEN: `0.0.0.0:${AGENT_PORT}`,
-        WARREN_AGENT_ADDRESS: agentUrl(),
-        WARREN_HEARTBEAT_MS: '300',
-        WARREN_BOOT_TIMEOUT_MS: '120000',
-        WARREN_NETWORK: 'on',
+    return spawnLabAgent(lab, {
+      controlPlaneUrl: `http://${lab.rootIp}:${cpRelay!.port}`,
+      joinToken: cp!.joinToken,
+      dataDir: dataDir!,
+      port: AGENT_PORT,
+      env: {
         // The addresses below are set by the identity call of a template start.
         WARREN_TEMPLATE_START: 'on',
         WARREN_VM_NETWORK: '10.213.0.0/16',
-        WARREN_VM_DNS_UPSTREAM: SIM.dns,
         WARREN_DNS_PORT: String(DNS_PORT),
         WARREN_VM_BLOCKED_CIDRS: '192.0.2.0/24',
         WARREN_VM_DNS_ALLOWLIST_NAMES: 'web.example.test',
       },
-    );
-    child.stderr!.on('data', (c) => (agentLog += c));
-    child.stdout!.resume();
-    return child;
+      onOutput: (c) => {
+        agentLog += c;
+      },
+    });
   }
 
   async function killAgent(signal: NodeJS.Signals) {
