@@ -16,6 +16,7 @@
  * so the figure can be read as "QEMU start + kernel + init + Node + agent".
  */
 
+import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -31,6 +32,7 @@ import {
   type VmmName,
 } from '@warren/host-agent';
 import { buildImage, ImageStore, OPENCLAW_GUEST, type Profile } from '@warren/images';
+import { OPENCLAW_WORKLOAD } from '@warren/protocol';
 import { bareQemuStarts, median } from './common.ts';
 
 const { values } = parseArgs({
@@ -84,6 +86,15 @@ for (const name of values.drivers!.split(',') as VmmName[]) {
           memoryMiB: openclaw ? 2048 : 512,
           diskMiB: openclaw ? 256 : 64,
         });
+        // As the platform does: the tenant's generated token is known before the start and
+        // delivered by the VmManager right after the boot (the gateway starts when it lands).
+        if (openclaw)
+          await host.vms.setSecrets(vm.id, {
+            // Values travel base64; the token itself is text.
+            [OPENCLAW_WORKLOAD.tokenSecret]: Buffer.from(randomBytes(32).toString('base64url')).toString(
+              'base64',
+            ),
+          });
         const t0 = performance.now();
         await host.vms.start(vm.id);
         times.push(performance.now() - t0);
@@ -111,17 +122,10 @@ for (const name of values.drivers!.split(',') as VmmName[]) {
 }
 
 /**
- * Delivers a gateway token, then asks the gateway's /healthz from inside the guest until it
- * answers; milliseconds since `t0` (the VM's start).
+ * Asks the gateway's /healthz from inside the guest until it answers; milliseconds since `t0`
+ * (the VM's start).
  */
 async function untilGatewayHealthy(guest: GuestClient, t0: number): Promise<number> {
-  // /run/warren stays traversable (as the guest agent keeps it): the gateway, as the agent
-  // user, reads its configuration below it.
-  await guest.mkdir({ path: '/run/warren', parents: true, mode: 0o755 });
-  await guest.mkdir({ path: '/run/warren/secrets', mode: 0o700 });
-  await guest.writeFile(OPENCLAW_GUEST.token, `bench-${Math.random().toString(36).slice(2)}`, {
-    mode: 0o600,
-  });
   const url = `http://127.0.0.1:${OPENCLAW_GUEST.defaultPort}/healthz`;
   const deadline = Date.now() + GATEWAY_TIMEOUT_MS;
   while (Date.now() < deadline) {
