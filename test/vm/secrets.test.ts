@@ -84,13 +84,13 @@ function qemuPids(): Promise<number[]> {
 const client = () => new WarrenClient({ url, token: adminToken });
 
 /** Runs a shell script in the tenant's guest as `user` (root when absent). */
-async function sh(script: string, user?: string | number) {
+async function sh(script: string, user?: string | number, more: { secretEnv?: boolean } = {}) {
   let stdout = '';
   let stderr = '';
   const exit = await client().tenants.exec(
     TENANT,
     // cwd `/`: nobody's home does not exist.
-    { argv: ['sh', '-c', script], cwd: '/', ...(user === undefined ? {} : { user }) },
+    { argv: ['sh', '-c', script], cwd: '/', ...(user === undefined ? {} : { user }), ...more },
     { onStdout: (b) => (stdout += b), onStderr: (b) => (stderr += b) },
   );
   return { stdout, stderr, code: exit.exitCode };
@@ -184,8 +184,17 @@ describe('tenant secrets on a real VM, through the whole platform', { timeout: 9
     const other = await sh(`cat ${FILE}`, 'nobody');
     assert.notEqual(other.code, 0, 'another user read the secret');
     assert.equal(other.stdout, '');
-    // Files only by default: no environment variable carries it.
+    // Files only by default: no environment variable carries it. An exec that asks gets it in
+    // its environment as well; the request's own env still wins.
     assert.equal((await sh('env | grep -c wrn-sv || true', 'agent')).stdout.trim(), '0');
+    assert.equal((await sh('printf %s "$API_TOKEN"', 'agent', { secretEnv: true })).stdout, V1);
+    let own = '';
+    const ownExit = await client().tenants.exec(
+      TENANT,
+      { argv: ['sh', '-c', 'printf %s "$API_TOKEN"'], env: { API_TOKEN: 'mine' }, secretEnv: true },
+      { onStdout: (b) => (own += b) },
+    );
+    assert.deepEqual([ownExit.exitCode, own], [0, 'mine']);
 
     // Changed in place: a new version replaces the file's content; a removed secret's file goes.
     await client().secrets.set(TENANT, 'OTHER', V2);

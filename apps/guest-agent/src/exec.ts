@@ -10,7 +10,7 @@ import {
   WarrenError,
 } from '@warren/protocol/guest';
 import { toWarrenError } from './respond.ts';
-import { sessionEnv } from './restore.ts';
+import { secretsEnv, sessionEnv } from './restore.ts';
 import { resolveUser } from './users.ts';
 
 const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
@@ -106,6 +106,7 @@ export function handleExec(stream: ServerHttp2Stream): void {
       LANG: 'C.UTF-8',
       // A session's credentials, while it lasts; the request's own env wins.
       ...sessionEnv(),
+      ...(spec.secretEnv ? await secretsEnv() : {}),
       ...spec.env,
     };
     const startedAt = performance.now();

@@ -13,6 +13,7 @@ import {
   type PlacedSecrets,
   type RestoredRequest,
   type RestoredResult,
+  SECRET_NAME_PATTERN,
   SECRETS_DIR,
   WarrenError,
 } from '@warren/protocol/guest';
@@ -190,6 +191,31 @@ async function zero(path: string): Promise<void> {
   } finally {
     await f.close();
   }
+}
+
+/**
+ * The tenant's secrets as environment variables, for an exec that asks (`secretEnv`): each
+ * file of SECRETS_DIR named like a secret whose content is UTF-8 text without NUL. Read at each
+ * exec, so a command started after a change sees the new value.
+ */
+export async function secretsEnv(): Promise<Record<string, string>> {
+  const env: Record<string, string> = {};
+  if (!(await isMounted(SECRETS_DIR).catch(() => false))) return env;
+  const utf8 = new TextDecoder('utf-8', { fatal: true });
+  for (const name of await readdir(SECRETS_DIR).catch(() => [] as string[])) {
+    if (!SECRET_NAME_PATTERN.test(name)) continue;
+    const bytes = await readFile(`${SECRETS_DIR}/${name}`).catch(() => undefined);
+    if (!bytes) continue;
+    try {
+      const text = utf8.decode(bytes);
+      if (!text.includes('\0')) env[name] = text;
+    } catch {
+      // Binary: a file only.
+    } finally {
+      bytes.fill(0);
+    }
+  }
+  return env;
 }
 
 /**

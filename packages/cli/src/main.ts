@@ -180,6 +180,7 @@ async function main(argv: string[]): Promise<number> {
         'no-wait': { type: 'boolean' },
         'idle-timeout': { type: 'string' },
         stdin: { type: 'boolean' },
+        'with-secrets': { type: 'boolean' },
         state: { type: 'string' },
         host: { type: 'string' },
         tenant: { type: 'string' },

@@ -60,6 +60,12 @@ export const ExecRequest = z.strictObject({
   timeoutMs: z.number().int().positive().max(MAX_EXEC_TIMEOUT_MS).optional(),
   /** When false the command's stdin is /dev/null; when true the request body carries it. */
   stdin: z.boolean().default(false),
+  /**
+   * When true the tenant's secrets (SECRETS_DIR/<NAME>) are in the command's environment too,
+   * as NAME=value (text values only: one with a NUL or not UTF-8 stays a file only); `env`
+   * wins over them. Off by default: an environment is inherited by every child process.
+   */
+  secretEnv: z.boolean().optional(),
 });
 export type ExecRequest = z.input<typeof ExecRequest>;
 

@@ -3,7 +3,7 @@ import { intFlag, oneOperand } from '../../args.ts';
 import { type ConnectionFlags, connect } from '../../connection.ts';
 import { exitStatusOf, interruptible } from '../../output.ts';
 
-export const usage = 'warren tenant exec NAME [--timeout SEC] [--stdin] [--json] -- CMD...';
+export const usage = 'warren tenant exec NAME [--timeout SEC] [--stdin] [--with-secrets] [--json] -- CMD...';
 
 /** The API takes stdin as at most 8 MiB of base64 in the request. */
 const MAX_STDIN_BYTES = 6 * 1024 * 1024;
@@ -11,9 +11,10 @@ const MAX_STDIN_BYTES = 6 * 1024 * 1024;
 /**
  * Runs CMD in the tenant's VM with its output streamed, and exits with its exit code
  * (128+n when signal n ended it). --json writes the API's NDJSON lines to stdout instead.
+ * --with-secrets puts the tenant's secrets in CMD's environment as well as in their files.
  */
 export async function run(
-  args: ConnectionFlags & { timeout?: string; stdin?: boolean; json?: boolean },
+  args: ConnectionFlags & { timeout?: string; stdin?: boolean; 'with-secrets'?: boolean; json?: boolean },
   command: string[],
   operands: string[],
 ): Promise<number> {
@@ -35,6 +36,7 @@ export async function run(
         argv: command,
         ...(timeout === undefined ? {} : { timeoutMs: timeout * 1000 }),
         ...(stdin === undefined ? {} : { stdin }),
+        ...(args['with-secrets'] ? { secretEnv: true } : {}),
       },
       {
         onStdout: (b) => (args.json ? line('stdout', b) : process.stdout.write(b)),
