@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
-import type { AuditEvent, Host, Operation, Tenant } from '@warren/protocol';
+import type { Host, Operation, Tenant } from '@warren/protocol';
+import { auditEventView } from '../audit-view.ts';
 import type { Db } from '../store/index.ts';
 import { operationView } from '../tenants/view.ts';
 import type { EventHub } from './hub.ts';
@@ -211,18 +212,11 @@ export class EventPublisher {
         .execute();
       for (const r of rows) {
         this.#auditCursor = Number(r.id);
-        const event: AuditEvent = {
-          id: Number(r.id),
-          at: r.at,
-          actor: r.actor,
-          action: r.action,
-          target: r.target,
+        this.#d.hub.publish({
+          type: 'audit.recorded',
           tenantId: r.tenant_id,
-          result: r.result,
-          status: r.status,
-          requestId: r.request_id,
-        };
-        this.#d.hub.publish({ type: 'audit.recorded', tenantId: r.tenant_id, data: { event } });
+          data: { event: auditEventView(r) },
+        });
       }
       if (rows.length < 500) return;
     }

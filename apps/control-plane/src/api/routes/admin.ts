@@ -20,6 +20,7 @@ import {
   WarrenError,
 } from '@warren/protocol';
 import { z } from 'zod';
+import { auditEventView } from '../../audit-view.ts';
 import { insertCredential } from '../../auth/credentials.ts';
 import {
   createJoinToken,
@@ -309,17 +310,7 @@ export function adminRoutes(api: Api): void {
       if (query.before) q = q.where('id', '<', query.before);
       const rows = await q.execute();
       return {
-        events: rows.map((r) => ({
-          id: Number(r.id),
-          at: r.at,
-          actor: r.actor,
-          action: r.action,
-          target: r.target,
-          tenantId: r.tenant_id,
-          result: r.result,
-          status: r.status,
-          requestId: r.request_id,
-        })),
+        events: rows.map(auditEventView),
       };
     },
   );
