@@ -1,4 +1,4 @@
-import { useState } from 'react';
+import { type ReactNode, useState } from 'react';
 import { call } from './api.ts';
 import { navigate, useData } from './hooks.ts';
 import type { AuditEvent, Host, Operation, Tenant } from './types.ts';
@@ -151,49 +151,35 @@ export function TenantsView() {
           ))}
         </select>
       </div>
-      <div className="table-wrap">
-        <table>
-          <thead>
-            <tr>
-              <th scope="col">Name</th>
-              <th scope="col">State</th>
-              <th scope="col">Host</th>
-              <th scope="col">Image</th>
-              <th scope="col">Agent</th>
-              <th scope="col">Size</th>
-            </tr>
-          </thead>
-          <tbody>
-            {shown.map((t) => (
-              <tr key={t.id} data-tenant={t.name}>
-                <td>
-                  <a
-                    href={`/console/tenants/${t.name}`}
-                    onClick={(e) => {
-                      e.preventDefault();
-                      navigate(`/console/tenants/${t.name}`);
-                    }}
-                  >
-                    {t.name}
-                  </a>
-                </td>
-                <td>
-                  <span className={`badge ${t.state}`} data-testid="state">
-                    {t.state}
-                  </span>
-                  {t.desiredState !== t.state && <span className="muted"> → {t.desiredState}</span>}
-                </td>
-                <td>{hostName(t.hostId)}</td>
-                <td className="mono">{t.imageId.replace(/^sha256:/, '').slice(0, 12)}</td>
-                <td>{agentOf(t.hostId)}</td>
-                <td>
-                  {t.vcpus} vCPU · {t.memoryMiB} MiB
-                </td>
-              </tr>
-            ))}
-          </tbody>
-        </table>
-      </div>
+      <Table headers={['Name', 'State', 'Host', 'Image', 'Agent', 'Size']}>
+        {shown.map((t) => (
+          <tr key={t.id} data-tenant={t.name}>
+            <td>
+              <a
+                href={`/console/tenants/${t.name}`}
+                onClick={(e) => {
+                  e.preventDefault();
+                  navigate(`/console/tenants/${t.name}`);
+                }}
+              >
+                {t.name}
+              </a>
+            </td>
+            <td>
+              <span className={`badge ${t.state}`} data-testid="state">
+                {t.state}
+              </span>
+              {t.desiredState !== t.state && <span className="muted"> → {t.desiredState}</span>}
+            </td>
+            <td>{hostName(t.hostId)}</td>
+            <td className="mono">{t.imageId.replace(/^sha256:/, '').slice(0, 12)}</td>
+            <td>{agentOf(t.hostId)}</td>
+            <td>
+              {t.vcpus} vCPU · {t.memoryMiB} MiB
+            </td>
+          </tr>
+        ))}
+      </Table>
       {tenants.data && shown.length === 0 && <p>No tenant matches.</p>}
     </section>
   );
@@ -275,32 +261,39 @@ export function AuditView({ tenant }: { tenant?: string }) {
           </>
         )}
       </div>
-      <div className="table-wrap">
-        <table>
-          <thead>
-            <tr>
-              <th scope="col">When</th>
-              <th scope="col">Actor</th>
-              <th scope="col">Action</th>
-              <th scope="col">Target</th>
-              <th scope="col">Result</th>
-            </tr>
-          </thead>
-          <tbody>
-            {data?.events.map((e) => (
-              <tr key={e.id}>
-                <td>{new Date(e.at).toLocaleString()}</td>
-                <td className="mono">{e.actor}</td>
-                <td>{e.action}</td>
-                <td>{e.target}</td>
-                <td>
-                  {e.result} ({e.status})
-                </td>
-              </tr>
-            ))}
-          </tbody>
-        </table>
-      </div>
+      <Table headers={['When', 'Actor', 'Action', 'Target', 'Result']}>
+        {data?.events.map((e) => (
+          <tr key={e.id}>
+            <td>{new Date(e.at).toLocaleString()}</td>
+            <td className="mono">{e.actor}</td>
+            <td>{e.action}</td>
+            <td>{e.target}</td>
+            <td>
+              {e.result} ({e.status})
+            </td>
+          </tr>
+        ))}
+      </Table>
     </section>
+  );
+}
+
+/** A scrolling table with column headers; the rows are its children. */
+function Table({ headers, children }: { headers: string[]; children: ReactNode }) {
+  return (
+    <div className="table-wrap">
+      <table>
+        <thead>
+          <tr>
+            {headers.map((h) => (
+              <th key={h} scope="col">
+                {h}
+              </th>
+            ))}
+          </tr>
+        </thead>
+        <tbody>{children}</tbody>
+      </table>
+    </div>
   );
 }
