@@ -5,17 +5,18 @@
  * a restart every tenant ends running or cleanly failed, with exactly one VM and no orphan.
  */
 import assert from 'node:assert/strict';
-import { type ChildProcess, execFile, spawn } from 'node:child_process';
+import { type ChildProcess, execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
 import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { WarrenClient } from '@warren/sdk';
-import { minimalImage, REPO_ROOT, TEST_IMAGES_DIR } from '../helpers/image.ts';
+import { endChild, pidsMatching, spawnDaemon } from '../helpers/daemons.ts';
+import { freePort } from '../helpers/free-port.ts';
+import { minimalImage, REPO_ROOT } from '../helpers/image.ts';
 import { logLines } from '../helpers/logs.ts';
 import { parsePrometheusText, sampleValue } from '../helpers/prom-text.ts';
 import { until } from '../helpers/until.ts';
@@ -37,36 +38,29 @@ const metricsToken = `mt-${randomBytes(24).toString('hex')}`;
 const logs: { name: string; text: string }[] = [];
 const secrets = new Map<string, string>([['metrics token', metricsToken]]);
 
-async function freePort(): Promise<number> {
-  const s = createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
-  const p = (s.address() as { port: number }).port;
-  await new Promise((r) => s.close(r));
-  return p;
-}
-
-function daemon(entry: string, env: Record<string, string>, name: string): ChildProcess {
-  const child = spawn(NODE, [entry], {
-    // Networking off: this test runs in the machine's own namespace (test/net/ has the network).
+function daemon(
+  which: 'control-plane' | 'host-agent',
+  env: Record<string, string>,
+  name: string,
+): ChildProcess {
+  let log = '';
+  const all = { name, text: '' };
+  logs.push(all);
+  const child = spawnDaemon(which, {
+    dataDir,
     env: {
-      ...process.env,
-      WARREN_DATA_DIR: dataDir,
-      WARREN_IMAGES_DIR: TEST_IMAGES_DIR,
-      WARREN_NETWORK: 'off',
       WARREN_METRICS_TOKEN: metricsToken,
       WARREN_LOG_FORMAT: 'json',
       // Everything, debug lines too: the secrets check reads all of it.
       WARREN_LOG_LEVEL: 'debug',
       ...env,
     },
-    stdio: ['ignore', 'ignore', 'pipe'],
-  });
-  let log = '';
-  const all = { name, text: '' };
-  logs.push(all);
-  child.stderr!.on('data', (b) => {
-    log = (log + b).slice(-8000);
-    all.text += b;
+    // Both daemons log to stderr only.
+    ignoreStdout: true,
+    onOutput: (b) => {
+      log = (log + b).slice(-8000);
+      all.text += b;
+    },
   });
   child.on('exit', (code, signal) => {
     if (code) process.stderr.write(`# ${name} exited ${code} ${signal}:\n${log}\n`);
@@ -76,7 +70,7 @@ function daemon(entry: string, env: Record<string, string>, name: string): Child
 
 async function startControlPlane(): Promise<void> {
   cp = daemon(
-    join(REPO_ROOT, 'apps/control-plane/src/main.ts'),
+    'control-plane',
     {
       WARREN_API_PORT: String(port),
       WARREN_DEFAULT_PROFILE: 'minimal',
@@ -93,7 +87,7 @@ async function startControlPlane(): Promise<void> {
 
 async function startAgent(): Promise<void> {
   agent = daemon(
-    join(REPO_ROOT, 'apps/host-agent/src/main.ts'),
+    'host-agent',
     {
       WARREN_CONTROL_PLANE_URL: url,
       WARREN_JOIN_TOKEN_FILE: join(dataDir, 'control-plane', 'join-token'),
@@ -106,12 +100,7 @@ async function startAgent(): Promise<void> {
   );
 }
 
-async function kill9(child: ChildProcess | undefined): Promise<void> {
-  if (!child || child.exitCode !== null || child.signalCode !== null) return;
-  const exited = new Promise((r) => child.once('exit', r));
-  child.kill('SIGKILL');
-  await exited;
-}
+const kill9 = (child: ChildProcess | undefined) => endChild(child, 'SIGKILL');
 
 function warren(
   args: string[],
@@ -137,19 +126,7 @@ async function vmDirs(): Promise<string[]> {
   return (await readdir(join(dataDir, 'vms')).catch(() => [] as string[])).filter((n) => n.includes('ten-'));
 }
 
-function qemuPids(): Promise<number[]> {
-  return new Promise((resolve) => {
-    execFile('pgrep', ['-f', `${dataDir}/vms/`], (_e, out) =>
-      resolve(
-        out
-          .split('\n')
-          .filter(Boolean)
-          .map(Number)
-          .filter((p) => p !== process.pid),
-      ),
-    );
-  });
-}
+const qemuPids = () => pidsMatching(`${dataDir}/vms/`);
 
 /** A daemon's /metrics, parsed strictly (throws on anything Prometheus would refuse). */
 async function metricsOf(base: string) {

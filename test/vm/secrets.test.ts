@@ -10,7 +10,7 @@
  * One tenant, one VM, two boots (create, and the restart); everything else rides on them.
  */
 import assert from 'node:assert/strict';
-import { type ChildProcess, execFile, spawn } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
@@ -18,11 +18,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, afterEach, before, describe, test } from 'node:test';
 import { WarrenClient } from '@warren/sdk';
+import { endChild, pidsMatching, spawnDaemon } from '../helpers/daemons.ts';
 import { freePort } from '../helpers/free-port.ts';
-import { minimalImage, REPO_ROOT, TEST_IMAGES_DIR } from '../helpers/image.ts';
+import { minimalImage, TEST_IMAGES_DIR } from '../helpers/image.ts';
 import { until } from '../helpers/until.ts';
 
-const NODE = join(REPO_ROOT, 'scripts', 'node.sh');
 const TENANT = 'sec';
 const FILE = '/run/warren/secrets/API_TOKEN';
 /** Made at run time, so no image or earlier run's file holds them. */
@@ -37,25 +37,12 @@ let adminToken = '';
 /** Everything both daemons printed, whole (grepped for the values at the end). */
 const output: Buffer[] = [];
 
-function daemon(entry: string, env: Record<string, string>): ChildProcess {
-  const child = spawn(NODE, [entry], {
-    // Networking off: this test runs in the machine's own namespace.
-    env: {
-      ...process.env,
-      WARREN_DATA_DIR: dataDir,
-      WARREN_IMAGES_DIR: TEST_IMAGES_DIR,
-      WARREN_NETWORK: 'off',
-      ...env,
-    },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  child.stdout!.on('data', (b: Buffer) => output.push(b));
-  child.stderr!.on('data', (b: Buffer) => output.push(b));
-  return child;
+function daemon(which: 'control-plane' | 'host-agent', env: Record<string, string>): ChildProcess {
+  return spawnDaemon(which, { dataDir, env, onOutput: (b) => output.push(b) });
 }
 
 function startAgent(): ChildProcess {
-  return daemon(join(REPO_ROOT, 'apps/host-agent/src/main.ts'), {
+  return daemon('host-agent', {
     WARREN_CONTROL_PLANE_URL: url,
     WARREN_JOIN_TOKEN_FILE: join(dataDir, 'control-plane', 'join-token'),
     WARREN_AGENT_LISTEN: '127.0.0.1:0',
@@ -66,20 +53,8 @@ function startAgent(): ChildProcess {
   });
 }
 
-async function stop(child: ChildProcess | undefined, signal: NodeJS.Signals): Promise<void> {
-  if (!child || child.exitCode !== null || child.signalCode !== null) return;
-  const exited = new Promise((r) => child.once('exit', r));
-  child.kill(signal);
-  await exited;
-}
-
-function qemuPids(): Promise<number[]> {
-  return new Promise((resolve) => {
-    execFile('pgrep', ['-f', `${dataDir}/vms/`], (_e, out) =>
-      resolve(out.split('\n').filter(Boolean).map(Number)),
-    );
-  });
-}
+const stop = endChild;
+const qemuPids = () => pidsMatching(`${dataDir}/vms/`);
 
 const client = () => new WarrenClient({ url, token: adminToken });
 
@@ -128,7 +103,7 @@ before(async () => {
   await minimalImage();
   dataDir = await mkdtemp(join(tmpdir(), 'wsec-'));
   url = `http://127.0.0.1:${await freePort()}`;
-  cp = daemon(join(REPO_ROOT, 'apps/control-plane/src/main.ts'), {
+  cp = daemon('control-plane', {
     WARREN_API_PORT: new URL(url).port,
     WARREN_DEFAULT_PROFILE: 'minimal',
     WARREN_HEARTBEAT_TIMEOUT_MS: '30000',
