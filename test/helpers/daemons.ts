@@ -60,3 +60,8 @@ export function pidsMatching(pattern: string): Promise<number[]> {
     );
   });
 }
+
+/** The QEMU processes of VM `id` (its `-name warren-vm-<id>,…`), whichever driver started them. */
+export function qemuPidsFor(id: string): Promise<number[]> {
+  return pidsMatching(`warren-vm-${id},`);
+}

@@ -6,12 +6,13 @@
  * answer from the server in the VM; an open WebSocket keeps the VM from being suspended.
  */
 import assert from 'node:assert/strict';
-import { type ChildProcess, spawn } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import type { DesiredTenant } from '@warren/protocol';
+import { qemuPidsFor } from '../helpers/daemons.ts';
 import { desiredTenant, FakeControlPlane } from '../helpers/fake-control-plane.ts';
 import { minimalImage } from '../helpers/image.ts';
 import { spawnLabAgent } from '../helpers/lab-agent.ts';
@@ -21,15 +22,6 @@ import { DASHBOARD } from '../helpers/vm-dashboard.ts';
 
 const AGENT_PORT = 17072;
 const IDLE_MS = 2_000;
-
-function qemuPidsFor(id: string): Promise<number[]> {
-  return new Promise((resolve) => {
-    const p = spawn('pgrep', ['-f', `warren-vm-${id},`]);
-    let out = '';
-    p.stdout.on('data', (c) => (out += c));
-    p.on('close', () => resolve(out.split('\n').filter(Boolean).map(Number)));
-  });
-}
 
 describe('dashboard HTTP and WebSocket wake a suspended VM', { timeout: 400_000 }, () => {
   const lab = new NetLab();

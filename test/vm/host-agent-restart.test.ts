@@ -11,6 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { qemuPidsFor } from '../helpers/daemons.ts';
 import { minimalImage, REPO_ROOT, TEST_IMAGES_DIR } from '../helpers/image.ts';
 
 function api(
@@ -40,15 +41,6 @@ function parseBody(text: string) {
       .split('\n')
       .map((l) => JSON.parse(l));
   }
-}
-
-function qemuPidsFor(id: string): Promise<number[]> {
-  return new Promise((resolve) => {
-    const p = spawn('pgrep', ['-f', `warren-vm-${id},`]);
-    let out = '';
-    p.stdout.on('data', (c) => (out += c));
-    p.on('close', () => resolve(out.split('\n').filter(Boolean).map(Number)));
-  });
 }
 
 describe('host agent restart', { timeout: 600_000 }, () => {

@@ -23,21 +23,13 @@ import {
   openHost,
 } from '@warren/host-agent';
 import { type DesiredTenant, tenantIdOfVm } from '@warren/protocol';
+import { qemuPidsFor } from '../helpers/daemons.ts';
 import { desiredTenant, FakeControlPlane } from '../helpers/fake-control-plane.ts';
 import { minimalImage, REPO_ROOT, TEST_IMAGES_DIR } from '../helpers/image.ts';
 import { until } from '../helpers/until.ts';
 
 async function errorCode(res: Response): Promise<string | undefined> {
   return ((await res.json()) as { error?: { code?: string } }).error?.code;
-}
-
-function qemuPidsFor(id: string): Promise<number[]> {
-  return new Promise((resolve) => {
-    const p = spawn('pgrep', ['-f', `warren-vm-${id},`]);
-    let out = '';
-    p.stdout.on('data', (c) => (out += c));
-    p.on('close', () => resolve(out.split('\n').filter(Boolean).map(Number)));
-  });
 }
 
 /** Destroys every VM of a data dir (re-attaching to surviving QEMUs) and removes the dir. */

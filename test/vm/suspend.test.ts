@@ -8,7 +8,6 @@
  * it needs a VM network.
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdtemp, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -23,6 +22,7 @@ import {
   openHost,
 } from '@warren/host-agent';
 import type { DesiredTenant } from '@warren/protocol';
+import { qemuPidsFor } from '../helpers/daemons.ts';
 import { desiredTenant, FakeControlPlane } from '../helpers/fake-control-plane.ts';
 import { anyFileHolds } from '../helpers/file-holds.ts';
 import { minimalImage, TEST_IMAGES_DIR } from '../helpers/image.ts';
@@ -32,15 +32,6 @@ import { until } from '../helpers/until.ts';
 const SECRET = `wrn-idle-secret-${process.pid}-${Date.now().toString(36)}-QJXZ`;
 const MEMORY_MIB = 256;
 const IDLE_MS = 2_000;
-
-function qemuPidsFor(id: string): Promise<number[]> {
-  return new Promise((resolve) => {
-    const p = spawn('pgrep', ['-f', `warren-vm-${id},`]);
-    let out = '';
-    p.stdout.on('data', (c) => (out += c));
-    p.on('close', () => resolve(out.split('\n').filter(Boolean).map(Number)));
-  });
-}
 
 function alive(pid: number): boolean {
   try {
