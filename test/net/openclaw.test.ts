@@ -291,7 +291,7 @@ describe('OpenClaw workspace through the dashboard proxy', {
     // Warren's auth: a one-time login link sets this origin's session cookie; its page then
     // opens the Control UI with the gateway's token in the fragment (never sent to a server).
     await page.goto((await loginLink()).href);
-    await page.waitForURL(`${origin()}/**`);
+    await page.waitForURL((u) => u.origin === origin() && u.pathname === '/');
     // A new browser is paired once by the tenant's operator, in the guest.
     const pending = await until(
       'the Control UI to ask for pairing',
