@@ -12,7 +12,7 @@
  */
 import assert from 'node:assert/strict';
 import type { ChildProcess } from 'node:child_process';
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { request } from 'node:http';
 import { connect, createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -73,9 +73,18 @@ describe('OpenClaw workspace through the dashboard proxy', {
   const client = () => new WarrenClient({ url: t!.url, token: key });
   const origin = () => `http://${TENANT}.dashboard.localhost:${new URL(t!.url).port}`;
 
+  /** The end of the VM's console: the gateway's own log lines (ANSI colours dropped). */
+  const gatewayLog = async () => {
+    const dirs = await readdir(join(dataDir, 'vms')).catch(() => [] as string[]);
+    const logs = await Promise.all(
+      dirs.map((d) => readFile(join(dataDir, 'vms', d, 'console.log'), 'utf8').catch(() => '')),
+    );
+    const ansi = new RegExp(`${String.fromCharCode(27)}\\[[0-9;]*m`, 'g');
+    return logs.join('\n').replace(ansi, '').slice(-4000);
+  };
   const until = <T>(what: string, check: () => Promise<T | false | undefined>, ms = 180_000) =>
-    waitUntil(what, check, ms, 500).catch((e: Error) => {
-      throw new Error(`${e.message}\n${agentLog.slice(-3000)}`);
+    waitUntil(what, check, ms, 500).catch(async (e: Error) => {
+      throw new Error(`${e.message}\n${agentLog.slice(-3000)}\nVM console:\n${await gatewayLog()}`);
     });
 
   /** Runs a command in the guest as root; its output. */
@@ -201,7 +210,7 @@ describe('OpenClaw workspace through the dashboard proxy', {
     return new URL(((await login.json()) as { loginUrl: string }).loginUrl);
   }
 
-  test('the gateway starts as the agent user with its state in /workspace and answers /healthz after auth, in both forms', async (ctx) => {
+  test('the gateway starts as the agent user with its state in /workspace, answers /healthz after auth in both forms, and gets ready', async (ctx) => {
     const started = Date.now();
     const healthz = () =>
       fetch(`${t!.url}/t/${TENANT}/dashboard/healthz`, { headers: { authorization: `Bearer ${key}` } });
@@ -214,6 +223,19 @@ describe('OpenClaw workspace through the dashboard proxy', {
       GATEWAY_START_MS,
     );
     ctx.diagnostic(`tenant running to gateway healthy: ${((Date.now() - started) / 1000).toFixed(1)} s`);
+    // Live is not ready: under TCG the gateway answers /healthz minutes before it serves its
+    // Control UI (plugins, channels and its update check still starting); /readyz says when.
+    await until(
+      'the gateway to be ready (/readyz through the proxy)',
+      async () =>
+        (
+          await fetch(`${t!.url}/t/${TENANT}/dashboard/readyz`, {
+            headers: { authorization: `Bearer ${key}` },
+          })
+        ).status === 200,
+      GATEWAY_START_MS,
+    );
+    ctx.diagnostic(`tenant running to gateway ready: ${((Date.now() - started) / 1000).toFixed(1)} s`);
     // Without the platform's credentials the proxy refuses before the VM.
     assert.equal((await fetch(`${t!.url}/t/${TENANT}/dashboard/healthz`)).status, 401);
     // On the tenant's own origin, with a session from a login link.
