@@ -345,6 +345,8 @@ describe('OpenClaw workspace through the dashboard proxy', {
       async () => ((await page.textContent('body').catch(() => '')) ?? '').includes(SKILL),
       180_000,
     ).catch(explain);
+    // The shared skill's card in view for the screenshot (the list is long and alphabetical).
+    await page.getByText(SKILL).first().scrollIntoViewIfNeeded({ timeout: 30_000 });
     await mkdir(ARTIFACTS, { recursive: true });
     const shot = join(ARTIFACTS, 'openclaw-control-ui.png');
     await page.screenshot({ path: shot, fullPage: false });
