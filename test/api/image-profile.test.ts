@@ -15,15 +15,26 @@ import { call, FAKE_IMAGE, FakeAgent, openTestControlPlane, type TestControlPlan
 const OPENCLAW_IMAGE = `sha256:${'cd'.repeat(32)}`;
 const SMALL = { vcpus: 1, memoryMiB: 1024, diskMiB: 1000 };
 
+/** A control plane whose one (fake) host has an image of the standard and of the openclaw profile. */
+async function standUp(hostName: string): Promise<{ t: TestControlPlane; agent: FakeAgent }> {
+  const t = await openTestControlPlane({ defaultProfile: 'standard' });
+  const agent = new FakeAgent(hostName, { vcpus: 64, memoryMiB: 65536, diskMiB: 1_000_000 });
+  agent.images = [FAKE_IMAGE, OPENCLAW_IMAGE];
+  agent.imageProfiles.set(OPENCLAW_IMAGE, 'openclaw');
+  try {
+    await agent.start(t.url, t.joinToken);
+  } catch (e) {
+    await t.close();
+    throw e;
+  }
+  return { t, agent };
+}
+
 describe('tenant create with an image profile', () => {
   let t: TestControlPlane;
   let agent: FakeAgent;
   before(async () => {
-    t = await openTestControlPlane({ defaultProfile: 'standard' });
-    agent = new FakeAgent('profile-host', { vcpus: 64, memoryMiB: 65536, diskMiB: 1_000_000 });
-    agent.images = [FAKE_IMAGE, OPENCLAW_IMAGE];
-    agent.imageProfiles.set(OPENCLAW_IMAGE, 'openclaw');
-    await agent.start(t.url, t.joinToken);
+    ({ t, agent } = await standUp('profile-host'));
   });
   after(async () => {
     await agent?.stop();
@@ -60,11 +71,7 @@ describe('an OpenClaw tenant’s token and configuration', () => {
   let t: TestControlPlane;
   let agent: FakeAgent;
   before(async () => {
-    t = await openTestControlPlane({ defaultProfile: 'standard' });
-    agent = new FakeAgent('openclaw-host', { vcpus: 64, memoryMiB: 65536, diskMiB: 1_000_000 });
-    agent.images = [FAKE_IMAGE, OPENCLAW_IMAGE];
-    agent.imageProfiles.set(OPENCLAW_IMAGE, 'openclaw');
-    await agent.start(t.url, t.joinToken);
+    ({ t, agent } = await standUp('openclaw-host'));
   });
   after(async () => {
     await agent?.stop();

@@ -18,7 +18,7 @@ import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { vmIdOfTenant } from '@warren/protocol';
-import { type Browser, type BrowserContext, chromium, type Page } from 'playwright-core';
+import type { Browser, BrowserContext, Page } from 'playwright-core';
 import {
   call,
   createTenantWithKey,
@@ -26,9 +26,9 @@ import {
   openTestControlPlane,
   type TestControlPlane,
 } from '../helpers/api.ts';
+import { CHROMIUM_MISSING, launchChromium } from '../helpers/browser.ts';
 import { until } from '../helpers/until.ts';
 
-const CHROMIUM = '/usr/bin/chromium';
 const ARTIFACTS = join(import.meta.dirname, '../../test-artifacts/console');
 const CONSOLE_DIST = join(import.meta.dirname, '../../apps/console/dist/index.html');
 const AXE = join(import.meta.dirname, '../../node_modules/axe-core/axe.min.js');
@@ -39,8 +39,8 @@ interface AxeResult {
   violations: { id: string; impact: string | null; help: string; nodes: { target: unknown[] }[] }[];
 }
 
-const skip = !existsSync(CHROMIUM)
-  ? `${CHROMIUM} is missing: run scripts/install-deps.sh as root`
+const skip = CHROMIUM_MISSING
+  ? CHROMIUM_MISSING
   : !existsSync(CONSOLE_DIST)
     ? 'the console is not built: run scripts/install-deps.sh (it builds apps/console)'
     : false;
@@ -78,17 +78,7 @@ describe('the web console in a real browser', { skip }, () => {
     });
     await new Promise<void>((r) => attacker.listen(0, '127.0.0.1', r));
     evil = `http://evil.warren.localhost:${(attacker.address() as AddressInfo).port}`;
-    browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      headless: true,
-      args: [
-        '--no-sandbox',
-        '--disable-gpu',
-        '--disable-quic',
-        '--no-first-run',
-        '--disable-background-networking',
-      ],
-    });
+    browser = await launchChromium();
   });
 
   after(async () => {

@@ -10,15 +10,15 @@
  */
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
-import { existsSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { createServer, type IncomingMessage, type Server } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { type BrowserContext, chromium, type Page } from 'playwright-core';
+import type { BrowserContext, Page } from 'playwright-core';
 import { call, createTenantWithKey, openTestControlPlane, type TestControlPlane } from '../helpers/api.ts';
+import { CHROMIUM_MISSING, launchChromiumProfile } from '../helpers/browser.ts';
 import { ProxyAgent } from '../helpers/proxy-agent.ts';
 import { until } from '../helpers/until.ts';
 import { acceptWebSocketEcho } from '../helpers/ws-echo.ts';
@@ -42,7 +42,6 @@ declare const document: {
 declare const window: { leaked?: string };
 declare const location: { origin: string };
 
-const CHROMIUM = '/usr/bin/chromium';
 const SECRET = `b-secret-${Date.now().toString(36)}`;
 const PLANTED = 'planted-by-a';
 
@@ -109,7 +108,7 @@ function listen(server: Server, host: string, port: number): Promise<number> {
 }
 
 describe('tenant dashboards in a real browser', {
-  skip: !existsSync(CHROMIUM) && `${CHROMIUM} is missing: run scripts/install-deps.sh as root`,
+  skip: CHROMIUM_MISSING,
 }, () => {
   let t: TestControlPlane;
   let agent: ProxyAgent;
@@ -146,20 +145,7 @@ describe('tenant dashboards in a real browser', {
       10_000,
     );
     profile = await mkdtemp(join(tmpdir(), 'warren-chromium-'));
-    context = await chromium.launchPersistentContext(profile, {
-      executablePath: CHROMIUM,
-      headless: true,
-      args: [
-        '--headless',
-        '--no-sandbox',
-        '--disable-gpu',
-        '--disable-quic',
-        '--no-first-run',
-        '--disable-background-networking',
-        '--disable-component-update',
-        '--disable-sync',
-      ],
-    });
+    context = await launchChromiumProfile(profile);
   });
 
   after(async () => {

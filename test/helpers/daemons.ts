@@ -4,7 +4,9 @@
  */
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
 import { join } from 'node:path';
+import type { WarrenClient } from '@warren/sdk';
 import { REPO_ROOT, TEST_IMAGES_DIR } from './image.ts';
+import { until } from './until.ts';
 
 const NODE = join(REPO_ROOT, 'scripts', 'node.sh');
 const ENTRIES = {
@@ -64,4 +66,13 @@ export function pidsMatching(pattern: string): Promise<number[]> {
 /** The QEMU processes of VM `id` (its `-name warren-vm-<id>,…`), whichever driver started them. */
 export function qemuPidsFor(id: string): Promise<number[]> {
   return pidsMatching(`warren-vm-${id},`);
+}
+
+/**
+ * Deletes every tenant through the platform (so each host agent destroys its VM) and waits
+ * until the control plane lists none; throws when they are not gone within `ms`.
+ */
+export async function deleteAllTenants(client: WarrenClient, ms = 60_000): Promise<void> {
+  for (const t of await client.tenants.list({})) await client.tenants.delete(t.name).catch(() => {});
+  await until('tenants deleted', async () => (await client.tenants.list({})).length === 0, ms);
 }

@@ -12,6 +12,7 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { WarrenClient } from '@warren/sdk';
 import { openTestControlPlane, type TestControlPlane } from '../helpers/api.ts';
+import { deleteAllTenants, endChild } from '../helpers/daemons.ts';
 import { minimalImage } from '../helpers/image.ts';
 import { spawnLabAgent } from '../helpers/lab-agent.ts';
 import { NetLab } from '../helpers/netns.ts';
@@ -84,21 +85,11 @@ describe('dashboard proxy through a real VM', { timeout: 400_000 }, () => {
 
   after(async () => {
     try {
-      if (t) {
-        for (const x of await admin().tenants.list())
-          await admin()
-            .tenants.delete(x.name)
-            .catch(() => {});
-        await until('tenants deleted', async () => (await admin().tenants.list()).length === 0, 60_000);
-      }
+      if (t) await deleteAllTenants(admin());
     } catch (e) {
       process.stderr.write(`cleanup: ${e}\n`);
     }
-    if (agent && agent.exitCode === null) {
-      const exited = new Promise((r) => agent!.once('exit', r));
-      agent.kill('SIGKILL');
-      await exited;
-    }
+    await endChild(agent, 'SIGKILL');
     await lab.destroy();
     await t?.close();
     if (dataDir) await rm(dataDir, { recursive: true, force: true });

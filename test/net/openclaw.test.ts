@@ -20,9 +20,11 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { chooseAccelerator } from '@warren/host-agent';
 import { WarrenClient } from '@warren/sdk';
-import { type BrowserContext, chromium, type WebSocket as PageSocket } from 'playwright-core';
+import type { BrowserContext, WebSocket as PageSocket } from 'playwright-core';
 import { openTestControlPlane, type TestControlPlane } from '../helpers/api.ts';
+import { launchChromiumProfile } from '../helpers/browser.ts';
 import { runWarren } from '../helpers/cli.ts';
+import { deleteAllTenants, endChild } from '../helpers/daemons.ts';
 import { openclawImage, REPO_ROOT } from '../helpers/image.ts';
 import { spawnLabAgent } from '../helpers/lab-agent.ts';
 import { NetLab } from '../helpers/netns.ts';
@@ -157,21 +159,11 @@ describe('OpenClaw workspace through the dashboard proxy', {
     await context?.close().catch(() => {});
     forwarder?.close();
     try {
-      if (t) {
-        for (const x of await admin().tenants.list())
-          await admin()
-            .tenants.delete(x.name)
-            .catch(() => {});
-        await until('tenants deleted', async () => (await admin().tenants.list()).length === 0, 60_000);
-      }
+      if (t) await deleteAllTenants(admin());
     } catch (e) {
       process.stderr.write(`cleanup: ${e}\n`);
     }
-    if (agent && agent.exitCode === null) {
-      const exited = new Promise((r) => agent!.once('exit', r));
-      agent.kill('SIGKILL');
-      await exited;
-    }
+    await endChild(agent, 'SIGKILL');
     await lab.destroy();
     await t?.close();
     if (dataDir) await rm(dataDir, { recursive: true, force: true });
@@ -280,20 +272,7 @@ describe('OpenClaw workspace through the dashboard proxy', {
       forwarder!.listen(port, '127.0.0.1', resolve);
     });
     profile = await mkdtemp(join(tmpdir(), 'warren-chromium-'));
-    context = await chromium.launchPersistentContext(profile, {
-      executablePath: '/usr/bin/chromium',
-      headless: true,
-      args: [
-        '--headless',
-        '--no-sandbox',
-        '--disable-gpu',
-        '--disable-quic',
-        '--no-first-run',
-        '--disable-background-networking',
-        '--disable-component-update',
-        '--disable-sync',
-      ],
-    });
+    context = await launchChromiumProfile(profile);
     const page = await context.newPage();
     const frames: string[] = [];
     const sockets: PageSocket[] = [];

@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import type { DesiredTenant } from '@warren/protocol';
-import { qemuPidsFor } from '../helpers/daemons.ts';
+import { endChild, qemuPidsFor } from '../helpers/daemons.ts';
 import { desiredTenant, FakeControlPlane } from '../helpers/fake-control-plane.ts';
 import { minimalImage } from '../helpers/image.ts';
 import { spawnLabAgent } from '../helpers/lab-agent.ts';
@@ -108,11 +108,7 @@ describe('dashboard HTTP and WebSocket wake a suspended VM', { timeout: 400_000 
     } catch (e) {
       process.stderr.write(`cleanup: ${e}\n`);
     }
-    if (agent && agent.exitCode === null) {
-      const exited = new Promise((r) => agent!.once('exit', r));
-      agent.kill('SIGKILL');
-      await exited;
-    }
+    await endChild(agent, 'SIGKILL');
     await lab.destroy();
     await cp?.close();
     if (dataDir) await rm(dataDir, { recursive: true, force: true });

@@ -18,6 +18,7 @@ import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { loadConfig, openHost } from '@warren/host-agent';
 import type { DesiredTenant, NetworkPolicy } from '@warren/protocol';
+import { endChild } from '../helpers/daemons.ts';
 import { desiredTenant, FakeControlPlane } from '../helpers/fake-control-plane.ts';
 import { minimalImage, TEST_IMAGES_DIR } from '../helpers/image.ts';
 import { spawnLabAgent } from '../helpers/lab-agent.ts';
@@ -178,13 +179,6 @@ describe('tenant networks: isolation, egress policies, rebuild and removal', { t
     });
   }
 
-  async function killAgent(signal: NodeJS.Signals) {
-    if (!agent || agent.exitCode !== null || agent.signalCode !== null) return;
-    const exited = new Promise((r) => agent!.once('exit', r));
-    agent.kill(signal);
-    await exited;
-  }
-
   async function remote(method: string, path: string, body?: string, type = 'application/json') {
     return fetch(`${agentUrl()}${path}`, {
       method,
@@ -278,7 +272,7 @@ describe('tenant networks: isolation, egress policies, rebuild and removal', { t
         .waitForReport('no VM left', (r) => r.vms.length === 0, 60_000)
         .catch((e) => process.stderr.write(`cleanup: ${e.message}\n`));
     }
-    await killAgent('SIGKILL');
+    await endChild(agent, 'SIGKILL');
     if (dataDir) {
       // WARREN_NETWORK=off: this runs in the root namespace, where no TAP or table may be touched.
       const host = await openHost(loadConfig({}, { dataDir, imagesDir: TEST_IMAGES_DIR, network: 'off' }));
@@ -590,7 +584,7 @@ describe('tenant networks: isolation, egress policies, rebuild and removal', { t
     const rulesBefore = await ruleset();
     const addrsBefore = await addresses();
     const pids = [await qemuPid(a.vmId), await qemuPid(b.vmId)];
-    await killAgent('SIGKILL');
+    await endChild(agent, 'SIGKILL');
     // What the new agent has to repair: a rule chain emptied, a TAP's address gone.
     await inHost('nft', 'flush', 'chain', 'inet', 'warren', `egress_${netB.tap}`);
     await inHost('ip', 'addr', 'flush', 'dev', netA.tap);

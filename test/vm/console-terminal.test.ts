@@ -13,15 +13,16 @@ import { mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { type Browser, chromium, type Page } from 'playwright-core';
+import type { Browser, Page } from 'playwright-core';
 import { call, openTestControlPlane, type TestControlPlane } from '../helpers/api.ts';
+import { CHROMIUM_MISSING, launchChromium } from '../helpers/browser.ts';
+import { endChild } from '../helpers/daemons.ts';
 import { minimalImage, REPO_ROOT, TEST_IMAGES_DIR } from '../helpers/image.ts';
 import { until as waitUntil } from '../helpers/until.ts';
 
-const CHROMIUM = '/usr/bin/chromium';
 const ARTIFACTS = join(REPO_ROOT, 'test-artifacts/console');
-const skip = !existsSync(CHROMIUM)
-  ? `${CHROMIUM} is missing: run scripts/install-deps.sh as root`
+const skip = CHROMIUM_MISSING
+  ? CHROMIUM_MISSING
   : !existsSync(join(REPO_ROOT, 'apps/console/dist/index.html'))
     ? 'the console is not built: run scripts/install-deps.sh (it builds apps/console)'
     : process.getuid?.() !== 0
@@ -78,11 +79,7 @@ describe('the console terminal into a real VM', { skip, timeout: 400_000 }, () =
       const r = await call(t!.url, 'GET', '/v1/tenants/term', { token: t!.adminToken });
       return r.body.state === 'running';
     });
-    browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      headless: true,
-      args: ['--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking'],
-    });
+    browser = await launchChromium();
   });
 
   after(async () => {
@@ -96,10 +93,7 @@ describe('the console terminal into a real VM', { skip, timeout: 400_000 }, () =
         60_000,
       ).catch(() => {});
     }
-    if (agent && agent.exitCode === null) {
-      agent.kill('SIGTERM');
-      await new Promise((r) => agent!.once('exit', r));
-    }
+    await endChild(agent, 'SIGTERM');
     await t?.close();
     if (dataDir) await rm(dataDir, { recursive: true, force: true });
   });

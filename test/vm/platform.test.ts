@@ -14,7 +14,7 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { WarrenClient } from '@warren/sdk';
-import { endChild, pidsMatching, spawnDaemon } from '../helpers/daemons.ts';
+import { deleteAllTenants, endChild, pidsMatching, spawnDaemon } from '../helpers/daemons.ts';
 import { freePort } from '../helpers/free-port.ts';
 import { minimalImage, REPO_ROOT } from '../helpers/image.ts';
 import { logLines } from '../helpers/logs.ts';
@@ -153,11 +153,7 @@ before(async () => {
 after(async () => {
   // Delete what is left through the platform, then make sure: no QEMU, no files.
   try {
-    for (const t of await client().tenants.list({}))
-      await client()
-        .tenants.delete(t.name)
-        .catch(() => {});
-    await until('tenants deleted', async () => (await client().tenants.list({})).length === 0, 60_000);
+    await deleteAllTenants(client());
   } catch {}
   await kill9(agent);
   await kill9(cp);

@@ -18,7 +18,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, afterEach, before, describe, test } from 'node:test';
 import { WarrenClient } from '@warren/sdk';
-import { endChild, pidsMatching, spawnDaemon } from '../helpers/daemons.ts';
+import { deleteAllTenants, endChild, pidsMatching, spawnDaemon } from '../helpers/daemons.ts';
 import { freePort } from '../helpers/free-port.ts';
 import { minimalImage, TEST_IMAGES_DIR } from '../helpers/image.ts';
 import { until } from '../helpers/until.ts';
@@ -119,11 +119,7 @@ before(async () => {
 
 after(async () => {
   try {
-    for (const t of await client().tenants.list({}))
-      await client()
-        .tenants.delete(t.name)
-        .catch(() => {});
-    await until('tenants deleted', async () => (await client().tenants.list({})).length === 0, 60_000);
+    await deleteAllTenants(client());
   } catch {}
   await stop(agent, 'SIGKILL');
   await stop(cp, 'SIGKILL');
