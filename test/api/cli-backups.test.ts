@@ -6,20 +6,14 @@
  * stderr, `--no-wait`, show, delete, policy, and verify exiting non-zero naming the bad object.
  */
 import assert from 'node:assert/strict';
-import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { vmIdOfTenant } from '@warren/protocol';
-import {
-  convergeAllRunning,
-  createTenantWithKey,
-  FakeAgent,
-  openTestControlPlane,
-  type TestControlPlane,
-} from '../helpers/api.ts';
-import { type CliRun, runWarren } from '../helpers/cli.ts';
+import type { FakeAgent, TestControlPlane } from '../helpers/api.ts';
+import { type CliRun, type CliStage, openCliStage, runWarren } from '../helpers/cli.ts';
 
+let stage: CliStage | undefined;
 let t: TestControlPlane;
 let agent: FakeAgent;
 let key = '';
@@ -27,31 +21,18 @@ let vm = '';
 let dir = '';
 
 before(async () => {
-  t = await openTestControlPlane({
-    backupPollMs: 20,
-    backupScheduleMs: 0,
-    backupGcIntervalMs: 0,
-    backupDrillIntervalMs: 0,
+  stage = await openCliStage({
+    host: 'cli-bk-host',
+    tenant: 'keeper',
+    settings: { backupPollMs: 20, backupScheduleMs: 0, backupGcIntervalMs: 0, backupDrillIntervalMs: 0 },
+    heartbeatMs: 50,
   });
-  agent = (
-    await new FakeAgent('cli-bk-host', { vcpus: 64, memoryMiB: 65536, diskMiB: 1_000_000 }).start(
-      t.url,
-      t.joinToken,
-      50,
-    )
-  ).useObjectStore(join(t.dataDir, 'objects'));
-  const { created, key: k } = await createTenantWithKey(t, { name: 'keeper' });
-  key = k.token;
-  vm = vmIdOfTenant(created.tenant.id);
-  await convergeAllRunning(t, [agent]);
-  dir = await mkdtemp(join(tmpdir(), 'wt-cli-bk-'));
+  ({ t, agent, key, dir } = stage);
+  agent.useObjectStore(join(t.dataDir, 'objects'));
+  vm = vmIdOfTenant(stage.tenantId);
 });
 
-after(async () => {
-  await agent?.stop();
-  await t?.close();
-  if (dir) await rm(dir, { recursive: true, force: true });
-});
+after(() => stage?.close());
 
 /** Runs `warren ARGS` with the tenant's key unless told otherwise. */
 function warren(args: string[], token = key): Promise<CliRun> {

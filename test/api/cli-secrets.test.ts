@@ -7,20 +7,13 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import {
-  call,
-  convergeAllRunning,
-  createTenantWithKey,
-  FakeAgent,
-  openTestControlPlane,
-  type TestControlPlane,
-} from '../helpers/api.ts';
-import { type CliRun, runWarren } from '../helpers/cli.ts';
+import { call, type FakeAgent, type TestControlPlane } from '../helpers/api.ts';
+import { type CliRun, type CliStage, openCliStage, runWarren } from '../helpers/cli.ts';
 
+let stage: CliStage | undefined;
 let t: TestControlPlane;
 let agent: FakeAgent;
 let key = '';
@@ -28,23 +21,11 @@ let tenantId = '';
 let dir = '';
 
 before(async () => {
-  t = await openTestControlPlane();
-  agent = await new FakeAgent('cli-sec-host', { vcpus: 64, memoryMiB: 65536, diskMiB: 1_000_000 }).start(
-    t.url,
-    t.joinToken,
-  );
-  const { created, key: k } = await createTenantWithKey(t, { name: 'bot' });
-  key = k.token;
-  tenantId = created.tenant.id;
-  await convergeAllRunning(t, [agent]);
-  dir = await mkdtemp(join(tmpdir(), 'wt-cli-sec-'));
+  stage = await openCliStage({ host: 'cli-sec-host', tenant: 'bot' });
+  ({ t, agent, key, tenantId, dir } = stage);
 });
 
-after(async () => {
-  await agent?.stop();
-  await t?.close();
-  if (dir) await rm(dir, { recursive: true, force: true });
-});
+after(() => stage?.close());
 
 /** Runs `warren ARGS` with the tenant's key, optionally with stdin and more environment. */
 function warren(args: string[], stdin?: Buffer, env: Record<string, string> = {}): Promise<CliRun> {

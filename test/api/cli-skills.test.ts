@@ -5,32 +5,22 @@
  * a channel with a staged rollout, a tenant referencing a channel, and the versions it runs.
  */
 import assert from 'node:assert/strict';
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { FAKE_IMAGE, FakeAgent, openTestControlPlane, type TestControlPlane } from '../helpers/api.ts';
-import { type CliRun, runWarren } from '../helpers/cli.ts';
+import { FAKE_IMAGE, type TestControlPlane } from '../helpers/api.ts';
+import { type CliRun, type CliStage, openCliStage, runWarren } from '../helpers/cli.ts';
 
+let stage: CliStage | undefined;
 let t: TestControlPlane;
-let agent: FakeAgent;
 let dir = '';
 
 before(async () => {
-  t = await openTestControlPlane();
-  agent = await new FakeAgent('cli-skills', { vcpus: 64, memoryMiB: 65536, diskMiB: 1_000_000 }).start(
-    t.url,
-    t.joinToken,
-    50,
-  );
-  dir = await mkdtemp(join(tmpdir(), 'wt-cli-skill-'));
+  stage = await openCliStage({ host: 'cli-skills', heartbeatMs: 50 });
+  ({ t, dir } = stage);
 });
 
-after(async () => {
-  await agent?.stop();
-  await t?.close();
-  if (dir) await rm(dir, { recursive: true, force: true });
-});
+after(() => stage?.close());
 
 /** Runs `warren ARGS` with the admin token. */
 function warren(args: string[]): Promise<CliRun> {

@@ -6,22 +6,15 @@
  * middle of a command still reverting.
  */
 import assert from 'node:assert/strict';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { vmIdOfTenant } from '@warren/protocol';
-import {
-  call,
-  convergeAllRunning,
-  createTenantWithKey,
-  FakeAgent,
-  openTestControlPlane,
-  type TestControlPlane,
-} from '../helpers/api.ts';
-import { type CliRun, runWarren } from '../helpers/cli.ts';
+import { call, type FakeAgent, type TestControlPlane } from '../helpers/api.ts';
+import { type CliRun, type CliStage, openCliStage, runWarren } from '../helpers/cli.ts';
 import { until } from '../helpers/until.ts';
 
+let stage: CliStage | undefined;
 let t: TestControlPlane;
 let agent: FakeAgent;
 let key = '';
@@ -29,23 +22,12 @@ let vm = '';
 let dir = '';
 
 before(async () => {
-  t = await openTestControlPlane();
-  agent = await new FakeAgent('cli-host', { vcpus: 64, memoryMiB: 65536, diskMiB: 1_000_000 }).start(
-    t.url,
-    t.joinToken,
-  );
-  const { created, key: k } = await createTenantWithKey(t, { name: 'yolo' });
-  key = k.token;
-  vm = vmIdOfTenant(created.tenant.id);
-  await convergeAllRunning(t, [agent]);
-  dir = await mkdtemp(join(tmpdir(), 'wt-cli-snap-'));
+  stage = await openCliStage({ host: 'cli-host', tenant: 'yolo' });
+  ({ t, agent, key, dir } = stage);
+  vm = vmIdOfTenant(stage.tenantId);
 });
 
-after(async () => {
-  await agent?.stop();
-  await t?.close();
-  if (dir) await rm(dir, { recursive: true, force: true });
-});
+after(() => stage?.close());
 
 /** Runs `warren ARGS` with the tenant's key. */
 function warren(args: string[], onSpawn?: (pid: number) => void): Promise<CliRun> {

@@ -4,7 +4,17 @@
  * states only what it checks.
  */
 import { spawn } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import type { ControlPlaneConfig } from '@warren/control-plane';
+import {
+  convergeAllRunning,
+  createTenantWithKey,
+  FakeAgent,
+  openTestControlPlane,
+  type TestControlPlane,
+} from './api.ts';
 import { REPO_ROOT } from './image.ts';
 
 export const WARREN_BIN = join(REPO_ROOT, 'node_modules', '.bin', 'warren');
@@ -54,4 +64,57 @@ export function runWarren(
       resolve({ status, stdout, stderr });
     });
   });
+}
+
+/** What a CLI test runs against: a control plane, one fake host, maybe one running tenant. */
+export interface CliStage {
+  t: TestControlPlane;
+  agent: FakeAgent;
+  /** The tenant's id and key ('' without a tenant). */
+  tenantId: string;
+  key: string;
+  /** A scratch directory of the test's own (CliTarget.scratch, files to push). */
+  dir: string;
+  close(): Promise<void>;
+}
+
+/**
+ * Opens a control plane (with `settings`) and a fake host agent named `host` (heartbeating every
+ * `heartbeatMs` when given), and, with `tenant`, creates that tenant with a key and waits until
+ * it runs.
+ */
+export async function openCliStage(o: {
+  host: string;
+  tenant?: string;
+  settings?: Partial<ControlPlaneConfig>;
+  heartbeatMs?: number;
+}): Promise<CliStage> {
+  const t = await openTestControlPlane(o.settings);
+  const agent = new FakeAgent(o.host, { vcpus: 64, memoryMiB: 65536, diskMiB: 1_000_000 });
+  const stage: CliStage = {
+    t,
+    agent,
+    tenantId: '',
+    key: '',
+    dir: '',
+    async close() {
+      await agent.stop();
+      await t.close();
+      if (stage.dir) await rm(stage.dir, { recursive: true, force: true });
+    },
+  };
+  try {
+    await agent.start(t.url, t.joinToken, o.heartbeatMs);
+    if (o.tenant) {
+      const { created, key } = await createTenantWithKey(t, { name: o.tenant });
+      stage.tenantId = created.tenant.id;
+      stage.key = key.token;
+      await convergeAllRunning(t, [agent]);
+    }
+    stage.dir = await mkdtemp(join(tmpdir(), 'wt-cli-'));
+    return stage;
+  } catch (e) {
+    await stage.close();
+    throw e;
+  }
 }
