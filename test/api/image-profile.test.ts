@@ -7,10 +7,16 @@
  * host agent reporting one image of each profile.
  */
 import assert from 'node:assert/strict';
-import { request } from 'node:http';
 import { after, before, describe, test } from 'node:test';
 import { OPENCLAW_WORKLOAD } from '@warren/protocol';
-import { call, FAKE_IMAGE, FakeAgent, openTestControlPlane, type TestControlPlane } from '../helpers/api.ts';
+import {
+  call,
+  FAKE_IMAGE,
+  FakeAgent,
+  getWithHost,
+  openTestControlPlane,
+  type TestControlPlane,
+} from '../helpers/api.ts';
 
 const OPENCLAW_IMAGE = `sha256:${'cd'.repeat(32)}`;
 const SMALL = { vcpus: 1, memoryMiB: 1024, diskMiB: 1000 };
@@ -87,16 +93,7 @@ describe('an OpenClaw tenant’s token and configuration', () => {
     assert.equal(s.status, 201, s.text);
     const link = new URL(s.body.loginUrl);
     assert.equal(link.origin, origin(name));
-    return new Promise((resolve, reject) => {
-      const req = request(`${t.url}${link.pathname}${link.search}`, { headers: { host: link.host } });
-      req.on('response', (res) => {
-        let body = '';
-        res.on('data', (c) => (body += c));
-        res.on('end', () => resolve({ status: res.statusCode!, body }));
-      });
-      req.on('error', reject);
-      req.end();
-    });
+    return getWithHost(`${t.url}${link.pathname}${link.search}`, link.host);
   }
 
   async function gatewayToken(tenantId: string): Promise<string> {

@@ -13,7 +13,6 @@
 import assert from 'node:assert/strict';
 import type { ChildProcess } from 'node:child_process';
 import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
-import { request } from 'node:http';
 import { connect, createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -21,7 +20,7 @@ import { after, before, describe, test } from 'node:test';
 import { chooseAccelerator } from '@warren/host-agent';
 import { WarrenClient } from '@warren/sdk';
 import type { BrowserContext, WebSocket as PageSocket } from 'playwright-core';
-import { openTestControlPlane, type TestControlPlane } from '../helpers/api.ts';
+import { getWithHost, openTestControlPlane, type TestControlPlane } from '../helpers/api.ts';
 import { launchChromiumProfile } from '../helpers/browser.ts';
 import { runWarren } from '../helpers/cli.ts';
 import { deleteAllTenants, endChild } from '../helpers/daemons.ts';
@@ -172,24 +171,12 @@ describe('OpenClaw workspace through the dashboard proxy', {
   });
 
   /** The browser's request to the tenant's origin, sent to the control plane's address. */
-  function onOrigin(
+  async function onOrigin(
     path: string,
     cookie?: string,
   ): Promise<{ status: number; setCookie: string[]; body: string }> {
-    return new Promise((resolve, reject) => {
-      const req = request(`${t!.url}${path}`, {
-        headers: { host: new URL(origin()).host, ...(cookie ? { cookie } : {}) },
-      });
-      req.on('response', (res) => {
-        let body = '';
-        res.on('data', (d) => (body += d));
-        res.on('end', () =>
-          resolve({ status: res.statusCode!, setCookie: res.headers['set-cookie'] ?? [], body }),
-        );
-      });
-      req.on('error', reject);
-      req.end();
-    });
+    const r = await getWithHost(`${t!.url}${path}`, new URL(origin()).host, cookie ? { cookie } : {});
+    return { status: r.status, setCookie: r.headers['set-cookie'] ?? [], body: r.body };
   }
 
   async function loginLink(): Promise<URL> {
